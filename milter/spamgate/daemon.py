@@ -1,0 +1,63 @@
+"""Process set-up around the milter: logging, the resolver thread, start and stop."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+
+from spamgate import __version__
+from spamgate.adapter import Runtime, serve
+from spamgate.config import LogSettings, Policy
+from spamgate.engine import Engine
+from spamgate.resolver import Resolver
+
+log = logging.getLogger("spamgate")
+
+_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def configure_logging(settings: LogSettings) -> None:
+    handler: logging.Handler
+    if settings.target == "stderr":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_FORMAT))
+    elif settings.target == "syslog":
+        handler = logging.handlers.SysLogHandler(
+            "/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
+        )
+        # syslog adds its own time stamp and host.
+        handler.setFormatter(logging.Formatter("spamgate: %(levelname)s %(message)s"))
+    else:
+        handler = logging.FileHandler(settings.target)
+        handler.setFormatter(logging.Formatter(_FORMAT))
+    root = logging.getLogger("spamgate")
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level.value.upper())
+    root.propagate = False
+
+
+def run(policy: Policy, config_path: str) -> int:
+    configure_logging(policy.log)
+    resolver = Resolver(policy.resolver)
+    resolver.start()
+    servers = ", ".join(str(server) for server in resolver.nameservers)
+    log.info(
+        "spamgate %s starting: policy %s (%s), mode=%s, %d DNS lists via %s, %d rules",
+        __version__,
+        config_path,
+        policy.digest,
+        policy.mode.value,
+        len(policy.ip_lists),
+        servers,
+        len(policy.rules),
+    )
+    try:
+        serve(Runtime(Engine(policy), resolver), policy.listen, policy.socket_mode)
+    except Exception:
+        log.exception("milter stopped with an error")
+        return 1
+    finally:
+        resolver.stop()
+    log.info("spamgate stopped")
+    return 0

@@ -1,0 +1,103 @@
+"""The decision log line: one per SMTP transaction, key=value, stable tokens to grep for.
+
+    NOQUEUE: decision id=5f3a9c01d2 client=192.0.2.10 client_name=unknown helo=mx.example
+    from=<a@example.org> rcpt= refused=<b@example.com> stage=rcpt action=reject
+    enforced=reject mode=enforce score=10.0 hits=SPAMHAUS_SBL:10 fails=
+    lists=SPAMHAUS_ZEN:listed:127.0.0.2:3ms,DNSWL:clean:2ms policy=4e1f0c9a7b21
+
+(one line in the log). Values an SMTP client controls are quoted and escaped, so no HELO,
+address or header can forge a line or a field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from spamgate.config import Mode
+from spamgate.dnslists import ListOutcome, ListStatus
+from spamgate.engine import Enforcement, Verdict
+
+_PLAIN = re.compile(r"[\x21-\x7e]+\Z")
+_UNSAFE = re.compile(r'["\\]|[^\x20-\x7e]')
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision_id: str
+    queue_id: str
+    client_address: str
+    client_name: str
+    helo: str
+    sender: str
+    accepted: tuple[str, ...]
+    refused: tuple[str, ...]
+    stage: str
+    verdict: Verdict
+    enforced: Enforcement
+    mode: Mode
+    lists: tuple[ListOutcome, ...]
+    lists_ignored: str
+    policy_digest: str
+
+
+def quote(value: str) -> str:
+    """A log-safe rendering: bare if plain printable ASCII, else double-quoted with escapes."""
+    if _PLAIN.match(value) and '"' not in value and "\\" not in value:
+        return value
+    return '"' + _UNSAFE.sub(_escape, value) + '"'
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in '"\\':
+        return "\\" + char
+    if char in "\r\n\t":
+        return {"\r": "\\r", "\n": "\\n", "\t": "\\t"}[char]
+    code = ord(char)
+    # Bytes that were not UTF-8 arrive as lone surrogates (surrogateescape): show the byte.
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def render_list(outcome: ListOutcome) -> str:
+    parts = [outcome.dns_list.name, outcome.status.value]
+    if outcome.status is ListStatus.UNUSABLE:
+        parts.append(outcome.failure)
+    if outcome.codes:
+        parts.append("+".join(outcome.codes))
+    if outcome.latency_ms is not None:
+        parts.append(f"{outcome.latency_ms:.0f}ms")
+    return ":".join(parts)
+
+
+def format_decision(decision: Decision) -> str:
+    verdict = decision.verdict
+    unusable = [o for o in decision.lists if o.status is ListStatus.UNUSABLE]
+    fields = [
+        ("id", decision.decision_id),
+        ("client", decision.client_address),
+        ("client_name", decision.client_name),
+        ("helo", decision.helo),
+        ("from", decision.sender),
+        ("rcpt", ",".join(decision.accepted)),
+        ("refused", ",".join(decision.refused)),
+        ("stage", decision.stage),
+        ("action", verdict.action.value),
+        ("enforced", decision.enforced.action.value),
+        ("waived_by", decision.enforced.waived_by),
+        ("mode", decision.mode.value),
+        ("score", f"{verdict.score:.1f}"),
+        ("hits", ",".join(f"{h.name}:{h.score:g}" for h in verdict.hits)),
+        ("fails", ",".join(o.fail_marker for o in unusable)),
+        ("lists", ",".join(render_list(o) for o in decision.lists)),
+        ("lists_ignored", decision.lists_ignored),
+        ("policy", decision.policy_digest),
+    ]
+    body = " ".join(f"{key}={quote(value)}" for key, value in fields if value or key in _ALWAYS)
+    return f"{decision.queue_id or 'NOQUEUE'}: decision {body}"
+
+
+# Keys shown even when empty, so `grep 'refused= '` style searches and parsers stay simple.
+_ALWAYS = frozenset({"id", "client", "rcpt", "refused", "stage", "action", "enforced", "score"})

@@ -1,0 +1,58 @@
+"""SMTP replies spamgate gives, with the protocol rules built into the type."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# libmilter drops a line over 980 characters (smfi_setreply(3)); stay well inside it.
+MAX_TEXT = 400
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A 4xx/5xx reply whose enhanced status code (RFC 3463) has the same class."""
+
+    code: int
+    status: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.code // 100 not in (4, 5):
+            raise ValueError(f"a milter reply must be 4xx or 5xx, not {self.code}")
+        if not re.fullmatch(r"[45]\.\d{1,3}\.\d{1,3}", self.status):
+            raise ValueError(f"bad enhanced status code {self.status!r}")
+        if self.status[0] != str(self.code)[0]:
+            raise ValueError(f"status {self.status} does not match reply code {self.code}")
+        if _UNPRINTABLE.search(self.text):
+            raise ValueError("reply text must be printable ASCII")
+
+    @property
+    def milter_text(self) -> str:
+        """The text as smfi_setreply wants it: a lone % would make libmilter drop the reply."""
+        return self.text.replace("%", "%%")
+
+
+def clean_text(text: str, limit: int = MAX_TEXT) -> str:
+    """Printable ASCII only, on one line, at most `limit` characters."""
+    flat = _UNPRINTABLE.sub(" ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
+
+
+def rejection(reasons: str, decision_id: str) -> Reply:
+    return Reply(550, "5.7.1", _with_id(f"Message refused: {reasons}", decision_id))
+
+
+def temporary_refusal(reasons: str, decision_id: str) -> Reply:
+    return Reply(451, "4.7.1", _with_id(f"Try again later: {reasons}", decision_id))
+
+
+def internal_error(decision_id: str) -> Reply:
+    # 4.3.0: "other or undefined mail system status" — our fault, not the sender's.
+    return Reply(451, "4.3.0", _with_id("Temporary local problem, try again later", decision_id))
+
+
+def _with_id(text: str, decision_id: str) -> str:
+    suffix = f" (id {clean_text(decision_id, 32)})"
+    return clean_text(text, MAX_TEXT - len(suffix)) + suffix

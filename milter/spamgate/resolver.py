@@ -1,0 +1,269 @@
+"""The only module that talks DNS: a small stub resolver for DNS list queries.
+
+Milter callbacks run on libmilter's threads; the queries run on one asyncio loop in a thread
+of its own, so every list for every connection is in flight at once without a thread each.
+Callers get a concurrent Future that always ends in a DnsAnswer — failures are answers of a
+failed kind, never exceptions — and they decide themselves how long to wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from spamgate.answers import AnswerKind, DnsAnswer
+from spamgate.config import Nameserver, ResolverSettings
+
+log = logging.getLogger("spamgate.resolver")
+
+_FAILED_RCODES = {dns.rcode.SERVFAIL: AnswerKind.SERVFAIL, dns.rcode.REFUSED: AnswerKind.REFUSED}
+# Rounds over the server list when every attempt times out; the deadline usually ends it first.
+_MAX_ROUNDS = 4
+
+
+def system_nameservers(resolv_conf: str = "/etc/resolv.conf") -> tuple[Nameserver, ...]:
+    """The nameservers the machine uses, or 127.0.0.1 when resolv.conf names none."""
+    found = []
+    try:
+        lines = Path(resolv_conf).read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                found.append(Nameserver.from_config(fields[1].split("%")[0]))
+            except ValueError:
+                log.warning("ignoring nameserver %r in %s", fields[1], resolv_conf)
+    # resolv(5): with no nameserver line the local machine is queried.
+    return tuple(found) or (Nameserver("127.0.0.1"),)
+
+
+class AnswerCache:
+    """Definitive answers by query name, kept for their TTL clamped to [min_ttl, max_ttl]."""
+
+    def __init__(
+        self, min_ttl: int, max_ttl: int, max_entries: int, clock: Callable[[], float]
+    ) -> None:
+        self._min_ttl, self._max_ttl, self._max_entries = min_ttl, max_ttl, max_entries
+        self._clock = clock
+        self._entries: dict[str, tuple[float, DnsAnswer]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, qname: str) -> DnsAnswer | None:
+        with self._lock:
+            entry = self._entries.get(qname)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del self._entries[qname]
+                return None
+            return entry[1]
+
+    def put(self, qname: str, answer: DnsAnswer) -> None:
+        ttl = min(max(answer.ttl, self._min_ttl), self._max_ttl)
+        if ttl <= 0 or self._max_entries == 0:
+            return
+        with self._lock:
+            self._entries.pop(qname, None)
+            # Insertion order makes the first key the oldest entry: evicting it is O(1).
+            while len(self._entries) >= self._max_entries:
+                del self._entries[next(iter(self._entries))]
+            self._entries[qname] = (self._clock() + ttl, answer)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class ResolverStats:
+    """Counters for logs and benchmarks; plain ints updated under the GIL."""
+
+    lookups: int = 0
+    cache_hits: int = 0
+    merged: int = 0
+    queries_sent: int = 0
+
+
+class Resolver:
+    def __init__(
+        self,
+        settings: ResolverSettings,
+        nameservers: Sequence[Nameserver] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._nameservers = tuple(nameservers or settings.nameservers or system_nameservers())
+        self._clock = clock
+        self.cache = AnswerCache(
+            settings.cache_min_ttl, settings.cache_max_ttl, settings.cache_entries, clock
+        )
+        self.stats = ResolverStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        # Owned by the loop thread only: callers waiting on each query in flight.
+        self._inflight: dict[str, list[futures.Future[DnsAnswer]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def nameservers(self) -> tuple[Nameserver, ...]:
+        return self._nameservers
+
+    def start(self) -> None:
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="spamgate-dns", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(timeout=10):
+            raise RuntimeError("DNS resolver thread did not start")
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        self._loop = None
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            loop.close()
+
+    def lookup(self, qname: str) -> futures.Future[DnsAnswer]:
+        """Start (or join) the A lookup of `qname`; safe to call from any thread."""
+        key = qname.lower()
+        future: futures.Future[DnsAnswer] = futures.Future()
+        self.stats.lookups += 1
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            future.set_result(cached)
+            return future
+        loop = self._loop
+        try:
+            if loop is None:
+                raise RuntimeError("resolver not running")
+            loop.call_soon_threadsafe(self._join_or_start, key, future)
+        except RuntimeError as error:
+            future.set_result(DnsAnswer(AnswerKind.NETWORK, detail=str(error)))
+        return future
+
+    def _join_or_start(self, key: str, future: futures.Future[DnsAnswer]) -> None:
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            self.stats.merged += 1
+            waiting.append(future)
+            return
+        # Another caller's query may have filled the cache since this one looked.
+        cached = self.cache.get(key)
+        if cached is not None:
+            future.set_result(cached)
+            return
+        self._inflight[key] = [future]
+        assert self._loop is not None
+        task = self._loop.create_task(self._resolve_and_publish(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve_and_publish(self, key: str) -> None:
+        try:
+            answer = await self.resolve(key)
+        except Exception as error:  # an answer must reach every waiter, whatever happened
+            log.exception("DNS lookup of %s failed unexpectedly", key)
+            answer = DnsAnswer(AnswerKind.NETWORK, detail=type(error).__name__)
+        if answer.kind.is_definitive:
+            self.cache.put(key, answer)
+        for waiter in self._inflight.pop(key, []):
+            if not waiter.done():
+                waiter.set_result(answer)
+
+    async def resolve(self, qname: str) -> DnsAnswer:
+        """Ask the nameservers in turn until one answers or the deadline passes."""
+        query = dns.message.make_query(qname, dns.rdatatype.A)
+        give_up_at = self._clock() + self._settings.deadline
+        last = DnsAnswer(AnswerKind.TIMEOUT)
+        for _ in range(_MAX_ROUNDS):
+            timed_out = False
+            for server in self._nameservers:
+                remaining = give_up_at - self._clock()
+                if remaining <= 0:
+                    return last
+                timeout = min(self._settings.query_timeout, remaining)
+                try:
+                    response = await self._exchange(query, server, timeout)
+                except dns.exception.Timeout:
+                    timed_out, last = True, DnsAnswer(AnswerKind.TIMEOUT)
+                    continue
+                except OSError as error:
+                    last = DnsAnswer(AnswerKind.NETWORK, detail=error.strerror or str(error))
+                    continue
+                except dns.exception.DNSException as error:
+                    last = DnsAnswer(AnswerKind.MALFORMED, detail=type(error).__name__)
+                    continue
+                answer = interpret(response)
+                if answer.kind.is_definitive:
+                    return answer
+                last = answer
+            # Every server answered, badly: asking again at once would get the same answers.
+            if not timed_out:
+                return last
+        return last
+
+    async def _exchange(
+        self, query: dns.message.Message, server: Nameserver, timeout: float
+    ) -> dns.message.Message:
+        self.stats.queries_sent += 1
+        started = self._clock()
+        response = await dns.asyncquery.udp(
+            query, server.host, timeout=timeout, port=server.port, ignore_unexpected=True
+        )
+        if response.flags & dns.flags.TC:
+            remaining = timeout - (self._clock() - started)
+            if remaining <= 0:
+                raise dns.exception.Timeout
+            response = await dns.asyncquery.tcp(
+                query, server.host, timeout=remaining, port=server.port
+            )
+        return response
+
+
+def interpret(response: dns.message.Message) -> DnsAnswer:
+    """Reduce a DNS response for an A query to a DnsAnswer."""
+    if not isinstance(response, dns.message.QueryMessage):
+        return DnsAnswer(AnswerKind.MALFORMED, detail="not a query response")
+    rcode = response.rcode()
+    if rcode in _FAILED_RCODES:
+        return DnsAnswer(_FAILED_RCODES[rcode])
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        return DnsAnswer(AnswerKind.OTHER_RCODE, detail=dns.rcode.to_text(rcode))
+    try:
+        chain = response.resolve_chaining()
+    except dns.exception.DNSException as error:
+        return DnsAnswer(AnswerKind.MALFORMED, detail=type(error).__name__)
+    if rcode == dns.rcode.NXDOMAIN:
+        return DnsAnswer(AnswerKind.NXDOMAIN, ttl=chain.minimum_ttl)
+    if chain.answer is None:
+        return DnsAnswer(AnswerKind.NODATA, ttl=chain.minimum_ttl)
+    addresses = tuple(sorted({rdata.to_text() for rdata in chain.answer}))
+    return DnsAnswer(AnswerKind.ADDRESSES, addresses, ttl=chain.minimum_ttl)
