@@ -392,13 +392,39 @@ def serve(runtime: Runtime, listen: ListenAddress, mode: SocketMode) -> None:
         negotiate=Milter.negotiate_callback,
     )
     # The socket exists from here on, so its mode and options can be set before serving.
-    libmilter.opensocket(True)
+    try:
+        libmilter.opensocket(True)
+    except libmilter.error:
+        raise ListenError(f"cannot listen on {listen}: {_why_not(listen)}") from None
     if listen.family == "unix":
         os.chmod(listen.path, mode.bits)
     else:
         _set_nodelay(listen)
     log.info("listening on %s", listen)
     libmilter.main()
+
+
+class ListenError(Exception):
+    """The milter socket could not be opened."""
+
+
+def _why_not(listen: ListenAddress) -> str:
+    """libmilter only says that opensocket failed; binding ourselves tells the admin why."""
+    if listen.family == "unix":
+        family, address = socket.AF_UNIX, listen.path
+        parent = Path(listen.path).parent
+        if not parent.is_dir():
+            return f"directory {parent} does not exist"
+    else:
+        family = socket.AF_INET if listen.family == "inet" else socket.AF_INET6
+        address = (listen.host, listen.port)  # type: ignore[assignment]
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        return error.strerror or str(error)
+    return "libmilter refused the socket (see the mail log)"
 
 
 def _register_callbacks() -> None:

@@ -71,7 +71,7 @@ class ListenAddress:
         if family not in ("inet", "inet6"):
             raise ValueError(f"unknown socket family {family!r}: use inet, inet6 or unix")
         port_text, at, host = rest.partition("@")
-        if not at or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not at or not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
             raise ValueError(f"expected {family}:PORT@HOST with a port 1-65535, got {value!r}")
         host = host.strip("[]")
         try:
@@ -106,7 +106,9 @@ class Nameserver:
         if value.startswith("["):
             host, _, tail = value[1:].partition("]")
             if tail:
-                port = _port(tail.removeprefix(":"), value)
+                if not tail.startswith(":"):
+                    raise ValueError(f"expected [IPv6]:PORT, got {value!r}")
+                port = _port(tail[1:], value)
         elif value.count(":") == 1:
             host, _, port_text = value.partition(":")
             port = _port(port_text, value)
@@ -121,31 +123,26 @@ class Nameserver:
 
 
 def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:
         raise ValueError(f"bad port in {whole!r}")
     return int(text)
 
 
 @dataclass(frozen=True)
 class SocketMode:
-    """File permissions for a unix socket, written as octal."""
+    """File permissions for a unix socket, always read as octal, as chmod(1) reads them."""
 
     bits: int
 
     type_name = "octal mode"
+    from_text = True  # the schema passes the scalar as written: 660, 0660 and '0660' agree
 
     @classmethod
     def from_config(cls, value: object) -> SocketMode:
-        # YAML 1.1 reads an unquoted 0660 as the octal integer it means.
-        if isinstance(value, int) and not isinstance(value, bool):
-            bits = value
-        elif isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
-            bits = int(value.replace("o", ""), 8)
-        else:
-            raise ValueError(f"expected an octal mode such as '0660', got {value!r}")
-        if not 0 <= bits <= 0o777:
-            raise ValueError(f"mode {value!r} is not a permission mode (0000-0777)")
-        return cls(bits)
+        text = str(value)
+        if not re.fullmatch(r"(0o|0)?[0-7]{3}", text):
+            raise ValueError(f"expected an octal mode such as 0660, got {text!r}")
+        return cls(int(text[-3:], 8))
 
     def __str__(self) -> str:
         return f"{self.bits:04o}"
@@ -394,11 +391,12 @@ class Policy:
         candidates: list[tuple[str, tuple[str | int, ...]]] = []
         for i, ip_list in enumerate(self.ip_lists):
             candidates.append((ip_list.name, ("ip_lists", i, "name")))
-            candidates += [
-                (hit.name, ("ip_lists", i, "hits", j, "name"))
-                for j, hit in enumerate(ip_list.hits)
-                if hit.name != ip_list.name
-            ]
+            shared = False  # one hit of a list may carry the list's own name
+            for j, hit in enumerate(ip_list.hits):
+                if hit.name == ip_list.name and not shared:
+                    shared = True
+                    continue
+                candidates.append((hit.name, ("ip_lists", i, "hits", j, "name")))
         candidates += [(rule.name, ("rules", i, "name")) for i, rule in enumerate(self.rules)]
         for name, where in candidates:
             if name in names:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import signal
 import sys
 
 from spamgate import __version__
-from spamgate.adapter import Runtime, serve
+from spamgate.adapter import ListenError, Runtime, serve
 from spamgate.config import LogSettings, Policy
 from spamgate.engine import Engine
 from spamgate.resolver import Resolver
@@ -37,8 +38,15 @@ def configure_logging(settings: LogSettings) -> None:
     root.propagate = False
 
 
+# libmilter stops on these: its own thread sigwait()s for them, which only works if no other
+# thread can take them. Threads inherit the mask, so block them before starting any thread,
+# or the kernel hands SIGTERM to (say) the resolver thread and the process dies on the spot.
+LIBMILTER_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+
+
 def run(policy: Policy, config_path: str) -> int:
     configure_logging(policy.log)
+    signal.pthread_sigmask(signal.SIG_BLOCK, LIBMILTER_SIGNALS)
     resolver = Resolver(policy.resolver)
     resolver.start()
     servers = ", ".join(str(server) for server in resolver.nameservers)
@@ -54,6 +62,9 @@ def run(policy: Policy, config_path: str) -> int:
     )
     try:
         serve(Runtime(Engine(policy), resolver), policy.listen, policy.socket_mode)
+    except ListenError as error:
+        log.error("%s", error)
+        return 1
     except Exception:
         log.exception("milter stopped with an error")
         return 1

@@ -2,7 +2,7 @@
 
     NOQUEUE: decision id=5f3a9c01d2 client=192.0.2.10 client_name=unknown helo=mx.example
     from=<a@example.org> rcpt= refused=<b@example.com> stage=rcpt action=reject
-    enforced=reject mode=enforce score=10.0 hits=SPAMHAUS_SBL:10 fails=
+    enforced=reject mode=enforce score=10.0 hits=SPAMHAUS_SBL:10
     lists=SPAMHAUS_ZEN:listed:127.0.0.2:3ms,DNSWL:clean:2ms policy=4e1f0c9a7b21
 
 (one line in the log). Values an SMTP client controls are quoted and escaped, so no HELO,
@@ -55,10 +55,13 @@ def _escape(match: re.Match[str]) -> str:
     if char in "\r\n\t":
         return {"\r": "\\r", "\n": "\\n", "\t": "\\t"}[char]
     code = ord(char)
-    # Bytes that were not UTF-8 arrive as lone surrogates (surrogateescape): show the byte.
+    # Bytes that were not UTF-8 arrive as lone surrogates (surrogateescape): \xNN is a raw
+    # byte; \uNNNN and \UNNNNNNNN are characters, as in Python string literals.
     if 0xDC80 <= code <= 0xDCFF:
         return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    if code < 0x20 or code == 0x7F:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def render_list(outcome: ListOutcome) -> str:
@@ -95,7 +98,9 @@ def format_decision(decision: Decision) -> str:
         ("lists_ignored", decision.lists_ignored),
         ("policy", decision.policy_digest),
     ]
-    body = " ".join(f"{key}={quote(value)}" for key, value in fields if value or key in _ALWAYS)
+    body = " ".join(
+        f"{key}={quote(value) if value else ''}" for key, value in fields if value or key in _ALWAYS
+    )
     return f"{decision.queue_id or 'NOQUEUE'}: decision {body}"
 
 

@@ -1,6 +1,6 @@
 """The README's configuration reference, generated from the schema so the two cannot drift.
 
-    python -m spamgate.reference README.md     # rewrite the section between the markers
+python -m spamgate.reference README.md     # rewrite the section between the markers
 """
 
 from __future__ import annotations

@@ -37,7 +37,11 @@ class Reply:
 def clean_text(text: str, limit: int = MAX_TEXT) -> str:
     """Printable ASCII only, on one line, at most `limit` characters."""
     flat = _UNPRINTABLE.sub(" ", text).strip()
-    return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
+    if len(flat) <= limit:
+        return flat
+    if limit <= 3:
+        return flat[:limit]
+    return flat[: limit - 3].rstrip() + "..."
 
 
 def rejection(reasons: str, decision_id: str) -> Reply:

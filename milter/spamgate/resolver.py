@@ -132,12 +132,17 @@ class Resolver:
             raise RuntimeError("DNS resolver thread did not start")
 
     def stop(self) -> None:
+        """Stop the loop; every lookup still waiting is answered "resolver stopped"."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
+        # New lookups are answered at once from here on (see lookup()).
         self._loop = None
+        try:
+            loop.call_soon_threadsafe(loop.stop)
+        except RuntimeError:  # the loop is already closed
+            return
+        thread.join(timeout=5)
 
     def _run(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
@@ -145,10 +150,22 @@ class Resolver:
         ready.set()
         try:
             loop.run_forever()
+            # Settle what is left: callbacks queued before stop() ran, then queries in flight.
+            loop.run_until_complete(self._settle())
         finally:
-            for task in self._tasks:
-                task.cancel()
             loop.close()
+
+    async def _settle(self) -> None:
+        await asyncio.sleep(0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        stopped = DnsAnswer(AnswerKind.NETWORK, detail="resolver stopped")
+        for waiters in self._inflight.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(stopped)
+        self._inflight.clear()
 
     def lookup(self, qname: str) -> futures.Future[DnsAnswer]:
         """Start (or join) the A lookup of `qname`; safe to call from any thread."""
@@ -170,6 +187,9 @@ class Resolver:
         return future
 
     def _join_or_start(self, key: str, future: futures.Future[DnsAnswer]) -> None:
+        if self._loop is None:  # stop() has begun
+            future.set_result(DnsAnswer(AnswerKind.NETWORK, detail="resolver stopped"))
+            return
         waiting = self._inflight.get(key)
         if waiting is not None:
             self.stats.merged += 1
@@ -181,14 +201,15 @@ class Resolver:
             future.set_result(cached)
             return
         self._inflight[key] = [future]
-        assert self._loop is not None
-        task = self._loop.create_task(self._resolve_and_publish(key))
+        task = asyncio.get_running_loop().create_task(self._resolve_and_publish(key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _resolve_and_publish(self, key: str) -> None:
         try:
             answer = await self.resolve(key)
+        except asyncio.CancelledError:
+            answer = DnsAnswer(AnswerKind.NETWORK, detail="resolver stopped")
         except Exception as error:  # an answer must reach every waiter, whatever happened
             log.exception("DNS lookup of %s failed unexpectedly", key)
             answer = DnsAnswer(AnswerKind.NETWORK, detail=type(error).__name__)

@@ -11,6 +11,7 @@ A code specification is one of
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 _ALL_BITS = 0xFFFFFFFF
@@ -78,8 +79,10 @@ def _parse_mask(part: str, text: str) -> int:
         mask = int(ipaddress.IPv4Address(part)) if "." in part else int(part, 0)
     except ValueError:
         raise ValueError(f"invalid bit mask {text!r}: write &0.0.0.4 or &4") from None
-    if not 0 < mask <= _ALL_BITS:
-        raise ValueError(f"bit mask {text!r} must set at least one of the 32 bits")
+    if mask == 0:
+        raise ValueError(f"bit mask {text!r} must set at least one bit")
+    if mask > _ALL_BITS:
+        raise ValueError(f"bit mask {text!r} is wider than an IPv4 address (32 bits)")
     return mask
 
 
@@ -92,7 +95,7 @@ def _parse_wildcard(spec: str, text: str) -> ReturnCode:
         care, want = care << 8, want << 8
         if octet == "*":
             continue
-        if not octet.isdigit() or int(octet) > 255:
+        if not re.fullmatch(r"[0-9]{1,3}", octet) or int(octet) > 255:
             raise ValueError(f"invalid return code {text!r}: bad octet {octet!r}")
         care |= 0xFF
         want |= int(octet)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import re
 import types
 import typing
@@ -106,6 +107,10 @@ class _Builder:
             return self._build_pattern(node, path)
         if hasattr(hint, "from_config"):
             value = self._scalar(node, path)
+            # Some values must be read from their text (YAML would read 0440 as octal and
+            # 440 as decimal, and the integer cannot tell which the admin wrote).
+            if getattr(hint, "from_text", False):
+                value = str(node.value)
             try:
                 return hint.from_config(value)
             except ValueError as error:
@@ -130,6 +135,8 @@ class _Builder:
             value = float(value)
         if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
             raise self.fail(node, path, f"expected {_PLAIN_NAMES[hint]}, got {_describe(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(node, path, f"expected a finite number, got {value}")
         return value
 
     def _build_enum(self, hint: type[enum.Enum], node: yaml.Node, path: str) -> enum.Enum:
@@ -227,7 +234,8 @@ class _Builder:
                         child = key_node if isinstance(value_node, yaml.ScalarNode) else value_node
                 next_path = _join(path, part)
             if child is None:
-                break
+                # The key is absent: point at the enclosing mapping, but name the key.
+                return node, next_path if isinstance(part, str) else path
             node, path = child, next_path
         return node, path
 

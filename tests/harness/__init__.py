@@ -1,0 +1,1 @@
+"""End-to-end test harness: private rbldnsd, Postfix, smtp-sink and SMTP client helpers."""

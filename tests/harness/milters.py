@@ -1,0 +1,88 @@
+"""Running a milter as a subprocess on a free 127.0.0.1 TCP port."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from .processes import (
+    LOOPBACK,
+    HarnessError,
+    ManagedProcess,
+    free_port,
+    tcp_accepts,
+    wait_until,
+)
+
+NOOP_MILTER_SCRIPT = Path(__file__).with_name("noop_milter.py")
+
+
+class MilterProcess:
+    """A milter started from ``argv`` that listens on 127.0.0.1:``port``.
+
+    The same socket is spelled differently on each side: libmilter (the milter's own
+    command line) wants ``inet:PORT@HOST``, Postfix's smtpd_milters wants ``inet:HOST:PORT``.
+    """
+
+    def __init__(self, argv: Sequence[str], log_path: Path, port: int) -> None:
+        self.port = port
+        self.process = ManagedProcess(argv, log_path)
+
+    @classmethod
+    def noop(cls, workdir: Path, *, header_name: str = "X-Harness-Milter") -> MilterProcess:
+        """The harness's header-adding milter (noop_milter.py) on a free port."""
+        port = free_port()
+        argv = [sys.executable, str(NOOP_MILTER_SCRIPT), f"inet:{port}@{LOOPBACK}", header_name]
+        return cls(argv, workdir / f"milter-{port}.log", port)
+
+    @property
+    def postfix_address(self) -> str:
+        return f"inet:{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the milter and wait until its port accepts connections."""
+        self.process.start_and_wait(
+            lambda: tcp_accepts(LOOPBACK, self.port), timeout=timeout, what="milter to listen"
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM the milter, waking libmilter so that it exits at once, then reap it."""
+        if self.process.running():
+            self.process.signal_group(signal.SIGTERM)
+
+            # libmilter notices its stop flag only when its accept loop's select() returns,
+            # which is every 5 seconds unless a connection arrives: so connect until it exits.
+            def exited() -> bool:
+                if not self.process.running():
+                    return True
+                tcp_accepts(LOOPBACK, self.port, timeout=0.1)
+                return False
+
+            # If it does not exit, process.stop() below escalates to SIGKILL.
+            with contextlib.suppress(HarnessError):
+                wait_until(exited, timeout=timeout, what="milter to exit", interval=0.05)
+        self.process.stop()
+
+    def log_tail(self) -> str:
+        return self.process.log_tail()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,873 @@
+"""The policy file: the shipped config, located errors, typed values, immutability, reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from spamgate import schema
+from spamgate.config import (
+    AddHeaders,
+    IpList,
+    ListenAddress,
+    ListHit,
+    LogLevel,
+    Mode,
+    Nameserver,
+    OnError,
+    Policy,
+    SocketMode,
+    load_policy,
+)
+from spamgate.schema import ConfigError
+
+SHIPPED = Path(__file__).resolve().parent.parent / "config" / "spamgate.yaml"
+
+
+def lines(*rows: str) -> str:
+    return "\n".join(rows) + "\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spamgate.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str) -> Policy:
+    return load_policy(write(tmp_path, text))
+
+
+def load_error(tmp_path: Path, text: str) -> ConfigError:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_policy(path)
+    return raised.value
+
+
+# --- the shipped file --------------------------------------------------------------------------
+
+
+def by_name(policy: Policy, name: str) -> IpList:
+    (found,) = [lst for lst in policy.ip_lists if lst.name == name]
+    return found
+
+
+def hit_codes(dns_list: IpList) -> dict[str, tuple[str, ...]]:
+    return {hit.name: tuple(code.text for code in hit.codes) for hit in dns_list.hits}
+
+
+def test_shipped_config_loads() -> None:
+    policy = load_policy(SHIPPED)
+    assert policy.mode is Mode.ENFORCE
+    assert policy.listen == ListenAddress("inet", host="127.0.0.1", port=8894)
+    assert policy.digest == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()[:12]
+    assert [lst.name for lst in policy.ip_lists] == ["SPAMHAUS_ZEN", "SPAMCOP", "PSBL", "DNSWL"]
+
+
+def test_shipped_config_has_spamhaus_zen_return_codes() -> None:
+    zen = by_name(load_policy(SHIPPED), "SPAMHAUS_ZEN")
+    assert zen.zone == "zen.spamhaus.org"
+    assert hit_codes(zen) == {
+        "SPAMHAUS_SBL": ("127.0.0.2",),
+        "SPAMHAUS_CSS": ("127.0.0.3",),
+        "SPAMHAUS_DROP": ("127.0.0.9",),
+        "SPAMHAUS_XBL": ("127.0.0.4-127.0.0.7",),
+        "SPAMHAUS_PBL": ("127.0.0.10", "127.0.0.11"),
+    }
+    assert all(hit.score > 0 for hit in zen.hits)
+    assert zen.ipv4 and zen.ipv6
+
+
+def test_shipped_config_has_an_allowlist_with_negative_scores() -> None:
+    dnswl = by_name(load_policy(SHIPPED), "DNSWL")
+    assert [code.text for code in dnswl.error_codes] == ["127.0.0.255"]
+    assert {hit.name: hit.score for hit in dnswl.hits} == {
+        "DNSWL_HIGH": -10,
+        "DNSWL_MED": -5,
+        "DNSWL_LOW": -2,
+        "DNSWL_NONE": 0,
+    }
+    assert hit_codes(dnswl)["DNSWL_HIGH"] == ("127.0.*.3",)
+
+
+# --- errors located as FILE:LINE:COL: key.path: message ----------------------------------------
+
+LIST_A = "  - {name: A, zone: a.test, score: 1}"
+RULE_DATE = "  - {name: R, score: 1, description: d, header: {name: Date, missing: true}}"
+
+BAD_DOCUMENTS = [
+    pytest.param(
+        lines("resolver:", "  deadlin: 2"),
+        (2, 3, "resolver.deadlin", "unknown key (did you mean 'deadline'?)"),
+        id="unknown-key-suggestion",
+    ),
+    pytest.param(
+        lines("zzz: 1"),
+        (
+            1,
+            1,
+            "zzz",
+            "unknown key (known keys: listen, socket_mode, mode, on_error, log, resolver, "
+            "trusted_networks, skip_authenticated, thresholds, add_headers, exempt_recipients, "
+            "ip_lists, rules)",
+        ),
+        id="unknown-key-lists-known",
+    ),
+    pytest.param(
+        lines("resolver:", "  deadline: high"),
+        (2, 13, "resolver.deadline", "expected a number, got the string 'high'"),
+        id="string-for-number",
+    ),
+    pytest.param(
+        lines("resolver:", "  query_timeout: true"),
+        (2, 18, "resolver.query_timeout", "expected a number, got the boolean true"),
+        id="bool-for-number",
+    ),
+    pytest.param(
+        lines("ip_lists:", "  - {name: A, zone: a.test, score: yes}"),
+        (2, 36, "ip_lists[0].score", "expected a number, got the boolean true"),
+        id="yaml11-yes-for-number",
+    ),
+    pytest.param(
+        lines("resolver:", "  cache_entries: 1.5"),
+        (2, 18, "resolver.cache_entries", "expected an integer, got float 1.5"),
+        id="float-for-integer",
+    ),
+    pytest.param(
+        lines("skip_authenticated: 1"),
+        (1, 21, "skip_authenticated", "expected a boolean, got int 1"),
+        id="number-for-bool",
+    ),
+    pytest.param(
+        lines("resolver:", "  deadline: 0"),
+        (2, 13, "resolver.deadline", "must be at least 0.01, got 0.0"),
+        id="below-minimum",
+    ),
+    pytest.param(
+        lines("resolver:", "  deadline: 61"),
+        (2, 13, "resolver.deadline", "must be at most 60, got 61.0"),
+        id="above-maximum",
+    ),
+    pytest.param(
+        lines("resolver:", "  cache_entries: -1"),
+        (2, 18, "resolver.cache_entries", "must be at least 0, got -1"),
+        id="negative-integer",
+    ),
+    pytest.param(
+        lines("resolver:", "  cache_min_ttl: 100", "  cache_max_ttl: 50"),
+        (2, 3, "resolver.cache_min_ttl", "must not exceed cache_max_ttl"),
+        id="cache-ttls-crossed",
+    ),
+    pytest.param(
+        lines("thresholds:", "  tag: 5", "  tempfail: 3"),
+        (3, 3, "thresholds.tempfail", "must not be below tag (5)"),
+        id="thresholds-tempfail-below-tag",
+    ),
+    pytest.param(
+        lines("thresholds:", "  tag: 5", "  tempfail: null", "  reject: 4.5"),
+        (4, 3, "thresholds.reject", "must not be below tag (5)"),
+        id="thresholds-reject-below-tag-across-null",
+    ),
+    pytest.param(
+        lines("mode: enforce", "mode: observe"),
+        (2, 1, "mode", "duplicate key"),
+        id="duplicate-key",
+    ),
+    pytest.param(
+        lines("resolver:", "  deadline: 1", "  deadline: 2"),
+        (3, 3, "resolver.deadline", "duplicate key"),
+        id="duplicate-nested-key",
+    ),
+    pytest.param(
+        lines("ip_lists:", LIST_A, "  - {name: A, zone: b.test, score: 1}"),
+        (3, 6, "ip_lists[1].name", "name A is already used at ip_lists[0].name"),
+        id="duplicate-list-name",
+    ),
+    pytest.param(
+        lines(
+            "ip_lists:",
+            "  - name: A",
+            "    zone: a.test",
+            "    hits:",
+            "      - {name: X, score: 1}",
+            "  - name: B",
+            "    zone: b.test",
+            "    hits:",
+            "      - {name: Y, score: 1}",
+            "      - {name: X, score: 2}",
+        ),
+        (10, 10, "ip_lists[1].hits[1].name", "name X is already used at ip_lists[0].hits[0].name"),
+        id="duplicate-hit-name-across-lists",
+    ),
+    pytest.param(
+        lines(
+            "ip_lists:",
+            "  - name: A",
+            "    zone: a.test",
+            "    hits:",
+            "      - {name: X, score: 1}",
+            "      - {name: X, score: 2}",
+        ),
+        (6, 10, "ip_lists[0].hits[1].name", "name X is already used at ip_lists[0].hits[0].name"),
+        id="duplicate-hit-name-in-one-list",
+    ),
+    pytest.param(
+        lines("ip_lists:", LIST_A, "rules:", RULE_DATE.replace("name: R,", "name: A,")),
+        (4, 6, "rules[0].name", "name A is already used at ip_lists[0].name"),
+        id="rule-named-like-a-list",
+    ),
+    pytest.param(
+        lines("rules:", RULE_DATE, RULE_DATE.replace("Date", "From")),
+        (3, 6, "rules[1].name", "name R is already used at rules[0].name"),
+        id="duplicate-rule-name",
+    ),
+    pytest.param(
+        lines(
+            "ip_lists:",
+            "  - name: A",
+            "    zone: a.test",
+            "    score: 1",
+            "    hits:",
+            "      - {name: X, score: 1}",
+        ),
+        (6, 7, "ip_lists[0].hits", "give either `score` or `hits`, not both or neither"),
+        id="list-with-score-and-hits",
+    ),
+    pytest.param(
+        lines("ip_lists:", "  - name: A", "    zone: a.test"),
+        (2, 5, "ip_lists[0].hits", "give either `score` or `hits`, not both or neither"),
+        id="list-with-neither-score-nor-hits",
+    ),
+    pytest.param(
+        lines("ip_lists:", "  - {zone: a.test, score: 1}"),
+        (2, 5, "ip_lists[0].name", "required key is missing"),
+        id="required-key-missing",
+    ),
+    pytest.param(
+        lines("ip_lists:", "  - {name: lower, zone: a.test, score: 1}"),
+        (2, 6, "ip_lists[0].name", "'lower' must be UPPER_CASE letters, digits and _ (max 64)"),
+        id="lowercase-list-name",
+    ),
+    pytest.param(
+        lines("ip_lists:", "  - name: A", "    zone: bad..zone", "    score: 1"),
+        (3, 5, "ip_lists[0].zone", "'bad..zone' is not a valid DNS zone name"),
+        id="zone-empty-label",
+    ),
+    pytest.param(
+        lines("ip_lists:", "  - {name: A, zone: localhost, score: 1}"),
+        (2, 15, "ip_lists[0].zone", "'localhost' is not a valid DNS zone name"),
+        id="zone-single-label",
+    ),
+    pytest.param(
+        lines("ip_lists:", "  - {name: A, zone: -bad.example, score: 1}"),
+        (2, 15, "ip_lists[0].zone", "'-bad.example' is not a valid DNS zone name"),
+        id="zone-label-leading-hyphen",
+    ),
+    pytest.param(
+        lines("ip_lists:", "  - {name: A, zone: a.test, score: 1, ipv4: false, ipv6: false}"),
+        (2, 52, "ip_lists[0].ipv6", "a list must be queried for IPv4, IPv6 or both"),
+        id="list-for-no-family",
+    ),
+    pytest.param(
+        lines(
+            "ip_lists:",
+            "  - name: A",
+            "    zone: a.test",
+            "    hits:",
+            "      - name: X",
+            "        score: 1",
+            "        codes: [127.0.0.2, 127.0.0.300]",
+        ),
+        (
+            7,
+            28,
+            "ip_lists[0].hits[0].codes[1]",
+            "invalid return code '127.0.0.300': '127.0.0.300' is not an IPv4 address",
+        ),
+        id="bad-return-code",
+    ),
+    pytest.param(
+        lines(
+            "ip_lists:",
+            "  - name: A",
+            "    zone: a.test",
+            "    error_codes: ['&0']",
+            "    score: 1",
+        ),
+        (4, 19, "ip_lists[0].error_codes[0]", "bit mask '&0' must set at least one bit"),
+        id="bad-error-code",
+    ),
+    pytest.param(
+        lines(
+            "rules:",
+            "  - name: R",
+            "    score: 1",
+            "    description: d",
+            "    header:",
+            "      name: Subject",
+            "      matches: '('",
+        ),
+        (
+            7,
+            16,
+            "rules[0].header.matches",
+            "invalid regular expression: missing ), unterminated subpattern at position 0",
+        ),
+        id="bad-regex",
+    ),
+    pytest.param(
+        lines("rules:", "  - name: R", "    score: 1", "    description: d"),
+        (2, 5, "rules[0].header", "a rule needs a condition"),
+        id="rule-without-condition",
+    ),
+    pytest.param(
+        lines(
+            "rules:",
+            "  - name: R",
+            "    score: 1",
+            "    description: d",
+            "    header:",
+            "      name: Subject",
+            "      matches: x",
+            "      missing: true",
+        ),
+        (7, 7, "rules[0].header.matches", "give either `matches` or `missing: true`"),
+        id="header-matches-and-missing",
+    ),
+    pytest.param(
+        lines(
+            "rules:",
+            "  - {name: R, score: 1, description: d, header: {name: 'A B', missing: true}}",
+        ),
+        (2, 50, "rules[0].header.name", "'A B' is not a header field name"),
+        id="bad-header-name",
+    ),
+    pytest.param(
+        lines("listen: inet:8894"),
+        (1, 9, "listen", "expected inet:PORT@HOST with a port 1-65535, got 'inet:8894'"),
+        id="listen-without-host",
+    ),
+    pytest.param(
+        lines("listen: inet:0@127.0.0.1"),
+        (1, 9, "listen", "expected inet:PORT@HOST with a port 1-65535, got 'inet:0@127.0.0.1'"),
+        id="listen-port-0",
+    ),
+    pytest.param(
+        lines("listen: inet:65536@127.0.0.1"),
+        (
+            1,
+            9,
+            "listen",
+            "expected inet:PORT@HOST with a port 1-65535, got 'inet:65536@127.0.0.1'",
+        ),
+        id="listen-port-too-big",
+    ),
+    pytest.param(
+        lines("listen: inet:8894@localhost"),
+        (1, 9, "listen", "listen host must be an IP address, got 'localhost'"),
+        id="listen-hostname",
+    ),
+    pytest.param(
+        lines("listen: inet:8894@::1"),
+        (1, 9, "listen", "inet needs an IPv4 address"),
+        id="listen-inet-with-ipv6",
+    ),
+    pytest.param(
+        lines("listen: inet6:8894@127.0.0.1"),
+        (1, 9, "listen", "inet6 needs an IPv6 address"),
+        id="listen-inet6-with-ipv4",
+    ),
+    pytest.param(
+        lines("listen: unix:relative.sock"),
+        (1, 9, "listen", "unix socket path must be absolute, got 'relative.sock'"),
+        id="listen-relative-unix",
+    ),
+    pytest.param(
+        lines("listen: tcp:8894@127.0.0.1"),
+        (1, 9, "listen", "unknown socket family 'tcp': use inet, inet6 or unix"),
+        id="listen-unknown-family",
+    ),
+    pytest.param(
+        lines("listen: 8894"),
+        (1, 9, "listen", "expected inet:PORT@HOST, inet6:PORT@HOST or unix:/path, got 8894"),
+        id="listen-number",
+    ),
+    pytest.param(
+        lines("resolver:", "  nameservers: [127.0.0.1, dns.google]"),
+        (2, 28, "resolver.nameservers[1]", "nameserver must be an IP address, got 'dns.google'"),
+        id="nameserver-hostname",
+    ),
+    pytest.param(
+        lines("resolver:", "  nameservers: ['127.0.0.1:99999']"),
+        (2, 17, "resolver.nameservers[0]", "bad port in '127.0.0.1:99999'"),
+        id="nameserver-port-too-big",
+    ),
+    pytest.param(
+        lines("resolver:", "  nameservers: ['[::1]:x']"),
+        (2, 17, "resolver.nameservers[0]", "bad port in '[::1]:x'"),
+        id="nameserver-bracketed-bad-port",
+    ),
+    pytest.param(
+        lines("resolver:", "  nameservers: 127.0.0.1"),
+        (2, 16, "resolver.nameservers", "expected a list, got the value '127.0.0.1'"),
+        id="nameservers-not-a-list",
+    ),
+    pytest.param(
+        lines("socket_mode: 1660"),
+        (1, 14, "socket_mode", "expected an octal mode such as 0660, got '1660'"),
+        id="socket-mode-decimal-660",
+    ),
+    pytest.param(
+        lines("socket_mode: '01777'"),
+        (1, 14, "socket_mode", "expected an octal mode such as 0660, got '01777'"),
+        id="socket-mode-sticky",
+    ),
+    pytest.param(
+        lines("socket_mode: rw"),
+        (1, 14, "socket_mode", "expected an octal mode such as 0660, got 'rw'"),
+        id="socket-mode-text",
+    ),
+    pytest.param(
+        lines("trusted_networks:", "  - 10.0.0.0/8", "  - 10.0.0.1/8"),
+        (
+            3,
+            5,
+            "trusted_networks[1]",
+            "invalid network '10.0.0.1/8': 10.0.0.1/8 has host bits set",
+        ),
+        id="cidr-host-bits",
+    ),
+    pytest.param(
+        lines("exempt_recipients: [postmaster, 'a b']"),
+        (1, 33, "exempt_recipients[1]", "'a b' is not a local part or address"),
+        id="bad-exempt-recipient",
+    ),
+    pytest.param(
+        lines("mode: block"),
+        (1, 7, "mode", "expected one of enforce, observe, got the string 'block'"),
+        id="bad-enum",
+    ),
+    pytest.param(
+        lines("log:", "  level: 3"),
+        (2, 10, "log.level", "expected one of debug, info, warning, error, got int 3"),
+        id="number-for-enum",
+    ),
+    pytest.param(
+        lines("resolver: 5"),
+        (1, 11, "resolver", "expected a mapping of keys, got the value '5'"),
+        id="scalar-for-section",
+    ),
+    pytest.param(
+        lines("ip_lists: foo"),
+        (1, 11, "ip_lists", "expected a list, got the value 'foo'"),
+        id="scalar-for-list",
+    ),
+    pytest.param(
+        lines("listen: [inet:8894@127.0.0.1]"),
+        (1, 9, "listen", "expected a single value, got a list"),
+        id="list-for-scalar",
+    ),
+    pytest.param(
+        lines("- mode: enforce"),
+        (1, 1, "", "expected a mapping of keys, got a list"),
+        id="top-level-list",
+    ),
+    pytest.param(
+        lines("mode: enforce", "log: [a"),
+        (
+            3,
+            1,
+            "",
+            "YAML syntax: while parsing a flow sequence expected ',' or ']', but got "
+            "'<stream end>'",
+        ),
+        id="yaml-unclosed-flow",
+    ),
+    pytest.param(
+        lines("mode: enforce", "  bad: indent"),
+        (2, 6, "", "YAML syntax: mapping values are not allowed here"),
+        id="yaml-bad-indent",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "where"), BAD_DOCUMENTS)
+def test_error_is_located(tmp_path: Path, text: str, where: tuple[int, int, str, str]) -> None:
+    line, column, key_path, message = where
+    error = load_error(tmp_path, text)
+    file = str(tmp_path / "spamgate.yaml")
+    assert (error.source, error.line, error.column, error.path) == (file, line, column, key_path)
+    assert error.message == message
+    prefix = f"{file}:{line}:{column}: "
+    assert str(error) == prefix + (f"{key_path}: {message}" if key_path else message)
+
+
+def test_missing_file_is_a_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(ConfigError) as raised:
+        load_policy(path)
+    assert str(raised.value) == f"{path}: cannot read: No such file or directory"
+    assert (raised.value.line, raised.value.path) == (0, "")
+
+
+def test_directory_is_a_file_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_policy(tmp_path)
+    assert str(raised.value) == f"{tmp_path}: cannot read: Is a directory"
+
+
+def test_non_utf8_file_is_a_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"mode: \xe9\n")
+    with pytest.raises(ConfigError) as raised:
+        load_policy(path)
+    assert str(raised.value) == f"{path}: not UTF-8 (byte 6)"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("# nothing but a comment\n", id="comment-only"),
+        pytest.param("---\n", id="empty-document"),
+        pytest.param("~\n", id="null-document"),
+    ],
+)
+def test_empty_file_means_all_defaults(tmp_path: Path, text: str) -> None:
+    policy = load(tmp_path, text)
+    assert policy == Policy()
+    assert policy.listen == ListenAddress("inet", host="127.0.0.1", port=8894)
+    assert policy.socket_mode == SocketMode(0o660)
+    assert (policy.resolver.query_timeout, policy.resolver.deadline) == (1.0, 2.0)
+    assert (policy.thresholds.tag, policy.thresholds.tempfail, policy.thresholds.reject) == (
+        3.0,
+        6.0,
+        10.0,
+    )
+    assert policy.exempt_recipients == ("postmaster", "abuse")
+    assert (policy.ip_lists, policy.rules) == ((), ())
+    assert policy.digest == hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --- known problems ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(lines("resolver:", "  deadline: .nan"), id="bounded-deadline"),
+        pytest.param(lines("resolver:", "  query_timeout: .nan"), id="bounded-query-timeout"),
+        pytest.param(lines("thresholds:", "  reject: .nan"), id="threshold"),
+    ],
+)
+def test_nan_is_refused(tmp_path: Path, text: str) -> None:
+    load_error(tmp_path, text)
+
+
+def test_unquoted_socket_mode_is_read_as_octal_like_chmod(tmp_path: Path) -> None:
+    assert load(tmp_path, lines("socket_mode: 440")).socket_mode == SocketMode(0o440)
+    assert load(tmp_path, lines("socket_mode: 660")).socket_mode == SocketMode(0o660)
+
+
+def test_two_hits_named_like_their_list_are_duplicates(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        lines(
+            "ip_lists:",
+            "  - name: A",
+            "    zone: a.test",
+            "    hits:",
+            "      - {name: A, score: 1, codes: [127.0.0.2]}",
+            "      - {name: A, score: 5, codes: [127.0.0.3]}",
+        ),
+    )
+    assert error.path == "ip_lists[0].hits[1].name"
+
+
+# --- good values become typed objects ----------------------------------------------------------
+
+GOOD_VALUES = [
+    pytest.param(
+        "listen: inet:8894@127.0.0.1",
+        lambda p: p.listen,
+        ListenAddress("inet", host="127.0.0.1", port=8894),
+        id="listen-inet",
+    ),
+    pytest.param(
+        "listen: inet6:10025@[::1]",
+        lambda p: p.listen,
+        ListenAddress("inet6", host="::1", port=10025),
+        id="listen-inet6-bracketed",
+    ),
+    pytest.param(
+        "listen: inet6:10025@2001:db8::25",
+        lambda p: p.listen,
+        ListenAddress("inet6", host="2001:db8::25", port=10025),
+        id="listen-inet6-bare",
+    ),
+    pytest.param(
+        "listen: unix:/run/spamgate/milter.sock",
+        lambda p: p.listen,
+        ListenAddress("unix", path="/run/spamgate/milter.sock"),
+        id="listen-unix",
+    ),
+    pytest.param(
+        "listen: local:/run/milter.sock",
+        lambda p: p.listen,
+        ListenAddress("unix", path="/run/milter.sock"),
+        id="listen-local-is-unix",
+    ),
+    pytest.param(
+        "resolver: {nameservers: ['192.0.2.53', '192.0.2.54:5353', '[::1]:5353', '::1', "
+        "'[2001:db8::53]']}",
+        lambda p: p.resolver.nameservers,
+        (
+            Nameserver("192.0.2.53", 53),
+            Nameserver("192.0.2.54", 5353),
+            Nameserver("::1", 5353),
+            Nameserver("::1", 53),
+            Nameserver("2001:db8::53", 53),
+        ),
+        id="nameservers",
+    ),
+    pytest.param("socket_mode: '0660'", lambda p: p.socket_mode, SocketMode(0o660), id="mode-str"),
+    pytest.param("socket_mode: 0660", lambda p: p.socket_mode, SocketMode(0o660), id="mode-octal"),
+    pytest.param("socket_mode: '600'", lambda p: p.socket_mode, SocketMode(0o600), id="mode-3"),
+    pytest.param("socket_mode: 0o600", lambda p: p.socket_mode, SocketMode(0o600), id="mode-0o"),
+    pytest.param("mode: observe", lambda p: p.mode, Mode.OBSERVE, id="mode-enum"),
+    pytest.param("on_error: tempfail", lambda p: p.on_error, OnError.TEMPFAIL, id="on-error"),
+    pytest.param("add_headers: tagged", lambda p: p.add_headers, AddHeaders.TAGGED, id="headers"),
+    pytest.param("log: {level: debug}", lambda p: p.log.level, LogLevel.DEBUG, id="log-level"),
+    pytest.param(
+        "thresholds: {tag: 2, reject: null}",
+        lambda p: (p.thresholds.tag, p.thresholds.tempfail, p.thresholds.reject),
+        (2.0, 6.0, None),
+        id="thresholds-null",
+    ),
+    pytest.param(
+        "exempt_recipients: [postmaster, abuse@example.org]",
+        lambda p: p.exempt_recipients,
+        ("postmaster", "abuse@example.org"),
+        id="exempt-tuple",
+    ),
+    pytest.param(
+        "trusted_networks: [192.0.2.0/24, '2001:db8::/32']",
+        lambda p: p.trusted_networks,
+        (ipaddress.IPv4Network("192.0.2.0/24"), ipaddress.IPv6Network("2001:db8::/32")),
+        id="networks-tuple",
+    ),
+    pytest.param(
+        "trusted_networks: []", lambda p: p.trusted_networks, (), id="no-trusted-networks"
+    ),
+    pytest.param(
+        "ip_lists: [{name: BL, zone: bl.example., score: 2.5, ipv6: false}]",
+        lambda p: (p.ip_lists[0].display, p.ip_lists[0].scored_hits, p.ip_lists[0].ipv6),
+        ("BL", (ListHit(name="BL", score=2.5),), False),
+        id="list-score-shorthand",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "get", "expected"), GOOD_VALUES)
+def test_good_value(
+    tmp_path: Path, text: str, get: Callable[[Policy], object], expected: object
+) -> None:
+    assert get(load(tmp_path, text + "\n")) == expected
+
+
+def test_numbers_are_floats_where_the_schema_says_number(tmp_path: Path) -> None:
+    policy = load(
+        tmp_path, lines("resolver: {deadline: 1}", "ip_lists: [{name: A, zone: a.b, score: 3}]")
+    )
+    assert isinstance(policy.resolver.deadline, float)
+    assert isinstance(policy.ip_lists[0].scored_hits[0].score, float)
+
+
+def test_hits_parse_codes_and_rules_compile(tmp_path: Path) -> None:
+    policy = load(
+        tmp_path,
+        lines(
+            "ip_lists:",
+            "  - name: BL",
+            "    display: Example BL",
+            "    zone: bl.example",
+            "    hits:",
+            "      - {name: BL_XBL, score: 10, codes: [127.0.0.4-127.0.0.7, '&8']}",
+            "rules:",
+            "  - name: PHARMA",
+            "    score: 2",
+            "    description: d",
+            "    header: {name: Subject, matches: 'v[i1]agra'}",
+        ),
+    )
+    (hit,) = policy.ip_lists[0].hits
+    assert [code.text for code in hit.codes] == ["127.0.0.4-127.0.0.7", "&8"]
+    assert policy.ip_lists[0].display == "Example BL"
+    header = policy.rules[0].header
+    assert header is not None
+    assert isinstance(header.matches, re.Pattern)
+    assert header.matches.search("cheap v1agra") is not None
+    assert header.missing is False
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        pytest.param(
+            ListenAddress("inet", host="127.0.0.1", port=8894), "inet:8894@127.0.0.1", id="inet"
+        ),
+        pytest.param(ListenAddress("inet6", host="::1", port=8894), "inet6:8894@[::1]", id="inet6"),
+        pytest.param(ListenAddress("unix", path="/run/m.sock"), "unix:/run/m.sock", id="unix"),
+        pytest.param(Nameserver("192.0.2.53", 53), "192.0.2.53:53", id="nameserver-v4"),
+        pytest.param(Nameserver("::1", 5353), "[::1]:5353", id="nameserver-v6"),
+        pytest.param(SocketMode(0o600), "0600", id="socket-mode"),
+    ],
+)
+def test_value_types_render_as_written(value: object, text: str) -> None:
+    assert str(value) == text
+
+
+# --- immutability ------------------------------------------------------------------------------
+
+FULL = lines(
+    "listen: unix:/run/m.sock",
+    "ip_lists:",
+    "  - name: BL",
+    "    zone: bl.example",
+    "    hits: [{name: BL_X, score: 1, codes: [127.0.0.2]}]",
+    "rules:",
+    "  - {name: R, score: 1, description: d, header: {name: Date, missing: true}}",
+)
+
+
+def _assign(target: object, name: str) -> Callable[[], None]:
+    return lambda: setattr(target, name, None)
+
+
+@pytest.mark.parametrize(
+    ("reach", "name"),
+    [
+        pytest.param(lambda p: p, "mode", id="policy"),
+        pytest.param(lambda p: p, "digest", id="policy-digest"),
+        pytest.param(lambda p: p.listen, "path", id="listen"),
+        pytest.param(lambda p: p.socket_mode, "bits", id="socket-mode"),
+        pytest.param(lambda p: p.log, "level", id="log"),
+        pytest.param(lambda p: p.resolver, "deadline", id="resolver"),
+        pytest.param(lambda p: p.thresholds, "reject", id="thresholds"),
+        pytest.param(lambda p: p.ip_lists[0], "zone", id="ip-list"),
+        pytest.param(lambda p: p.ip_lists[0].hits[0], "score", id="hit"),
+        pytest.param(lambda p: p.rules[0], "score", id="rule"),
+        pytest.param(lambda p: p.rules[0].header, "missing", id="header"),
+    ],
+)
+def test_policy_is_frozen(tmp_path: Path, reach: Callable[[Policy], object], name: str) -> None:
+    target = reach(load(tmp_path, FULL))
+    before = getattr(target, name)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _assign(target, name)()
+    assert getattr(target, name) == before
+
+
+def test_collections_are_tuples(tmp_path: Path) -> None:
+    policy = load(tmp_path, FULL)
+    collections = (
+        policy.ip_lists,
+        policy.ip_lists[0].hits,
+        policy.ip_lists[0].hits[0].codes,
+        policy.ip_lists[0].error_codes,
+        policy.rules,
+        policy.trusted_networks,
+        policy.exempt_recipients,
+        policy.resolver.nameservers,
+    )
+    assert all(type(c) is tuple for c in collections)
+
+
+# --- the reference -----------------------------------------------------------------------------
+
+ALL_KEYS = [
+    "listen",
+    "socket_mode",
+    "mode",
+    "on_error",
+    "log",
+    "log.target",
+    "log.level",
+    "resolver",
+    "resolver.nameservers",
+    "resolver.query_timeout",
+    "resolver.deadline",
+    "resolver.cache_min_ttl",
+    "resolver.cache_max_ttl",
+    "resolver.cache_entries",
+    "trusted_networks",
+    "skip_authenticated",
+    "thresholds",
+    "thresholds.tag",
+    "thresholds.tempfail",
+    "thresholds.reject",
+    "add_headers",
+    "exempt_recipients",
+    "ip_lists",
+    "ip_lists[].name",
+    "ip_lists[].zone",
+    "ip_lists[].display",
+    "ip_lists[].score",
+    "ip_lists[].hits",
+    "ip_lists[].hits[].name",
+    "ip_lists[].hits[].score",
+    "ip_lists[].hits[].codes",
+    "ip_lists[].hits[].description",
+    "ip_lists[].error_codes",
+    "ip_lists[].ipv4",
+    "ip_lists[].ipv6",
+    "rules",
+    "rules[].name",
+    "rules[].score",
+    "rules[].description",
+    "rules[].header",
+    "rules[].header.name",
+    "rules[].header.matches",
+    "rules[].header.missing",
+]
+
+
+def test_describe_has_a_row_for_every_key() -> None:
+    assert [row.path for row in schema.describe(Policy)] == ALL_KEYS
+
+
+@pytest.mark.parametrize(
+    ("path", "type_name", "default"),
+    [
+        pytest.param("ip_lists[].hits[].codes", "list of return code", "[]", id="codes"),
+        pytest.param("ip_lists[].name", "string", "required", id="required"),
+        pytest.param("resolver.deadline", "number", "2", id="bounded-number"),
+        pytest.param("mode", "`enforce` | `observe`", "enforce", id="enum"),
+        pytest.param("thresholds.reject", "number or null", "10", id="optional-number"),
+        pytest.param(
+            "trusted_networks",
+            "list of CIDR",
+            "loopback, RFC 1918, CGNAT, link-local, ULA",
+            id="cidr",
+        ),
+        pytest.param("resolver.nameservers", "list of host[:port]", "[]", id="nameservers"),
+        pytest.param("rules[].header.matches", "regex or null", "null", id="regex"),
+    ],
+)
+def test_describe_rows(path: str, type_name: str, default: str) -> None:
+    rows = {row.path: row for row in schema.describe(Policy)}
+    assert (rows[path].type_name, rows[path].default) == (type_name, default)
+
+
+def test_describe_shows_bounds_in_the_doc() -> None:
+    rows = {row.path: row for row in schema.describe(Policy)}
+    assert rows["resolver.deadline"].doc.endswith(" Range 0.01 to 60.")
+    assert rows["resolver.cache_entries"].doc.endswith(" Range 0 to 10000000.")
+    assert rows["mode"].doc.startswith("`observe` scores and logs everything")

@@ -1,0 +1,95 @@
+"""The daemon process: it listens where the policy says, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.harness.processes import free_port, tcp_accepts, wait_until
+
+
+def start(policy: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop(process: subprocess.Popen[str], poke: Callable[[], object]) -> tuple[int, str]:
+    """SIGTERM, then wake libmilter's accept loop (it checks for stop every 5 s otherwise)."""
+    process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while process.poll() is None and time.monotonic() < deadline:
+        poke()
+        time.sleep(0.05)
+    if process.poll() is None:
+        process.kill()
+    output, _ = process.communicate(timeout=10)
+    return process.returncode, output
+
+
+def test_inet_listener_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"listen: inet:{port}@127.0.0.1\n")
+    process = start(policy)
+    try:
+        wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
+    finally:
+        code, output = stop(process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1))
+    assert code == 0, output
+    assert f"listening on inet:{port}@127.0.0.1" in output
+    assert output.rstrip().endswith("INFO spamgate stopped")
+
+
+def _unix_accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(0.5)
+        try:
+            client.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("mode", ["0660", "0600"])
+def test_unix_socket_gets_the_configured_mode(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "spamgate.sock"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"listen: unix:{path}\nsocket_mode: '{mode}'\n")
+    process = start(policy)
+    try:
+        wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate to listen")
+        assert stat.S_IMODE(path.stat().st_mode) == int(mode, 8)
+    finally:
+        code, output = stop(process, lambda: _unix_accepts(path))
+    assert code == 0, output
+
+
+def test_port_in_use_is_an_error_exit(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        policy = tmp_path / "p.yaml"
+        policy.write_text(f"listen: inet:{port}@127.0.0.1\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"ERROR cannot listen on inet:{port}@127.0.0.1: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

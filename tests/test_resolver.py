@@ -1,0 +1,533 @@
+"""The stub resolver: response interpretation, the answer cache, and real lookups over UDP
+against a scripted DNS server running in the test process."""
+
+from __future__ import annotations
+
+import collections
+import gc
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from spamgate.answers import AnswerKind, DnsAnswer
+from spamgate.config import Nameserver, ResolverSettings
+from spamgate.resolver import AnswerCache, Resolver, interpret, system_nameservers
+
+QNAME = "2.0.0.127.zen.test"
+SOA = "ns.zen.test. hostmaster.zen.test. 1 3600 600 86400 {minimum}"
+
+
+# --- interpret ---------------------------------------------------------------------------------
+
+
+def response(
+    rcode: dns.rcode.Rcode = dns.rcode.NOERROR,
+    answer: tuple[tuple[str, int, str, tuple[str, ...]], ...] = (),
+    authority: tuple[tuple[str, int, str, tuple[str, ...]], ...] = (),
+) -> dns.message.Message:
+    """A response to an A query for QNAME, sent through the wire format as a server's would be."""
+    message = dns.message.make_response(dns.message.make_query(QNAME, dns.rdatatype.A))
+    message.set_rcode(rcode)
+    for section, records in ((message.answer, answer), (message.authority, authority)):
+        for owner, ttl, rdtype, rdatas in records:
+            name = dns.name.from_text(owner)
+            section.append(dns.rrset.from_text(name, ttl, "IN", rdtype, *rdatas))
+    return dns.message.from_wire(message.to_wire())
+
+
+def soa(minimum: int, ttl: int = 3600) -> tuple[str, int, str, tuple[str, ...]]:
+    return ("zen.test.", ttl, "SOA", (SOA.format(minimum=minimum),))
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        pytest.param(
+            response(answer=((QNAME, 600, "A", ("127.0.0.2", "127.0.0.10")),)),
+            DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.10", "127.0.0.2"), ttl=600),
+            id="addresses-with-ttl",
+        ),
+        pytest.param(
+            response(dns.rcode.NXDOMAIN, authority=(soa(minimum=150),)),
+            DnsAnswer(AnswerKind.NXDOMAIN, ttl=150),
+            id="nxdomain-ttl-from-soa-minimum",
+        ),
+        pytest.param(
+            response(dns.rcode.NXDOMAIN, authority=(soa(minimum=900, ttl=60),)),
+            DnsAnswer(AnswerKind.NXDOMAIN, ttl=60),
+            id="nxdomain-ttl-from-soa-ttl",
+        ),
+        pytest.param(
+            response(authority=(soa(minimum=120),)),
+            DnsAnswer(AnswerKind.NODATA, ttl=120),
+            id="nodata",
+        ),
+        pytest.param(
+            response(answer=((QNAME, 600, "TXT", ('"spam"',)),)),
+            DnsAnswer(AnswerKind.NODATA, ttl=300),
+            id="only-other-types-no-soa",
+        ),
+        pytest.param(response(dns.rcode.SERVFAIL), DnsAnswer(AnswerKind.SERVFAIL), id="servfail"),
+        pytest.param(response(dns.rcode.REFUSED), DnsAnswer(AnswerKind.REFUSED), id="refused"),
+        pytest.param(
+            response(dns.rcode.NOTIMP),
+            DnsAnswer(AnswerKind.OTHER_RCODE, detail="NOTIMP"),
+            id="other-rcode",
+        ),
+        pytest.param(
+            response(
+                answer=(
+                    (QNAME, 600, "CNAME", ("listed.zen.test.",)),
+                    ("listed.zen.test.", 120, "A", ("127.0.0.4",)),
+                )
+            ),
+            DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.4",), ttl=120),
+            id="cname-chain",
+        ),
+        pytest.param(
+            response(answer=((QNAME, 60, "CNAME", ("listed.zen.test.",)),)),
+            DnsAnswer(AnswerKind.NODATA, ttl=60),
+            id="cname-to-nothing",
+        ),
+        pytest.param(
+            response(dns.rcode.NXDOMAIN, answer=((QNAME, 60, "A", ("127.0.0.2",)),)),
+            DnsAnswer(AnswerKind.MALFORMED, detail="AnswerForNXDOMAIN"),
+            id="nxdomain-with-answer",
+        ),
+        pytest.param(
+            dns.message.Message(),
+            DnsAnswer(AnswerKind.MALFORMED, detail="not a query response"),
+            id="not-a-query-message",
+        ),
+    ],
+)
+def test_interpret(message: dns.message.Message, expected: DnsAnswer) -> None:
+    assert interpret(message) == expected
+
+
+def test_interpret_response_without_question_is_malformed() -> None:
+    message = dns.message.make_response(dns.message.make_query(QNAME, dns.rdatatype.A))
+    message.question = []
+    assert interpret(message) == DnsAnswer(AnswerKind.MALFORMED, detail="FormError")
+
+
+# --- AnswerCache -------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def listed(ttl: int) -> DnsAnswer:
+    return DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.2",), ttl=ttl)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "kept_for"),
+    [
+        pytest.param(300, 300, id="own-ttl"),
+        pytest.param(5, 30, id="raised-to-min"),
+        pytest.param(0, 30, id="zero-raised-to-min"),
+        pytest.param(86400, 3600, id="cut-to-max"),
+    ],
+)
+def test_cache_keeps_an_answer_for_its_clamped_ttl(ttl: int, kept_for: int) -> None:
+    clock = FakeClock()
+    cache = AnswerCache(min_ttl=30, max_ttl=3600, max_entries=10, clock=clock)
+    cache.put("q", listed(ttl))
+    clock.now += kept_for - 0.001
+    assert cache.get("q") == listed(ttl)
+    clock.now += 0.001
+    assert cache.get("q") is None
+    assert len(cache) == 0  # an expired entry is dropped when it is found
+
+
+def test_cache_evicts_the_oldest_entry() -> None:
+    cache = AnswerCache(min_ttl=0, max_ttl=3600, max_entries=2, clock=FakeClock())
+    cache.put("a", listed(60))
+    cache.put("b", listed(60))
+    cache.put("c", listed(60))
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, listed(60), listed(60))
+    assert len(cache) == 2
+
+
+def test_cache_put_again_makes_an_entry_new() -> None:
+    cache = AnswerCache(min_ttl=0, max_ttl=3600, max_entries=2, clock=FakeClock())
+    cache.put("a", listed(60))
+    cache.put("b", listed(60))
+    cache.put("a", listed(120))
+    cache.put("c", listed(60))
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (listed(120), None, listed(60))
+
+
+@pytest.mark.parametrize(
+    ("min_ttl", "max_ttl", "entries", "ttl"),
+    [
+        pytest.param(30, 3600, 0, 300, id="size-0"),
+        pytest.param(0, 0, 10, 300, id="max-ttl-0"),
+        pytest.param(0, 3600, 10, 0, id="ttl-0-without-min"),
+    ],
+)
+def test_cache_that_keeps_nothing(min_ttl: int, max_ttl: int, entries: int, ttl: int) -> None:
+    cache = AnswerCache(min_ttl, max_ttl, entries, FakeClock())
+    cache.put("q", listed(ttl))
+    assert cache.get("q") is None
+    assert len(cache) == 0
+
+
+# --- a scripted DNS server ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """What the fake server does with a query for one name."""
+
+    codes: tuple[str, ...] = ()
+    ttl: int = 300
+    rcode: dns.rcode.Rcode = dns.rcode.NOERROR
+    delay: float = 0.0
+    drop: bool = False
+
+
+NXDOMAIN = Behaviour(rcode=dns.rcode.NXDOMAIN, ttl=900)
+SILENT = Behaviour(drop=True)
+_SERVER_LIFETIME = 30.0  # seconds: a server left running by a broken test stops by itself
+
+
+class FakeDnsServer:
+    """A UDP DNS server on 127.0.0.1 that answers by script and counts what it receives."""
+
+    def __init__(self, default: Behaviour = NXDOMAIN) -> None:
+        self.default = default
+        self.script: dict[str, Behaviour] = {}
+        self.received: collections.Counter[str] = collections.Counter()
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.settimeout(0.01)
+        self.port: int = self._socket.getsockname()[1]
+        self._outbox: list[tuple[float, bytes, tuple[str, int]]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="fake-dns", daemon=True)
+
+    @property
+    def nameserver(self) -> Nameserver:
+        return Nameserver("127.0.0.1", self.port)
+
+    def packets(self, qname: str) -> int:
+        with self._lock:
+            return self.received[qname]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._socket.close()
+
+    def _serve(self) -> None:
+        give_up_at = time.monotonic() + _SERVER_LIFETIME
+        while not self._stop.is_set() and time.monotonic() < give_up_at:
+            self._send_due()
+            try:
+                wire, peer = self._socket.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._receive(wire, peer)
+
+    def _receive(self, wire: bytes, peer: tuple[str, int]) -> None:
+        query = dns.message.from_wire(wire)
+        qname = query.question[0].name.to_text(omit_final_dot=True)
+        with self._lock:
+            self.received[qname] += 1
+        behaviour = self.script.get(qname, self.default)
+        if behaviour.drop:
+            return
+        reply = dns.message.make_response(query)
+        reply.set_rcode(behaviour.rcode)
+        if behaviour.codes:
+            reply.answer.append(
+                dns.rrset.from_text(qname + ".", behaviour.ttl, "IN", "A", *behaviour.codes)
+            )
+        elif behaviour.rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            zone = dns.name.from_text(qname).parent().to_text()
+            record = SOA.format(minimum=behaviour.ttl)
+            reply.authority.append(dns.rrset.from_text(zone, 3600, "IN", "SOA", record))
+        self._outbox.append((time.monotonic() + behaviour.delay, reply.to_wire(), peer))
+
+    def _send_due(self) -> None:
+        now = time.monotonic()
+        due = [item for item in self._outbox if item[0] <= now]
+        self._outbox = [item for item in self._outbox if item[0] > now]
+        for _, wire, peer in due:
+            self._socket.sendto(wire, peer)
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[[Behaviour], FakeDnsServer]]:
+    started: list[FakeDnsServer] = []
+
+    def start(default: Behaviour = NXDOMAIN) -> FakeDnsServer:
+        server = FakeDnsServer(default)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(servers: Callable[[Behaviour], FakeDnsServer]) -> FakeDnsServer:
+    return servers(NXDOMAIN)
+
+
+@pytest.fixture
+def resolvers() -> Iterator[Callable[..., Resolver]]:
+    started: list[Resolver] = []
+
+    def start(
+        *nameservers: Nameserver, query_timeout: float = 0.2, deadline: float = 0.5
+    ) -> Resolver:
+        settings = ResolverSettings(
+            nameservers=nameservers,
+            query_timeout=query_timeout,
+            deadline=deadline,
+            cache_min_ttl=0,
+            cache_max_ttl=3600,
+            cache_entries=1000,
+        )
+        resolver = Resolver(settings)
+        resolver.start()
+        started.append(resolver)
+        return resolver
+
+    yield start
+    for resolver in started:
+        resolver.stop()
+
+
+def timed(future: futures.Future[DnsAnswer], limit: float = 3.0) -> tuple[DnsAnswer, float]:
+    started = time.monotonic()
+    answer = future.result(timeout=limit)
+    return answer, time.monotonic() - started
+
+
+# --- Resolver against the scripted server ------------------------------------------------------
+
+
+def test_listed_name_resolves_to_its_codes(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    server.script[QNAME] = Behaviour(codes=("127.0.0.2", "127.0.0.10"), ttl=600)
+    resolver = resolvers(server.nameserver)
+    answer, _ = timed(resolver.lookup(QNAME))
+    assert answer == DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.10", "127.0.0.2"), ttl=600)
+    assert server.packets(QNAME) == 1
+    assert resolver.stats.queries_sent == 1
+
+
+def test_second_lookup_comes_from_the_cache(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    server.script[QNAME] = Behaviour(codes=("127.0.0.2",), ttl=600)
+    resolver = resolvers(server.nameserver)
+    first, _ = timed(resolver.lookup(QNAME))
+
+    again = resolver.lookup(QNAME.upper())
+    assert again.done()
+    assert again.result() == first
+    assert server.packets(QNAME) == 1
+    assert (resolver.stats.lookups, resolver.stats.cache_hits) == (2, 1)
+
+
+def test_nxdomain_is_an_answer_and_is_cached(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    resolver = resolvers(server.nameserver)
+    answer, _ = timed(resolver.lookup(QNAME))
+    assert answer == DnsAnswer(AnswerKind.NXDOMAIN, ttl=900)
+    assert resolver.lookup(QNAME).result(timeout=0) == answer
+    assert server.packets(QNAME) == 1
+
+
+def test_name_never_answered_times_out_by_the_deadline(
+    servers: Callable[[Behaviour], FakeDnsServer], resolvers: Callable[..., Resolver]
+) -> None:
+    silent = servers(SILENT)
+    resolver = resolvers(silent.nameserver, query_timeout=0.2, deadline=0.5)
+    answer, elapsed = timed(resolver.lookup(QNAME))
+    assert answer.kind is AnswerKind.TIMEOUT
+    assert 0.45 <= elapsed < 0.5 + 0.4
+    assert 2 <= silent.packets(QNAME) <= 4  # retried within the deadline, never beyond
+    assert len(resolver.cache) == 0
+
+
+def test_concurrent_lookups_of_one_name_share_one_query(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    server.script[QNAME] = Behaviour(codes=("127.0.0.4",), ttl=300, delay=0.3)
+    resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
+    barrier = threading.Barrier(4)
+    asked: list[futures.Future[DnsAnswer]] = []
+    lock = threading.Lock()
+
+    def ask_five() -> None:
+        barrier.wait(timeout=2)
+        mine = [resolver.lookup(QNAME) for _ in range(5)]
+        with lock:
+            asked.extend(mine)
+
+    threads = [threading.Thread(target=ask_five) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=2)
+
+    done, not_done = futures.wait(asked, timeout=3)
+    assert (len(done), len(not_done)) == (20, 0)
+    assert {f.result() for f in asked} == {DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.4",), 300)}
+    assert server.packets(QNAME) == 1
+    assert (resolver.stats.lookups, resolver.stats.merged) == (20, 19)
+    assert resolver.stats.queries_sent == 1
+
+
+def test_second_nameserver_answers_when_the_first_is_silent(
+    servers: Callable[[Behaviour], FakeDnsServer], resolvers: Callable[..., Resolver]
+) -> None:
+    silent, good = servers(SILENT), servers(NXDOMAIN)
+    good.script[QNAME] = Behaviour(codes=("127.0.0.2",), ttl=60)
+    resolver = resolvers(silent.nameserver, good.nameserver, query_timeout=0.2, deadline=1.0)
+    answer, elapsed = timed(resolver.lookup(QNAME))
+    assert answer == DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.2",), ttl=60)
+    assert 0.15 <= elapsed < 0.2 + 0.4
+    assert (silent.packets(QNAME), good.packets(QNAME)) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("rcode", "expected"),
+    [
+        pytest.param(dns.rcode.SERVFAIL, DnsAnswer(AnswerKind.SERVFAIL), id="servfail"),
+        pytest.param(dns.rcode.REFUSED, DnsAnswer(AnswerKind.REFUSED), id="refused"),
+        pytest.param(
+            dns.rcode.NOTIMP, DnsAnswer(AnswerKind.OTHER_RCODE, detail="NOTIMP"), id="notimp"
+        ),
+    ],
+)
+def test_failure_from_the_only_server_is_prompt_and_not_cached(
+    server: FakeDnsServer,
+    resolvers: Callable[..., Resolver],
+    rcode: dns.rcode.Rcode,
+    expected: DnsAnswer,
+) -> None:
+    server.script[QNAME] = Behaviour(rcode=rcode)
+    resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
+    answer, elapsed = timed(resolver.lookup(QNAME))
+    assert answer == expected
+    assert elapsed < 0.5  # not held until the 2 s deadline
+    assert server.packets(QNAME) == 1
+    assert len(resolver.cache) == 0
+
+    again, _ = timed(resolver.lookup(QNAME))
+    assert again == expected
+    assert server.packets(QNAME) == 2
+
+
+def test_lookup_before_start_is_a_network_failure() -> None:
+    resolver = Resolver(ResolverSettings(nameservers=(Nameserver("127.0.0.1", 9),)))
+    future = resolver.lookup(QNAME)
+    assert future.done()
+    assert future.result() == DnsAnswer(AnswerKind.NETWORK, detail="resolver not running")
+
+
+def lookup_then_stop(server: FakeDnsServer) -> futures.Future[DnsAnswer]:
+    """Start a lookup the server never answers and stop the resolver while it is in flight."""
+    settings = ResolverSettings(nameservers=(server.nameserver,), query_timeout=5, deadline=10)
+    resolver = Resolver(settings)
+    resolver.start()
+    future = resolver.lookup(QNAME)
+    for _ in range(100):  # until the query is on the wire
+        if server.packets(QNAME):
+            break
+        time.sleep(0.01)
+    resolver.stop()
+    return future
+
+
+def test_stop_settles_lookups_in_flight(servers: Callable[[Behaviour], FakeDnsServer]) -> None:
+    future = lookup_then_stop(servers(SILENT))
+    answer = future.result(timeout=0.5)
+    assert (answer.kind, answer.detail) == (AnswerKind.NETWORK, "resolver stopped")
+    gc.collect()  # a task destroyed unsettled would warn here; -W error makes that fail
+
+
+# --- system_nameservers ------------------------------------------------------------------------
+
+
+def resolv_conf(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "resolv.conf"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "# generated\nsearch example.org\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n"
+            "options edns0\n",
+            (Nameserver("192.0.2.53"), Nameserver("2001:db8::53")),
+            id="v4-and-v6",
+        ),
+        pytest.param(
+            "nameserver fe80::1%eth0\n", (Nameserver("fe80::1"),), id="scoped-ipv6-loses-scope"
+        ),
+        pytest.param(
+            "nameserver\t198.51.100.1   # upstream\n",
+            (Nameserver("198.51.100.1"),),
+            id="tabs-and-trailing-comment",
+        ),
+        pytest.param(
+            "search example.org\noptions ndots:2\n", (Nameserver("127.0.0.1"),), id="none"
+        ),
+        pytest.param("", (Nameserver("127.0.0.1"),), id="empty"),
+        pytest.param("nameserver\n", (Nameserver("127.0.0.1"),), id="nameserver-without-address"),
+        pytest.param("; nameserver 192.0.2.9\n", (Nameserver("127.0.0.1"),), id="commented-out"),
+    ],
+)
+def test_system_nameservers(tmp_path: Path, text: str, expected: tuple[Nameserver, ...]) -> None:
+    assert system_nameservers(resolv_conf(tmp_path, text)) == expected
+
+
+def test_system_nameservers_skips_a_bad_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = resolv_conf(tmp_path, "nameserver dns.example\nnameserver 192.0.2.53\n")
+    with caplog.at_level(logging.WARNING, logger="spamgate.resolver"):
+        assert system_nameservers(path) == (Nameserver("192.0.2.53"),)
+    assert caplog.messages == [f"ignoring nameserver 'dns.example' in {path}"]
+
+
+def test_system_nameservers_without_the_file(tmp_path: Path) -> None:
+    assert system_nameservers(str(tmp_path / "absent")) == (Nameserver("127.0.0.1"),)
