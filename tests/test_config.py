@@ -800,6 +800,7 @@ ALL_KEYS = [
     "log",
     "log.target",
     "log.level",
+    "log.stats_interval",
     "resolver",
     "resolver.nameservers",
     "resolver.query_timeout",

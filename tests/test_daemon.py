@@ -49,6 +49,7 @@ def test_inet_listener_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         code, output = stop(process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1))
     assert code == 0, output
     assert f"listening on inet:{port}@127.0.0.1" in output
+    assert "INFO stats resolver lookups=0 cache_hits=0 merged=0 queries_sent=0" in output
     assert output.rstrip().endswith("INFO spamgate stopped")
 
 

@@ -34,7 +34,14 @@ import milter as libmilter
 
 from spamgate.config import ListenAddress, OnError, Rule, SocketMode
 from spamgate.decisionlog import Decision, format_decision
-from spamgate.dnslists import IPAddress, ListOutcome, Lookups, PendingChecks, lookup_address
+from spamgate.dnslists import (
+    IPAddress,
+    ListCounters,
+    ListOutcome,
+    Lookups,
+    PendingChecks,
+    lookup_address,
+)
 from spamgate.engine import OUR_HEADERS, Action, Enforcement, Engine, Evidence, Verdict
 from spamgate.replies import Reply, internal_error
 
@@ -54,6 +61,7 @@ class Runtime:
     resolver: Lookups
     clock: Callable[[], float] = time.monotonic
     new_id: Callable[[], str] = field(default=lambda: secrets.token_hex(5))
+    counters: ListCounters = field(default_factory=ListCounters)
 
 
 @dataclass
@@ -144,8 +152,9 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
             ignored = "trusted"
         elif policy.ip_lists:
             # Start now so the lookups overlap HELO, MAIL and the rest of the dialogue.
+            runtime = self.runtime
             checks = PendingChecks(
-                self.runtime.resolver, address, policy.ip_lists, self.runtime.clock
+                runtime.resolver, address, policy.ip_lists, runtime.clock, runtime.counters
             )
         self.connection = Connection(engine, address, address_text, hostname, checks, ignored)
 
@@ -181,29 +190,32 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
         transaction.accepted.append(to)
         return int(Milter.CONTINUE)
 
-    # Registered only so Postfix does not stall on a delayed ACK after sending DATA macros for
-    # an event it believes we skip (PYMILTER-FACTS, "Latency traps").
-    @_noreply_guarded
-    def data(self) -> None:
-        return None
+    # data, header and eoh answer CONTINUE rather than being no-reply callbacks. Postfix sends
+    # the events of the message back to back; if we never answer, each of its small writes
+    # waits (Nagle) for the ACK of the previous one, which our side delays by ~40 ms. An answer
+    # carries the ACK at once. Measured: 42 ms -> 0.6 ms at end of message over inet:.
+    # (connect, helo and mail can stay no-reply: an SMTP round trip separates them.)
+    @_guarded
+    def data(self) -> int:
+        return int(Milter.CONTINUE)
 
-    @_noreply_guarded
-    def header(self, name: str, value: str) -> None:
+    @_guarded
+    def header(self, name: str, value: str) -> int:
         transaction = self.transaction
-        if transaction is None:
-            return
-        lowered = name.lower()
-        rulebook = self._session()[0].engine.rulebook
-        if lowered in OUR_HEADERS:
-            transaction.our_headers[name] = transaction.our_headers.get(name, 0) + 1
-        if rulebook.checks_missing(lowered):
-            transaction.seen_headers.add(lowered)
-        for rule in rulebook.match_header(lowered, value):
-            transaction.rule_hits.setdefault(rule.name, rule)
+        if transaction is not None:
+            rulebook = self._session()[0].engine.rulebook
+            lowered = name.lower()
+            if lowered in OUR_HEADERS:
+                transaction.our_headers[name] = transaction.our_headers.get(name, 0) + 1
+            if rulebook.checks_missing(lowered):
+                transaction.seen_headers.add(lowered)
+            for rule in rulebook.match_header(lowered, value):
+                transaction.rule_hits.setdefault(rule.name, rule)
+        return int(Milter.CONTINUE)
 
-    @_noreply_guarded
-    def eoh(self) -> None:
-        return None
+    @_guarded
+    def eoh(self) -> int:
+        return int(Milter.CONTINUE)
 
     @_guarded
     def eom(self) -> int:

@@ -187,6 +187,13 @@ DEFAULT_TRUSTED = tuple(
 class LogSettings:
     target: str = setting("`stderr` (journald picks it up), `syslog`, or a file path.", "stderr")
     level: LogLevel = setting("Least severe level written.", LogLevel.INFO)
+    stats_interval: int = setting(
+        "Seconds between `stats` lines (per-list answer counts, resolver counters); 0 logs "
+        "them only at shutdown.",
+        3600,
+        minimum=0,
+        maximum=86400,
+    )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import logging
 import logging.handlers
 import signal
 import sys
+import threading
+from collections.abc import Callable
 
 from spamgate import __version__
 from spamgate.adapter import ListenError, Runtime, serve
@@ -44,6 +46,25 @@ def configure_logging(settings: LogSettings) -> None:
 LIBMILTER_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 
 
+def log_stats(runtime: Runtime, resolver: Resolver) -> None:
+    for line in runtime.counters.lines():
+        log.info("stats %s", line)
+    stats = resolver.stats
+    log.info(
+        "stats resolver lookups=%d cache_hits=%d merged=%d queries_sent=%d cache_entries=%d",
+        stats.lookups,
+        stats.cache_hits,
+        stats.merged,
+        stats.queries_sent,
+        len(resolver.cache),
+    )
+
+
+def _report_every(interval: int, stopped: threading.Event, report: Callable[[], None]) -> None:
+    while not stopped.wait(interval):
+        report()
+
+
 def run(policy: Policy, config_path: str) -> int:
     configure_logging(policy.log)
     signal.pthread_sigmask(signal.SIG_BLOCK, LIBMILTER_SIGNALS)
@@ -60,8 +81,17 @@ def run(policy: Policy, config_path: str) -> int:
         servers,
         len(policy.rules),
     )
+    runtime = Runtime(Engine(policy), resolver)
+    stopped = threading.Event()
+    if policy.log.stats_interval:
+        threading.Thread(
+            target=_report_every,
+            args=(policy.log.stats_interval, stopped, lambda: log_stats(runtime, resolver)),
+            name="spamgate-stats",
+            daemon=True,
+        ).start()
     try:
-        serve(Runtime(Engine(policy), resolver), policy.listen, policy.socket_mode)
+        serve(runtime, policy.listen, policy.socket_mode)
     except ListenError as error:
         log.error("%s", error)
         return 1
@@ -69,6 +99,8 @@ def run(policy: Policy, config_path: str) -> int:
         log.exception("milter stopped with an error")
         return 1
     finally:
+        stopped.set()
         resolver.stop()
+        log_stats(runtime, resolver)
     log.info("spamgate stopped")
     return 0

@@ -7,8 +7,10 @@ a hit, whatever addresses came back.
 
 from __future__ import annotations
 
+import collections
 import enum
 import ipaddress
+import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -95,6 +97,35 @@ def _unusable(
     return ListOutcome(dns_list, ListStatus.UNUSABLE, codes, failure=failure, latency_ms=latency_ms)
 
 
+class ListCounters:
+    """How each list has answered since start, for the periodic stats line; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, collections.Counter[str]] = {}
+
+    def record(self, outcomes: Sequence[ListOutcome]) -> None:
+        with self._lock:
+            for outcome in outcomes:
+                counts = self._counts.setdefault(outcome.dns_list.name, collections.Counter())
+                counts["checks"] += 1
+                counts[outcome.status.value] += 1
+                if outcome.failure:
+                    counts[outcome.failure] += 1
+
+    def lines(self) -> list[str]:
+        """One `list=NAME checks=N listed=N clean=N unusable=N <failure>=N ...` per list."""
+        with self._lock:
+            snapshot = {name: dict(counts) for name, counts in sorted(self._counts.items())}
+        lines = []
+        for name, counts in snapshot.items():
+            fixed = ("checks", "listed", "clean", "unusable")
+            parts = [f"{key}={counts.get(key, 0)}" for key in fixed]
+            parts += [f"{k}={v}" for k, v in sorted(counts.items()) if k not in fixed]
+            lines.append(f"list={name} " + " ".join(parts))
+        return lines
+
+
 class Lookups(Protocol):
     """What the list checks need from a resolver: thread-safe lookups that never raise."""
 
@@ -110,8 +141,10 @@ class PendingChecks:
         address: IPAddress,
         ip_lists: Sequence[IpList],
         clock: Callable[[], float],
+        counters: ListCounters | None = None,
     ) -> None:
         self._clock = clock
+        self._counters = counters
         self.started_at = clock()
         self._answered_at: dict[str, float] = {}
         target = lookup_address(address)
@@ -136,6 +169,8 @@ class PendingChecks:
             if remaining > 0 and pending:
                 futures.wait(pending, timeout=remaining)
             self._outcomes = tuple(self._outcome(lst, f, deadline) for lst, f in self._lookups)
+            if self._counters is not None:
+                self._counters.record(self._outcomes)
         return self._outcomes
 
     def _outcome(

@@ -153,9 +153,15 @@ def test_mail_is_accepted_with_the_dns_server_stopped(stack: Stack) -> None:
     assert [reply.code for _, reply in result.rcpts] == [250]
     assert result.end_of_data is not None and result.end_of_data.code == 250
     assert result.elapsed < 1.0 + 2.0  # the 1 s deadline plus a margin for a loaded machine
-    decision = stack.milters["dns-stopped"].wait_for_decision(queue=str(result.queue_id))
+    milter = stack.milters["dns-stopped"]
+    decision = milter.wait_for_decision(queue=str(result.queue_id))
     assert decision["fails"] == "ZEN_FAIL,WL_FAIL"
     assert decision["score"] == "0.0"
+    # Unusable answers are counted: the stats lines at shutdown say how often and why.
+    milter.stop()
+    log = milter.log_text()
+    failure = decision["lists"].split(":")[2]  # deadline or network, as the kernel reports
+    assert f"stats list=ZEN checks=1 listed=0 clean=0 unusable=1 {failure}=1" in log
 
 
 def test_silent_dns_server_costs_at_most_the_deadline(stack: Stack) -> None:
