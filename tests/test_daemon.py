@@ -94,3 +94,37 @@ def test_port_in_use_is_an_error_exit(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"ERROR cannot listen on inet:{port}@127.0.0.1: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_log_to_a_file(tmp_path: Path) -> None:
+    port = free_port()
+    log_file = tmp_path / "spamgate.log"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"listen: inet:{port}@127.0.0.1\nlog: {{target: {log_file}}}\n")
+    process = start(policy)
+    try:
+        wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
+    finally:
+        code, output = stop(process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1))
+    assert code == 0, output
+    assert output == ""
+    written = log_file.read_text()
+    assert f"INFO listening on inet:{port}@127.0.0.1" in written
+    assert written.rstrip().endswith("INFO spamgate stopped")
+
+
+def test_unwritable_log_target_is_an_error_exit(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    missing_dir = tmp_path / "no" / "such" / "dir"
+    policy.write_text(
+        f"listen: inet:{free_port()}@127.0.0.1\nlog: {{target: {missing_dir}/x.log}}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"spamgate: cannot log to {missing_dir}/x.log: ")

@@ -66,7 +66,11 @@ def _report_every(interval: int, stopped: threading.Event, report: Callable[[], 
 
 
 def run(policy: Policy, config_path: str) -> int:
-    configure_logging(policy.log)
+    try:
+        configure_logging(policy.log)
+    except OSError as error:
+        print(f"spamgate: cannot log to {policy.log.target}: {error}", file=sys.stderr)
+        return 1
     signal.pthread_sigmask(signal.SIG_BLOCK, LIBMILTER_SIGNALS)
     resolver = Resolver(policy.resolver)
     resolver.start()

@@ -7,8 +7,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import dns.exception
 import dns.message
@@ -16,7 +14,7 @@ import dns.query
 import dns.rcode
 import dns.resolver
 
-from .processes import LOOPBACK, ManagedProcess, find_program, free_port
+from .processes import LOOPBACK, ManagedProcess, Service, find_program, free_port
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,7 @@ class Zone:
     data: str
 
 
-class Rbldnsd:
+class Rbldnsd(Service):
     """rbldnsd in the foreground (-n) on 127.0.0.1:``port``; restartable on the same port."""
 
     address = LOOPBACK
@@ -105,18 +103,6 @@ class Rbldnsd:
 
     def log_tail(self) -> str:
         return self.process.log_tail()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def dnsbl_name(address: str, zone: str) -> str:

@@ -7,13 +7,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from .processes import (
     LOOPBACK,
     HarnessError,
     ManagedProcess,
+    Service,
     free_port,
     tcp_accepts,
     wait_until,
@@ -22,7 +21,7 @@ from .processes import (
 NOOP_MILTER_SCRIPT = Path(__file__).with_name("noop_milter.py")
 
 
-class MilterProcess:
+class MilterProcess(Service):
     """A milter started from ``argv`` that listens on 127.0.0.1:``port``.
 
     The same socket is spelled differently on each side: libmilter (the milter's own
@@ -74,15 +73,3 @@ class MilterProcess:
 
     def log_tail(self) -> str:
         return self.process.log_tail()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -19,13 +19,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from .processes import (
     LOOPBACK,
     HarnessError,
     ManagedProcess,
+    Service,
     find_program,
     free_port,
     wait_until,
@@ -89,7 +88,7 @@ class Listener:
     options: Mapping[str, str] = field(default_factory=dict)
 
 
-class PostfixInstance:
+class PostfixInstance(Service):
     """Postfix relaying the ``relay_domains`` to 127.0.0.1:``relay_port`` (e.g. an SmtpSink).
 
     ``listeners`` maps a name to a Listener; ``ports[name]`` is its port, and its smtpd logs
@@ -266,18 +265,6 @@ class PostfixInstance:
             interval=0.05,
         )
         return found[0]
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _smtpd_service(name: str, port: int, listener: Listener) -> str:

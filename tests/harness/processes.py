@@ -16,7 +16,6 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 LOOPBACK = "127.0.0.1"
@@ -121,7 +120,24 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-class ManagedProcess:
+class Service:
+    """Something the harness starts and stops: `with` starts it and always stops it."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class ManagedProcess(Service):
     """A child process in its own session, with output appended to a log file.
 
     Because the child is started with ``start_new_session=True`` its PID is also the ID of a
@@ -235,15 +251,3 @@ class ManagedProcess:
         except FileNotFoundError:
             return "(no log written)"
         return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

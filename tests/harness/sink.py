@@ -11,13 +11,12 @@ import re
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from .processes import (
     LOOPBACK,
     HarnessError,
     ManagedProcess,
+    Service,
     find_program,
     free_port,
     tcp_accepts,
@@ -42,7 +41,7 @@ class SinkMessage:
     message: EmailMessage
 
 
-class SmtpSink:
+class SmtpSink(Service):
     """``smtp-sink -d`` on a free 127.0.0.1 port, one dump file per message in ``dump_dir``."""
 
     address = LOOPBACK
@@ -127,18 +126,6 @@ class SmtpSink:
 
     def log_tail(self) -> str:
         return self.process.log_tail()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _parse_dump(path: Path, data: bytes) -> SinkMessage:
