@@ -24,7 +24,7 @@ from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.config import Policy
 from spamgate.engine import Engine
 
-LISTED = DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.2",), ttl=60)
+LISTED = DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=60)
 CLEAN = DnsAnswer(AnswerKind.NXDOMAIN, ttl=60)
 
 BASE_POLICY = """
@@ -225,7 +225,7 @@ def test_repeated_foreign_header_deleted_from_the_last_index_down() -> None:
 
 def test_mid_score_client_is_tempfailed() -> None:
     lookups = FakeLookups(
-        {"1.2.0.192.s3cr3tkey.zen.test": DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.10",), ttl=60)}
+        {"1.2.0.192.s3cr3tkey.zen.test": DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10",), ttl=60)}
     )
     session = Session(make_policy(), lookups)
     session.connect("192.0.2.1")
@@ -254,7 +254,7 @@ def test_postmaster_reachable_from_listed_client_and_tagged(
 
 
 def test_blocked_answer_is_never_a_listing(caplog: pytest.LogCaptureFixture) -> None:
-    blocked = DnsAnswer(AnswerKind.ADDRESSES, ("127.255.255.254",), ttl=60)
+    blocked = DnsAnswer(AnswerKind.RECORDS, ("127.255.255.254",), ttl=60)
     session = Session(make_policy(), FakeLookups({"1.2.0.192.s3cr3tkey.zen.test": blocked}))
     session.connect("192.0.2.1")
     session.mail()
@@ -343,7 +343,7 @@ def test_allowlist_offsets_a_listing() -> None:
     lookups = FakeLookups(
         {
             "1.2.0.192.s3cr3tkey.zen.test": LISTED,
-            "1.2.0.192.wl.test": DnsAnswer(AnswerKind.ADDRESSES, ("127.0.15.3",), ttl=60),
+            "1.2.0.192.wl.test": DnsAnswer(AnswerKind.RECORDS, ("127.0.15.3",), ttl=60),
         }
     )
     session = Session(make_policy(), lookups)
@@ -358,7 +358,7 @@ def test_header_rules_add_to_list_score_and_reject_at_end_of_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     lookups = FakeLookups(
-        {"1.2.0.192.s3cr3tkey.zen.test": DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.10",), 60)}
+        {"1.2.0.192.s3cr3tkey.zen.test": DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10",), 60)}
     )
     session = Session(make_policy("thresholds: {tag: 3, tempfail: null, reject: 10}\n"), lookups)
     session.connect("192.0.2.1")

@@ -49,7 +49,7 @@ ALL_LISTS = (ZEN, DNSWL, SPAMCOP, V6_ONLY)
 
 
 def addresses(*codes: str) -> DnsAnswer:
-    return DnsAnswer(AnswerKind.ADDRESSES, codes, ttl=300)
+    return DnsAnswer(AnswerKind.RECORDS, codes, ttl=300)
 
 
 def names(outcome: ListOutcome) -> list[str]:
@@ -149,7 +149,7 @@ def test_classify_listed(dns_list: IpList, answer: DnsAnswer, hits: list[str]) -
     outcome = classify(dns_list, answer, latency_ms=12.0)
     assert outcome.status is ListStatus.LISTED
     assert outcome.dns_list is dns_list
-    assert outcome.codes == answer.addresses
+    assert outcome.codes == answer.records
     assert names(outcome) == hits
     assert outcome.failure == ""
     assert outcome.latency_ms == 12.0
@@ -207,7 +207,7 @@ def test_classify_unusable_is_never_a_hit(
     assert outcome.status is ListStatus.UNUSABLE
     assert outcome.failure == failure
     assert outcome.hits == ()
-    assert outcome.codes == answer.addresses
+    assert outcome.codes == answer.records
     assert outcome.latency_ms == 7.0
 
 
@@ -375,7 +375,7 @@ def test_counters_tally_each_list_by_status_and_failure() -> None:
     clean = DnsAnswer(AnswerKind.NXDOMAIN)
     counters.record([classify(zen, addresses("127.0.0.2")), classify(wl, clean)])
     counters.record([classify(zen, DnsAnswer(AnswerKind.TIMEOUT)), classify(wl, clean)])
-    counters.record([classify(zen, DnsAnswer(AnswerKind.ADDRESSES, ("127.255.255.254",)))])
+    counters.record([classify(zen, DnsAnswer(AnswerKind.RECORDS, ("127.255.255.254",)))])
     assert counters.lines() == [
         "list=WL checks=2 listed=0 clean=2 unusable=0",
         "list=ZEN checks=3 listed=1 clean=0 unusable=2 error-code=1 timeout=1",

@@ -35,11 +35,11 @@ def evidence(eng: Engine, bl: tuple[str, ...] = (), wl: bool = False, rules: str
     bl_list, wl_list = eng.policy.ip_lists
     outcomes = [
         classify(
-            bl_list, DnsAnswer(AnswerKind.ADDRESSES, bl) if bl else DnsAnswer(AnswerKind.NXDOMAIN)
+            bl_list, DnsAnswer(AnswerKind.RECORDS, bl) if bl else DnsAnswer(AnswerKind.NXDOMAIN)
         ),
         classify(
             wl_list,
-            DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.2",))
+            DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",))
             if wl
             else DnsAnswer(AnswerKind.NXDOMAIN),
         ),
@@ -93,7 +93,7 @@ def test_lists_ignored_do_not_score() -> None:
 def test_unusable_answer_scores_nothing() -> None:
     eng = engine()
     bl_list = eng.policy.ip_lists[0]
-    blocked = classify(bl_list, DnsAnswer(AnswerKind.ADDRESSES, ("127.255.255.254",)))
+    blocked = classify(bl_list, DnsAnswer(AnswerKind.RECORDS, ("127.255.255.254",)))
     assert eng.evaluate(Evidence((blocked,))).score == 0.0
 
 

@@ -57,7 +57,7 @@ def soa(minimum: int, ttl: int = 3600) -> tuple[str, int, str, tuple[str, ...]]:
     [
         pytest.param(
             response(answer=((QNAME, 600, "A", ("127.0.0.2", "127.0.0.10")),)),
-            DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.10", "127.0.0.2"), ttl=600),
+            DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10", "127.0.0.2"), ttl=600),
             id="addresses-with-ttl",
         ),
         pytest.param(
@@ -94,7 +94,7 @@ def soa(minimum: int, ttl: int = 3600) -> tuple[str, int, str, tuple[str, ...]]:
                     ("listed.zen.test.", 120, "A", ("127.0.0.4",)),
                 )
             ),
-            DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.4",), ttl=120),
+            DnsAnswer(AnswerKind.RECORDS, ("127.0.0.4",), ttl=120),
             id="cname-chain",
         ),
         pytest.param(
@@ -136,7 +136,7 @@ class FakeClock:
 
 
 def listed(ttl: int) -> DnsAnswer:
-    return DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.2",), ttl=ttl)
+    return DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=ttl)
 
 
 @pytest.mark.parametrize(
@@ -343,7 +343,7 @@ def test_listed_name_resolves_to_its_codes(
     server.script[QNAME] = Behaviour(codes=("127.0.0.2", "127.0.0.10"), ttl=600)
     resolver = resolvers(server.nameserver)
     answer, _ = timed(resolver.lookup(QNAME))
-    assert answer == DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.10", "127.0.0.2"), ttl=600)
+    assert answer == DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10", "127.0.0.2"), ttl=600)
     assert server.packets(QNAME) == 1
     assert resolver.stats.queries_sent == 1
 
@@ -407,7 +407,7 @@ def test_concurrent_lookups_of_one_name_share_one_query(
 
     done, not_done = futures.wait(asked, timeout=3)
     assert (len(done), len(not_done)) == (20, 0)
-    assert {f.result() for f in asked} == {DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.4",), 300)}
+    assert {f.result() for f in asked} == {DnsAnswer(AnswerKind.RECORDS, ("127.0.0.4",), 300)}
     assert server.packets(QNAME) == 1
     assert (resolver.stats.lookups, resolver.stats.merged) == (20, 19)
     assert resolver.stats.queries_sent == 1
@@ -420,7 +420,7 @@ def test_second_nameserver_answers_when_the_first_is_silent(
     good.script[QNAME] = Behaviour(codes=("127.0.0.2",), ttl=60)
     resolver = resolvers(silent.nameserver, good.nameserver, query_timeout=0.2, deadline=1.0)
     answer, elapsed = timed(resolver.lookup(QNAME))
-    assert answer == DnsAnswer(AnswerKind.ADDRESSES, ("127.0.0.2",), ttl=60)
+    assert answer == DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=60)
     assert 0.15 <= elapsed < 0.2 + 0.4
     assert (silent.packets(QNAME), good.packets(QNAME)) == (1, 1)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 
 class AnswerKind(enum.Enum):
-    ADDRESSES = "addresses"
+    RECORDS = "records"
     NXDOMAIN = "nxdomain"
     NODATA = "nodata"
     SERVFAIL = "servfail"
@@ -23,14 +23,14 @@ class AnswerKind(enum.Enum):
         return self in _DEFINITIVE
 
 
-_DEFINITIVE = frozenset({AnswerKind.ADDRESSES, AnswerKind.NXDOMAIN, AnswerKind.NODATA})
+_DEFINITIVE = frozenset({AnswerKind.RECORDS, AnswerKind.NXDOMAIN, AnswerKind.NODATA})
 
 
 @dataclass(frozen=True, slots=True)
 class DnsAnswer:
-    """The A records (as dotted quads) for one query name, or why there are none."""
+    """The records (as text: dotted quads for A) for one query, or why there are none."""
 
     kind: AnswerKind
-    addresses: tuple[str, ...] = ()
+    records: tuple[str, ...] = ()
     ttl: int = 0
     detail: str = ""

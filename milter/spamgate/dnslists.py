@@ -67,28 +67,28 @@ def classify(dns_list: IpList, answer: DnsAnswer, latency_ms: float | None = Non
     """Give one list's answer its meaning."""
     if answer.kind in (AnswerKind.NXDOMAIN, AnswerKind.NODATA):
         return ListOutcome(dns_list, ListStatus.CLEAN, latency_ms=latency_ms)
-    if answer.kind is not AnswerKind.ADDRESSES:
-        return _unusable(dns_list, answer.kind.value, answer.addresses, latency_ms)
+    if answer.kind is not AnswerKind.RECORDS:
+        return _unusable(dns_list, answer.kind.value, answer.records, latency_ms)
     codes = []
-    for text in answer.addresses:
+    for text in answer.records:
         try:
             code = ipaddress.IPv4Address(text)
         except ValueError:
-            return _unusable(dns_list, "malformed", answer.addresses, latency_ms)
+            return _unusable(dns_list, "malformed", answer.records, latency_ms)
         # Anything outside 127/8 is a wildcarded or hijacked zone (an expired DNSBL domain that
         # now resolves everything), not a listing.
         if code not in LOOPBACK_NET:
-            return _unusable(dns_list, "outside-127/8", answer.addresses, latency_ms)
+            return _unusable(dns_list, "outside-127/8", answer.records, latency_ms)
         value = int(code)
         if BLOCKED_CODES.matches(value) or any(e.matches(value) for e in dns_list.error_codes):
-            return _unusable(dns_list, "error-code", answer.addresses, latency_ms)
+            return _unusable(dns_list, "error-code", answer.records, latency_ms)
         codes.append(value)
     hits = tuple(
         hit
         for hit in dns_list.scored_hits
         if not hit.codes or any(spec.matches(code) for spec in hit.codes for code in codes)
     )
-    return ListOutcome(dns_list, ListStatus.LISTED, answer.addresses, hits, latency_ms=latency_ms)
+    return ListOutcome(dns_list, ListStatus.LISTED, answer.records, hits, latency_ms=latency_ms)
 
 
 def _unusable(

@@ -287,4 +287,4 @@ def interpret(response: dns.message.Message) -> DnsAnswer:
     if chain.answer is None:
         return DnsAnswer(AnswerKind.NODATA, ttl=chain.minimum_ttl)
     addresses = tuple(sorted({rdata.to_text() for rdata in chain.answer}))
-    return DnsAnswer(AnswerKind.ADDRESSES, addresses, ttl=chain.minimum_ttl)
+    return DnsAnswer(AnswerKind.RECORDS, addresses, ttl=chain.minimum_ttl)
