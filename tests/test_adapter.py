@@ -19,10 +19,11 @@ import pytest
 from Milter import testctx
 
 from spamgate import schema
-from spamgate.adapter import Runtime, SpamgateMilter
+from spamgate.adapter import SpamgateMilter
 from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.config import Policy
 from spamgate.engine import Engine
+from spamgate.session import Runtime
 
 LISTED = DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=60)
 CLEAN = DnsAnswer(AnswerKind.NXDOMAIN, ttl=60)
@@ -84,6 +85,11 @@ class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
     def addheader(self, field: str, value: str, idx: int) -> None:
         assert self._body is not None, "addheader outside eom"
         self.added.append((field, value))
+
+    def setsymlist(self, stage: int, macros: str) -> None:
+        # libmilter's C binding takes str only (pymilter's own Base.setsymlist passes bytes).
+        assert isinstance(macros, str), macros
+        super().setsymlist(stage, macros)
 
     def chgheader(self, field: str, idx: int, value: str) -> None:
         assert self._body is not None, "chgheader outside eom"
@@ -415,7 +421,9 @@ def test_transaction_with_no_recipient_decision_is_not_logged(
 def test_negotiation_asks_only_for_header_actions() -> None:
     session = Session(make_policy(), FakeLookups({}))
     session.connect()
-    assert session.ctx._opts[0] == Milter.ADDHDRS | Milter.CHGHDRS
+    assert session.ctx._opts[0] == (
+        Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.SETSYMLIST
+    )
     # Body and unknown-command callbacks are negotiated away; data and eoh stay registered.
     protocol = session.ctx._opts[1]
     assert protocol & Milter.P_NOBODY and protocol & Milter.P_NOUNKNOWN
@@ -424,7 +432,9 @@ def test_negotiation_asks_only_for_header_actions() -> None:
 
 def test_only_callbacks_separated_by_an_smtp_round_trip_skip_their_reply() -> None:
     milter = SpamgateMilter(Runtime(Engine(make_policy()), FakeLookups({})))
-    milter._setctx(RecordingCtx())
+    ctx = RecordingCtx()
+    ctx._stage = -1  # negotiation time: TestCtx allows setsymlist only then
+    milter._setctx(ctx)
     offered = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
     milter.negotiate(offered)
     protocol = offered[1]
@@ -433,6 +443,15 @@ def test_only_callbacks_separated_by_an_smtp_round_trip_skip_their_reply() -> No
     # Back-to-back message events must be answered, or Postfix stalls ~40 ms on Nagle.
     for replied in (Milter.P_NR_DATA, Milter.P_NR_HDR, Milter.P_NR_EOH, Milter.P_NR_RCPT):
         assert not protocol & replied
+    # The macros spamgate reads are asked for, per stage.
+    assert ctx._symlist[Milter.M_CONNECT] == {
+        b"j",
+        b"{daemon_addr}",
+        b"{client_resolve}",
+        b"{client_ptr}",
+    }
+    assert ctx._symlist[Milter.M_ENVFROM] == {b"{auth_authen}"}
+    assert ctx._symlist[Milter.M_EOM] == {b"i"}
 
 
 class ExplodingLookups(FakeLookups):
@@ -471,7 +490,7 @@ def test_error_in_header_callback_is_answered_with_on_error(
     session.connect()
     session.mail()
     session.rcpt("<user@example.com>")
-    session.milter.transaction.our_headers = None  # type: ignore[union-attr]
+    session.milter.session.transaction.our_headers = None  # type: ignore[union-attr]
     session.ctx._reply = None
     assert session.ctx._header("X-Spam-Status", "boom") == Milter.TEMPFAIL
     assert session.reply is not None and session.reply[:2] == ("451", "4.3.0")

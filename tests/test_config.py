@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from spamgate.config import (
     SocketMode,
     load_policy,
 )
+from spamgate.patterns import Pattern
 from spamgate.schema import ConfigError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config" / "spamgate.yaml"
@@ -115,8 +115,9 @@ BAD_DOCUMENTS = [
             1,
             "zzz",
             "unknown key (known keys: listen, socket_mode, mode, on_error, log, resolver, "
-            "trusted_networks, skip_authenticated, thresholds, add_headers, exempt_recipients, "
-            "ip_lists, rules)",
+            "trusted_networks, skip_authenticated, our_names, our_addresses, thresholds, "
+            "add_headers, exempt_recipients, replies, reverse_dns, ip_lists, domain_lists, rules, "
+            "allow, deny, recipient_policies, split_recipient_policies)",
         ),
         id="unknown-key-lists-known",
     ),
@@ -318,13 +319,20 @@ BAD_DOCUMENTS = [
             7,
             16,
             "rules[0].header.matches",
-            "invalid regular expression: missing ), unterminated subpattern at position 0",
+            "invalid regex: missing ): (",
         ),
         id="bad-regex",
     ),
     pytest.param(
         lines("rules:", "  - name: R", "    score: 1", "    description: d"),
-        (2, 5, "rules[0].header", "a rule needs a condition"),
+        (
+            2,
+            5,
+            "rules[0].name",
+            "a rule needs exactly one condition (helo, helo_matches, rdns, rdns_matches, sender, "
+            "sender_matches, recipient_matches, recipients_over, header, date_ahead_hours, "
+            "date_behind_days, from_domain, composite)",
+        ),
         id="rule-without-condition",
     ),
     pytest.param(
@@ -338,7 +346,12 @@ BAD_DOCUMENTS = [
             "      matches: x",
             "      missing: true",
         ),
-        (7, 7, "rules[0].header.matches", "give either `matches` or `missing: true`"),
+        (
+            7,
+            7,
+            "rules[0].header.matches",
+            "give exactly one of matches, matches_raw, missing: true, count_over, malformed: true",
+        ),
         id="header-matches-and-missing",
     ),
     pytest.param(
@@ -712,7 +725,7 @@ def test_hits_parse_codes_and_rules_compile(tmp_path: Path) -> None:
     assert policy.ip_lists[0].display == "Example BL"
     header = policy.rules[0].header
     assert header is not None
-    assert isinstance(header.matches, re.Pattern)
+    assert isinstance(header.matches, Pattern)
     assert header.matches.search("cheap v1agra") is not None
     assert header.missing is False
 
@@ -810,12 +823,21 @@ ALL_KEYS = [
     "resolver.cache_entries",
     "trusted_networks",
     "skip_authenticated",
+    "our_names",
+    "our_addresses",
     "thresholds",
     "thresholds.tag",
+    "thresholds.quarantine",
     "thresholds.tempfail",
     "thresholds.reject",
     "add_headers",
     "exempt_recipients",
+    "replies",
+    "replies.reject",
+    "replies.tempfail",
+    "reverse_dns",
+    "reverse_dns.use_mta_macros",
+    "reverse_dns.dynamic_patterns",
     "ip_lists",
     "ip_lists[].name",
     "ip_lists[].zone",
@@ -827,16 +849,74 @@ ALL_KEYS = [
     "ip_lists[].hits[].codes",
     "ip_lists[].hits[].description",
     "ip_lists[].error_codes",
+    "ip_lists[].mode",
     "ip_lists[].ipv4",
     "ip_lists[].ipv6",
+    "domain_lists",
+    "domain_lists[].name",
+    "domain_lists[].zone",
+    "domain_lists[].display",
+    "domain_lists[].score",
+    "domain_lists[].hits",
+    "domain_lists[].hits[].name",
+    "domain_lists[].hits[].score",
+    "domain_lists[].hits[].codes",
+    "domain_lists[].hits[].description",
+    "domain_lists[].error_codes",
+    "domain_lists[].mode",
+    "domain_lists[].check_names",
+    "domain_lists[].query",
     "rules",
     "rules[].name",
     "rules[].score",
     "rules[].description",
+    "rules[].mode",
+    "rules[].helo",
+    "rules[].helo_matches",
+    "rules[].rdns",
+    "rules[].rdns_matches",
+    "rules[].sender",
+    "rules[].sender_matches",
+    "rules[].recipient_matches",
+    "rules[].recipients_over",
     "rules[].header",
     "rules[].header.name",
     "rules[].header.matches",
+    "rules[].header.matches_raw",
     "rules[].header.missing",
+    "rules[].header.count_over",
+    "rules[].header.malformed",
+    "rules[].date_ahead_hours",
+    "rules[].date_behind_days",
+    "rules[].from_domain",
+    "rules[].composite",
+    "rules[].composite.all",
+    "rules[].composite.any",
+    "rules[].composite.not",
+    "allow",
+    "allow.clients",
+    "allow.client_names",
+    "allow.helo_names",
+    "allow.senders",
+    "allow.recipients",
+    "deny",
+    "deny.clients",
+    "deny.client_names",
+    "deny.helo_names",
+    "deny.senders",
+    "deny.recipients",
+    "deny.reply",
+    "recipient_policies",
+    "recipient_policies[].name",
+    "recipient_policies[].recipients",
+    "recipient_policies[].mode",
+    "recipient_policies[].thresholds",
+    "recipient_policies[].thresholds.tag",
+    "recipient_policies[].thresholds.quarantine",
+    "recipient_policies[].thresholds.tempfail",
+    "recipient_policies[].thresholds.reject",
+    "recipient_policies[].scores",
+    "split_recipient_policies",
 ]
 
 

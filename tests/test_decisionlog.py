@@ -150,7 +150,7 @@ def decision(**changes: object) -> Decision:
             (Hit("SPAMHAUS_SBL", 10.0, "listed"), Hit("MISSING_DATE", 1.5, "no date")),
             Action.REJECT,
         ),
-        "enforced": Enforcement(Action.REJECT, rejection("listed", "5f3a9c01d2")),
+        "enforced": Enforcement(Action.REJECT, rejection("Message refused: listed")),
         "mode": Mode.ENFORCE,
         "lists": LISTS,
         "lists_ignored": "",

@@ -5,17 +5,18 @@ from __future__ import annotations
 import ipaddress
 import time
 from concurrent import futures
+from typing import Any
 
 import pytest
 
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import IpList, ListHit
+from spamgate.config import DomainList, IpList, ListHit
 from spamgate.dnslists import (
     IPAddress,
     ListCounters,
+    ListLookups,
     ListOutcome,
     ListStatus,
-    PendingChecks,
     classify,
     lists_for,
     lookup_address,
@@ -226,7 +227,15 @@ def test_fail_marker(dns_list: IpList, marker: str) -> None:
     assert classify(dns_list, DnsAnswer(AnswerKind.TIMEOUT)).fail_marker == marker
 
 
-# --- PendingChecks -----------------------------------------------------------------------------
+# --- ListLookups -------------------------------------------------------------------------------
+
+
+def checks_for(
+    resolver: Any, address: IPAddress, lists: tuple[IpList, ...], clock: Any
+) -> ListLookups:
+    lookups = ListLookups(resolver, clock)
+    lookups.start_ip_lists(address, lists)
+    return lookups
 
 
 class FakeClock:
@@ -243,7 +252,7 @@ class FakeLookups:
     def __init__(self) -> None:
         self.futures: dict[str, futures.Future[DnsAnswer]] = {}
 
-    def lookup(self, qname: str) -> futures.Future[DnsAnswer]:
+    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
         assert qname not in self.futures, f"{qname} asked twice"
         future: futures.Future[DnsAnswer] = futures.Future()
         self.futures[qname] = future
@@ -261,13 +270,13 @@ SPAMCOP_Q = "1.2.0.192.bl.spamcop.net"
 
 def test_pending_checks_ask_each_applicable_list_once() -> None:
     lookups = FakeLookups()
-    PendingChecks(lookups, ipaddress.ip_address("::ffff:192.0.2.1"), ALL_LISTS, FakeClock())
+    checks_for(lookups, ipaddress.ip_address("::ffff:192.0.2.1"), ALL_LISTS, FakeClock())
     assert list(lookups.futures) == [ZEN_Q, DNSWL_Q, SPAMCOP_Q]
 
 
 def test_pending_checks_classify_answers_with_latency() -> None:
     lookups, clock = FakeLookups(), FakeClock(1000.0)
-    checks = PendingChecks(lookups, CLIENT, (ZEN, DNSWL, SPAMCOP), clock)
+    checks = checks_for(lookups, CLIENT, (ZEN, DNSWL, SPAMCOP), clock)
     clock.now = 1000.05
     lookups.answer(ZEN_Q, addresses("127.0.0.2", "127.0.0.10"))
     clock.now = 1000.12
@@ -288,18 +297,18 @@ def test_pending_checks_classify_answers_with_latency() -> None:
 
 def test_answer_already_there_at_start_has_zero_latency() -> None:
     class Cached(FakeLookups):
-        def lookup(self, qname: str) -> futures.Future[DnsAnswer]:
+        def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
             future = super().lookup(qname)
             future.set_result(DnsAnswer(AnswerKind.NXDOMAIN))
             return future
 
-    (outcome,) = PendingChecks(Cached(), CLIENT, (ZEN,), FakeClock()).collect(2.0)
+    (outcome,) = checks_for(Cached(), CLIENT, (ZEN,), FakeClock()).collect(2.0)
     assert (outcome.status, outcome.latency_ms) == (ListStatus.CLEAN, 0.0)
 
 
 def test_unanswered_list_is_unusable_at_the_deadline() -> None:
     lookups = FakeLookups()
-    checks = PendingChecks(lookups, CLIENT, (ZEN, DNSWL), time.monotonic)
+    checks = checks_for(lookups, CLIENT, (ZEN, DNSWL), time.monotonic)
     lookups.answer(DNSWL_Q, DnsAnswer(AnswerKind.NXDOMAIN))
 
     started = time.monotonic()
@@ -315,7 +324,7 @@ def test_unanswered_list_is_unusable_at_the_deadline() -> None:
 
 def test_collect_waits_only_for_what_is_left_of_the_deadline() -> None:
     lookups, clock = FakeLookups(), FakeClock(1000.0)
-    checks = PendingChecks(lookups, CLIENT, (ZEN,), clock)
+    checks = checks_for(lookups, CLIENT, (ZEN,), clock)
     clock.now = 1000.15  # 0.15 s of the 0.2 s deadline have passed since connect
 
     started = time.monotonic()
@@ -328,7 +337,7 @@ def test_collect_waits_only_for_what_is_left_of_the_deadline() -> None:
 
 def test_collect_after_the_deadline_does_not_wait() -> None:
     lookups, clock = FakeLookups(), FakeClock(1000.0)
-    checks = PendingChecks(lookups, CLIENT, (ZEN,), clock)
+    checks = checks_for(lookups, CLIENT, (ZEN,), clock)
     clock.now = 1005.0
 
     started = time.monotonic()
@@ -339,20 +348,20 @@ def test_collect_after_the_deadline_does_not_wait() -> None:
 
 def test_collect_twice_gives_the_same_result_without_waiting() -> None:
     lookups = FakeLookups()
-    checks = PendingChecks(lookups, CLIENT, (ZEN,), time.monotonic)
+    checks = checks_for(lookups, CLIENT, (ZEN,), time.monotonic)
     first = checks.collect(0.1)
     lookups.answer(ZEN_Q, addresses("127.0.0.2"))  # too late: the verdict is already out
 
     started = time.monotonic()
     second = checks.collect(5.0)
     assert time.monotonic() - started < 0.05
-    assert second is first
+    assert second == first
     assert second[0].failure == "deadline"
 
 
 def test_future_that_raises_is_a_resolver_error() -> None:
     lookups = FakeLookups()
-    checks = PendingChecks(lookups, CLIENT, (ZEN,), FakeClock())
+    checks = checks_for(lookups, CLIENT, (ZEN,), FakeClock())
     lookups.futures[ZEN_Q].set_exception(RuntimeError("boom"))
     (zen,) = checks.collect(2.0)
     assert (zen.status, zen.failure, zen.hits) == (ListStatus.UNUSABLE, "resolver-error", ())
@@ -360,7 +369,7 @@ def test_future_that_raises_is_a_resolver_error() -> None:
 
 def test_no_applicable_lists_collects_nothing() -> None:
     lookups = FakeLookups()
-    checks = PendingChecks(lookups, CLIENT, (V6_ONLY,), FakeClock())
+    checks = checks_for(lookups, CLIENT, (V6_ONLY,), FakeClock())
     assert lookups.futures == {}
     assert checks.collect(2.0) == ()
 
@@ -380,3 +389,24 @@ def test_counters_tally_each_list_by_status_and_failure() -> None:
         "list=WL checks=2 listed=0 clean=2 unusable=0",
         "list=ZEN checks=3 listed=1 clean=0 unusable=2 error-code=1 timeout=1",
     ]
+
+
+def test_domain_lookups_carry_their_subject_and_stage() -> None:
+    dbl = DomainList(name="DBL", zone="dbl.test", score=6.0)
+    lookups, clock = FakeLookups(), FakeClock()
+    checks = ListLookups(lookups, clock)
+    checks.start(dbl, "example.org.dbl.test", subject="helo:example.org", stage=1)
+    checks.start(dbl, "example.net.dbl.test", subject="from:example.net", stage=3)
+    checks.start(dbl, "example.net.dbl.test", subject="from:example.net", stage=3)  # merged
+    lookups.answer("example.org.dbl.test", addresses("127.0.1.2"))
+    lookups.answer("example.net.dbl.test", DnsAnswer(AnswerKind.NXDOMAIN))
+
+    (helo,) = checks.collect(2.0, stage=2)  # the header domain is not known at RCPT
+    assert (helo.subject, helo.status, names(helo)) == (
+        "helo:example.org",
+        ListStatus.LISTED,
+        ["DBL"],
+    )
+    helo_again, header = checks.collect(2.0, stage=3)
+    assert helo_again == helo
+    assert (header.subject, header.status) == ("from:example.net", ListStatus.CLEAN)

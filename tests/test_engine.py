@@ -8,7 +8,7 @@ from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.config import Policy
 from spamgate.dnslists import classify
-from spamgate.engine import Action, Engine, Evidence
+from spamgate.engine import Action, Engine, Evidence, choose_action
 
 POLICY = """
 ip_lists:
@@ -39,9 +39,7 @@ def evidence(eng: Engine, bl: tuple[str, ...] = (), wl: bool = False, rules: str
         ),
         classify(
             wl_list,
-            DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",))
-            if wl
-            else DnsAnswer(AnswerKind.NXDOMAIN),
+            DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",)) if wl else DnsAnswer(AnswerKind.NXDOMAIN),
         ),
     ]
     fired = tuple(r for r in eng.policy.rules if r.name in rules.split(","))
@@ -80,7 +78,7 @@ def test_score_and_action(
     ],
 )
 def test_thresholds(thresholds: str, score: float, action: Action) -> None:
-    assert engine(f"thresholds: {thresholds}\n").choose_action(score) is action
+    assert choose_action(score, engine(f"thresholds: {thresholds}\n").policy.thresholds) is action
 
 
 def test_lists_ignored_do_not_score() -> None:

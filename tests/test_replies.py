@@ -78,7 +78,7 @@ def test_milter_text_doubles_percent(text: str, milter_text: str) -> None:
         pytest.param("plain text", 400, "plain text", id="unchanged"),
         pytest.param("line one\r\nline two", 400, "line one line two", id="crlf-one-space"),
         pytest.param("a\tb\x00c\x7fd", 400, "a b c d", id="controls"),
-        pytest.param("caf\xe9 \u20ac5", 400, "caf   5", id="non-ascii"),
+        pytest.param("caf\xe9 \u20ac5", 400, "caf 5", id="non-ascii"),
         pytest.param("\r\n  padded \n", 400, "padded", id="stripped"),
         pytest.param("abcdefghij", 10, "abcdefghij", id="exactly-limit"),
         pytest.param("abcdefghijk", 10, "abcdefg...", id="truncated"),
@@ -95,35 +95,22 @@ def test_clean_text_never_exceeds_a_small_limit(limit: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("make", "code", "status", "prefix"),
+    ("make", "code", "status"),
     [
-        pytest.param(
-            lambda i: rejection("listed in the Spamhaus SBL", i),
-            550,
-            "5.7.1",
-            "Message refused: listed in the Spamhaus SBL",
-            id="rejection",
-        ),
-        pytest.param(
-            lambda i: temporary_refusal("listed by SpamCop", i),
-            451,
-            "4.7.1",
-            "Try again later: listed by SpamCop",
-            id="temporary-refusal",
-        ),
-        pytest.param(
-            internal_error,
-            451,
-            "4.3.0",
-            "Temporary local problem, try again later",
-            id="internal-error",
-        ),
+        pytest.param(rejection, 550, "5.7.1", id="rejection"),
+        pytest.param(temporary_refusal, 451, "4.7.1", id="temporary-refusal"),
     ],
 )
-def test_reply_kinds(make: Callable[[str], Reply], code: int, status: str, prefix: str) -> None:
-    reply = make("5f3a9c01d2")
+def test_reply_kinds(make: Callable[[str], Reply], code: int, status: str) -> None:
+    reply = make("Message refused: listed in the Spamhaus SBL (id 5f3a9c01d2)")
     assert (reply.code, reply.status) == (code, status)
-    assert reply.text == f"{prefix} (id 5f3a9c01d2)"
+    assert reply.text == "Message refused: listed in the Spamhaus SBL (id 5f3a9c01d2)"
+
+
+def test_internal_error_reply() -> None:
+    reply = internal_error("5f3a9c01d2")
+    assert (reply.code, reply.status) == (451, "4.3.0")
+    assert reply.text == "Temporary local problem, try again later (id 5f3a9c01d2)"
 
 
 @pytest.mark.parametrize(
@@ -133,15 +120,20 @@ def test_reply_kinds(make: Callable[[str], Reply], code: int, status: str, prefi
         pytest.param(temporary_refusal, id="temporary-refusal"),
     ],
 )
-def test_long_reasons_are_cut_and_keep_the_id(make: Callable[[str, str], Reply]) -> None:
-    reply = make("reason; " * 200, "5f3a9c01d2")
-    assert len(reply.text) <= MAX_TEXT
-    assert reply.text.endswith("... (id 5f3a9c01d2)")
+def test_long_text_is_cut(make: Callable[[str], Reply]) -> None:
+    reply = make("reason; " * 200)
+    assert len(reply.text) == MAX_TEXT
+    assert reply.text.endswith("...")
 
 
-def test_hostile_reasons_and_id_are_flattened() -> None:
-    reply = rejection("evil\r\n250 OK\x00", "id\r\nX" + "y" * 100)
-    assert reply.text.startswith("Message refused: evil 250 OK (id id X")
+def test_hostile_text_is_flattened() -> None:
+    reply = rejection("evil\r\n250 OK\x00 100%")
+    assert reply.text == "evil 250 OK 100%"
+    assert reply.milter_text == "evil 250 OK 100%%"
+
+
+def test_hostile_id_in_internal_error_is_flattened_and_cut() -> None:
+    reply = internal_error("id\r\nX" + "y" * 100)
     assert len(reply.text) <= MAX_TEXT
     # The id is cut to 32 characters of its own.
     assert reply.text.endswith(f" (id {'id X' + 'y' * 25}...)")

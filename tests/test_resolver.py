@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import ipaddress
 import logging
 import socket
 import threading
@@ -24,7 +25,14 @@ import pytest
 
 from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.config import Nameserver, ResolverSettings
-from spamgate.resolver import AnswerCache, Resolver, interpret, system_nameservers
+from spamgate.resolver import (
+    AnswerCache,
+    Question,
+    Resolver,
+    interpret,
+    reverse_name,
+    system_nameservers,
+)
 
 QNAME = "2.0.0.127.zen.test"
 SOA = "ns.zen.test. hostmaster.zen.test. 1 3600 600 86400 {minimum}"
@@ -37,9 +45,13 @@ def response(
     rcode: dns.rcode.Rcode = dns.rcode.NOERROR,
     answer: tuple[tuple[str, int, str, tuple[str, ...]], ...] = (),
     authority: tuple[tuple[str, int, str, tuple[str, ...]], ...] = (),
+    qtype: str = "A",
+    qname: str = QNAME,
 ) -> dns.message.Message:
-    """A response to an A query for QNAME, sent through the wire format as a server's would be."""
-    message = dns.message.make_response(dns.message.make_query(QNAME, dns.rdatatype.A))
+    """A response to a `qtype` query for `qname`, sent through the wire format as a server's
+    would be."""
+    query = dns.message.make_query(qname, dns.rdatatype.from_text(qtype))
+    message = dns.message.make_response(query)
     message.set_rcode(rcode)
     for section, records in ((message.answer, answer), (message.authority, authority)):
         for owner, ttl, rdtype, rdatas in records:
@@ -124,6 +136,137 @@ def test_interpret_response_without_question_is_malformed() -> None:
     assert interpret(message) == DnsAnswer(AnswerKind.MALFORMED, detail="FormError")
 
 
+PTR_QNAME = "1.2.0.192.in-addr.arpa"
+DOMAIN = "example.test"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        pytest.param(
+            response(
+                answer=(
+                    (QNAME, 300, "AAAA", ("2001:DB8:0:0::1", "2001:db8::1", "::FFFF:c000:201")),
+                ),
+                qtype="AAAA",
+            ),
+            DnsAnswer(AnswerKind.RECORDS, ("2001:db8::1", "::ffff:192.0.2.1"), ttl=300),
+            id="aaaa-compressed-deduplicated",
+        ),
+        pytest.param(
+            response(
+                answer=((PTR_QNAME, 3600, "PTR", ("Mail.Example.COM.", "mail.example.com.")),),
+                qtype="PTR",
+                qname=PTR_QNAME,
+            ),
+            DnsAnswer(AnswerKind.RECORDS, ("mail.example.com",), ttl=3600),
+            id="ptr-lower-case-no-final-dot",
+        ),
+        pytest.param(
+            response(
+                answer=((PTR_QNAME, 60, "PTR", ("b.example.", "a.example.", "c.example.")),),
+                qtype="PTR",
+                qname=PTR_QNAME,
+            ),
+            DnsAnswer(AnswerKind.RECORDS, ("a.example", "b.example", "c.example"), ttl=60),
+            id="ptr-several-names-sorted",
+        ),
+        pytest.param(
+            response(
+                answer=((PTR_QNAME, 60, "PTR", ("evil\\032name\\.x\\255.example.",)),),
+                qtype="PTR",
+                qname=PTR_QNAME,
+            ),
+            DnsAnswer(AnswerKind.RECORDS, ("evil\\032name\\.x\\255.example",), ttl=60),
+            id="ptr-hostile-octets-stay-escaped",
+        ),
+        pytest.param(
+            response(
+                answer=((DOMAIN, 600, "MX", ("10 MX1.Example.TEST.", "5 mx2.example.test.")),),
+                qtype="MX",
+                qname=DOMAIN,
+            ),
+            DnsAnswer(AnswerKind.RECORDS, ("10 mx1.example.test", "5 mx2.example.test"), ttl=600),
+            id="mx-preference-and-exchange",
+        ),
+        pytest.param(
+            response(answer=((DOMAIN, 600, "MX", ("0 .",)),), qtype="MX", qname=DOMAIN),
+            DnsAnswer(AnswerKind.RECORDS, ("0 .",), ttl=600),
+            id="mx-rfc7505-null-mx",
+        ),
+        pytest.param(
+            response(
+                answer=(
+                    (DOMAIN, 600, "CNAME", ("alias.example.test.",)),
+                    ("alias.example.test.", 200, "MX", ("20 mx.example.test.",)),
+                ),
+                qtype="MX",
+                qname=DOMAIN,
+            ),
+            DnsAnswer(AnswerKind.RECORDS, ("20 mx.example.test",), ttl=200),
+            id="mx-through-cname",
+        ),
+        pytest.param(
+            response(
+                answer=((DOMAIN, 300, "TXT", ('"v=spf1 " "ip4:192.0.2.0/24 " "-all"',)),),
+                qtype="TXT",
+                qname=DOMAIN,
+            ),
+            DnsAnswer(AnswerKind.RECORDS, ("v=spf1 ip4:192.0.2.0/24 -all",), ttl=300),
+            id="txt-strings-joined",
+        ),
+        pytest.param(
+            response(
+                answer=((DOMAIN, 300, "TXT", ('"zeta"', '"alpha"', '"bad\\255utf8"')),),
+                qtype="TXT",
+                qname=DOMAIN,
+            ),
+            DnsAnswer(AnswerKind.RECORDS, ("alpha", "bad\ufffdutf8", "zeta"), ttl=300),
+            id="txt-several-sorted-invalid-utf8-replaced",
+        ),
+        pytest.param(
+            response(
+                answer=((DOMAIN, 300, "TXT", ('"caf\\195\\169"',)),), qtype="TXT", qname=DOMAIN
+            ),
+            DnsAnswer(AnswerKind.RECORDS, ("caf\u00e9",), ttl=300),
+            id="txt-utf8-decoded",
+        ),
+        pytest.param(
+            response(answer=((DOMAIN, 300, "A", ("192.0.2.1",)),), qtype="MX", qname=DOMAIN),
+            DnsAnswer(AnswerKind.NODATA, ttl=300),
+            id="mx-question-a-answer-is-nodata",
+        ),
+        pytest.param(
+            response(
+                dns.rcode.NXDOMAIN,
+                authority=(("2.0.192.in-addr.arpa.", 3600, "SOA", (SOA.format(minimum=90),)),),
+                qtype="PTR",
+                qname=PTR_QNAME,
+            ),
+            DnsAnswer(AnswerKind.NXDOMAIN, ttl=90),
+            id="ptr-nxdomain",
+        ),
+    ],
+)
+def test_interpret_other_types(message: dns.message.Message, expected: DnsAnswer) -> None:
+    assert interpret(message) == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        pytest.param("192.0.2.1", "1.2.0.192.in-addr.arpa", id="ipv4"),
+        pytest.param(
+            "2001:db8::1",
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa",
+            id="ipv6-nibbles",
+        ),
+    ],
+)
+def test_reverse_name(address: str, expected: str) -> None:
+    assert reverse_name(ipaddress.ip_address(address)) == expected
+
+
 # --- AnswerCache -------------------------------------------------------------------------------
 
 
@@ -151,30 +294,38 @@ def listed(ttl: int) -> DnsAnswer:
 def test_cache_keeps_an_answer_for_its_clamped_ttl(ttl: int, kept_for: int) -> None:
     clock = FakeClock()
     cache = AnswerCache(min_ttl=30, max_ttl=3600, max_entries=10, clock=clock)
-    cache.put("q", listed(ttl))
+    cache.put(Question("q"), listed(ttl))
     clock.now += kept_for - 0.001
-    assert cache.get("q") == listed(ttl)
+    assert cache.get(Question("q")) == listed(ttl)
     clock.now += 0.001
-    assert cache.get("q") is None
+    assert cache.get(Question("q")) is None
     assert len(cache) == 0  # an expired entry is dropped when it is found
 
 
 def test_cache_evicts_the_oldest_entry() -> None:
     cache = AnswerCache(min_ttl=0, max_ttl=3600, max_entries=2, clock=FakeClock())
-    cache.put("a", listed(60))
-    cache.put("b", listed(60))
-    cache.put("c", listed(60))
-    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, listed(60), listed(60))
+    cache.put(Question("a"), listed(60))
+    cache.put(Question("b"), listed(60))
+    cache.put(Question("c"), listed(60))
+    assert (cache.get(Question("a")), cache.get(Question("b")), cache.get(Question("c"))) == (
+        None,
+        listed(60),
+        listed(60),
+    )
     assert len(cache) == 2
 
 
 def test_cache_put_again_makes_an_entry_new() -> None:
     cache = AnswerCache(min_ttl=0, max_ttl=3600, max_entries=2, clock=FakeClock())
-    cache.put("a", listed(60))
-    cache.put("b", listed(60))
-    cache.put("a", listed(120))
-    cache.put("c", listed(60))
-    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (listed(120), None, listed(60))
+    cache.put(Question("a"), listed(60))
+    cache.put(Question("b"), listed(60))
+    cache.put(Question("a"), listed(120))
+    cache.put(Question("c"), listed(60))
+    assert (cache.get(Question("a")), cache.get(Question("b")), cache.get(Question("c"))) == (
+        listed(120),
+        None,
+        listed(60),
+    )
 
 
 @pytest.mark.parametrize(
@@ -187,8 +338,8 @@ def test_cache_put_again_makes_an_entry_new() -> None:
 )
 def test_cache_that_keeps_nothing(min_ttl: int, max_ttl: int, entries: int, ttl: int) -> None:
     cache = AnswerCache(min_ttl, max_ttl, entries, FakeClock())
-    cache.put("q", listed(ttl))
-    assert cache.get("q") is None
+    cache.put(Question("q"), listed(ttl))
+    assert cache.get(Question("q")) is None
     assert len(cache) == 0
 
 
@@ -197,9 +348,10 @@ def test_cache_that_keeps_nothing(min_ttl: int, max_ttl: int, entries: int, ttl:
 
 @dataclass(frozen=True)
 class Behaviour:
-    """What the fake server does with a query for one name."""
+    """What the fake server does with a query for one name and type: `records` are answered
+    in the presentation format of the type asked ("127.0.0.2" for A, "10 mx.test." for MX)."""
 
-    codes: tuple[str, ...] = ()
+    records: tuple[str, ...] = ()
     ttl: int = 300
     rcode: dns.rcode.Rcode = dns.rcode.NOERROR
     delay: float = 0.0
@@ -216,8 +368,8 @@ class FakeDnsServer:
 
     def __init__(self, default: Behaviour = NXDOMAIN) -> None:
         self.default = default
-        self.script: dict[str, Behaviour] = {}
-        self.received: collections.Counter[str] = collections.Counter()
+        self.script: dict[tuple[str, str], Behaviour] = {}
+        self.received: collections.Counter[tuple[str, str]] = collections.Counter()
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.bind(("127.0.0.1", 0))
         self._socket.settimeout(0.01)
@@ -231,9 +383,9 @@ class FakeDnsServer:
     def nameserver(self) -> Nameserver:
         return Nameserver("127.0.0.1", self.port)
 
-    def packets(self, qname: str) -> int:
+    def packets(self, qname: str, rdtype: str = "A") -> int:
         with self._lock:
-            return self.received[qname]
+            return self.received[qname, rdtype]
 
     def start(self) -> None:
         self._thread.start()
@@ -258,16 +410,17 @@ class FakeDnsServer:
     def _receive(self, wire: bytes, peer: tuple[str, int]) -> None:
         query = dns.message.from_wire(wire)
         qname = query.question[0].name.to_text(omit_final_dot=True)
+        rdtype = dns.rdatatype.to_text(query.question[0].rdtype)
         with self._lock:
-            self.received[qname] += 1
-        behaviour = self.script.get(qname, self.default)
+            self.received[qname, rdtype] += 1
+        behaviour = self.script.get((qname, rdtype), self.default)
         if behaviour.drop:
             return
         reply = dns.message.make_response(query)
         reply.set_rcode(behaviour.rcode)
-        if behaviour.codes:
+        if behaviour.records:
             reply.answer.append(
-                dns.rrset.from_text(qname + ".", behaviour.ttl, "IN", "A", *behaviour.codes)
+                dns.rrset.from_text(qname + ".", behaviour.ttl, "IN", rdtype, *behaviour.records)
             )
         elif behaviour.rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             zone = dns.name.from_text(qname).parent().to_text()
@@ -340,7 +493,7 @@ def timed(future: futures.Future[DnsAnswer], limit: float = 3.0) -> tuple[DnsAns
 def test_listed_name_resolves_to_its_codes(
     server: FakeDnsServer, resolvers: Callable[..., Resolver]
 ) -> None:
-    server.script[QNAME] = Behaviour(codes=("127.0.0.2", "127.0.0.10"), ttl=600)
+    server.script[QNAME, "A"] = Behaviour(records=("127.0.0.2", "127.0.0.10"), ttl=600)
     resolver = resolvers(server.nameserver)
     answer, _ = timed(resolver.lookup(QNAME))
     assert answer == DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10", "127.0.0.2"), ttl=600)
@@ -351,7 +504,7 @@ def test_listed_name_resolves_to_its_codes(
 def test_second_lookup_comes_from_the_cache(
     server: FakeDnsServer, resolvers: Callable[..., Resolver]
 ) -> None:
-    server.script[QNAME] = Behaviour(codes=("127.0.0.2",), ttl=600)
+    server.script[QNAME, "A"] = Behaviour(records=("127.0.0.2",), ttl=600)
     resolver = resolvers(server.nameserver)
     first, _ = timed(resolver.lookup(QNAME))
 
@@ -387,7 +540,7 @@ def test_name_never_answered_times_out_by_the_deadline(
 def test_concurrent_lookups_of_one_name_share_one_query(
     server: FakeDnsServer, resolvers: Callable[..., Resolver]
 ) -> None:
-    server.script[QNAME] = Behaviour(codes=("127.0.0.4",), ttl=300, delay=0.3)
+    server.script[QNAME, "A"] = Behaviour(records=("127.0.0.4",), ttl=300, delay=0.3)
     resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
     barrier = threading.Barrier(4)
     asked: list[futures.Future[DnsAnswer]] = []
@@ -417,7 +570,7 @@ def test_second_nameserver_answers_when_the_first_is_silent(
     servers: Callable[[Behaviour], FakeDnsServer], resolvers: Callable[..., Resolver]
 ) -> None:
     silent, good = servers(SILENT), servers(NXDOMAIN)
-    good.script[QNAME] = Behaviour(codes=("127.0.0.2",), ttl=60)
+    good.script[QNAME, "A"] = Behaviour(records=("127.0.0.2",), ttl=60)
     resolver = resolvers(silent.nameserver, good.nameserver, query_timeout=0.2, deadline=1.0)
     answer, elapsed = timed(resolver.lookup(QNAME))
     assert answer == DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=60)
@@ -441,7 +594,7 @@ def test_failure_from_the_only_server_is_prompt_and_not_cached(
     rcode: dns.rcode.Rcode,
     expected: DnsAnswer,
 ) -> None:
-    server.script[QNAME] = Behaviour(rcode=rcode)
+    server.script[QNAME, "A"] = Behaviour(rcode=rcode)
     resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
     answer, elapsed = timed(resolver.lookup(QNAME))
     assert answer == expected
@@ -452,6 +605,89 @@ def test_failure_from_the_only_server_is_prompt_and_not_cached(
     again, _ = timed(resolver.lookup(QNAME))
     assert again == expected
     assert server.packets(QNAME) == 2
+
+
+def test_answers_are_cached_per_record_type(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    server.script[DOMAIN, "A"] = Behaviour(records=("192.0.2.10",), ttl=600)
+    server.script[DOMAIN, "MX"] = Behaviour(records=("10 mx.example.test.",), ttl=600)
+    resolver = resolvers(server.nameserver)
+    a_answer, _ = timed(resolver.lookup(DOMAIN))
+    mx_answer, _ = timed(resolver.lookup(DOMAIN, "MX"))
+    assert a_answer == DnsAnswer(AnswerKind.RECORDS, ("192.0.2.10",), ttl=600)
+    assert mx_answer == DnsAnswer(AnswerKind.RECORDS, ("10 mx.example.test",), ttl=600)
+    assert (server.packets(DOMAIN, "A"), server.packets(DOMAIN, "MX")) == (1, 1)
+
+    assert resolver.lookup(DOMAIN, "A").result(timeout=0) == a_answer
+    assert resolver.lookup(DOMAIN, "MX").result(timeout=0) == mx_answer
+    assert resolver.stats.cache_hits == 2
+    # An AAAA lookup of the same name is a question of its own, not served from either entry.
+    aaaa, _ = timed(resolver.lookup(DOMAIN, "AAAA"))
+    assert aaaa == DnsAnswer(AnswerKind.NXDOMAIN, ttl=900)
+    assert server.packets(DOMAIN, "AAAA") == 1
+
+
+def test_concurrent_lookups_of_two_types_are_not_merged(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    server.script[DOMAIN, "A"] = Behaviour(records=("192.0.2.10",), delay=0.2)
+    server.script[DOMAIN, "TXT"] = Behaviour(records=('"hello"',), delay=0.2)
+    resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
+    a_future, txt_future = resolver.lookup(DOMAIN), resolver.lookup(DOMAIN, "TXT")
+    assert timed(a_future)[0].records == ("192.0.2.10",)
+    assert timed(txt_future)[0].records == ("hello",)
+    assert resolver.stats.merged == 0
+    assert (server.packets(DOMAIN, "A"), server.packets(DOMAIN, "TXT")) == (1, 1)
+
+
+def test_ptr_and_mx_lookups_against_the_server(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    ptr_qname = reverse_name(ipaddress.IPv4Address("192.0.2.1"))
+    server.script[ptr_qname, "PTR"] = Behaviour(records=("Mail.Example.TEST.",), ttl=3600)
+    server.script[DOMAIN, "MX"] = Behaviour(records=("10 mx1.example.test.", "0 ."), ttl=60)
+    resolver = resolvers(server.nameserver)
+    ptr, _ = timed(resolver.lookup(ptr_qname, "PTR"))
+    mx, _ = timed(resolver.lookup(DOMAIN.upper(), "MX"))
+    assert ptr == DnsAnswer(AnswerKind.RECORDS, ("mail.example.test",), ttl=3600)
+    assert mx == DnsAnswer(AnswerKind.RECORDS, ("0 .", "10 mx1.example.test"), ttl=60)
+    assert (server.packets(ptr_qname, "PTR"), server.packets(DOMAIN, "MX")) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "rdtype",
+    [
+        pytest.param("SOA", id="soa"),
+        pytest.param("ANY", id="any"),
+        pytest.param("a", id="lower-case"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_unsupported_record_type_is_a_programming_error(rdtype: str) -> None:
+    resolver = Resolver(ResolverSettings(nameservers=(Nameserver("127.0.0.1", 9),)))
+    with pytest.raises(ValueError, match="unsupported record type"):
+        resolver.lookup(QNAME, rdtype)
+    assert resolver.stats.lookups == 0
+
+
+@pytest.mark.parametrize(
+    "qname",
+    [
+        pytest.param("a..example.test", id="empty-label"),
+        pytest.param("x" * 64 + ".example.test", id="label-over-63"),
+        pytest.param(".".join(["x" * 60] * 5), id="name-over-255"),
+        pytest.param("bad\udcff.example.test", id="surrogate"),
+    ],
+)
+def test_name_that_cannot_be_asked_is_malformed_at_once(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver], qname: str
+) -> None:
+    resolver = resolvers(server.nameserver)
+    future = resolver.lookup(qname, "MX")
+    assert future.done()
+    assert future.result() == DnsAnswer(AnswerKind.MALFORMED, detail="bad query name")
+    assert sum(server.received.values()) == 0
 
 
 def test_lookup_before_start_is_a_network_failure() -> None:

@@ -1,7 +1,8 @@
 """The pymilter adapter: the only module that imports Milter.
 
-It turns libmilter callbacks into facts for the engine and the engine's enforcement into
-milter replies — nothing more. Policy lives in `engine`, DNS in `resolver`.
+It turns libmilter callbacks into Session events and Session decisions into milter replies
+and actions — nothing more. The dialogue lives in `session`, policy in `engine`, DNS in
+`resolver`.
 
 Protocol rules this module keeps (see PYMILTER-FACTS and libmilter's smfi_* pages):
 - Callbacks marked @noreply must return CONTINUE and never raise, or the protocol falls out
@@ -18,78 +19,34 @@ import functools
 import ipaddress
 import logging
 import os
-import secrets
 import socket
 import stat
 import sys
-import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import Milter
 import milter as libmilter
 
-from spamgate.config import ListenAddress, OnError, Rule, SocketMode
-from spamgate.decisionlog import Decision, format_decision
-from spamgate.dnslists import (
-    IPAddress,
-    ListCounters,
-    ListOutcome,
-    Lookups,
-    PendingChecks,
-    lookup_address,
-)
-from spamgate.engine import OUR_HEADERS, Action, Enforcement, Engine, Evidence, Verdict
+from spamgate.config import ListenAddress, OnError, SocketMode
+from spamgate.dnslists import IPAddress
 from spamgate.replies import Reply, internal_error
+from spamgate.session import RcptResult, Runtime, Session
 
 log = logging.getLogger("spamgate")
 decisions = logging.getLogger("spamgate.decision")
 
-# The only actions spamgate takes; asking for no more lets the MTA skip the rest.
-ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
-
-
-@dataclass
-class Runtime:
-    """What every session shares. `engine` is read once per connection, so a connection keeps
-    the policy it started with even if a newer one is installed meanwhile."""
-
-    engine: Engine
-    resolver: Lookups
-    clock: Callable[[], float] = time.monotonic
-    new_id: Callable[[], str] = field(default=lambda: secrets.token_hex(5))
-    counters: ListCounters = field(default_factory=ListCounters)
-
-
-@dataclass
-class Connection:
-    engine: Engine
-    address: IPAddress | None
-    address_text: str
-    name: str
-    checks: PendingChecks | None
-    lists_ignored: str
-    helo: str = ""
-
-
-@dataclass
-class Transaction:
-    decision_id: str
-    sender: str
-    authenticated: bool
-    accepted: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-    rcpt_evidence: Evidence | None = None
-    rcpt_verdict: Verdict | None = None
-    last_enforcement: Enforcement | None = None
-    rule_hits: dict[str, Rule] = field(default_factory=dict)
-    seen_headers: set[str] = field(default_factory=set)
-    our_headers: dict[str, int] = field(default_factory=dict)
-    failed: bool = False
-    logged: bool = False
+# The only actions spamgate takes (asking for no more lets the MTA skip the rest), and the
+# macros it reads, per stage. libmilter allows five macros per stage.
+ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.SETSYMLIST
+CONNECT_MACROS = ("j", "{daemon_addr}", "{client_resolve}", "{client_ptr}")
+MACROS = {
+    Milter.M_CONNECT: CONNECT_MACROS,
+    Milter.M_ENVFROM: ("{auth_authen}",),
+    Milter.M_EOM: ("i",),
+}
 
 
 Callback = TypeVar("Callback", bound=Callable[..., Any])
@@ -114,6 +71,8 @@ def _guarded(method: Callback) -> Callback:
 
     @functools.wraps(method)
     def wrapper(self: SpamgateMilter, *args: Any) -> int:
+        if self.failed:
+            return self.error_response()
         try:
             return int(method(self, *args))
         except Exception:
@@ -125,92 +84,66 @@ def _guarded(method: Callback) -> Callback:
 
 class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.connection: Connection | None = None
-        self.transaction: Transaction | None = None
-        # Set by an internal error in a connection-stage callback; lasts for the connection.
+        self.session = Session(runtime)
+        # Set by an internal error; cleared by the next MAIL FROM unless the error was in a
+        # connection-stage callback (whose facts are then missing for the whole connection).
+        self.failed = False
         self.connection_failed = False
 
     def negotiate(self, opts: list[int]) -> int:
         result = int(super().negotiate(opts))
+        offered = opts[0]
         opts[0] &= ACTIONS
         self._actions = opts[0]
+        if offered & Milter.SETSYMLIST:
+            try:
+                for stage, macros in MACROS.items():
+                    # Straight to the C context: pymilter 1.0.5's Base.setsymlist hands it
+                    # bytes, which it refuses (TypeError).
+                    self._ctx.setsymlist(stage, " ".join(macros))
+            except Exception:
+                # Without the macros spamgate still works (it looks up what it needs), but
+                # a failed negotiation would cost the whole session.
+                log.exception("could not ask the MTA for macros")
         return result
 
-    # -- connection stage -------------------------------------------------------------------
+    # connect, helo and mail are no-reply callbacks: an SMTP round trip separates each from
+    # the next event, so Postfix never stalls on them. data, header and eoh answer CONTINUE:
+    # Postfix sends them back to back, and if we never answer, each of its small writes waits
+    # (Nagle) for the ACK of the previous one, which our side delays by ~40 ms. An answer
+    # carries the ACK at once. Measured: 42 ms -> ~1 ms at end of message over inet:.
 
     @_noreply_guarded
     def connect(self, hostname: str, family: int, hostaddr: Any) -> None:
-        engine = self.runtime.engine
-        address = client_address(family, hostaddr)
-        address_text = str(address) if address else "unknown"
-        checks, ignored = None, ""
-        policy = engine.policy
-        if address is None:
-            ignored = "no-address"
-        elif any(lookup_address(address) in net for net in policy.trusted_networks):
-            ignored = "trusted"
-        elif policy.ip_lists:
-            # Start now so the lookups overlap HELO, MAIL and the rest of the dialogue.
-            runtime = self.runtime
-            checks = PendingChecks(
-                runtime.resolver, address, policy.ip_lists, runtime.clock, runtime.counters
-            )
-        self.connection = Connection(engine, address, address_text, hostname, checks, ignored)
+        macros = {name: self.getsymval(name) for name in CONNECT_MACROS}
+        self.session.connect(hostname, client_address(family, hostaddr), macros)
 
     @_noreply_guarded
     def hello(self, heloname: str) -> None:
-        if self.connection is not None:
-            self.connection.helo = heloname
-
-    # -- transaction stage ------------------------------------------------------------------
+        self.session.helo(heloname)
 
     @_noreply_guarded
     def envfrom(self, mailfrom: str, *params: str) -> None:
-        self._finish_transaction()
-        authenticated = bool(self.getsymval("{auth_authen}"))
-        self.transaction = Transaction(self.runtime.new_id(), mailfrom, authenticated)
+        if not self.connection_failed:
+            self.failed = False
+        self.session.mail(mailfrom, bool(self.getsymval("{auth_authen}")))
 
     @_guarded
     def envrcpt(self, to: str, *params: str) -> int:
-        if self._failed():
-            return self.error_response()
-        connection, transaction = self._session()
-        engine = connection.engine
-        if transaction.rcpt_verdict is None:
-            transaction.rcpt_evidence = self._evidence(connection, transaction)
-            transaction.rcpt_verdict = engine.evaluate(transaction.rcpt_evidence)
-        enforcement = engine.enforce(
-            transaction.rcpt_verdict, transaction.decision_id, engine.is_exempt(to)
-        )
-        transaction.last_enforcement = enforcement
-        if enforcement.reply is not None:
-            transaction.refused.append(to)
-            return self._refuse(enforcement.action, enforcement.reply)
-        transaction.accepted.append(to)
+        decision = self.session.rcpt(to)
+        if decision.result is RcptResult.ACCEPT_ALL:
+            return int(Milter.ACCEPT)
+        if decision.reply is not None:
+            return self._refuse(decision.reply)
         return int(Milter.CONTINUE)
 
-    # data, header and eoh answer CONTINUE rather than being no-reply callbacks. Postfix sends
-    # the events of the message back to back; if we never answer, each of its small writes
-    # waits (Nagle) for the ACK of the previous one, which our side delays by ~40 ms. An answer
-    # carries the ACK at once. Measured: 42 ms -> ~1 ms at end of message over inet:.
-    # (connect, helo and mail can stay no-reply: an SMTP round trip separates them.)
     @_guarded
     def data(self) -> int:
         return int(Milter.CONTINUE)
 
     @_guarded
     def header(self, name: str, value: str) -> int:
-        transaction = self.transaction
-        if transaction is not None:
-            rulebook = self._session()[0].engine.rulebook
-            lowered = name.lower()
-            if lowered in OUR_HEADERS:
-                transaction.our_headers[name] = transaction.our_headers.get(name, 0) + 1
-            if rulebook.checks_missing(lowered):
-                transaction.seen_headers.add(lowered)
-            for rule in rulebook.match_header(lowered, value):
-                transaction.rule_hits.setdefault(rule.name, rule)
+        self.session.header(name, value)
         return int(Milter.CONTINUE)
 
     @_guarded
@@ -219,125 +152,32 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
 
     @_guarded
     def eom(self) -> int:
-        if self._failed():
-            return self.error_response()
-        connection, transaction = self._session()
-        engine = connection.engine
-        for rule in engine.rulebook.missing(transaction.seen_headers):
-            transaction.rule_hits.setdefault(rule.name, rule)
-        evidence = self._evidence(connection, transaction)
-        verdict = engine.evaluate(evidence)
-        exempt = any(engine.is_exempt(rcpt) for rcpt in transaction.accepted)
-        enforcement = engine.enforce(verdict, transaction.decision_id, exempt)
-        if enforcement.reply is None:
-            self._rewrite_headers(transaction, engine.spam_headers(verdict, enforcement.action))
-        queue_id = self.getsymval("i") or ""
-        self._log_decision(
-            connection=connection,
-            transaction=transaction,
-            evidence=evidence,
-            verdict=verdict,
-            enforcement=enforcement,
-            stage="eom",
-            queue_id=queue_id,
-        )
-        if enforcement.reply is not None:
-            return self._refuse(enforcement.action, enforcement.reply)
-        return int(Milter.CONTINUE)
-
-    def _rewrite_headers(self, transaction: Transaction, ours: tuple[tuple[str, str], ...]) -> None:
-        # Headers named like ours that came from outside would be believed downstream: delete
-        # every occurrence (highest index first, so earlier indexes stay valid).
-        for name, count in transaction.our_headers.items():
-            for index in range(count, 0, -1):
-                self.chgheader(name, index, "")
-        for name, value in ours:
+        decision = self.session.end_of_message(self.getsymval("i") or "")
+        if decision.reply is not None:
+            return self._refuse(decision.reply)
+        for name, index in decision.delete_headers:
+            self.chgheader(name, index, "")
+        for name, value in decision.add_headers:
             self.addheader(name, value)
+        if decision.quarantine_reason:
+            self.quarantine(decision.quarantine_reason)
+        return int(Milter.CONTINUE)
 
     @_guarded
     def abort(self) -> int:
-        self._finish_transaction()
+        self.session.finish_transaction()
         return int(Milter.CONTINUE)
 
-    @_guarded
     def close(self) -> int:
-        self._finish_transaction()
-        self.connection = None
+        try:
+            self.session.close()
+        except Exception:
+            self.note_internal_error("close")
         return int(Milter.CONTINUE)
 
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _failed(self) -> bool:
-        transaction = self.transaction
-        return self.connection_failed or (transaction is not None and transaction.failed)
-
-    def _session(self) -> tuple[Connection, Transaction]:
-        if self.connection is None or self.transaction is None:
-            raise RuntimeError("callback outside a transaction")
-        return self.connection, self.transaction
-
-    def _evidence(self, connection: Connection, transaction: Transaction) -> Evidence:
-        policy = connection.engine.policy
-        outcomes: tuple[ListOutcome, ...] = ()
-        if connection.checks is not None:
-            outcomes = connection.checks.collect(policy.resolver.deadline)
-        ignored = connection.lists_ignored
-        if not ignored and transaction.authenticated and policy.skip_authenticated:
-            ignored = "authenticated"
-        return Evidence(outcomes, ignored, tuple(transaction.rule_hits.values()))
-
-    def _refuse(self, action: Action, reply: Reply) -> int:
+    def _refuse(self, reply: Reply) -> int:
         self.setreply(str(reply.code), reply.status, reply.milter_text)
-        return int(Milter.REJECT if action is Action.REJECT else Milter.TEMPFAIL)
-
-    def _finish_transaction(self) -> None:
-        """Log a transaction that ended before end-of-message, if anything was decided."""
-        transaction, self.transaction = self.transaction, None
-        connection = self.connection
-        if connection is None or transaction is None or transaction.logged:
-            return
-        if transaction.rcpt_evidence is None or transaction.rcpt_verdict is None:
-            return
-        self._log_decision(
-            connection=connection,
-            transaction=transaction,
-            evidence=transaction.rcpt_evidence,
-            verdict=transaction.rcpt_verdict,
-            enforcement=transaction.last_enforcement or Enforcement(Action.ACCEPT),
-            stage="rcpt",
-            queue_id="",
-        )
-
-    @staticmethod
-    def _log_decision(
-        *,
-        connection: Connection,
-        transaction: Transaction,
-        evidence: Evidence,
-        verdict: Verdict,
-        enforcement: Enforcement,
-        stage: str,
-        queue_id: str,
-    ) -> None:
-        transaction.logged = True
-        decision = Decision(
-            decision_id=transaction.decision_id,
-            queue_id=queue_id,
-            client_address=connection.address_text,
-            client_name=connection.name,
-            helo=connection.helo,
-            sender=transaction.sender,
-            accepted=tuple(transaction.accepted),
-            refused=tuple(transaction.refused),
-            stage=stage,
-            verdict=verdict,
-            enforced=enforcement,
-            mode=connection.engine.policy.mode,
-            lists=evidence.lists,
-            lists_ignored=evidence.lists_ignored,
-            policy_digest=connection.engine.policy.digest,
-        )
-        decisions.info(format_decision(decision))
+        return int(Milter.REJECT if reply.code >= 500 else Milter.TEMPFAIL)
 
     def note_internal_error(self, callback: str) -> None:
         """Log one ERROR line with the traceback folded into it, and mark the session failed."""
@@ -346,31 +186,26 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
             f"{Path(f.filename).name}:{f.lineno} {f.name}"
             for f in reversed(traceback.extract_tb(tb))
         )
-        transaction, connection = self.transaction, self.connection
-        if transaction is not None and callback not in ("connect", "hello", "close"):
-            transaction.failed = True
-        else:
+        self.failed = True
+        if callback in ("connect", "hello"):
             self.connection_failed = True
-        decision_id = transaction.decision_id if transaction else "-"
-        client = connection.address_text if connection else "unknown"
-        policy = (connection.engine if connection else self.runtime.engine).policy
+        session = self.session
+        transaction = session.transaction
         log.error(
             "internal error in %s: id=%s client=%s on_error=%s error=%r traceback=%s",
             callback,
-            decision_id,
-            client,
-            policy.on_error.value,
+            transaction.decision_id if transaction else "-",
+            session.address_text,
+            session.policy.on_error.value,
             error if kind else None,
             frames,
         )
 
     def error_response(self) -> int:
-        connection = self.connection
-        policy = (connection.engine if connection else self.runtime.engine).policy
-        if policy.on_error is OnError.TEMPFAIL:
-            decision_id = self.transaction.decision_id if self.transaction else "-"
+        if self.session.policy.on_error is OnError.TEMPFAIL:
+            transaction = self.session.transaction
             try:
-                reply = internal_error(decision_id)
+                reply = internal_error(transaction.decision_id if transaction else "-")
                 self.setreply(str(reply.code), reply.status, reply.milter_text)
             except Exception:
                 log.exception("could not set the on_error reply")

@@ -5,19 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from spamgate import __version__
+from spamgate import __version__, explain
 from spamgate.config import load_policy
 from spamgate.schema import ConfigError
 
 DEFAULT_CONFIG = "/etc/spamgate/spamgate.yaml"
 
-# Exit codes: 0 fine, 1 the policy file is bad, 2 usage error (argparse's own).
-EXIT_BAD_CONFIG = 1
+# Exit codes from sysexits(3): the policy file is bad, the command line is.
+EX_CONFIG = 78
+EX_USAGE = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse would exit 2, which `explain` uses for "quarantine".
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spamgate", description="SMTP-time scoring milter for Postfix and Sendmail."
     )
     parser.add_argument("--version", action="version", version=f"spamgate {__version__}")
@@ -25,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("run", "run the milter daemon in the foreground"),
         ("check-config", "validate a policy file and exit 0 if it is good"),
+        ("explain", "score a client and optionally a message file; exit status is the action"),
     ):
         command = commands.add_parser(name, help=text, description=text)
+        if name == "explain":
+            explain.add_arguments(command)
         command.add_argument(
             "-c",
             "--config",
@@ -43,14 +55,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = load_policy(args.config)
     except ConfigError as error:
         print(f"spamgate: {error}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return EX_CONFIG
     if args.command == "check-config":
         print(
-            f"{args.config}: OK ({len(policy.ip_lists)} DNS lists, {len(policy.rules)} rules, "
+            f"{args.config}: OK ({len(policy.ip_lists)} IP lists, "
+            f"{len(policy.domain_lists)} domain lists, {len(policy.rules)} rules, "
             f"policy {policy.digest})"
         )
         return 0
-    # Imported here so check-config works without loading libmilter.
+    if args.command == "explain":
+        return explain.run(policy, args)
+    # Imported here so check-config and explain work without loading libmilter.
     from spamgate.daemon import run  # noqa: PLC0415
 
     return run(policy, args.config)

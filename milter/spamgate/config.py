@@ -6,15 +6,24 @@ thresholds are ordered, names are unique, regexes compile, zones are valid DNS n
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import ipaddress
-import itertools
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from spamgate import schema
+from spamgate.matchlists import (
+    FILE_PREFIX,
+    AddressPatterns,
+    EntryError,
+    NamePatterns,
+    NetworkSet,
+)
+from spamgate.patterns import Pattern, RawPattern
 from spamgate.returncodes import ReturnCode
 from spamgate.schema import ConfigError, FieldError, setting
 
@@ -236,6 +245,11 @@ class Thresholds:
     tag: float | None = setting(
         "Score from which mail is tagged `X-Spam-Status: Yes`; null never tags.", 3.0
     )
+    quarantine: float | None = setting(
+        "Score from which mail is accepted into Postfix's hold queue (`postsuper -r` releases "
+        "it); null disables quarantine.",
+        None,
+    )
     tempfail: float | None = setting(
         "Score from which mail gets `451 4.7.1`; null disables the tempfail band.", 6.0
     )
@@ -244,11 +258,12 @@ class Thresholds:
     )
 
     def check(self) -> None:
-        named = (("tag", self.tag), ("tempfail", self.tempfail), ("reject", self.reject))
-        ordered = [(key, value) for key, value in named if value is not None]
-        for (low_key, low), (high_key, high) in itertools.pairwise(ordered):
-            if low > high:
-                raise FieldError(high_key, f"must not be below {low_key} ({low:g})")
+        if self.tag is None:
+            return
+        for key in ("quarantine", "tempfail", "reject"):
+            value = getattr(self, key)
+            if value is not None and value < self.tag:
+                raise FieldError(key, f"must not be below tag ({self.tag:g})")
 
 
 @dataclass(frozen=True)
@@ -269,7 +284,9 @@ class ListHit:
 
 
 @dataclass(frozen=True)
-class IpList:
+class DnsList:
+    """What IP lists and domain lists have in common."""
+
     name: str = setting(
         "List name, e.g. `SPAMHAUS_ZEN`; an unusable answer is logged as `<name>_FAIL`."
     )
@@ -287,8 +304,10 @@ class IpList:
     error_codes: tuple[ReturnCode, ...] = setting(
         "Extra answers that mean the list refused to answer (127.255.255.0/24 always does).", ()
     )
-    ipv4: bool = setting("Query this list for IPv4 clients.", True)
-    ipv6: bool = setting("Query this list for IPv6 clients (nibble format).", True)
+    mode: Mode = setting(
+        "`observe` logs this list's hits without letting them count (to trial a list).",
+        Mode.ENFORCE,
+    )
     # Filled in by __post_init__: the hits to score, whichever form the file used.
     scored_hits: tuple[ListHit, ...] = field(init=False, repr=False, compare=False)
 
@@ -305,11 +324,60 @@ class IpList:
         check_zone(self.zone)
         if (self.score is None) == (not self.hits):
             raise FieldError("hits", "give either `score` or `hits`, not both or neither")
-        if not (self.ipv4 or self.ipv6):
-            raise FieldError("ipv6", "a list must be queried for IPv4, IPv6 or both")
 
     def description_of(self, hit: ListHit) -> str:
         return hit.description or f"listed by {self.display}"
+
+
+@dataclass(frozen=True)
+class IpList(DnsList):
+    ipv4: bool = setting("Query this list for IPv4 clients.", True)
+    ipv6: bool = setting("Query this list for IPv6 clients (nibble format).", True)
+
+    def check(self) -> None:
+        super().check()
+        if not (self.ipv4 or self.ipv6):
+            raise FieldError("ipv6", "a list must be queried for IPv4, IPv6 or both")
+
+
+class DomainSource(enum.Enum):
+    HELO = "helo"
+    PTR = "ptr"
+    SENDER = "sender"
+    FROM = "from"
+    REPLY_TO = "reply_to"
+
+
+class DomainQuery(enum.Enum):
+    ORGANIZATIONAL = "organizational"
+    EXACT = "exact"
+
+
+@dataclass(frozen=True)
+class DomainList(DnsList):
+    check_names: tuple[DomainSource, ...] = setting(
+        "Which names to look up: `helo`, `ptr` (the client's reverse DNS name), `sender` "
+        "(MAIL FROM domain), `from` and `reply_to` (header domains).",
+        (
+            DomainSource.HELO,
+            DomainSource.PTR,
+            DomainSource.SENDER,
+            DomainSource.FROM,
+            DomainSource.REPLY_TO,
+        ),
+    )
+    query: DomainQuery = setting(
+        "`organizational` looks up the registrable domain (mail.example.co.uk -> "
+        "example.co.uk), as Spamhaus DBL and SURBL list them; `exact` the name as found.",
+        DomainQuery.ORGANIZATIONAL,
+    )
+
+    def check(self) -> None:
+        super().check()
+        if not self.check_names:
+            raise FieldError(
+                "check_names", "name at least one of helo, ptr, sender, from, reply_to"
+            )
 
 
 def check_zone(zone: str) -> None:
@@ -319,19 +387,91 @@ def check_zone(zone: str) -> None:
         raise FieldError("zone", f"{zone!r} is not a valid DNS zone name")
 
 
+# Header names whose values spamgate can parse, and so can call malformed.
+ADDRESS_HEADERS = frozenset({"from", "sender", "reply-to", "to", "cc"})
+PARSED_HEADERS = ADDRESS_HEADERS | {"date"}
+
+
 @dataclass(frozen=True)
 class HeaderCondition:
     name: str = setting("Header field name, case-insensitive, e.g. `Subject`.")
-    matches: re.Pattern[str] | None = setting(
-        "Python regular expression searched in the header's value.", None
+    matches: Pattern | None = setting(
+        "RE2 regular expression searched in the decoded value (RFC 2047 words decoded, "
+        "folding removed).",
+        None,
+    )
+    matches_raw: RawPattern | None = setting(
+        "RE2 regular expression searched in the raw bytes of the value (`\\xff` is a byte).",
+        None,
     )
     missing: bool = setting("Fire when the message has no such header.", False)
+    count_over: int | None = setting(
+        "Fire when the header appears more than this many times.", None, minimum=0
+    )
+    malformed: bool = setting(
+        "Fire when a `Date` or address header (From, Sender, Reply-To, To, Cc) cannot be parsed.",
+        False,
+    )
 
     def check(self) -> None:
         if not re.fullmatch(r"[!-9;-~]+", self.name):
             raise FieldError("name", f"{self.name!r} is not a header field name")
-        if (self.matches is None) == (not self.missing):
-            raise FieldError("matches", "give either `matches` or `missing: true`")
+        tests = [
+            self.matches is not None,
+            self.matches_raw is not None,
+            self.missing,
+            self.count_over is not None,
+            self.malformed,
+        ]
+        if sum(tests) != 1:
+            raise FieldError(
+                "matches",
+                "give exactly one of matches, matches_raw, missing: true, count_over, "
+                "malformed: true",
+            )
+        if self.malformed and self.name.lower() not in PARSED_HEADERS:
+            raise FieldError(
+                "malformed",
+                f"spamgate cannot parse {self.name}: only Date, From, Sender, Reply-To, To and Cc",
+            )
+
+
+class HeloCheck(enum.Enum):
+    BARE_IP = "bare_ip"
+    NOT_FQDN = "not_fqdn"
+    OURS = "ours"
+    UNRESOLVABLE = "unresolvable"
+    NOT_PTR_DOMAIN = "not_ptr_domain"
+
+
+class RdnsCheck(enum.Enum):
+    MISSING = "missing"
+    UNCONFIRMED = "unconfirmed"
+    DYNAMIC = "dynamic"
+
+
+class SenderCheck(enum.Enum):
+    EMPTY = "empty"
+    UNRESOLVABLE = "unresolvable"
+
+
+class FromCheck(enum.Enum):
+    NOT_SENDER_DOMAIN = "not_sender_domain"
+
+
+@dataclass(frozen=True)
+class Composite:
+    all: tuple[str, ...] = setting("Fires only if every one of these hits fired.", ())
+    any: tuple[str, ...] = setting("... and at least one of these (if given).", ())
+    not_: tuple[str, ...] = setting("... and none of these.", (), key="not")
+
+    def check(self) -> None:
+        if not (self.all or self.any):
+            raise FieldError("all", "a composite needs `all` or `any`")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.all + self.any + self.not_
 
 
 @dataclass(frozen=True)
@@ -339,12 +479,213 @@ class Rule:
     name: str = setting("Hit name shown in logs and X-Spam-Status, e.g. `SUBJECT_PHARMA`.")
     score: float = setting("Points added when the rule fires (negative allows).")
     description: str = setting("Shown in reject texts and logs.")
+    mode: Mode = setting(
+        "`observe` logs the rule's hits without letting them count, to trial one rule while "
+        "the rest enforce.",
+        Mode.ENFORCE,
+    )
+    helo: HeloCheck | None = setting(
+        "HELO is `bare_ip`, `not_fqdn`, `ours` (our host name or address), `unresolvable` (no "
+        "A/AAAA), or `not_ptr_domain` (another organization than the client's reverse DNS).",
+        None,
+    )
+    helo_matches: Pattern | None = setting("HELO name matches this RE2 pattern.", None)
+    rdns: RdnsCheck | None = setting(
+        "Client reverse DNS is `missing`, `unconfirmed` (FCrDNS fails) or `dynamic` (matches "
+        "`reverse_dns.dynamic_patterns`).",
+        None,
+    )
+    rdns_matches: Pattern | None = setting("Client reverse DNS name matches this pattern.", None)
+    sender: SenderCheck | None = setting(
+        "MAIL FROM is `empty` (the null sender <>) or its domain is `unresolvable` (no MX, "
+        "A or AAAA, or a null MX).",
+        None,
+    )
+    sender_matches: Pattern | None = setting(
+        "MAIL FROM address (lower case, without <>) matches this pattern.", None
+    )
+    recipient_matches: Pattern | None = setting(
+        "Some RCPT TO address of the transaction matches this pattern.", None
+    )
+    recipients_over: int | None = setting(
+        "The transaction has more than this many recipients.", None, minimum=1
+    )
     header: HeaderCondition | None = setting("A condition on a message header.", None)
+    date_ahead_hours: float | None = setting(
+        "The Date header is more than this many hours in the future.", None, minimum=0
+    )
+    date_behind_days: float | None = setting(
+        "The Date header is more than this many days in the past.", None, minimum=0
+    )
+    from_domain: FromCheck | None = setting(
+        "The From: header domain is `not_sender_domain`: another organization than MAIL FROM.",
+        None,
+    )
+    composite: Composite | None = setting(
+        "Fires on a combination of other hits (rules or list hits defined before it).", None
+    )
+
+    CONDITIONS = (
+        "helo",
+        "helo_matches",
+        "rdns",
+        "rdns_matches",
+        "sender",
+        "sender_matches",
+        "recipient_matches",
+        "recipients_over",
+        "header",
+        "date_ahead_hours",
+        "date_behind_days",
+        "from_domain",
+        "composite",
+    )
 
     def check(self) -> None:
         _check_hit_name(self.name, "name")
-        if self.header is None:
-            raise FieldError("header", "a rule needs a condition")
+        given = [key for key in self.CONDITIONS if getattr(self, key) is not None]
+        if len(given) != 1:
+            where = given[1] if len(given) > 1 else "name"
+            raise FieldError(
+                where, f"a rule needs exactly one condition ({', '.join(self.CONDITIONS)})"
+            )
+
+    @property
+    def condition(self) -> str:
+        return next(key for key in self.CONDITIONS if getattr(self, key) is not None)
+
+
+@dataclass(frozen=True)
+class MatchList:
+    clients: tuple[str, ...] = setting("Client networks (CIDR).", ())
+    client_names: tuple[str, ...] = setting(
+        "Client host names (Postfix's verified name, or spamgate's confirmed reverse DNS): "
+        "`mail.example.com`, `*.example.com`.",
+        (),
+    )
+    helo_names: tuple[str, ...] = setting("HELO names, same patterns.", ())
+    senders: tuple[str, ...] = setting(
+        "Envelope senders: `user@example.com`, `@example.com`, `@*.example.com`, `user@`, `<>`.",
+        (),
+    )
+    recipients: tuple[str, ...] = setting("Envelope recipients, same patterns.", ())
+    # Parsed by __post_init__ (entries may name files): what the session matches against.
+    client_set: NetworkSet = field(init=False, repr=False, compare=False)
+    client_name_set: NamePatterns = field(init=False, repr=False, compare=False)
+    helo_name_set: NamePatterns = field(init=False, repr=False, compare=False)
+    sender_set: AddressPatterns = field(init=False, repr=False, compare=False)
+    recipient_set: AddressPatterns = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parsers = (
+            ("clients", "client_set", NetworkSet.parse),
+            ("client_names", "client_name_set", NamePatterns.parse),
+            ("helo_names", "helo_name_set", NamePatterns.parse),
+            ("senders", "sender_set", AddressPatterns.parse),
+            ("recipients", "recipient_set", AddressPatterns.parse),
+        )
+        for key, target, parse in parsers:
+            entries = getattr(self, key)
+            for index, entry in enumerate(entries):
+                try:
+                    parse([entry])
+                except EntryError as error:
+                    raise FieldError((key, index), str(error)) from None
+            object.__setattr__(self, target, parse(entries))
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        keys = ("clients", "client_names", "helo_names", "senders", "recipients")
+        return tuple(e for key in keys for e in getattr(self, key))
+
+
+@dataclass(frozen=True)
+class DenyList(MatchList):
+    reply: str = setting(
+        "Reply text (after `550 5.7.1`); `{id}` is the decision id.",
+        "Refused by local policy (id {id})",
+    )
+
+    def check(self) -> None:
+        _check_template(self.reply, "reply", {"id", "client"})
+
+
+DEFAULT_DYNAMIC_PATTERNS = (
+    r"(?i)(^|[.-])(dyn|dynamic|dynip|pool|dsl|adsl|xdsl|cable|dhcp|ppp|pppoe|dialup|"
+    r"dial-?in|broadband|customer|cust|client|home|user|res|residential)[0-9.-]",
+    # Four numbers in a row, as in 192-0-2-10.isp.example or host10.2.0.192.example.
+    r"(^|[.-])[0-9]{1,3}[.-][0-9]{1,3}[.-][0-9]{1,3}[.-][0-9]{1,3}([.-]|$)",
+)
+
+
+@dataclass(frozen=True)
+class ReverseDnsSettings:
+    use_mta_macros: bool = setting(
+        "Use Postfix's `{client_resolve}`/`{client_ptr}` when it sends them, instead of "
+        "looking up the client's name again.",
+        True,
+    )
+    dynamic_patterns: tuple[Pattern, ...] = setting(
+        "RE2 patterns that mark a reverse DNS name as a dynamic/residential pool "
+        "(`rdns: dynamic`).",
+        factory=lambda: tuple(Pattern.from_config(p) for p in DEFAULT_DYNAMIC_PATTERNS),
+        shown_default="dyn, dynamic, pool, dsl, cable, dhcp, ppp, the client's address in the name",
+    )
+
+
+@dataclass(frozen=True)
+class Replies:
+    reject: str = setting(
+        "Text after `550 5.7.1`: `{reasons}` (what scored, by description), `{id}`, "
+        "`{score}`, `{client}`.",
+        "Message refused: {reasons} (id {id})",
+    )
+    tempfail: str = setting(
+        "Text after `451 4.7.1`, same fields.", "Try again later: {reasons} (id {id})"
+    )
+
+    def check(self) -> None:
+        for key in ("reject", "tempfail"):
+            _check_template(getattr(self, key), key, {"reasons", "id", "score", "client"})
+
+
+def _check_template(template: str, key: str, known: set[str]) -> None:
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise FieldError(key, f"bad template: {error}") from None
+    for name in fields:
+        if name not in known:
+            raise FieldError(key, f"unknown field {{{name}}}: use {', '.join(sorted(known))}")
+
+
+@dataclass(frozen=True)
+class RecipientPolicy:
+    name: str = setting("Shown as `policy_group=` in the decision log.")
+    recipients: tuple[str, ...] = setting(
+        "Recipients it applies to: `user@example.com`, `@example.com`, `@*.example.com`, "
+        "`user@`, or `file:/path`."
+    )
+    mode: Mode | None = setting("Overrides `mode` for these recipients.", None)
+    thresholds: Thresholds | None = setting("Overrides `thresholds` (all of them).", None)
+    scores: dict[str, float] = setting(
+        "Score overrides by hit name, e.g. `{SPAMHAUS_PBL: 2, HELO_BARE_IP: 0}`.", factory=dict
+    )
+    recipient_set: AddressPatterns = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for index, entry in enumerate(self.recipients):
+            try:
+                AddressPatterns.parse([entry])
+            except EntryError as error:
+                raise FieldError(("recipients", index), str(error)) from None
+        object.__setattr__(self, "recipient_set", AddressPatterns.parse(self.recipients))
+
+    def check(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name):
+            raise FieldError("name", f"{self.name!r}: use letters, digits, _ . - (max 64)")
+        if not self.recipients:
+            raise FieldError("recipients", "name at least one recipient pattern")
 
 
 @dataclass(frozen=True)
@@ -376,6 +717,13 @@ class Policy:
         "Clients that authenticated to Postfix (`{auth_authen}`) are not scored on DNS lists.",
         True,
     )
+    our_names: tuple[str, ...] = setting(
+        "Host names that are ours (for `helo: ours`), besides Postfix's `$myhostname`.", ()
+    )
+    our_addresses: tuple[IPNetwork, ...] = setting(
+        "Addresses that are ours (for `helo: ours`), besides the one the client connected to.",
+        (),
+    )
     thresholds: Thresholds = setting("Scores that choose the action.", factory=Thresholds)
     add_headers: AddHeaders = setting(
         "`always` adds X-Spam-Score/X-Spam-Status to all accepted mail; `tagged` only from "
@@ -387,34 +735,100 @@ class Policy:
         "or a full address.",
         ("postmaster", "abuse"),
     )
+    replies: Replies = setting("Reply texts.", factory=Replies)
+    reverse_dns: ReverseDnsSettings = setting(
+        "Reverse DNS of the client.", factory=ReverseDnsSettings
+    )
     ip_lists: tuple[IpList, ...] = setting("DNS block and allow lists keyed by client IP.", ())
-    rules: tuple[Rule, ...] = setting("Header rules.", ())
+    domain_lists: tuple[DomainList, ...] = setting(
+        "DNS lists keyed by domain (RHSBL, e.g. Spamhaus DBL).", ()
+    )
+    rules: tuple[Rule, ...] = setting("Rules on HELO, reverse DNS, envelope and headers.", ())
+    allow: MatchList = setting(
+        "Clients, names and addresses whose mail is accepted without scoring (still logged).",
+        factory=MatchList,
+    )
+    deny: DenyList = setting(
+        "Clients, names and addresses whose mail is refused with `deny.reply`.",
+        factory=DenyList,
+    )
+    recipient_policies: tuple[RecipientPolicy, ...] = setting(
+        "Thresholds, mode and scores for some recipients; the first whose `recipients` match "
+        "applies.",
+        (),
+    )
+    split_recipient_policies: bool = setting(
+        "Answer `452 4.5.3` to a recipient whose policy differs from the first recipient's, so "
+        "the client sends it in a transaction of its own and each message is judged by one "
+        "policy. Off: the mildest policy of a message's recipients decides.",
+        True,
+    )
     # Set by load_policy: identifies the policy in decision logs.
     digest: str = field(init=False, default="", compare=False)
 
     def check(self) -> None:
-        # Every name that can appear in a log line must mean one thing.
+        self._check_unique_names()
+        self._check_references()
+        for i, entry in enumerate(self.exempt_recipients):
+            if not re.fullmatch(r"[^@\s<>]+(@[^@\s<>]+)?", entry):
+                raise FieldError(
+                    ("exempt_recipients", i), f"{entry!r} is not a local part or address"
+                )
+        seen: set[str] = set()
+        for i, group in enumerate(self.recipient_policies):
+            if group.name in seen or group.name == "default":
+                raise FieldError(("recipient_policies", i, "name"), f"{group.name!r} is taken")
+            seen.add(group.name)
+
+    def _check_unique_names(self) -> None:
+        """Every name that can appear in a log line must mean one thing."""
         names: dict[str, tuple[str | int, ...]] = {}
         candidates: list[tuple[str, tuple[str | int, ...]]] = []
-        for i, ip_list in enumerate(self.ip_lists):
-            candidates.append((ip_list.name, ("ip_lists", i, "name")))
-            shared = False  # one hit of a list may carry the list's own name
-            for j, hit in enumerate(ip_list.hits):
-                if hit.name == ip_list.name and not shared:
-                    shared = True
-                    continue
-                candidates.append((hit.name, ("ip_lists", i, "hits", j, "name")))
+        for key in ("ip_lists", "domain_lists"):
+            for i, dns_list in enumerate(getattr(self, key)):
+                candidates.append((dns_list.name, (key, i, "name")))
+                shared = False  # one hit of a list may carry the list's own name
+                for j, hit in enumerate(dns_list.hits):
+                    if hit.name == dns_list.name and not shared:
+                        shared = True
+                        continue
+                    candidates.append((hit.name, (key, i, "hits", j, "name")))
         candidates += [(rule.name, ("rules", i, "name")) for i, rule in enumerate(self.rules)]
         for name, where in candidates:
             if name in names:
                 first = _render_path(names[name])
                 raise FieldError(where, f"name {name} is already used at {first}")
             names[name] = where
-        for i, entry in enumerate(self.exempt_recipients):
-            if not re.fullmatch(r"[^@\s<>]+(@[^@\s<>]+)?", entry):
-                raise FieldError(
-                    ("exempt_recipients", i), f"{entry!r} is not a local part or address"
-                )
+
+    def _check_references(self) -> None:
+        defined = {
+            hit.name
+            for dns_list in (*self.ip_lists, *self.domain_lists)
+            for hit in dns_list.scored_hits
+        }
+        for i, rule in enumerate(self.rules):
+            if rule.composite is not None:
+                for name in rule.composite.names:
+                    if name not in defined:
+                        raise FieldError(
+                            ("rules", i, "composite"),
+                            f"{name} is not a list hit or a rule defined before this one",
+                        )
+            defined.add(rule.name)
+        for i, group in enumerate(self.recipient_policies):
+            for name in group.scores:
+                if name not in defined:
+                    raise FieldError(
+                        ("recipient_policies", i, "scores", name), f"no hit is named {name}"
+                    )
+
+    @property
+    def included_files(self) -> tuple[str, ...]:
+        """Files named by `file:` entries, whose contents are part of the policy."""
+        entries = [*self.allow.entries, *self.deny.entries]
+        for group in self.recipient_policies:
+            entries += group.recipients
+        return tuple(e[len(FILE_PREFIX) :].strip() for e in entries if e.startswith(FILE_PREFIX))
 
 
 def _render_path(parts: tuple[str | int, ...]) -> str:
@@ -433,5 +847,10 @@ def load_policy(path: str | Path) -> Policy:
     except UnicodeDecodeError as error:
         raise ConfigError(source, 0, 0, "", f"not UTF-8 (byte {error.start})") from None
     policy = schema.load(Policy, text, source)
-    object.__setattr__(policy, "digest", hashlib.sha256(raw).hexdigest()[:12])
+    digest = hashlib.sha256(raw)
+    for included in policy.included_files:
+        # Already read once by the parser; a file that vanished since is caught at next load.
+        with contextlib.suppress(OSError):
+            digest.update(Path(included).read_bytes())
+    object.__setattr__(policy, "digest", digest.hexdigest()[:12])
     return policy

@@ -10,10 +10,11 @@ import threading
 from collections.abc import Callable
 
 from spamgate import __version__
-from spamgate.adapter import ListenError, Runtime, serve
+from spamgate.adapter import ListenError, serve
 from spamgate.config import LogSettings, Policy
 from spamgate.engine import Engine
 from spamgate.resolver import Resolver
+from spamgate.session import Runtime
 
 log = logging.getLogger("spamgate")
 
@@ -85,7 +86,7 @@ def run(policy: Policy, config_path: str) -> int:
         servers,
         len(policy.rules),
     )
-    runtime = Runtime(Engine(policy), resolver)
+    runtime = Runtime(Engine(policy), resolver, log=logging.getLogger("spamgate.decision").info)
     stopped = threading.Event()
     if policy.log.stats_interval:
         threading.Thread(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from spamgate.config import Mode
 from spamgate.dnslists import ListOutcome, ListStatus
-from spamgate.engine import Enforcement, Verdict
+from spamgate.engine import DEFAULT_GROUP, Enforcement, Hit, Verdict
 
 _PLAIN = re.compile(r"[\x21-\x7e]+\Z")
 _UNSAFE = re.compile(r'["\\]|[^\x20-\x7e]')
@@ -39,6 +39,10 @@ class Decision:
     lists: tuple[ListOutcome, ...]
     lists_ignored: str
     policy_digest: str
+    deferred: tuple[str, ...] = ()
+    rdns: str = ""
+    allowed_by: str = ""
+    denied_by: str = ""
 
 
 def quote(value: str) -> str:
@@ -65,7 +69,8 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def render_list(outcome: ListOutcome) -> str:
-    parts = [outcome.dns_list.name, outcome.status.value]
+    name = outcome.dns_list.name
+    parts = [f"{name}[{outcome.subject}]" if outcome.subject else name, outcome.status.value]
     if outcome.status is ListStatus.UNUSABLE:
         parts.append(outcome.failure)
     if outcome.codes:
@@ -86,14 +91,20 @@ def format_decision(decision: Decision) -> str:
         ("from", decision.sender),
         ("rcpt", ",".join(decision.accepted)),
         ("refused", ",".join(decision.refused)),
+        ("deferred", ",".join(decision.deferred)),
         ("stage", decision.stage),
-        ("action", verdict.action.value),
-        ("enforced", decision.enforced.action.value),
+        ("action", verdict.action.label),
+        ("enforced", decision.enforced.action.label),
         ("waived_by", decision.enforced.waived_by),
+        ("allowed_by", decision.allowed_by),
+        ("denied_by", decision.denied_by),
         ("mode", decision.mode.value),
+        ("policy_group", "" if verdict.group == DEFAULT_GROUP else verdict.group),
         ("score", f"{verdict.score:.1f}"),
-        ("hits", ",".join(f"{h.name}:{h.score:g}" for h in verdict.hits)),
-        ("fails", ",".join(o.fail_marker for o in unusable)),
+        ("hits", ",".join(_render_hit(h) for h in verdict.hits)),
+        ("trial_action", _trial(verdict)),
+        ("fails", ",".join(dict.fromkeys(o.fail_marker for o in unusable))),
+        ("rdns", decision.rdns),
         ("lists", ",".join(render_list(o) for o in decision.lists)),
         ("lists_ignored", decision.lists_ignored),
         ("policy", decision.policy_digest),
@@ -102,6 +113,17 @@ def format_decision(decision: Decision) -> str:
         f"{key}={quote(value) if value else ''}" for key, value in fields if value or key in _ALWAYS
     )
     return f"{decision.queue_id or 'NOQUEUE'}: decision {body}"
+
+
+def _render_hit(hit: Hit) -> str:
+    return f"{hit.name}:{hit.score:g}" + ("(observe)" if hit.observe else "")
+
+
+def _trial(verdict: Verdict) -> str:
+    """With rules or lists on trial: what would have happened had they counted."""
+    if verdict.trial_action is None or verdict.trial_score is None:
+        return ""
+    return f"{verdict.trial_action.label}:{verdict.trial_score:.1f}"
 
 
 # Keys shown even when empty, so `grep 'refused= '` style searches and parsers stay simple.

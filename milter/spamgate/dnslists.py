@@ -1,6 +1,6 @@
-"""IP-keyed DNS lists: what to ask, and what an answer means for one list.
+"""DNS lists (IP- and domain-keyed): what to ask, and what an answer means for one list.
 
-Everything here but `PendingChecks` is pure. An answer has three meanings, as in rspamd and
+Everything here but `ListLookups` is pure. An answer has three meanings, as in rspamd and
 postscreen: listed (with the hits its codes name), clean, or unusable — and unusable is never
 a hit, whatever addresses came back.
 """
@@ -8,16 +8,16 @@ a hit, whatever addresses came back.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import ipaddress
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Protocol
 
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import IpList, ListHit
+from spamgate.answers import AnswerKind, DnsAnswer, Lookups
+from spamgate.config import DnsList, IpList, ListHit
 from spamgate.returncodes import BLOCKED_CODES, LOOPBACK_NET
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -31,14 +31,15 @@ class ListStatus(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ListOutcome:
-    """What one list said about the client."""
+    """What one list said about the client or one of its names."""
 
-    dns_list: IpList
+    dns_list: DnsList
     status: ListStatus
     codes: tuple[str, ...] = ()
     hits: tuple[ListHit, ...] = ()
     failure: str = ""
     latency_ms: float | None = None
+    subject: str = ""  # for domain lists: which name, as "sender:example.com"
 
     @property
     def fail_marker(self) -> str:
@@ -63,7 +64,7 @@ def lists_for(address: IPAddress, ip_lists: Sequence[IpList]) -> tuple[IpList, .
     return tuple(lst for lst in ip_lists if lst.ipv6)
 
 
-def classify(dns_list: IpList, answer: DnsAnswer, latency_ms: float | None = None) -> ListOutcome:
+def classify(dns_list: DnsList, answer: DnsAnswer, latency_ms: float | None = None) -> ListOutcome:
     """Give one list's answer its meaning."""
     if answer.kind in (AnswerKind.NXDOMAIN, AnswerKind.NODATA):
         return ListOutcome(dns_list, ListStatus.CLEAN, latency_ms=latency_ms)
@@ -92,7 +93,7 @@ def classify(dns_list: IpList, answer: DnsAnswer, latency_ms: float | None = Non
 
 
 def _unusable(
-    dns_list: IpList, failure: str, codes: tuple[str, ...], latency_ms: float | None
+    dns_list: DnsList, failure: str, codes: tuple[str, ...], latency_ms: float | None
 ) -> ListOutcome:
     return ListOutcome(dns_list, ListStatus.UNUSABLE, codes, failure=failure, latency_ms=latency_ms)
 
@@ -126,60 +127,74 @@ class ListCounters:
         return lines
 
 
-class Lookups(Protocol):
-    """What the list checks need from a resolver: thread-safe lookups that never raise."""
+@dataclass
+class _Lookup:
+    dns_list: DnsList
+    subject: str
+    stage: int
+    future: futures.Future[DnsAnswer]
+    started_at: float
+    answered_at: float | None = None
+    outcome: ListOutcome | None = None
 
-    def lookup(self, qname: str) -> futures.Future[DnsAnswer]: ...
 
-
-class PendingChecks:
-    """One connection's list lookups, started at connect and collected at the first verdict."""
+class ListLookups:
+    """One connection's list lookups. Each starts as soon as its name is known (the client
+    address at connect, a HELO name at HELO, a header domain as the header arrives) and is
+    waited for at most `deadline` seconds from its own start."""
 
     def __init__(
-        self,
-        resolver: Lookups,
-        address: IPAddress,
-        ip_lists: Sequence[IpList],
-        clock: Callable[[], float],
-        counters: ListCounters | None = None,
+        self, resolver: Lookups, clock: Callable[[], float], counters: ListCounters | None = None
     ) -> None:
+        self._resolver = resolver
         self._clock = clock
         self._counters = counters
-        self.started_at = clock()
-        self._answered_at: dict[str, float] = {}
+        self._lookups: list[_Lookup] = []
+        self._lock = threading.Lock()
+
+    def start(self, dns_list: DnsList, qname: str, *, subject: str = "", stage: int = 1) -> None:
+        with self._lock:
+            if any(x.dns_list is dns_list and x.subject == subject for x in self._lookups):
+                return  # the same name twice (two From: headers): one lookup
+            lookup = _Lookup(dns_list, subject, stage, self._resolver.lookup(qname), self._clock())
+            self._lookups.append(lookup)
+
+        def stamp(_: futures.Future[DnsAnswer]) -> None:
+            lookup.answered_at = self._clock()
+
+        lookup.future.add_done_callback(stamp)
+
+    def start_ip_lists(self, address: IPAddress, ip_lists: Sequence[IpList]) -> None:
         target = lookup_address(address)
-        self._lookups: list[tuple[IpList, futures.Future[DnsAnswer]]] = []
         for dns_list in lists_for(target, ip_lists):
-            future = resolver.lookup(query_name(target, dns_list.zone))
-            future.add_done_callback(self._stamp(dns_list.name))
-            self._lookups.append((dns_list, future))
-        self._outcomes: tuple[ListOutcome, ...] | None = None
+            self.start(dns_list, query_name(target, dns_list.zone))
 
-    def _stamp(self, name: str) -> Callable[[futures.Future[DnsAnswer]], None]:
-        def record(_: futures.Future[DnsAnswer]) -> None:
-            self._answered_at[name] = self._clock()
-
-        return record
-
-    def collect(self, deadline: float) -> tuple[ListOutcome, ...]:
-        """Wait until `deadline` seconds after the start at most; late lists are unusable."""
-        if self._outcomes is None:
-            remaining = self.started_at + deadline - self._clock()
-            pending = [future for _, future in self._lookups]
-            if remaining > 0 and pending:
-                futures.wait(pending, timeout=remaining)
-            self._outcomes = tuple(self._outcome(lst, f, deadline) for lst, f in self._lookups)
+    def collect(self, deadline: float, stage: int = 3) -> tuple[ListOutcome, ...]:
+        """The outcomes of the lookups of `stage` or earlier, waiting for the unanswered ones
+        until their own start + `deadline` at most; a list still silent then is unusable."""
+        with self._lock:
+            wanted = [x for x in self._lookups if x.stage <= stage]
+        open_ = [x for x in wanted if x.outcome is None]
+        if open_:
+            remaining = max(x.started_at for x in open_) + deadline - self._clock()
+            waiting = [x.future for x in open_ if not x.future.done()]
+            if remaining > 0 and waiting:
+                futures.wait(waiting, timeout=remaining)
+            for lookup in open_:
+                lookup.outcome = self._outcome(lookup, deadline)
             if self._counters is not None:
-                self._counters.record(self._outcomes)
-        return self._outcomes
+                self._counters.record([x.outcome for x in open_ if x.outcome is not None])
+        return tuple(x.outcome for x in wanted if x.outcome is not None)
 
-    def _outcome(
-        self, dns_list: IpList, future: futures.Future[DnsAnswer], deadline: float
-    ) -> ListOutcome:
+    def _outcome(self, lookup: _Lookup, deadline: float) -> ListOutcome:
+        dns_list, subject = lookup.dns_list, lookup.subject
+        future = lookup.future
         if not future.done():
-            return _unusable(dns_list, "deadline", (), deadline * 1000.0)
-        if future.exception() is not None:
-            return _unusable(dns_list, "resolver-error", (), None)
-        answered_at = self._answered_at.get(dns_list.name, self._clock())
-        latency_ms = max(0.0, (answered_at - self.started_at) * 1000.0)
-        return classify(dns_list, future.result(), latency_ms)
+            outcome = _unusable(dns_list, "deadline", (), deadline * 1000.0)
+        elif future.exception() is not None:
+            outcome = _unusable(dns_list, "resolver-error", (), None)
+        else:
+            answered_at = lookup.answered_at if lookup.answered_at is not None else self._clock()
+            latency_ms = max(0.0, (answered_at - lookup.started_at) * 1000.0)
+            outcome = classify(dns_list, future.result(), latency_ms)
+        return dataclasses.replace(outcome, subject=subject) if subject else outcome

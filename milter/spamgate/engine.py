@@ -3,17 +3,19 @@
 Detection, weight and action are separate (as in rspamd): lists and rules produce named hits,
 the policy gives each a score, and the thresholds turn the total into an action. Whether that
 action reaches the sender is a second step (`enforce`), because observe mode and exempt
-recipients change what is sent without changing what was decided.
+recipients change what is sent without changing what was decided. Recipients may belong to
+policy groups (`recipient_policies`) with their own thresholds, mode and scores: a verdict is
+always for one group.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from spamgate import replies
-from spamgate.config import AddHeaders, Mode, Policy, Rule
+from spamgate.config import AddHeaders, Mode, Policy, Rule, Thresholds
 from spamgate.dnslists import ListOutcome, ListStatus
 from spamgate.replies import Reply
 from spamgate.rules import RuleBook
@@ -21,17 +23,26 @@ from spamgate.rules import RuleBook
 SCORE_HEADER = "X-Spam-Score"
 STATUS_HEADER = "X-Spam-Status"
 OUR_HEADERS = frozenset({SCORE_HEADER.lower(), STATUS_HEADER.lower()})
+DEFAULT_GROUP = "default"
+REASONS_LIMIT = 300
 
 
-class Action(enum.Enum):
-    ACCEPT = "accept"
-    TAG = "tag"
-    TEMPFAIL = "tempfail"
-    REJECT = "reject"
+class Action(enum.IntEnum):
+    """In order of severity: a threshold tie goes to the more severe action."""
+
+    ACCEPT = 0
+    TAG = 1
+    QUARANTINE = 2
+    TEMPFAIL = 3
+    REJECT = 4
 
     @property
     def refuses(self) -> bool:
         return self in (Action.TEMPFAIL, Action.REJECT)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +50,7 @@ class Hit:
     name: str
     score: float
     description: str
+    observe: bool = False  # logged, but its score does not count
 
 
 @dataclass(frozen=True)
@@ -51,10 +63,24 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class Group:
+    """The policy one recipient is judged by: the default, or a `recipient_policies` entry."""
+
+    name: str
+    mode: Mode
+    thresholds: Thresholds
+    scores: Mapping[str, float]
+
+
+@dataclass(frozen=True)
 class Verdict:
     score: float
     hits: tuple[Hit, ...]
     action: Action
+    group: str = DEFAULT_GROUP
+    # With rules or lists in observe mode: what would happen if their hits counted too.
+    trial_score: float | None = None
+    trial_action: Action | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,7 @@ class Enforcement:
     action: Action
     reply: Reply | None = None
     waived_by: str = ""
+    quarantine_reason: str = ""
 
 
 class Engine:
@@ -71,55 +98,105 @@ class Engine:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.rulebook = RuleBook(policy.rules)
+        self.rulebook = RuleBook(policy)
         self._exempt_locals = {e.lower() for e in policy.exempt_recipients if "@" not in e}
         self._exempt_addresses = {e.lower() for e in policy.exempt_recipients if "@" in e}
-
-    def evaluate(self, evidence: Evidence) -> Verdict:
-        hits = list(self._list_hits(evidence)) + [
-            Hit(rule.name, rule.score, rule.description) for rule in evidence.rules
+        self.default_group = Group(DEFAULT_GROUP, policy.mode, policy.thresholds, {})
+        self._groups = [
+            (
+                entry.recipient_set,
+                Group(
+                    entry.name,
+                    entry.mode or policy.mode,
+                    entry.thresholds or policy.thresholds,
+                    dict(entry.scores),
+                ),
+            )
+            for entry in policy.recipient_policies
         ]
-        score = round(sum(hit.score for hit in hits), 3)
-        return Verdict(score, tuple(hits), self.choose_action(score))
 
-    def _list_hits(self, evidence: Evidence) -> Iterable[Hit]:
+    def group_for(self, recipient: str) -> Group:
+        for patterns, group in self._groups:
+            if patterns.match(recipient):
+                return group
+        return self.default_group
+
+    def evaluate(self, evidence: Evidence, group: Group | None = None) -> Verdict:
+        group = group or self.default_group
+        hits: dict[str, Hit] = {}
+        for hit in [*self._list_hits(evidence), *self._rule_hits(evidence)]:
+            score = group.scores.get(hit.name, hit.score)
+            # One name scores once, however many names or headers a list or rule matched.
+            hits.setdefault(hit.name, Hit(hit.name, score, hit.description, hit.observe))
+        counted = [h.score for h in hits.values() if not h.observe]
+        score = round(sum(counted), 3)
+        action = choose_action(score, group.thresholds)
+        if len(counted) == len(hits):
+            return Verdict(score, tuple(hits.values()), action, group.name)
+        trial_score = round(sum(h.score for h in hits.values()), 3)
+        trial_action = choose_action(trial_score, group.thresholds)
+        return Verdict(score, tuple(hits.values()), action, group.name, trial_score, trial_action)
+
+    @staticmethod
+    def _list_hits(evidence: Evidence) -> Iterable[Hit]:
         if evidence.lists_ignored:
             return
         for outcome in evidence.lists:
             if outcome.status is ListStatus.LISTED:
+                observe = outcome.dns_list.mode is Mode.OBSERVE
                 for hit in outcome.hits:
-                    yield Hit(hit.name, hit.score, outcome.dns_list.description_of(hit))
+                    description = outcome.dns_list.description_of(hit)
+                    yield Hit(hit.name, hit.score, description, observe)
 
-    def choose_action(self, score: float) -> Action:
-        thresholds = self.policy.thresholds
-        if thresholds.reject is not None and score >= thresholds.reject:
-            return Action.REJECT
-        if thresholds.tempfail is not None and score >= thresholds.tempfail:
-            return Action.TEMPFAIL
-        if thresholds.tag is not None and score >= thresholds.tag:
-            return Action.TAG
-        return Action.ACCEPT
+    @staticmethod
+    def _rule_hits(evidence: Evidence) -> Iterable[Hit]:
+        for rule in evidence.rules:
+            yield Hit(rule.name, rule.score, rule.description, rule.mode is Mode.OBSERVE)
 
-    def enforce(self, verdict: Verdict, decision_id: str, exempt: bool) -> Enforcement:
+    def enforce(
+        self,
+        verdict: Verdict,
+        decision_id: str,
+        *,
+        exempt: bool = False,
+        client: str = "",
+        group: Group | None = None,
+    ) -> Enforcement:
         """Turn a verdict into what the sender sees. `exempt`: a recipient must not be refused."""
-        if not verdict.action.refuses:
+        group = group or self.default_group
+        tag = group.thresholds.tag
+        tagged = tag is not None and verdict.score >= tag
+        if not verdict.action.refuses and verdict.action is not Action.QUARANTINE:
             return Enforcement(verdict.action)
-        waived_by = "observe" if self.policy.mode is Mode.OBSERVE else "exempt" if exempt else ""
+        waived_by = "observe" if group.mode is Mode.OBSERVE else "exempt" if exempt else ""
         if waived_by:
-            return Enforcement(self._tag_or_accept(verdict.score), waived_by=waived_by)
-        reasons = self.reasons(verdict)
+            return Enforcement(Action.TAG if tagged else Action.ACCEPT, waived_by=waived_by)
+        fields = {
+            # Cut here rather than in the whole text, so the id at the end survives.
+            "reasons": replies.clean_text(self.reasons(verdict), REASONS_LIMIT),
+            "id": decision_id,
+            "score": f"{verdict.score:.1f}",
+            "client": client,
+        }
+        if verdict.action is Action.QUARANTINE:
+            reason = f"spamgate: score {fields['score']}: {fields['reasons']} (id {decision_id})"
+            return Enforcement(Action.QUARANTINE, quarantine_reason=replies.clean_text(reason))
         if verdict.action is Action.REJECT:
-            return Enforcement(Action.REJECT, replies.rejection(reasons, decision_id))
-        return Enforcement(Action.TEMPFAIL, replies.temporary_refusal(reasons, decision_id))
+            text = self.policy.replies.reject.format_map(fields)
+            return Enforcement(Action.REJECT, replies.rejection(text))
+        text = self.policy.replies.tempfail.format_map(fields)
+        return Enforcement(Action.TEMPFAIL, replies.temporary_refusal(text))
 
-    def _tag_or_accept(self, score: float) -> Action:
-        tag = self.policy.thresholds.tag
-        return Action.TAG if tag is not None and score >= tag else Action.ACCEPT
+    def deny(self, decision_id: str, client: str) -> Enforcement:
+        text = self.policy.deny.reply.format_map({"id": decision_id, "client": client})
+        return Enforcement(Action.REJECT, replies.rejection(text))
 
     @staticmethod
     def reasons(verdict: Verdict) -> str:
         """The descriptions of what scored, worst first, for the reply text."""
-        scoring = sorted((h for h in verdict.hits if h.score > 0), key=lambda h: -h.score)
+        scoring = sorted(
+            (h for h in verdict.hits if h.score > 0 and not h.observe), key=lambda h: -h.score
+        )
         descriptions = list(dict.fromkeys(h.description for h in scoring))
         return "; ".join(descriptions) or "policy score too high"
 
@@ -133,10 +210,25 @@ class Engine:
 
     def spam_headers(self, verdict: Verdict, applied: Action) -> tuple[tuple[str, str], ...]:
         """Headers for an accepted message; none when the policy only tags spam."""
-        is_spam = applied is Action.TAG
+        is_spam = applied is not Action.ACCEPT
         if self.policy.add_headers is AddHeaders.TAGGED and not is_spam:
             return ()
         score = f"{verdict.score:.1f}"
-        names = ",".join(hit.name for hit in verdict.hits) or "none"
+        names = ",".join(hit.name for hit in verdict.hits if not hit.observe) or "none"
         status = f"{'Yes' if is_spam else 'No'}, score={score} hits={names}"
         return ((SCORE_HEADER, score), (STATUS_HEADER, status))
+
+
+def choose_action(score: float, thresholds: Thresholds) -> Action:
+    """The action of the highest threshold the score reaches (ties: the more severe)."""
+    reached = [
+        (value, action)
+        for value, action in (
+            (thresholds.tag, Action.TAG),
+            (thresholds.quarantine, Action.QUARANTINE),
+            (thresholds.tempfail, Action.TEMPFAIL),
+            (thresholds.reject, Action.REJECT),
+        )
+        if value is not None and score >= value
+    ]
+    return max(reached)[1] if reached else Action.ACCEPT

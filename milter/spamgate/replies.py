@@ -8,6 +8,7 @@ from dataclasses import dataclass
 # libmilter drops a line over 980 characters (smfi_setreply(3)); stay well inside it.
 MAX_TEXT = 400
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+_SPACES = re.compile(r"[^\x21-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +36,8 @@ class Reply:
 
 
 def clean_text(text: str, limit: int = MAX_TEXT) -> str:
-    """Printable ASCII only, on one line, at most `limit` characters."""
-    flat = _UNPRINTABLE.sub(" ", text).strip()
+    """Printable ASCII only, on one line, runs of blanks as one space, at most `limit` long."""
+    flat = _SPACES.sub(" ", text).strip()
     if len(flat) <= limit:
         return flat
     if limit <= 3:
@@ -44,12 +45,12 @@ def clean_text(text: str, limit: int = MAX_TEXT) -> str:
     return flat[: limit - 3].rstrip() + "..."
 
 
-def rejection(reasons: str, decision_id: str) -> Reply:
-    return Reply(550, "5.7.1", _with_id(f"Message refused: {reasons}", decision_id))
+def rejection(text: str) -> Reply:
+    return Reply(550, "5.7.1", clean_text(text))
 
 
-def temporary_refusal(reasons: str, decision_id: str) -> Reply:
-    return Reply(451, "4.7.1", _with_id(f"Try again later: {reasons}", decision_id))
+def temporary_refusal(text: str) -> Reply:
+    return Reply(451, "4.7.1", clean_text(text))
 
 
 def internal_error(decision_id: str) -> Reply:

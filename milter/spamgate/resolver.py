@@ -1,4 +1,4 @@
-"""The only module that talks DNS: a small stub resolver for DNS list queries.
+"""The only module that talks DNS: a small stub resolver for list, reverse and domain queries.
 
 Milter callbacks run on libmilter's threads; the queries run on one asyncio loop in a thread
 of its own, so every list for every connection is in flight at once without a thread each.
@@ -9,6 +9,7 @@ failed kind, never exceptions — and they decide themselves how long to wait fo
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import threading
 import time
@@ -21,8 +22,15 @@ import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
+import dns.rdtypes.ANY.MX
+import dns.rdtypes.ANY.PTR
+import dns.rdtypes.ANY.TXT
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
 
 from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.config import Nameserver, ResolverSettings
@@ -32,6 +40,22 @@ log = logging.getLogger("spamgate.resolver")
 _FAILED_RCODES = {dns.rcode.SERVFAIL: AnswerKind.SERVFAIL, dns.rcode.REFUSED: AnswerKind.REFUSED}
 # Rounds over the server list when every attempt times out; the deadline usually ends it first.
 _MAX_ROUNDS = 4
+
+# The record types callers may ask for, and how interpret() writes each as text.
+RDTYPES = frozenset({"A", "AAAA", "PTR", "MX", "TXT"})
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """What was asked: the key of the cache and of merged queries in flight."""
+
+    qname: str
+    rdtype: str = "A"
+
+
+def reverse_name(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The PTR query name: `2.0.0.127.in-addr.arpa`, or nibbles under `ip6.arpa`."""
+    return address.reverse_pointer
 
 
 def system_nameservers(resolv_conf: str = "/etc/resolv.conf") -> tuple[Nameserver, ...]:
@@ -53,36 +77,36 @@ def system_nameservers(resolv_conf: str = "/etc/resolv.conf") -> tuple[Nameserve
 
 
 class AnswerCache:
-    """Definitive answers by query name, kept for their TTL clamped to [min_ttl, max_ttl]."""
+    """Definitive answers by question, kept for their TTL clamped to [min_ttl, max_ttl]."""
 
     def __init__(
         self, min_ttl: int, max_ttl: int, max_entries: int, clock: Callable[[], float]
     ) -> None:
         self._min_ttl, self._max_ttl, self._max_entries = min_ttl, max_ttl, max_entries
         self._clock = clock
-        self._entries: dict[str, tuple[float, DnsAnswer]] = {}
+        self._entries: dict[Question, tuple[float, DnsAnswer]] = {}
         self._lock = threading.Lock()
 
-    def get(self, qname: str) -> DnsAnswer | None:
+    def get(self, question: Question) -> DnsAnswer | None:
         with self._lock:
-            entry = self._entries.get(qname)
+            entry = self._entries.get(question)
             if entry is None:
                 return None
             if entry[0] <= self._clock():
-                del self._entries[qname]
+                del self._entries[question]
                 return None
             return entry[1]
 
-    def put(self, qname: str, answer: DnsAnswer) -> None:
+    def put(self, question: Question, answer: DnsAnswer) -> None:
         ttl = min(max(answer.ttl, self._min_ttl), self._max_ttl)
         if ttl <= 0 or self._max_entries == 0:
             return
         with self._lock:
-            self._entries.pop(qname, None)
+            self._entries.pop(question, None)
             # Insertion order makes the first key the oldest entry: evicting it is O(1).
             while len(self._entries) >= self._max_entries:
                 del self._entries[next(iter(self._entries))]
-            self._entries[qname] = (self._clock() + ttl, answer)
+            self._entries[question] = (self._clock() + ttl, answer)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -115,7 +139,7 @@ class Resolver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         # Owned by the loop thread only: callers waiting on each query in flight.
-        self._inflight: dict[str, list[futures.Future[DnsAnswer]]] = {}
+        self._inflight: dict[Question, list[futures.Future[DnsAnswer]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -167,11 +191,21 @@ class Resolver:
                     waiter.set_result(stopped)
         self._inflight.clear()
 
-    def lookup(self, qname: str) -> futures.Future[DnsAnswer]:
-        """Start (or join) the A lookup of `qname`; safe to call from any thread."""
-        key = qname.lower()
+    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
+        """Start (or join) the lookup of `qname`'s `rdtype` records; safe from any thread.
+
+        `rdtype` is one of RDTYPES; anything else is a programming error (ValueError). A name
+        that cannot be put in a query (an empty label, a label over 63 octets) is answered at
+        once as MALFORMED: such names come from clients and must not reach the loop as errors.
+        """
+        if rdtype not in RDTYPES:
+            raise ValueError(f"unsupported record type {rdtype!r}")
+        key = Question(qname.lower(), rdtype)
         future: futures.Future[DnsAnswer] = futures.Future()
         self.stats.lookups += 1
+        if not _queryable(key.qname):
+            future.set_result(DnsAnswer(AnswerKind.MALFORMED, detail="bad query name"))
+            return future
         cached = self.cache.get(key)
         if cached is not None:
             self.stats.cache_hits += 1
@@ -186,7 +220,7 @@ class Resolver:
             future.set_result(DnsAnswer(AnswerKind.NETWORK, detail=str(error)))
         return future
 
-    def _join_or_start(self, key: str, future: futures.Future[DnsAnswer]) -> None:
+    def _join_or_start(self, key: Question, future: futures.Future[DnsAnswer]) -> None:
         if self._loop is None:  # stop() has begun
             future.set_result(DnsAnswer(AnswerKind.NETWORK, detail="resolver stopped"))
             return
@@ -205,13 +239,13 @@ class Resolver:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _resolve_and_publish(self, key: str) -> None:
+    async def _resolve_and_publish(self, key: Question) -> None:
         try:
-            answer = await self.resolve(key)
+            answer = await self.resolve(key.qname, key.rdtype)
         except asyncio.CancelledError:
             answer = DnsAnswer(AnswerKind.NETWORK, detail="resolver stopped")
         except Exception as error:  # an answer must reach every waiter, whatever happened
-            log.exception("DNS lookup of %s failed unexpectedly", key)
+            log.exception("DNS lookup of %s/%s failed unexpectedly", key.qname, key.rdtype)
             answer = DnsAnswer(AnswerKind.NETWORK, detail=type(error).__name__)
         if answer.kind.is_definitive:
             self.cache.put(key, answer)
@@ -219,9 +253,9 @@ class Resolver:
             if not waiter.done():
                 waiter.set_result(answer)
 
-    async def resolve(self, qname: str) -> DnsAnswer:
+    async def resolve(self, qname: str, rdtype: str = "A") -> DnsAnswer:
         """Ask the nameservers in turn until one answers or the deadline passes."""
-        query = dns.message.make_query(qname, dns.rdatatype.A)
+        query = dns.message.make_query(qname, dns.rdatatype.from_text(rdtype))
         give_up_at = self._clock() + self._settings.deadline
         last = DnsAnswer(AnswerKind.TIMEOUT)
         for _ in range(_MAX_ROUNDS):
@@ -269,8 +303,22 @@ class Resolver:
         return response
 
 
+def _queryable(qname: str) -> bool:
+    """True when `qname` makes a valid DNS name (dnspython's rules: labels of 1..63 octets,
+    255 in all; non-ASCII goes through its IDNA codec)."""
+    try:
+        dns.name.from_text(qname)
+    except (dns.exception.DNSException, UnicodeError, ValueError):
+        return False
+    return True
+
+
 def interpret(response: dns.message.Message) -> DnsAnswer:
-    """Reduce a DNS response for an A query to a DnsAnswer."""
+    """Reduce a DNS response to a DnsAnswer, its records written as text by their type.
+
+    The type is the question's: dnspython's resolve_chaining() follows CNAMEs to the RRset of
+    the type asked and ignores records of any other type.
+    """
     if not isinstance(response, dns.message.QueryMessage):
         return DnsAnswer(AnswerKind.MALFORMED, detail="not a query response")
     rcode = response.rcode()
@@ -286,5 +334,30 @@ def interpret(response: dns.message.Message) -> DnsAnswer:
         return DnsAnswer(AnswerKind.NXDOMAIN, ttl=chain.minimum_ttl)
     if chain.answer is None:
         return DnsAnswer(AnswerKind.NODATA, ttl=chain.minimum_ttl)
-    addresses = tuple(sorted({rdata.to_text() for rdata in chain.answer}))
-    return DnsAnswer(AnswerKind.RECORDS, addresses, ttl=chain.minimum_ttl)
+    records = tuple(sorted({_record_text(rdata) for rdata in chain.answer}))
+    return DnsAnswer(AnswerKind.RECORDS, records, ttl=chain.minimum_ttl)
+
+
+def _record_text(rdata: dns.rdata.Rdata) -> str:
+    """One record as callers read it.
+
+    A: dotted quad. AAAA: dnspython's compressed form (`2001:db8::1`). PTR: the target,
+    lower-cased, without the final dot. MX: `PREFERENCE exchange`, the exchange written like a
+    PTR target, so RFC 7505's null MX stays `0 .`. TXT: the character-strings joined and
+    decoded as UTF-8 with replacement characters. Other types: dnspython's presentation form.
+    """
+    if isinstance(rdata, dns.rdtypes.IN.A.A | dns.rdtypes.IN.AAAA.AAAA):
+        return str(rdata.address)
+    if isinstance(rdata, dns.rdtypes.ANY.PTR.PTR):
+        return _name_text(rdata.target)
+    if isinstance(rdata, dns.rdtypes.ANY.MX.MX):
+        return f"{rdata.preference} {_name_text(rdata.exchange)}"
+    if isinstance(rdata, dns.rdtypes.ANY.TXT.TXT):
+        return b"".join(rdata.strings).decode("utf-8", errors="replace")
+    return rdata.to_text()
+
+
+def _name_text(name: dns.name.Name) -> str:
+    # to_text() escapes dots inside labels and unprintable octets (`\032`), so the text is
+    # printable ASCII whatever a hostile zone put in the name; the root stays ".".
+    return name.to_text(omit_final_dot=True).lower()

@@ -58,9 +58,19 @@ def setting(
     minimum: float | None = None,
     maximum: float | None = None,
     shown_default: str | None = None,
+    key: str | None = None,
 ) -> Any:
-    """Declare a configuration field: its doc line, default and numeric bounds."""
-    metadata = {"doc": doc, "minimum": minimum, "maximum": maximum, "shown_default": shown_default}
+    """Declare a configuration field: its doc line, default and numeric bounds.
+
+    `key` is the YAML key when it cannot be the field's name (a Python keyword such as `not`).
+    """
+    metadata = {
+        "doc": doc,
+        "minimum": minimum,
+        "maximum": maximum,
+        "shown_default": shown_default,
+        "key": key,
+    }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -103,6 +113,8 @@ class _Builder:
             return self._build_union(hint, node, path)
         if origin is tuple:
             return self._build_tuple(hint, node, path)
+        if origin is dict:
+            return self._build_dict(hint, node, path)
         if origin is re.Pattern:
             return self._build_pattern(node, path)
         if hasattr(hint, "from_config"):
@@ -184,13 +196,29 @@ class _Builder:
             self.build(args[0], item, f"{path}[{index}]") for index, item in enumerate(node.value)
         )
 
+    def _build_dict(self, hint: Any, node: yaml.Node, path: str) -> dict[str, Any]:
+        key_type, value_type = typing.get_args(hint)
+        if key_type is not str:
+            raise TypeError(f"schema dict {hint!r} at {path} must have str keys")
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, path, f"expected a mapping, got {_kind(node)}")
+        built: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = self.loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise self.fail(key_node, path, f"keys must be strings, got {_describe(key)}")
+            if key in built:
+                raise self.fail(key_node, _join(path, key), "duplicate key")
+            built[key] = self.build(value_type, value_node, _join(path, key))
+        return built
+
     def _build_dataclass(self, cls: type, node: yaml.Node, path: str) -> Any:
         if _is_null(node):
             node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, path, f"expected a mapping of keys, got {_kind(node)}")
         hints = typing.get_type_hints(cls)
-        known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        known = {_yaml_key(f): f for f in dataclasses.fields(cls) if f.init}
         values: dict[str, Any] = {}
         for key_node, value_node in node.value:
             key = self.loader.construct_object(key_node, deep=True)
@@ -198,16 +226,17 @@ class _Builder:
             if not isinstance(key, str) or key not in known:
                 hint_text = _suggest(str(key), known)
                 raise self.fail(key_node, child, f"unknown key{hint_text}")
-            if key in values:
+            spec = known[key]
+            if spec.name in values:
                 raise self.fail(key_node, child, "duplicate key")
-            values[key] = self.build(hints[key], value_node, child)
-            self._check_bounds(known[key], values[key], value_node, child)
-        for name, spec in known.items():
+            values[spec.name] = self.build(hints[spec.name], value_node, child)
+            self._check_bounds(spec, values[spec.name], value_node, child)
+        for key, spec in known.items():
             required = (
                 spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
             )
-            if required and name not in values:
-                raise self.fail(node, _join(path, name), "required key is missing")
+            if required and spec.name not in values:
+                raise self.fail(node, _join(path, key), "required key is missing")
         try:
             built = cls(**values)
             check = getattr(built, "check", None)
@@ -224,6 +253,7 @@ class _Builder:
         """Find the node a FieldError names, falling back to the nearest one that exists."""
         for part in parts:
             child: yaml.Node | None = None
+            next_path = path
             if isinstance(part, int) and isinstance(node, yaml.SequenceNode):
                 child = node.value[part] if 0 <= part < len(node.value) else None
                 next_path = f"{path}[{part}]"
@@ -293,7 +323,7 @@ def describe(cls: type, prefix: str = "") -> Iterator[KeyDoc]:
     for spec in dataclasses.fields(cls):
         if not spec.init:
             continue
-        path = _join(prefix, spec.name)
+        path = _join(prefix, _yaml_key(spec))
         hint = hints[spec.name]
         nested = _nested_dataclass(hint)
         shown = spec.metadata.get("shown_default")
@@ -303,6 +333,10 @@ def describe(cls: type, prefix: str = "") -> Iterator[KeyDoc]:
         if nested is not None:
             inner = f"{path}[]" if typing.get_origin(hint) is tuple else path
             yield from describe(nested, inner)
+
+
+def _yaml_key(spec: dataclasses.Field[Any]) -> str:
+    return str(spec.metadata.get("key") or spec.name)
 
 
 def _doc_text(spec: dataclasses.Field[Any]) -> str:
@@ -340,6 +374,8 @@ def _type_name(hint: Any) -> str:
         return f"list of {_type_name(typing.get_args(hint)[0])}"
     if origin is re.Pattern:
         return "regex"
+    if origin is dict:
+        return f"mapping of name to {_type_name(typing.get_args(hint)[1])}"
     if origin in (types.UnionType, typing.Union):
         args = typing.get_args(hint)
         if hint in UNION_PARSERS:
@@ -378,6 +414,8 @@ def _render(value: Any) -> str:
         return str(value.value)
     if isinstance(value, tuple):
         return "[" + ", ".join(_render(v) for v in value) + "]" if value else "[]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_render(v)}" for k, v in value.items()) + "}"
     if _is_section(type(value)):
         return "(see below)"
     if isinstance(value, float):

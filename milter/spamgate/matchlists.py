@@ -1,0 +1,197 @@
+"""Static allow and deny lists: client networks, host name patterns, address patterns.
+
+Entries come from the policy file or from plain files it names (`file:/path`, one entry per
+line, `#` starts a comment), so a long list can be kept apart and reloaded with the policy.
+
+Name patterns (client names, HELO names) are case-insensitive globs: `mail.example.com`
+matches that name only, `*.example.com` any name below example.com, `*` any run of
+characters. Address patterns (senders, recipients) are `user@example.com` (that address),
+`@example.com` (any address at that domain), `@*.example.com` (any address below it),
+`user@` (that local part at any domain), or a glob such as `*-bounces@*`. The null sender
+is written `<>`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+FILE_PREFIX = "file:"
+# A list file is read whole at load; a bound keeps a mistaken path (a log, a mailbox) from
+# eating the daemon's memory.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+
+class EntryError(ValueError):
+    """An entry that cannot be used; `where` names the list file and line when it came from one."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+def expand(entries: Iterable[str]) -> list[tuple[str, str]]:
+    """Each entry with where it came from; `file:` entries become the lines of their file."""
+    expanded: list[tuple[str, str]] = []
+    for entry in entries:
+        if not entry.startswith(FILE_PREFIX):
+            expanded.append((entry.strip(), ""))
+            continue
+        path = Path(entry[len(FILE_PREFIX) :].strip())
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise EntryError(f"larger than {MAX_FILE_BYTES // 2**20} MiB", str(path))
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise EntryError(f"cannot read: {error.strerror}", str(path)) from None
+        except UnicodeDecodeError as error:
+            raise EntryError(f"not UTF-8 (byte {error.start})", str(path)) from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            content = line.split("#", 1)[0].strip()
+            if content:
+                expanded.append((content, f"{path}:{number}"))
+    return expanded
+
+
+T = TypeVar("T")
+
+
+def _parse_each(entries: Iterable[str], parse: Callable[[str], T]) -> list[T]:
+    parsed = []
+    for text, where in expand(entries):
+        try:
+            parsed.append(parse(text))
+        except EntryError:
+            raise
+        except ValueError as error:
+            raise EntryError(str(error), where) from None
+    return parsed
+
+
+@dataclass(frozen=True)
+class NetworkSet:
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> NetworkSet:
+        def network(text: str) -> IPNetwork:
+            try:
+                return ipaddress.ip_network(text, strict=True)
+            except ValueError as error:
+                raise ValueError(f"invalid network {text!r}: {error}") from None
+
+        return cls(tuple(_parse_each(entries, network)))
+
+    def match(self, address: IPAddress | None) -> str:
+        """The matching entry as text, or "" (an IPv4-mapped IPv6 address matches as IPv4)."""
+        if address is None:
+            return ""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        for network in self.networks:
+            if address in network:
+                return str(network)
+        return ""
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    # fnmatch's translation only produces `.*` and literal runs, so matching stays linear
+    # enough for names of at most a few hundred characters; no admin regex is involved.
+    return re.compile(fnmatch.translate(pattern.lower()), re.DOTALL)
+
+
+@dataclass(frozen=True)
+class NamePatterns:
+    """Host name globs; exact names are looked up in a set, the rest tried in order."""
+
+    exact: frozenset[str] = frozenset()
+    globs: tuple[tuple[str, re.Pattern[str]], ...] = ()
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> NamePatterns:
+        def check(text: str) -> str:
+            name = text.lower().rstrip(".")
+            if not name or re.search(r"[\s@<>]", name):
+                raise ValueError(f"invalid host name pattern {text!r}")
+            return name
+
+        names = _parse_each(entries, check)
+        exact = frozenset(n for n in names if not _is_glob(n))
+        globs = tuple((n, _glob(n)) for n in names if _is_glob(n))
+        return cls(exact, globs)
+
+    def match(self, name: str) -> str:
+        name = name.lower().rstrip(".")
+        if not name:
+            return ""
+        if name in self.exact:
+            return name
+        return next((text for text, glob in self.globs if glob.match(name)), "")
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.globs)
+
+
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+@dataclass(frozen=True)
+class AddressPatterns:
+    """Envelope address patterns; see the module docstring for the forms."""
+
+    exact: frozenset[str] = frozenset()
+    domains: frozenset[str] = frozenset()
+    locals: frozenset[str] = frozenset()
+    globs: tuple[tuple[str, re.Pattern[str]], ...] = ()
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> AddressPatterns:
+        def check(text: str) -> str:
+            entry = text.strip().lower()
+            if entry == "<>":
+                return entry
+            if "@" not in entry or re.search(r"\s", entry) or entry.count("@") > 1:
+                raise ValueError(
+                    f"invalid address pattern {text!r}: write user@example.com, "
+                    "@example.com, user@ or <>"
+                )
+            return entry
+
+        exact, domains, locals_, globs = set(), set(), set(), []
+        for entry in _parse_each(entries, check):
+            if _is_glob(entry):
+                # "@*.example.com" means any local part: the glob must say so.
+                globs.append((entry, _glob("*" + entry if entry.startswith("@") else entry)))
+            elif entry.startswith("@"):
+                domains.add(entry[1:])
+            elif entry.endswith("@"):
+                locals_.add(entry[:-1])
+            else:
+                exact.add(entry)
+        return cls(frozenset(exact), frozenset(domains), frozenset(locals_), tuple(globs))
+
+    def match(self, address: str) -> str:
+        """The matching pattern, or "". `address` as in the envelope, with or without <>."""
+        bare = address.strip().removeprefix("<").removesuffix(">").lower()
+        if not bare:
+            return "<>" if "<>" in self.exact else ""
+        local, at, domain = bare.rpartition("@")
+        if bare in self.exact:
+            return bare
+        if at and domain in self.domains:
+            return f"@{domain}"
+        if at and local in self.locals:
+            return f"{local}@"
+        return next((text for text, glob in self.globs if glob.match(bare)), "")
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.domains or self.locals or self.globs)

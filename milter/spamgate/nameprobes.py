@@ -1,0 +1,69 @@
+"""Does a name resolve? For `helo: unresolvable` and `sender: unresolvable`.
+
+A HELO name resolves if it has an A or AAAA record. A mail domain can receive mail (and so
+bounces) if it has MX records other than a null MX (RFC 7505 `0 .`), or else an A or AAAA
+record (RFC 5321 5.1 implicit MX). Lookups chain through future callbacks on the resolver's
+thread, so no milter thread blocks until the verdict needs the answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+
+from spamgate.answers import AnswerKind, DnsAnswer, Lookups
+
+NULL_MX = "0 ."
+
+
+class PendingResolution:
+    """True (resolves), False (definitely does not) or None (DNS failed: no evidence)."""
+
+    def __init__(
+        self, resolver: Lookups, name: str, *, mail_domain: bool, clock: Callable[[], float]
+    ) -> None:
+        self._resolver = resolver
+        self._name = name
+        self._clock = clock
+        self.started_at = clock()
+        self._result: futures.Future[bool | None] = futures.Future()
+        self._lock = threading.Lock()
+        steps: Sequence[str] = ("MX", "A", "AAAA") if mail_domain else ("A", "AAAA")
+        self._ask(list(steps))
+
+    def _ask(self, steps: list[str]) -> None:
+        rdtype, rest = steps[0], steps[1:]
+
+        def answered(future: futures.Future[DnsAnswer]) -> None:
+            self._settle_or_continue(rdtype, future, rest)
+
+        self._resolver.lookup(self._name, rdtype).add_done_callback(answered)
+
+    def _settle_or_continue(
+        self, rdtype: str, future: futures.Future[DnsAnswer], rest: list[str]
+    ) -> None:
+        answer = future.result() if future.exception() is None else None
+        if answer is None or not answer.kind.is_definitive:
+            self._settle(None)
+        elif answer.kind is AnswerKind.RECORDS:
+            # A null MX says the domain accepts no mail at all: no bounce could reach it.
+            self._settle(not (rdtype == "MX" and answer.records == (NULL_MX,)))
+        elif answer.kind is AnswerKind.NXDOMAIN:
+            self._settle(False)
+        elif rest:
+            self._ask(rest)
+        else:
+            self._settle(False)
+
+    def _settle(self, value: bool | None) -> None:
+        with self._lock:
+            if not self._result.done():
+                self._result.set_result(value)
+
+    def collect(self, deadline: float) -> bool | None:
+        remaining = self.started_at + deadline - self._clock()
+        try:
+            return self._result.result(timeout=max(0.0, remaining))
+        except futures.TimeoutError:
+            return None

@@ -1,0 +1,552 @@
+"""One SMTP connection as spamgate sees it, independent of libmilter.
+
+The milter adapter feeds a Session the events Postfix reports; `spamgate explain` feeds one
+the same events from the command line and a message file. A Session gathers facts, starts
+DNS lookups as soon as the name to look up is known, asks the engine for verdicts at RCPT TO
+and at end of message, and logs one decision line per transaction. It raises on bugs; the
+adapter turns that into the `on_error` answer.
+
+Two lifetimes, as in aiosmtpd: connection facts (client, HELO, reverse DNS, list lookups)
+outlive transactions (MAIL FROM .. end of message); a new MAIL FROM or an abort starts over
+with the transaction only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from spamgate import domains, headers
+from spamgate.answers import Lookups
+from spamgate.config import DomainList, DomainQuery, DomainSource, Policy
+from spamgate.decisionlog import Decision, format_decision
+from spamgate.dnslists import IPAddress, ListCounters, ListLookups, lookup_address
+from spamgate.engine import OUR_HEADERS, Action, Enforcement, Engine, Evidence, Group, Verdict
+from spamgate.nameprobes import PendingResolution
+from spamgate.rdns import PendingReverse, RdnsStatus, ReverseDns, from_mta_macros
+from spamgate.replies import Reply
+from spamgate.rules import ConnectionFacts, EnvelopeFacts, Facts, MessageFacts, Stage
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# RFC 5321 4.5.3.1.10: 452 4.5.3 is "too many recipients"; clients send the rest in another
+# transaction, which is exactly what a recipient with a different policy needs.
+SPLIT_REPLY = Reply(
+    452, "4.5.3", "Too many recipients: this one has another filter policy, send it separately"
+)
+_UNKNOWN_RDNS = ReverseDns(RdnsStatus.UNKNOWN)
+MAX_PARSED_PER_HEADER = 3
+
+
+@dataclass
+class Runtime:
+    """What every session shares. `engine` is read once per connection, so a connection keeps
+    the policy it started with even if a newer one is installed meanwhile."""
+
+    engine: Engine
+    resolver: Lookups
+    clock: Callable[[], float] = time.monotonic
+    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
+    new_id: Callable[[], str] = field(default=lambda: secrets.token_hex(5))
+    counters: ListCounters = field(default_factory=ListCounters)
+    log: Callable[[str], None] = logging.getLogger("spamgate.decision").info
+
+
+class RcptResult(enum.Enum):
+    CONTINUE = "continue"  # recipient accepted, keep filtering
+    REFUSE = "refuse"  # reply carries 4xx/5xx for this recipient
+    ACCEPT_ALL = "accept_all"  # allowlisted: accept the message, stop filtering it
+
+
+@dataclass(frozen=True)
+class RcptDecision:
+    result: RcptResult
+    reply: Reply | None = None
+    verdict: Verdict | None = None  # None when no score was needed (exempt, allowed, denied)
+    action: Action = Action.ACCEPT
+    why: str = ""  # exempt, allowed_by/denied_by, or "split"
+
+
+@dataclass(frozen=True)
+class MessageDecision:
+    action: Action
+    verdict: Verdict
+    reply: Reply | None = None
+    delete_headers: tuple[tuple[str, int], ...] = ()
+    add_headers: tuple[tuple[str, str], ...] = ()
+    quarantine_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A verdict with what it was based on and what was done with it."""
+
+    evidence: Evidence
+    verdict: Verdict
+    enforcement: Enforcement
+
+
+@dataclass
+class Transaction:
+    decision_id: str
+    sender: str  # as in MAIL FROM, for the log
+    bare_sender: str  # lower case, no <>; "" for the null sender
+    authenticated: bool
+    allowed_by: str = ""
+    denied_by: str = ""
+    sender_resolution: PendingResolution | None = None
+    recipients: list[str] = field(default_factory=list)  # bare, every RCPT TO
+    accepted: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    unrefusable: bool = False  # an exempt or allowlisted recipient was accepted
+    group: Group | None = None
+    groups: dict[str, Group] = field(default_factory=dict)
+    last: Judgement | None = None
+    header_hits: set[str] = field(default_factory=set)
+    header_counts: dict[str, int] = field(default_factory=dict)
+    malformed: set[str] = field(default_factory=set)
+    date_skew: datetime.timedelta | None = None
+    from_domains: list[str] = field(default_factory=list)
+    our_headers: dict[str, int] = field(default_factory=dict)
+    parsed_counts: dict[str, int] = field(default_factory=dict)
+    logged: bool = False
+
+
+class Session:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.engine = runtime.engine
+        self.policy: Policy = runtime.engine.policy
+        self.address: IPAddress | None = None
+        self.address_text = "unknown"
+        self.client_name = ""
+        self.helo_name = ""
+        self.lists_ignored = ""
+        self.allowed_by = ""
+        self.denied_by = ""
+        self.our_names: frozenset[str] = frozenset()
+        self.our_addresses: tuple[IPNetwork, ...] = ()
+        self.lookups = ListLookups(runtime.resolver, runtime.clock, runtime.counters)
+        self.reverse: PendingReverse | ReverseDns | None = None
+        self.helo_resolution: PendingResolution | None = None
+        self.transaction: Transaction | None = None
+        self._rdns: ReverseDns | None = None
+        self._ptr_started = False
+        # Headers worth parsing: those rules judge, and those whose domains lists look up.
+        sources = {s for d in self.policy.domain_lists for s in d.check_names}
+        self._parsed_headers = self.engine.rulebook.parsed_headers | {
+            name
+            for name, source in (("from", DomainSource.FROM), ("reply-to", DomainSource.REPLY_TO))
+            if source in sources
+        }
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connect(
+        self, client_name: str, address: IPAddress | None, macros: Mapping[str, str | None]
+    ) -> None:
+        policy = self.policy
+        self.address = address
+        self.address_text = str(address) if address else "unknown"
+        self.client_name = client_name
+        names = (macros.get("j") or "", *policy.our_names)
+        self.our_names = frozenset(n for n in map(domains.normalize_domain, names) if n)
+        self.our_addresses = policy.our_addresses + _networks(macros.get("{daemon_addr}"))
+        allow, deny = policy.allow, policy.deny
+        self.allowed_by = _labelled("client", allow.client_set.match(address)) or _labelled(
+            "client_name", allow.client_name_set.match(_verified(client_name))
+        )
+        self.denied_by = _labelled("client", deny.client_set.match(address)) or _labelled(
+            "client_name", deny.client_name_set.match(_verified(client_name))
+        )
+        if address is None:
+            self.lists_ignored = "no-address"
+        elif any(lookup_address(address) in net for net in policy.trusted_networks):
+            self.lists_ignored = "trusted"
+        elif self.allowed_by:
+            self.lists_ignored = "allowed"
+        if self.lists_ignored or address is None:
+            return
+        # Start now, so the lookups overlap HELO, MAIL and the rest of the dialogue.
+        self.lookups.start_ip_lists(address, policy.ip_lists)
+        if self._needs_rdns():
+            mta = None
+            if policy.reverse_dns.use_mta_macros:
+                mta = from_mta_macros(
+                    macros.get("{client_resolve}"), macros.get("{client_ptr}"), client_name
+                )
+            self.reverse = mta or PendingReverse(self.runtime.resolver, address, self.runtime.clock)
+
+    def _needs_rdns(self) -> bool:
+        policy = self.policy
+        return (
+            self.engine.rulebook.needs_rdns
+            or bool(policy.allow.client_name_set or policy.deny.client_name_set)
+            or any(DomainSource.PTR in d.check_names for d in policy.domain_lists)
+        )
+
+    def helo(self, name: str) -> None:
+        self.helo_name = name
+        allow, deny = self.policy.allow, self.policy.deny
+        self.allowed_by = self.allowed_by or _labelled("helo", allow.helo_name_set.match(name))
+        self.denied_by = self.denied_by or _labelled("helo", deny.helo_name_set.match(name))
+        if self.lists_ignored or not domains.is_fqdn(name):
+            return
+        if self.engine.rulebook.needs_helo_resolution:
+            self.helo_resolution = PendingResolution(
+                self.runtime.resolver,
+                name,
+                mail_domain=False,
+                clock=self.runtime.clock,
+            )
+        self._start_domain_lists(DomainSource.HELO, name)
+
+    def rdns(self) -> ReverseDns:
+        """The client's reverse DNS, waiting for it (within the deadline) the first time."""
+        if self._rdns is None:
+            reverse = self.reverse
+            if isinstance(reverse, PendingReverse):
+                reverse = reverse.collect(self.policy.resolver.deadline)
+            self._rdns = reverse or _UNKNOWN_RDNS
+            if self._rdns.name and not self._ptr_started:
+                self._ptr_started = True
+                self._start_domain_lists(DomainSource.PTR, self._rdns.name)
+            confirmed = self._rdns.confirmed_name
+            allow, deny = self.policy.allow, self.policy.deny
+            if confirmed and not self.allowed_by:
+                self.allowed_by = _labelled("client_name", allow.client_name_set.match(confirmed))
+            if confirmed and not self.denied_by:
+                self.denied_by = _labelled("client_name", deny.client_name_set.match(confirmed))
+        return self._rdns
+
+    def _start_domain_lists(self, source: DomainSource, name: str) -> None:
+        for dns_list in self.policy.domain_lists:
+            if source in dns_list.check_names:
+                self._start_domain_list(dns_list, source, name)
+
+    def _start_domain_list(self, dns_list: DomainList, source: DomainSource, name: str) -> None:
+        domain = domains.normalize_domain(name)
+        if domain is None or domains.is_ip_literal(name):
+            return
+        if dns_list.query is DomainQuery.ORGANIZATIONAL:
+            domain = domains.organizational_domain(domain)
+        qname = domains.domain_query_name(domain, dns_list.zone)
+        if qname is None:
+            return  # an IP literal, a single label, too long: no valid query exists
+        stage = _SOURCE_STAGE[source]
+        self.lookups.start(dns_list, qname, subject=f"{source.value}:{domain}", stage=stage)
+
+    # -- transaction ------------------------------------------------------------------------
+
+    def mail(self, sender: str, authenticated: bool) -> None:
+        self.finish_transaction()
+        bare = _bare(sender)
+        transaction = Transaction(self.runtime.new_id(), sender, bare, authenticated)
+        allow, deny = self.policy.allow, self.policy.deny
+        transaction.allowed_by = _labelled("sender", allow.sender_set.match(bare or "<>"))
+        transaction.denied_by = _labelled("sender", deny.sender_set.match(bare or "<>"))
+        self.transaction = transaction
+        domain = domains.domain_of_address(bare) if bare else None
+        if domain is None or self.lists_ignored or authenticated:
+            return
+        if self.engine.rulebook.needs_sender_resolution:
+            transaction.sender_resolution = PendingResolution(
+                self.runtime.resolver,
+                domain,
+                mail_domain=True,
+                clock=self.runtime.clock,
+            )
+        self._start_domain_lists(DomainSource.SENDER, domain)
+
+    def rcpt(self, recipient: str) -> RcptDecision:
+        transaction = self._transaction()
+        engine = self.engine
+        bare = _bare(recipient)
+        transaction.recipients.append(bare)
+        if engine.is_exempt(recipient):
+            return self._accept(transaction, bare, why="exempt")
+        if self.reverse is not None:
+            self.rdns()  # a confirmed client name may be on the allow or deny list
+        allowed_by = self.allowed_by or transaction.allowed_by
+        if allowed_by:
+            transaction.allowed_by = allowed_by
+            transaction.accepted.append(bare)
+            self._log(
+                transaction, self._unscored("allowed", Enforcement(Action.ACCEPT)), "rcpt", ""
+            )
+            return RcptDecision(RcptResult.ACCEPT_ALL, why=f"allowed_by={allowed_by}")
+        allow_rcpt = self.policy.allow.recipient_set.match(bare)
+        if allow_rcpt:
+            transaction.allowed_by = transaction.allowed_by or f"recipient:{allow_rcpt}"
+            return self._accept(transaction, bare, why=f"allowed_by=recipient:{allow_rcpt}")
+        denied_by = (
+            self.denied_by
+            or transaction.denied_by
+            or _labelled("recipient", self.policy.deny.recipient_set.match(bare))
+        )
+        if denied_by:
+            transaction.denied_by = denied_by
+            enforcement = engine.deny(transaction.decision_id, self.address_text)
+            transaction.refused.append(bare)
+            transaction.last = self._unscored("denied", enforcement)
+            return RcptDecision(
+                RcptResult.REFUSE,
+                enforcement.reply,
+                action=Action.REJECT,
+                why=f"denied_by={denied_by}",
+            )
+        group = engine.group_for(bare)
+        if (
+            self.policy.split_recipient_policies
+            and transaction.group is not None
+            and group.name != transaction.group.name
+        ):
+            transaction.recipients.pop()
+            transaction.deferred.append(bare)
+            return RcptDecision(
+                RcptResult.REFUSE,
+                SPLIT_REPLY,
+                action=Action.TEMPFAIL,
+                why=f"split: policy {group.name}, transaction {transaction.group.name}",
+            )
+        judged = self._verdict_now(transaction, group, Stage.ENVELOPE)
+        transaction.last = judged
+        verdict, enforcement = judged.verdict, judged.enforcement
+        if enforcement.reply is not None:
+            transaction.refused.append(bare)
+            return RcptDecision(RcptResult.REFUSE, enforcement.reply, verdict, enforcement.action)
+        transaction.group = transaction.group or group
+        transaction.groups[group.name] = group
+        transaction.accepted.append(bare)
+        return RcptDecision(
+            RcptResult.CONTINUE, None, verdict, enforcement.action, enforcement.waived_by
+        )
+
+    def _unscored(self, reason: str, enforcement: Enforcement) -> Judgement:
+        """For allow and deny list decisions: nothing is scored, nothing waited for."""
+        evidence = Evidence((), reason, ())
+        return Judgement(evidence, self.engine.evaluate(evidence), enforcement)
+
+    def _accept(self, transaction: Transaction, bare: str, *, why: str) -> RcptDecision:
+        """Accept a recipient that must not be refused (exempt or allowlisted)."""
+        transaction.accepted.append(bare)
+        transaction.unrefusable = True
+        if transaction.last is None:
+            transaction.last = self._verdict_now(
+                transaction, transaction.group or self.engine.default_group, Stage.ENVELOPE
+            )
+        return RcptDecision(RcptResult.CONTINUE, why=why)
+
+    def header(self, name: str, value: str) -> None:
+        transaction = self.transaction
+        if transaction is None:
+            return
+        lowered = name.lower()
+        rulebook = self.engine.rulebook
+        if lowered in OUR_HEADERS:
+            transaction.our_headers[name] = transaction.our_headers.get(name, 0) + 1
+        if lowered in rulebook.counted_headers:
+            transaction.header_counts[lowered] = transaction.header_counts.get(lowered, 0) + 1
+        for rule in rulebook.match_header(lowered, value):
+            transaction.header_hits.add(rule.name)
+        # Parsing costs CPU per byte and a sender may repeat a header at will: the first few
+        # occurrences say all a rule needs (RFC 5322 allows one From, Sender, Reply-To, Date).
+        seen = transaction.parsed_counts.get(lowered, 0)
+        if lowered in self._parsed_headers and seen < MAX_PARSED_PER_HEADER:
+            transaction.parsed_counts[lowered] = seen + 1
+            if lowered == "date":
+                self._note_date(transaction, value)
+            else:
+                self._note_addresses(transaction, lowered, value)
+
+    def _note_date(self, transaction: Transaction, value: str) -> None:
+        skew = headers.date_skew(value, self.runtime.now())
+        if skew is None:
+            transaction.malformed.add("date")
+        elif transaction.date_skew is None:
+            transaction.date_skew = skew
+
+    def _note_addresses(self, transaction: Transaction, lowered: str, value: str) -> None:
+        # From and Sender must name a mailbox; "To: undisclosed-recipients:;" is fine.
+        mailbox = lowered in ("from", "sender")
+        addresses = headers.header_addresses(value, mailbox_required=mailbox)
+        if addresses is None:
+            transaction.malformed.add(lowered)
+            return
+        found = [d for d in (domains.domain_of_address(a) for a in addresses) if d]
+        if lowered == "from":
+            transaction.from_domains += found
+        source = {"from": DomainSource.FROM, "reply-to": DomainSource.REPLY_TO}.get(lowered)
+        if source is not None and not self.lists_ignored and not transaction.authenticated:
+            for domain in found[:4]:  # a header with a hundred addresses gets no hundred lookups
+                self._start_domain_lists(source, domain)
+
+    def end_of_message(self, queue_id: str) -> MessageDecision:
+        transaction = self._transaction()
+        engine = self.engine
+        groups = list(transaction.groups.values()) or [transaction.group or engine.default_group]
+        candidates = [self._verdict_now(transaction, g, Stage.MESSAGE) for g in groups]
+        # Without splitting, recipients of several policies share one answer: the mildest,
+        # so that nobody loses mail their own policy would accept (README: per-recipient).
+        judged = min(candidates, key=lambda j: j.enforcement.action)
+        transaction.last = judged
+        self._log(transaction, judged, "eom", queue_id)
+        verdict, enforcement = judged.verdict, judged.enforcement
+        if enforcement.reply is not None:
+            return MessageDecision(enforcement.action, verdict, enforcement.reply)
+        return MessageDecision(
+            enforcement.action,
+            verdict,
+            delete_headers=self._foreign_headers(transaction),
+            add_headers=engine.spam_headers(verdict, enforcement.action),
+            quarantine_reason=enforcement.quarantine_reason,
+        )
+
+    @staticmethod
+    def _foreign_headers(transaction: Transaction) -> tuple[tuple[str, int], ...]:
+        # Headers named like ours that came from outside would be believed downstream: delete
+        # every occurrence (highest index first, so earlier indexes stay valid).
+        return tuple(
+            (name, index)
+            for name, count in transaction.our_headers.items()
+            for index in range(count, 0, -1)
+        )
+
+    def _verdict_now(self, transaction: Transaction, group: Group, stage: Stage) -> Judgement:
+        policy = self.policy
+        ignored = self.lists_ignored
+        if not ignored and transaction.authenticated and policy.skip_authenticated:
+            ignored = "authenticated"
+        outcomes = self.lookups.collect(policy.resolver.deadline, stage)
+        list_hits = [] if ignored else [h.name for o in outcomes for h in o.hits]
+        facts = self._facts(transaction, stage, connection_rules=not ignored)
+        rules = self.engine.rulebook.fire(stage, facts, list_hits)
+        evidence = Evidence(outcomes, ignored, rules)
+        verdict = self.engine.evaluate(evidence, group)
+        enforcement = self.engine.enforce(
+            verdict,
+            transaction.decision_id,
+            exempt=transaction.unrefusable and stage is Stage.MESSAGE,
+            client=self.address_text,
+            group=group,
+        )
+        return Judgement(evidence, verdict, enforcement)
+
+    def _facts(self, transaction: Transaction, stage: Stage, *, connection_rules: bool) -> Facts:
+        deadline = self.policy.resolver.deadline
+        connection = ConnectionFacts()
+        if connection_rules:
+            # Trusted and authenticated clients are not judged by their HELO or reverse DNS.
+            connection = ConnectionFacts(
+                address=self.address,
+                helo=self.helo_name,
+                rdns=self.rdns() if self.reverse is not None else _UNKNOWN_RDNS,
+                helo_resolves=self.helo_resolution.collect(deadline)
+                if self.helo_resolution
+                else None,
+                our_names=self.our_names,
+                our_addresses=self.our_addresses,
+            )
+        resolution = transaction.sender_resolution
+        envelope = EnvelopeFacts(
+            sender=transaction.bare_sender,
+            sender_domain_resolves=resolution.collect(deadline) if resolution else None,
+            recipients=tuple(transaction.recipients),
+        )
+        message = MessageFacts()
+        if stage is Stage.MESSAGE:
+            message = MessageFacts(
+                header_hits=frozenset(transaction.header_hits),
+                header_counts=dict(transaction.header_counts),
+                malformed=frozenset(transaction.malformed),
+                date_skew=transaction.date_skew,
+                from_domains=tuple(transaction.from_domains),
+            )
+        return Facts(connection, envelope, message)
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def finish_transaction(self) -> None:
+        """Log a transaction that ended before end of message, if anything was decided."""
+        transaction, self.transaction = self.transaction, None
+        if transaction is None or transaction.logged or transaction.last is None:
+            return
+        self._log(transaction, transaction.last, "rcpt", "")
+
+    def close(self) -> None:
+        self.finish_transaction()
+
+    def _transaction(self) -> Transaction:
+        if self.transaction is None:
+            raise RuntimeError("no transaction in progress")
+        return self.transaction
+
+    def _log(self, transaction: Transaction, judged: Judgement, stage: str, queue_id: str) -> None:
+        transaction.logged = True
+        evidence, verdict = judged.evidence, judged.verdict
+        rdns = self._rdns
+        decision = Decision(
+            decision_id=transaction.decision_id,
+            queue_id=queue_id,
+            client_address=self.address_text,
+            client_name=self.client_name,
+            helo=self.helo_name,
+            sender=transaction.sender,
+            accepted=tuple(f"<{r}>" for r in transaction.accepted),
+            refused=tuple(f"<{r}>" for r in transaction.refused),
+            deferred=tuple(f"<{r}>" for r in transaction.deferred),
+            stage=stage,
+            verdict=verdict,
+            enforced=judged.enforcement,
+            mode=self.policy.mode,
+            lists=evidence.lists,
+            lists_ignored=evidence.lists_ignored,
+            rdns=_render_rdns(rdns),
+            allowed_by=transaction.allowed_by,
+            denied_by=transaction.denied_by,
+            policy_digest=self.policy.digest,
+        )
+        self.runtime.log(format_decision(decision))
+
+
+_SOURCE_STAGE = {
+    DomainSource.HELO: Stage.CONNECTION,
+    DomainSource.PTR: Stage.CONNECTION,
+    DomainSource.SENDER: Stage.ENVELOPE,
+    DomainSource.FROM: Stage.MESSAGE,
+    DomainSource.REPLY_TO: Stage.MESSAGE,
+}
+
+
+def _render_rdns(rdns: ReverseDns | None) -> str:
+    if rdns is None:
+        return ""
+    return f"{rdns.status.value}:{rdns.name}" if rdns.name else rdns.status.value
+
+
+def _bare(address: str) -> str:
+    """An envelope address without <> and in lower case; "" for the null sender."""
+    return address.strip().removeprefix("<").removesuffix(">").strip().lower()
+
+
+def _labelled(kind: str, match: str) -> str:
+    return f"{kind}:{match}" if match else ""
+
+
+def _verified(client_name: str) -> str:
+    """Postfix reports an unverified client as "unknown" or "[address]": not a name."""
+    return "" if client_name in ("", "unknown") or client_name.startswith("[") else client_name
+
+
+def _networks(text: str | None) -> tuple[IPNetwork, ...]:
+    try:
+        return (ipaddress.ip_network(text.strip("[]")),) if text else ()
+    except ValueError:
+        return ()
