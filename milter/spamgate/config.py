@@ -611,8 +611,9 @@ class DenyList(MatchList):
 
 
 DEFAULT_DYNAMIC_PATTERNS = (
-    r"(?i)(^|[.-])(dyn|dynamic|dynip|pool|dsl|adsl|xdsl|cable|dhcp|ppp|pppoe|dialup|"
-    r"dial-?in|broadband|customer|cust|client|home|user|res|residential)[0-9.-]",
+    # A pool word right before a number: dsl-198-51-100-7.isp.example, pool-12.example.
+    r"(?i)(^|[.-])(dyn|dynamic|dynip|pool|dsl|adsl|xdsl|vdsl|cable|dhcp|ppp|pppoe|dialup|"
+    r"dial-?in|broadband|cust|customer|client|home|user|res|residential)[.-]?[0-9]",
     # Four numbers in a row, as in 192-0-2-10.isp.example or host10.2.0.192.example.
     r"(^|[.-])[0-9]{1,3}[.-][0-9]{1,3}[.-][0-9]{1,3}[.-][0-9]{1,3}([.-]|$)",
 )

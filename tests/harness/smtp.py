@@ -100,6 +100,7 @@ def send(
     rcpts: Sequence[str],
     message_bytes: bytes | None,
     client_name: str | None = None,
+    reverse_name: str | None = None,
     host: str = LOOPBACK,
     timeout: float = 10.0,
 ) -> SendResult:
@@ -109,9 +110,12 @@ def send(
     new EHLO is required; it also sets the HELO name the milter sees), MAIL FROM, every RCPT
     TO, DATA only if some recipient was accepted and ``message_bytes`` is given, then QUIT.
     A rejected XCLIENT or MAIL FROM ends the session early. Every socket operation is bounded
-    by ``timeout``; a timeout raises. ``client_name`` None means "no reverse name".
+    by ``timeout``; a timeout raises. ``client_name`` None means "no (verified) name";
+    ``reverse_name`` is the unverified PTR name (XCLIENT REVERSE_NAME), sent only if given.
     """
     xclient_args = _xclient_args(client_addr, client_name, helo)  # a bad address fails here
+    if reverse_name is not None:
+        xclient_args += f" REVERSE_NAME={_xtext(reverse_name)}"
     started = time.monotonic()
     client = smtplib.SMTP(timeout=timeout)
     try:
