@@ -30,7 +30,6 @@ from spamgate.resolver import (
     Question,
     Resolver,
     interpret,
-    reverse_name,
     system_nameservers,
 )
 
@@ -250,21 +249,6 @@ DOMAIN = "example.test"
 )
 def test_interpret_other_types(message: dns.message.Message, expected: DnsAnswer) -> None:
     assert interpret(message) == expected
-
-
-@pytest.mark.parametrize(
-    ("address", "expected"),
-    [
-        pytest.param("192.0.2.1", "1.2.0.192.in-addr.arpa", id="ipv4"),
-        pytest.param(
-            "2001:db8::1",
-            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa",
-            id="ipv6-nibbles",
-        ),
-    ],
-)
-def test_reverse_name(address: str, expected: str) -> None:
-    assert reverse_name(ipaddress.ip_address(address)) == expected
 
 
 # --- AnswerCache -------------------------------------------------------------------------------
@@ -644,7 +628,7 @@ def test_concurrent_lookups_of_two_types_are_not_merged(
 def test_ptr_and_mx_lookups_against_the_server(
     server: FakeDnsServer, resolvers: Callable[..., Resolver]
 ) -> None:
-    ptr_qname = reverse_name(ipaddress.IPv4Address("192.0.2.1"))
+    ptr_qname = ipaddress.IPv4Address("192.0.2.1").reverse_pointer
     server.script[ptr_qname, "PTR"] = Behaviour(records=("Mail.Example.TEST.",), ttl=3600)
     server.script[DOMAIN, "MX"] = Behaviour(records=("10 mx1.example.test.", "0 ."), ttl=60)
     resolver = resolvers(server.nameserver)

@@ -19,11 +19,10 @@ import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Protocol
 
-from spamgate.answers import AnswerKind, DnsAnswer
+from spamgate.answers import AnswerKind, DnsAnswer, Lookups
+from spamgate.dnslists import lookup_address
 from spamgate.domains import is_ip_literal, normalize_domain
-from spamgate.resolver import reverse_name
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -63,19 +62,6 @@ class ReverseDns:
         if self.confirmed_name:
             return self.confirmed_name
         return self.ptr_names[0] if self.ptr_names else ""
-
-
-class Lookups(Protocol):
-    """What reverse lookups need from a resolver: thread-safe lookups that never raise."""
-
-    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]: ...
-
-
-def lookup_address(address: IPAddress) -> IPAddress:
-    """The address to look up: an IPv4-mapped IPv6 client is the IPv4 client it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def ptr_names(answer: DnsAnswer) -> tuple[str, ...]:
@@ -168,7 +154,7 @@ class PendingReverse:
         self._names: tuple[str, ...] = ()
         self._forward: dict[str, DnsAnswer] = {}
         self._collected: ReverseDns | None = None
-        self._start(reverse_name(self._address), "PTR", self._on_ptr)
+        self._start(self._address.reverse_pointer, "PTR", self._on_ptr)
 
     def _start(
         self, qname: str, rdtype: str, callback: Callable[[futures.Future[DnsAnswer]], None]

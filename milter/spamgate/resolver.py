@@ -9,7 +9,6 @@ failed kind, never exceptions — and they decide themselves how long to wait fo
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import threading
 import time
@@ -51,11 +50,6 @@ class Question:
 
     qname: str
     rdtype: str = "A"
-
-
-def reverse_name(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """The PTR query name: `2.0.0.127.in-addr.arpa`, or nibbles under `ip6.arpa`."""
-    return address.reverse_pointer
 
 
 def system_nameservers(resolv_conf: str = "/etc/resolv.conf") -> tuple[Nameserver, ...]:
