@@ -22,6 +22,8 @@ from spamgate.matchlists import (
     EntryError,
     NamePatterns,
     NetworkSet,
+    include_base,
+    include_path,
 )
 from spamgate.patterns import Pattern, RawPattern
 from spamgate.returncodes import ReturnCode
@@ -825,11 +827,11 @@ class Policy:
 
     @property
     def included_files(self) -> tuple[str, ...]:
-        """Files named by `file:` entries, whose contents are part of the policy."""
+        """The `file:` entries, whose files' contents are part of the policy."""
         entries = [*self.allow.entries, *self.deny.entries]
         for group in self.recipient_policies:
             entries += group.recipients
-        return tuple(e[len(FILE_PREFIX) :].strip() for e in entries if e.startswith(FILE_PREFIX))
+        return tuple(e for e in entries if e.startswith(FILE_PREFIX))
 
 
 def _render_path(parts: tuple[str | int, ...]) -> str:
@@ -847,11 +849,15 @@ def load_policy(path: str | Path) -> Policy:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(source, 0, 0, "", f"not UTF-8 (byte {error.start})") from None
-    policy = schema.load(Policy, text, source)
-    digest = hashlib.sha256(raw)
-    for included in policy.included_files:
-        # Already read once by the parser; a file that vanished since is caught at next load.
-        with contextlib.suppress(OSError):
-            digest.update(Path(included).read_bytes())
+    token = include_base.set(Path(path).parent)
+    try:
+        policy = schema.load(Policy, text, source)
+        digest = hashlib.sha256(raw)
+        for included in policy.included_files:
+            # Already read once by the parser; one that vanished since is caught at next load.
+            with contextlib.suppress(OSError):
+                digest.update(include_path(included).read_bytes())
+    finally:
+        include_base.reset(token)
     object.__setattr__(policy, "digest", digest.hexdigest()[:12])
     return policy

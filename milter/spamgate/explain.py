@@ -8,7 +8,6 @@ before reloading it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import ipaddress
 import sys
 from collections.abc import Sequence
@@ -74,14 +73,15 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
         return EX_USAGE
     log_lines: list[str] = []
     if args.no_dns:
-        # Without DNS the lists say nothing; leaving them out keeps the log free of _FAILs.
-        policy = dataclasses.replace(policy, ip_lists=(), domain_lists=())
         print("--no-dns: DNS lists, reverse DNS and name lookups are skipped", file=out)
     resolver = None if args.no_dns else Resolver(policy.resolver)
     if resolver is not None:
         resolver.start()
     try:
-        session = Session(Runtime(Engine(policy), resolver or NoDns(), log=log_lines.append))
+        runtime = Runtime(
+            Engine(policy), resolver or NoDns(), log=log_lines.append, dns=not args.no_dns
+        )
+        session = Session(runtime)
         session.connect(args.name, address, {})
         if args.helo:
             session.helo(args.helo)

@@ -1,7 +1,8 @@
 """Static allow and deny lists: client networks, host name patterns, address patterns.
 
 Entries come from the policy file or from plain files it names (`file:/path`, one entry per
-line, `#` starts a comment), so a long list can be kept apart and reloaded with the policy.
+line, `#` starts a comment; a relative path is relative to the policy file), so a long list
+can be kept apart and reloaded with the policy.
 
 Name patterns (client names, HELO names) are case-insensitive globs: `mail.example.com`
 matches that name only, `*.example.com` any name below example.com, `*` any run of
@@ -13,6 +14,7 @@ is written `<>`.
 
 from __future__ import annotations
 
+import contextvars
 import fnmatch
 import ipaddress
 import re
@@ -25,6 +27,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FILE_PREFIX = "file:"
+# The directory a relative `file:` path is read from: the policy file's, while it is loaded.
+include_base: contextvars.ContextVar[Path] = contextvars.ContextVar("include_base", default=Path())
 # A list file is read whole at load; a bound keeps a mistaken path (a log, a mailbox) from
 # eating the daemon's memory.
 MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -45,7 +49,7 @@ def expand(entries: Iterable[str]) -> list[tuple[str, str]]:
         if not entry.startswith(FILE_PREFIX):
             expanded.append((entry.strip(), ""))
             continue
-        path = Path(entry[len(FILE_PREFIX) :].strip())
+        path = include_path(entry)
         try:
             if path.stat().st_size > MAX_FILE_BYTES:
                 raise EntryError(f"larger than {MAX_FILE_BYTES // 2**20} MiB", str(path))
@@ -62,6 +66,11 @@ def expand(entries: Iterable[str]) -> list[tuple[str, str]]:
 
 
 T = TypeVar("T")
+
+
+def include_path(entry: str) -> Path:
+    """The file a `file:` entry names; a relative path is relative to the policy file."""
+    return include_base.get() / entry[len(FILE_PREFIX) :].strip()
 
 
 def _parse_each(entries: Iterable[str], parse: Callable[[str], T]) -> list[T]:

@@ -56,6 +56,7 @@ class Runtime:
     new_id: Callable[[], str] = field(default=lambda: secrets.token_hex(5))
     counters: ListCounters = field(default_factory=ListCounters)
     log: Callable[[str], None] = logging.getLogger("spamgate.decision").info
+    dns: bool = True  # False (explain --no-dns): no lookups; lists logged as ignored
 
 
 class RcptResult(enum.Enum):
@@ -172,6 +173,8 @@ class Session:
             self.lists_ignored = "trusted"
         elif self.allowed_by:
             self.lists_ignored = "allowed"
+        elif not self.runtime.dns:
+            self.lists_ignored = "no-dns"
         if self.lists_ignored or address is None:
             return
         # Start now, so the lookups overlap HELO, MAIL and the rest of the dialogue.
@@ -426,7 +429,8 @@ class Session:
             ignored = "authenticated"
         outcomes = self.lookups.collect(policy.resolver.deadline, stage)
         list_hits = [] if ignored else [h.name for o in outcomes for h in o.hits]
-        facts = self._facts(transaction, stage, connection_rules=not ignored)
+        # Trusted, allowed and authenticated clients are not judged by HELO or reverse DNS.
+        facts = self._facts(transaction, stage, connection_rules=ignored in ("", "no-dns"))
         rules = self.engine.rulebook.fire(stage, facts, list_hits)
         evidence = Evidence(outcomes, ignored, rules)
         verdict = self.engine.evaluate(evidence, group)
@@ -443,7 +447,6 @@ class Session:
         deadline = self.policy.resolver.deadline
         connection = ConnectionFacts()
         if connection_rules:
-            # Trusted and authenticated clients are not judged by their HELO or reverse DNS.
             connection = ConnectionFacts(
                 address=self.address,
                 helo=self.helo_name,

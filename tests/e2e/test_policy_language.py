@@ -421,6 +421,29 @@ def test_listed_from_header_domain_is_refused_at_end_of_data(stack: PolicyStack)
     assert "a phishing domain" in result.end_of_data.text
 
 
+def test_listed_reverse_dns_domain_counts(stack: PolicyStack) -> None:
+    result = stack.send(
+        name="host7.spam.example",
+        reverse_name="host7.spam.example",
+        helo="host7.spam.example",
+        subject="dbl ptr",
+    )
+    ((_, reply),) = result.rcpts
+    assert reply.code == 550
+    decision = stack.spamgate.wait_for_decision(
+        hits="DBL_SPAM:10", rdns="confirmed:host7.spam.example"
+    )
+    assert "DBL[ptr:spam.example]:listed:127.0.1.2:" in decision["lists"]
+
+
+def test_listed_reply_to_domain_is_refused_at_end_of_data(stack: PolicyStack) -> None:
+    headers = (*_headers("dbl reply-to"), ("Reply-To", "Winner <claim@prize.phish.example>"))
+    result = stack.send(message=build(subject="dbl reply-to", headers=headers))
+    assert result.end_of_data is not None and result.end_of_data.code == 550
+    decision = stack.spamgate.wait_for_decision(hits="DBL_PHISH:10")
+    assert "DBL[reply_to:phish.example]:listed:127.0.1.4:" in decision["lists"]
+
+
 def test_listed_helo_domain_counts(stack: PolicyStack) -> None:
     result = stack.send(helo="mx.spam.example", subject="dbl helo")
     ((_, reply),) = result.rcpts
