@@ -21,6 +21,7 @@ from spamgate.config import (
     Nameserver,
     OnError,
     Policy,
+    Rule,
     SocketMode,
     load_policy,
 )
@@ -952,3 +953,282 @@ def test_describe_shows_bounds_in_the_doc() -> None:
     assert rows["resolver.deadline"].doc.endswith(" Range 0.01 to 60.")
     assert rows["resolver.cache_entries"].doc.endswith(" Range 0 to 10000000.")
     assert rows["mode"].doc.startswith("`observe` scores and logs everything")
+
+
+# --- errors in the policy language, located ----------------------------------------------------
+
+CONDITIONS_TEXT = ", ".join(Rule.CONDITIONS)
+
+LANGUAGE_ERRORS = [
+    pytest.param(
+        lines("replies:", "  reject: 'No: {reason} (id {id})'"),
+        (2, 3, "replies.reject", "unknown field {reason}: use client, id, reasons, score"),
+        id="reject-template-unknown-field",
+    ),
+    pytest.param(
+        lines("replies:", "  tempfail: 'Later {score} {ip}'"),
+        (2, 3, "replies.tempfail", "unknown field {ip}: use client, id, reasons, score"),
+        id="tempfail-template-unknown-field",
+    ),
+    pytest.param(
+        lines("replies:", "  reject: 'No {'"),
+        (2, 3, "replies.reject", "bad template: Single '{' encountered in format string"),
+        id="reject-template-unbalanced",
+    ),
+    pytest.param(
+        lines("replies:", "  reject: 'No {reasons.__class__}'"),
+        (
+            2,
+            3,
+            "replies.reject",
+            "unknown field {reasons.__class__}: use client, id, reasons, score",
+        ),
+        id="reject-template-attribute",
+    ),
+    pytest.param(
+        lines("deny:", "  senders: ['@bad.example']", "  reply: 'No: {reasons}'"),
+        (3, 3, "deny.reply", "unknown field {reasons}: use client, id"),
+        id="deny-reply-unknown-field",
+    ),
+    pytest.param(
+        lines(
+            "rules:",
+            "  - name: C",
+            "    score: 1",
+            "    description: d",
+            "    composite: {all: [NOPE]}",
+        ),
+        (5, 16, "rules[0].composite", "NOPE is not a list hit or a rule defined before this one"),
+        id="composite-unknown-name",
+    ),
+    pytest.param(
+        lines(
+            "rules:",
+            "  - name: C",
+            "    score: 1",
+            "    description: d",
+            "    composite: {any: [LATER]}",
+            "  - {name: LATER, score: 1, description: d, helo: bare_ip}",
+        ),
+        (5, 16, "rules[0].composite", "LATER is not a list hit or a rule defined before this one"),
+        id="composite-later-rule",
+    ),
+    pytest.param(
+        lines(
+            "rules:",
+            "  - name: C",
+            "    score: 1",
+            "    description: d",
+            "    composite: {all: [C]}",
+        ),
+        (5, 16, "rules[0].composite", "C is not a list hit or a rule defined before this one"),
+        id="composite-naming-itself",
+    ),
+    pytest.param(
+        lines(
+            "rules:",
+            "  - {name: R, score: 1, description: d, helo: bare_ip}",
+            "recipient_policies:",
+            "  - name: sales",
+            "    recipients: ['@sales.example']",
+            "    scores: {R: 2, NOPE: 1}",
+        ),
+        (6, 20, "recipient_policies[0].scores.NOPE", "no hit is named NOPE"),
+        id="recipient-policy-scores-unknown-hit",
+    ),
+    pytest.param(
+        lines(
+            "recipient_policies:",
+            "  - {name: sales, recipients: ['@a.example']}",
+            "  - {name: sales, recipients: ['@b.example']}",
+        ),
+        (3, 6, "recipient_policies[1].name", "'sales' is taken"),
+        id="recipient-policy-duplicate-name",
+    ),
+    pytest.param(
+        lines("recipient_policies:", "  - name: default", "    recipients: ['@a.example']"),
+        (2, 5, "recipient_policies[0].name", "'default' is taken"),
+        id="recipient-policy-named-default",
+    ),
+    pytest.param(
+        lines("recipient_policies:", "  - name: sales", "    recipients: []"),
+        (3, 17, "recipient_policies[0].recipients", "name at least one recipient pattern"),
+        id="recipient-policy-without-recipients",
+    ),
+    pytest.param(
+        lines(
+            "recipient_policies:",
+            "  - name: sales",
+            "    recipients: ['@a.example']",
+            "    thresholds: {tag: 5, quarantine: 4}",
+        ),
+        (4, 26, "recipient_policies[0].thresholds.quarantine", "must not be below tag (5)"),
+        id="recipient-policy-quarantine-below-tag",
+    ),
+    pytest.param(
+        lines(
+            "rules:",
+            "  - name: R",
+            "    score: 1",
+            "    description: d",
+            "    helo: bare_ip",
+            "    sender: empty",
+        ),
+        (6, 5, "rules[0].sender", f"a rule needs exactly one condition ({CONDITIONS_TEXT})"),
+        id="rule-with-two-conditions-at-the-second",
+    ),
+    pytest.param(
+        lines(
+            "rules:",
+            "  - name: R",
+            "    score: 1",
+            "    description: d",
+            "    header: {name: Subject, malformed: true}",
+        ),
+        (
+            5,
+            29,
+            "rules[0].header.malformed",
+            "spamgate cannot parse Subject: only Date, From, Sender, Reply-To, To and Cc",
+        ),
+        id="malformed-on-an-unparsed-header",
+    ),
+    pytest.param(
+        lines(
+            "rules:",
+            "  - name: R",
+            "    score: 1",
+            "    description: d",
+            "    header:",
+            "      name: Subject",
+            "      matches_raw: 'caf\u00e9'",
+        ),
+        (
+            7,
+            20,
+            "rules[0].header.matches_raw",
+            "a bytes regex must be ASCII: write 'é' as the bytes it should match, "
+            "e.g. \\xC3\\xA9 for its UTF-8 encoding",
+        ),
+        id="matches-raw-non-ascii",
+    ),
+    pytest.param(
+        lines("thresholds:", "  tag: 5", "  quarantine: 4"),
+        (3, 3, "thresholds.quarantine", "must not be below tag (5)"),
+        id="quarantine-below-tag",
+    ),
+    pytest.param(
+        lines(
+            "domain_lists:",
+            "  - name: DBL",
+            "    zone: dbl.example",
+            "    score: 1",
+            "    check_names: []",
+        ),
+        (
+            5,
+            18,
+            "domain_lists[0].check_names",
+            "name at least one of helo, ptr, sender, from, reply_to",
+        ),
+        id="domain-list-without-check-names",
+    ),
+    pytest.param(
+        lines(
+            "domain_lists:",
+            "  - name: DBL",
+            "    zone: dbl.example",
+            "    score: 1",
+            "    check_names: [helo, body]",
+        ),
+        (
+            5,
+            25,
+            "domain_lists[0].check_names[1]",
+            "expected one of helo, ptr, sender, from, reply_to, got the string 'body'",
+        ),
+        id="domain-list-unknown-check-name",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "where"), LANGUAGE_ERRORS)
+def test_policy_language_error_is_located(
+    tmp_path: Path, text: str, where: tuple[int, int, str, str]
+) -> None:
+    line, column, key_path, message = where
+    error = load_error(tmp_path, text)
+    file = str(tmp_path / "spamgate.yaml")
+    assert str(error) == f"{file}:{line}:{column}: {key_path}: {message}"
+    assert (error.line, error.column, error.path, error.message) == where
+
+
+def test_a_composite_may_name_list_hits_and_earlier_rules(tmp_path: Path) -> None:
+    policy = load(
+        tmp_path,
+        lines(
+            "ip_lists:",
+            "  - {name: BL, zone: bl.example, score: 1}",
+            "rules:",
+            "  - {name: R, score: 1, description: d, helo: bare_ip}",
+            "  - name: C",
+            "    score: 1",
+            "    description: d",
+            "    composite: {all: [BL], any: [R], not: [R]}",
+        ),
+    )
+    composite = policy.rules[1].composite
+    assert composite is not None
+    assert (composite.all, composite.any, composite.not_) == (("BL",), ("R",), ("R",))
+
+
+# --- the shipped policy uses every kind of rule ------------------------------------------------
+
+# README ("Rules"): config/spamgate.yaml "has a rule of every kind but `helo_matches`,
+# `rdns_matches`, `sender: empty`, `sender_matches`, `recipient_matches` and `matches_raw`,
+# which only make sense with your own patterns".
+ABSENT_CONDITIONS = {"helo_matches", "rdns_matches", "sender_matches", "recipient_matches"}
+ABSENT_VALUES = {("sender", "empty"), ("header", "matches_raw")}
+HEADER_TESTS = ("matches", "matches_raw", "missing", "count_over", "malformed")
+
+
+def shipped_kinds() -> tuple[set[str], set[tuple[str, str]]]:
+    """The shipped policy's rule conditions, and (condition, value) for those with kinds."""
+    rules = load_policy(SHIPPED).rules
+    conditions = {rule.condition for rule in rules}
+    values: set[tuple[str, str]] = set()
+    for rule in rules:
+        for kind in ("helo", "rdns", "sender", "from_domain"):
+            value = getattr(rule, kind)
+            if value is not None:
+                values.add((kind, value.value))
+        if rule.header is not None:
+            values |= {
+                ("header", test)
+                for test in HEADER_TESTS
+                if getattr(rule.header, test) not in (None, False)
+            }
+    return conditions, values
+
+
+def test_shipped_policy_uses_every_rule_condition_but_the_pattern_ones() -> None:
+    conditions, _ = shipped_kinds()
+    assert conditions == set(Rule.CONDITIONS) - ABSENT_CONDITIONS
+
+
+@pytest.mark.parametrize(
+    ("kind", "every"),
+    [
+        pytest.param("rdns", {"missing", "unconfirmed", "dynamic"}, id="rdns"),
+        pytest.param("sender", {"empty", "unresolvable"}, id="sender"),
+        pytest.param("from_domain", {"not_sender_domain"}, id="from-domain"),
+        pytest.param("header", set(HEADER_TESTS), id="header"),
+        pytest.param(
+            "helo", {"bare_ip", "not_fqdn", "ours", "unresolvable", "not_ptr_domain"}, id="helo"
+        ),
+    ],
+)
+def test_shipped_policy_uses_every_kind_of_a_condition(kind: str, every: set[str]) -> None:
+    _, values = shipped_kinds()
+    expected = {(kind, value) for value in every} - ABSENT_VALUES
+    assert {v for v in values if v[0] == kind} == expected

@@ -6,9 +6,19 @@ import pytest
 
 from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import Policy
+from spamgate.config import Mode, Policy, Thresholds
 from spamgate.dnslists import classify
-from spamgate.engine import Action, Engine, Evidence, choose_action
+from spamgate.engine import (
+    DEFAULT_GROUP,
+    Action,
+    Enforcement,
+    Engine,
+    Evidence,
+    Group,
+    Hit,
+    choose_action,
+)
+from spamgate.replies import MAX_TEXT, Reply
 
 POLICY = """
 ip_lists:
@@ -181,3 +191,336 @@ def test_spam_headers(
     verdict = eng.evaluate(evidence(eng, codes, rules="R1" if codes else ""))
     applied = eng.enforce(verdict, "x", exempt=False).action
     assert eng.spam_headers(verdict, applied) == expected
+
+
+# --- recipient policy groups -------------------------------------------------------------------
+
+GROUPS = """
+recipient_policies:
+  - name: sales
+    recipients: ["@sales.example", "boss@example.com"]
+    thresholds: {tag: 1, tempfail: null, reject: 20}
+    scores: {BL_HIGH: 3, WL: 0}
+  - name: trial
+    recipients: ["@*.example.org", "@sales.example"]
+    mode: observe
+"""
+
+
+@pytest.mark.parametrize(
+    ("recipient", "group"),
+    [
+        pytest.param("a@sales.example", "sales", id="domain"),
+        pytest.param("boss@example.com", "sales", id="address"),
+        pytest.param("<Boss@Example.COM>", "sales", id="brackets-and-case"),
+        pytest.param("x@eu.example.org", "trial", id="subdomain-glob"),
+        pytest.param("x@example.org", DEFAULT_GROUP, id="glob-needs-a-subdomain"),
+        pytest.param("someone@example.com", DEFAULT_GROUP, id="no-match"),
+    ],
+)
+def test_group_for_takes_the_first_matching_policy(recipient: str, group: str) -> None:
+    assert engine(GROUPS).group_for(recipient).name == group
+
+
+def test_groups_inherit_what_they_do_not_override() -> None:
+    eng = engine(GROUPS)
+    policy = eng.policy
+    sales, trial = eng.group_for("a@sales.example"), eng.group_for("x@eu.example.org")
+    assert sales == Group(
+        "sales", Mode.ENFORCE, Thresholds(tag=1, tempfail=None, reject=20), {"BL_HIGH": 3, "WL": 0}
+    )
+    assert trial == Group("trial", Mode.OBSERVE, policy.thresholds, {})
+    assert eng.default_group == Group(DEFAULT_GROUP, Mode.ENFORCE, policy.thresholds, {})
+
+
+def test_group_scores_override_the_hit_scores() -> None:
+    eng = engine(GROUPS)
+    sales = eng.group_for("a@sales.example")
+    proof = evidence(eng, ("127.0.0.2",), wl=True)
+    default = eng.evaluate(proof)
+    assert (default.score, default.action, default.group) == (6.0, Action.TEMPFAIL, DEFAULT_GROUP)
+    verdict = eng.evaluate(proof, sales)
+    assert verdict.hits == (
+        Hit("BL_HIGH", 3.0, "listed for spamming"),
+        Hit("WL", 0.0, "listed by WL"),
+    )
+    assert (verdict.score, verdict.action, verdict.group) == (3.0, Action.TAG, "sales")
+
+
+def test_observe_group_waives_a_refusal_that_enforce_would_send() -> None:
+    eng = engine(GROUPS)
+    trial = eng.group_for("x@eu.example.org")
+    verdict = eng.evaluate(evidence(eng, ("127.0.0.2",)), trial)
+    assert (verdict.action, verdict.group) == (Action.REJECT, "trial")
+    assert eng.enforce(verdict, "g1", group=trial) == Enforcement(Action.TAG, waived_by="observe")
+    refused = eng.enforce(verdict, "g1")  # the same verdict under the default group
+    assert refused.reply == Reply(550, "5.7.1", "Message refused: listed for spamming (id g1)")
+
+
+# --- quarantine --------------------------------------------------------------------------------
+
+QUARANTINE = "thresholds: {tag: 3, quarantine: 8, tempfail: null, reject: 12}\n"
+
+
+def test_quarantine_band_is_accepted_with_a_reason_and_no_reply() -> None:
+    eng = engine(QUARANTINE)
+    verdict = eng.evaluate(evidence(eng, ("127.0.0.2",), rules="R1"))
+    assert (verdict.score, verdict.action) == (11.5, Action.QUARANTINE)
+    assert eng.enforce(verdict, "q1", client="192.0.2.1") == Enforcement(
+        Action.QUARANTINE,
+        quarantine_reason="spamgate: score 11.5: listed for spamming; rule one (id q1)",
+    )
+    assert eng.spam_headers(verdict, Action.QUARANTINE) == (
+        ("X-Spam-Score", "11.5"),
+        ("X-Spam-Status", "Yes, score=11.5 hits=BL_HIGH,R1"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "exempt", "expected"),
+    [
+        pytest.param("", True, Enforcement(Action.TAG, waived_by="exempt"), id="exempt"),
+        pytest.param(
+            "mode: observe\n", False, Enforcement(Action.TAG, waived_by="observe"), id="observe"
+        ),
+    ],
+)
+def test_quarantine_is_waived_like_a_refusal(
+    extra: str, exempt: bool, expected: Enforcement
+) -> None:
+    eng = engine(QUARANTINE + extra)
+    verdict = eng.evaluate(evidence(eng, ("127.0.0.2",)))
+    assert verdict.action is Action.QUARANTINE
+    assert eng.enforce(verdict, "q2", exempt=exempt) == expected
+
+
+# --- observed hits -----------------------------------------------------------------------------
+
+OBSERVED = """
+ip_lists:
+  - name: TRIAL_BL
+    zone: trial.test
+    mode: observe
+    hits: [{name: TRIAL_HIT, score: 8, description: listed by the trial list}]
+rules:
+  - {name: COUNTED, score: 4, description: a counted rule, header: {name: Subject, missing: true}}
+  - {name: ON_TRIAL, score: 5, description: a rule on trial, mode: observe,
+     header: {name: Date, missing: true}}
+"""
+
+
+def observed_engine() -> tuple[Engine, Evidence]:
+    eng = Engine(schema.load(Policy, OBSERVED, "t.yaml"))
+    listed = classify(eng.policy.ip_lists[0], DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",)))
+    return eng, Evidence((listed,), "", eng.policy.rules)
+
+
+def test_observed_hits_do_not_count_but_say_what_would_have_happened() -> None:
+    eng, proof = observed_engine()
+    verdict = eng.evaluate(proof)
+    assert verdict.hits == (
+        Hit("TRIAL_HIT", 8.0, "listed by the trial list", observe=True),
+        Hit("COUNTED", 4.0, "a counted rule"),
+        Hit("ON_TRIAL", 5.0, "a rule on trial", observe=True),
+    )
+    assert (verdict.score, verdict.action) == (4.0, Action.TAG)
+    assert (verdict.trial_score, verdict.trial_action) == (17.0, Action.REJECT)
+    assert eng.enforce(verdict, "o1") == Enforcement(Action.TAG)
+    assert eng.spam_headers(verdict, Action.TAG)[1] == (
+        "X-Spam-Status",
+        "Yes, score=4.0 hits=COUNTED",
+    )
+
+
+def test_observed_hits_are_not_reasons() -> None:
+    eng, proof = observed_engine()
+    only_observed = Evidence(proof.lists, "", (eng.policy.rules[1],))
+    verdict = eng.evaluate(only_observed)
+    assert (verdict.score, verdict.action, verdict.trial_action) == (
+        0,
+        Action.ACCEPT,
+        Action.REJECT,
+    )
+    assert eng.reasons(verdict) == "policy score too high"
+    assert eng.spam_headers(verdict, Action.ACCEPT) == (
+        ("X-Spam-Score", "0.0"),
+        ("X-Spam-Status", "No, score=0.0 hits=none"),
+    )
+    counted = eng.evaluate(Evidence(proof.lists, "", eng.policy.rules))
+    assert eng.reasons(counted) == "a counted rule"
+
+
+def test_without_observed_hits_there_is_no_trial() -> None:
+    eng = engine()
+    verdict = eng.evaluate(evidence(eng, ("127.0.0.2",)))
+    assert (verdict.trial_score, verdict.trial_action) == (None, None)
+
+
+# --- choosing the action -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "score", "action"),
+    [
+        pytest.param(Thresholds(5, 5, 5, 5), 5, Action.REJECT, id="four-way-tie-reject"),
+        pytest.param(Thresholds(3, 5, 5, None), 5, Action.TEMPFAIL, id="tie-tempfail"),
+        pytest.param(Thresholds(3, 5, None, None), 5, Action.QUARANTINE, id="tie-quarantine"),
+        pytest.param(Thresholds(3, 5, 6, 10), 4.999, Action.TAG, id="just-below-quarantine"),
+        pytest.param(Thresholds(3, 5, 6, 10), 5.5, Action.QUARANTINE, id="quarantine-band"),
+        pytest.param(Thresholds(3, 12, None, 10), 11, Action.REJECT, id="reject-below-q"),
+        pytest.param(Thresholds(3, 12, None, 10), 12, Action.QUARANTINE, id="quarantine-above"),
+        pytest.param(Thresholds(3, None, 10, 6), 8, Action.REJECT, id="reject-below-tempfail"),
+        pytest.param(Thresholds(3, None, 10, 6), 10, Action.TEMPFAIL, id="tempfail-above"),
+        pytest.param(Thresholds(None, None, None, 1), 0.5, Action.ACCEPT, id="nothing-reached"),
+        pytest.param(Thresholds(-5, None, None, None), -4, Action.TAG, id="negative-tag"),
+    ],
+)
+def test_the_highest_threshold_reached_wins(
+    thresholds: Thresholds, score: float, action: Action
+) -> None:
+    assert choose_action(score, thresholds) is action
+
+
+# --- hits --------------------------------------------------------------------------------------
+
+DOMAINS = """
+domain_lists:
+  - name: DBL
+    zone: dbl.test
+    hits: [{name: DBL_SPAM, codes: [127.0.1.2], score: 6, description: a spam domain}]
+"""
+
+
+def test_a_hit_scores_once_however_many_names_matched() -> None:
+    eng = Engine(schema.load(Policy, DOMAINS, "t.yaml"))
+    dbl = eng.policy.domain_lists[0]
+    listed = DnsAnswer(AnswerKind.RECORDS, ("127.0.1.2",))
+    outcomes = tuple(classify(dbl, listed) for _ in range(3))  # HELO, sender and From names
+    verdict = eng.evaluate(Evidence(outcomes))
+    assert verdict.hits == (Hit("DBL_SPAM", 6.0, "a spam domain"),)
+    assert (verdict.score, verdict.action) == (6.0, Action.TEMPFAIL)
+
+
+def test_a_rule_and_a_list_hit_each_score_once() -> None:
+    eng = engine()
+    proof = evidence(eng, ("127.0.0.2", "127.0.0.2"), rules="R1")
+    doubled = Evidence(proof.lists * 2, "", proof.rules * 2)
+    assert eng.evaluate(doubled) == eng.evaluate(proof)
+    assert eng.evaluate(doubled).score == 11.5
+
+
+# --- reply templates ---------------------------------------------------------------------------
+
+TEMPLATES = (
+    'replies: {reject: "{client} scored {score}: {reasons} [{id}]",'
+    ' tempfail: "{reasons}; retry (id {id}, {client})"}\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("codes", "reply"),
+    [
+        pytest.param(
+            ("127.0.0.2",),
+            Reply(550, "5.7.1", "2001:db8::7 scored 10.0: listed for spamming [t-1]"),
+            id="reject",
+        ),
+        pytest.param(
+            ("127.0.0.2", "127.0.0.3"),
+            Reply(
+                550,
+                "5.7.1",
+                "2001:db8::7 scored 12.5: listed for spamming; listed by Example BL [t-1]",
+            ),
+            id="reject-two-reasons",
+        ),
+        pytest.param(
+            ("127.0.0.3", "127.0.0.2"),
+            Reply(
+                550,
+                "5.7.1",
+                "2001:db8::7 scored 12.5: listed for spamming; listed by Example BL [t-1]",
+            ),
+            id="worst-reason-first",
+        ),
+    ],
+)
+def test_reply_template_fields(codes: tuple[str, ...], reply: Reply) -> None:
+    eng = engine(TEMPLATES)
+    verdict = eng.evaluate(evidence(eng, codes))
+    assert eng.enforce(verdict, "t-1", client="2001:db8::7").reply == reply
+
+
+def test_tempfail_template_fields() -> None:
+    eng = engine(TEMPLATES)
+    verdict = eng.evaluate(evidence(eng, ("127.0.0.2",), wl=True))
+    assert eng.enforce(verdict, "t-2", client="192.0.2.1").reply == Reply(
+        451, "4.7.1", "listed for spamming; retry (id t-2, 192.0.2.1)"
+    )
+
+
+def long_reasons_policy(template: str) -> str:
+    rules = "".join(
+        f"  - {{name: LONG{n}, score: {5 - n}, description: {'x' * 140}{n},"
+        f" header: {{name: X-H{n}, missing: true}}}}\n"
+        for n in range(3)
+    )
+    return f"replies: {{reject: {template!r}}}\nrules:\n{rules}"
+
+
+def test_reasons_are_cut_so_the_id_survives() -> None:
+    eng = Engine(schema.load(Policy, long_reasons_policy("Refused: {reasons} (id {id})"), "t"))
+    verdict = eng.evaluate(Evidence((), "", eng.policy.rules))
+    assert verdict.action is Action.REJECT  # 5 + 4 + 3
+    reply = eng.enforce(verdict, "abc123").reply
+    assert reply is not None
+    assert len(reply.text) == MAX_TEXT
+    reasons = reply.text.removeprefix("Refused: ").removesuffix(" (id abc123)")
+    room = MAX_TEXT - len("Refused:  (id abc123)")
+    assert reasons == ("x" * 140 + "0; " + "x" * 140 + "1; " + "x" * 140)[: room - 3] + "..."
+    assert reply.text.endswith(" (id abc123)")
+
+
+def test_the_id_survives_a_long_reply_template() -> None:
+    template = (
+        "Your message to example.com was refused by our mail filter, for the following reasons "
+        "(worst first): {reasons} (id {id})"
+    )
+    eng = Engine(schema.load(Policy, long_reasons_policy(template), "t"))
+    verdict = eng.evaluate(Evidence((), "", eng.policy.rules))
+    reply = eng.enforce(verdict, "abc123").reply
+    assert reply is not None and reply.text.endswith("(id abc123)")
+
+
+def test_a_percent_sign_in_a_reason_is_doubled_for_libmilter() -> None:
+    eng = engine(
+        "  - {name: PCT, score: 10, description: 100% spam, header: {name: X-P, missing: true}}\n"
+    )
+    reply = eng.enforce(eng.evaluate(Evidence((), "", (eng.policy.rules[-1],))), "p1").reply
+    assert reply is not None
+    assert reply.text == "Message refused: 100% spam (id p1)"
+    assert reply.milter_text == "Message refused: 100%% spam (id p1)"
+
+
+# --- deny --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "text"),
+    [
+        pytest.param("", "Refused by local policy (id d-1)", id="default"),
+        pytest.param(
+            'deny: {reply: "No mail from {client}, sorry (ref {id})"}\n',
+            "No mail from 192.0.2.66, sorry (ref d-1)",
+            id="template",
+        ),
+        pytest.param(
+            'deny: {reply: "Go   away\\tnow {id}"}\n',
+            "Go away now d-1",
+            id="blanks-squeezed",
+        ),
+    ],
+)
+def test_deny_is_a_550_with_the_deny_reply(extra: str, text: str) -> None:
+    eng = engine(extra)
+    assert eng.deny("d-1", "192.0.2.66") == Enforcement(Action.REJECT, Reply(550, "5.7.1", text))

@@ -218,8 +218,9 @@ class ResolverSettings:
         "Seconds to wait for one server's answer before retrying.", 1.0, minimum=0.01, maximum=30
     )
     deadline: float = setting(
-        "Seconds after connect that a verdict waits for list answers at most; lists still "
-        "unanswered then count as unusable, never as hits.",
+        "Seconds a verdict waits for a lookup at most, counted from when its name became "
+        "known (the client address at connect); lists still unanswered then count as "
+        "unusable, never as hits.",
         2.0,
         minimum=0.01,
         maximum=60,
@@ -616,7 +617,7 @@ DEFAULT_DYNAMIC_PATTERNS = (
     # A pool word right before a number: dsl-198-51-100-7.isp.example, pool-12.example.
     r"(?i)(^|[.-])(dyn|dynamic|dynip|pool|dsl|adsl|xdsl|vdsl|cable|dhcp|ppp|pppoe|dialup|"
     r"dial-?in|broadband|cust|customer|client|home|user|res|residential)[.-]?[0-9]",
-    # Four numbers in a row, as in 192-0-2-10.isp.example or host10.2.0.192.example.
+    # Four numbers in a row, as in 192-0-2-10.isp.example or host.10.2.0.192.example.
     r"(^|[.-])[0-9]{1,3}[.-][0-9]{1,3}[.-][0-9]{1,3}[.-][0-9]{1,3}([.-]|$)",
 )
 
@@ -652,7 +653,14 @@ class Replies:
             _check_template(getattr(self, key), key, {"reasons", "id", "score", "client"})
 
 
+# A reply line may be 980 characters (smfi_setreply); spamgate keeps replies to 400 and the
+# template's own text to 300, so the reasons always have room.
+MAX_TEMPLATE = 300
+
+
 def _check_template(template: str, key: str, known: set[str]) -> None:
+    if len(template) > MAX_TEMPLATE:
+        raise FieldError(key, f"longer than {MAX_TEMPLATE} characters")
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as error:
@@ -856,7 +864,10 @@ def load_policy(path: str | Path) -> Policy:
         for included in policy.included_files:
             # Already read once by the parser; one that vanished since is caught at next load.
             with contextlib.suppress(OSError):
-                digest.update(include_path(included).read_bytes())
+                content = include_path(included).read_bytes()
+                # Name and length first: moving a line from one list to another changes it.
+                digest.update(f"\0{included}\0{len(content)}\0".encode())
+                digest.update(content)
     finally:
         include_base.reset(token)
     object.__setattr__(policy, "digest", digest.hexdigest()[:12])

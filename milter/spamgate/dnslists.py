@@ -152,11 +152,21 @@ class ListLookups:
         self._lookups: list[_Lookup] = []
         self._lock = threading.Lock()
 
-    def start(self, dns_list: DnsList, qname: str, *, subject: str = "", stage: int = 1) -> None:
+    def start(
+        self,
+        dns_list: DnsList,
+        qname: str,
+        *,
+        subject: str = "",
+        stage: int = 1,
+        started_at: float | None = None,
+    ) -> None:
+        """Start one lookup; its deadline runs from `started_at` (default: now)."""
         with self._lock:
             if any(x.dns_list is dns_list and x.subject == subject for x in self._lookups):
                 return  # the same name twice (two From: headers): one lookup
-            lookup = _Lookup(dns_list, subject, stage, self._resolver.lookup(qname), self._clock())
+            begun = self._clock() if started_at is None else started_at
+            lookup = _Lookup(dns_list, subject, stage, self._resolver.lookup(qname), begun)
             self._lookups.append(lookup)
 
         def stamp(_: futures.Future[DnsAnswer]) -> None:

@@ -24,7 +24,6 @@ SCORE_HEADER = "X-Spam-Score"
 STATUS_HEADER = "X-Spam-Status"
 OUR_HEADERS = frozenset({SCORE_HEADER.lower(), STATUS_HEADER.lower()})
 DEFAULT_GROUP = "default"
-REASONS_LIMIT = 300
 
 
 class Action(enum.IntEnum):
@@ -115,6 +114,9 @@ class Engine:
             for entry in policy.recipient_policies
         ]
 
+    def group_named(self, name: str) -> Group:
+        return next((g for _, g in self._groups if g.name == name), self.default_group)
+
     def group_for(self, recipient: str) -> Group:
         for patterns, group in self._groups:
             if patterns.match(recipient):
@@ -129,11 +131,11 @@ class Engine:
             # One name scores once, however many names or headers a list or rule matched.
             hits.setdefault(hit.name, Hit(hit.name, score, hit.description, hit.observe))
         counted = [h.score for h in hits.values() if not h.observe]
-        score = round(sum(counted), 3)
+        score = float(round(sum(counted), 3))
         action = choose_action(score, group.thresholds)
         if len(counted) == len(hits):
             return Verdict(score, tuple(hits.values()), action, group.name)
-        trial_score = round(sum(h.score for h in hits.values()), 3)
+        trial_score = float(round(sum(h.score for h in hits.values()), 3))
         trial_action = choose_action(trial_score, group.thresholds)
         return Verdict(score, tuple(hits.values()), action, group.name, trial_score, trial_action)
 
@@ -172,8 +174,7 @@ class Engine:
         if waived_by:
             return Enforcement(Action.TAG if tagged else Action.ACCEPT, waived_by=waived_by)
         fields = {
-            # Cut here rather than in the whole text, so the id at the end survives.
-            "reasons": replies.clean_text(self.reasons(verdict), REASONS_LIMIT),
+            "reasons": self.reasons(verdict),
             "id": decision_id,
             "score": f"{verdict.score:.1f}",
             "client": client,
@@ -182,13 +183,13 @@ class Engine:
             reason = f"spamgate: score {fields['score']}: {fields['reasons']} (id {decision_id})"
             return Enforcement(Action.QUARANTINE, quarantine_reason=replies.clean_text(reason))
         if verdict.action is Action.REJECT:
-            text = self.policy.replies.reject.format_map(fields)
+            text = fill(self.policy.replies.reject, fields)
             return Enforcement(Action.REJECT, replies.rejection(text))
-        text = self.policy.replies.tempfail.format_map(fields)
+        text = fill(self.policy.replies.tempfail, fields)
         return Enforcement(Action.TEMPFAIL, replies.temporary_refusal(text))
 
     def deny(self, decision_id: str, client: str) -> Enforcement:
-        text = self.policy.deny.reply.format_map({"id": decision_id, "client": client})
+        text = fill(self.policy.deny.reply, {"id": decision_id, "client": client})
         return Enforcement(Action.REJECT, replies.rejection(text))
 
     @staticmethod
@@ -217,6 +218,16 @@ class Engine:
         names = ",".join(hit.name for hit in verdict.hits if not hit.observe) or "none"
         status = f"{'Yes' if is_spam else 'No'}, score={score} hits={names}"
         return ((SCORE_HEADER, score), (STATUS_HEADER, status))
+
+
+def fill(template: str, fields: Mapping[str, str]) -> str:
+    """The template with its fields; the reasons are cut to what the reply has room for, so
+    the rest of the text (the id at the end, most of all) always survives."""
+    flat = {key: replies.clean_text(value, replies.MAX_TEXT) for key, value in fields.items()}
+    if "reasons" in flat:
+        room = replies.MAX_TEXT - len(template.format_map({**flat, "reasons": ""}))
+        flat["reasons"] = replies.clean_text(flat["reasons"], max(room, 0))
+    return template.format_map(flat)
 
 
 def choose_action(score: float, thresholds: Thresholds) -> Action:

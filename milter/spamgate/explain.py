@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_headers(data: bytes) -> list[tuple[str, str]]:
     """Header fields as a milter receives them: name, and value with folding kept."""
     head = data.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    if head.startswith(b"From "):  # an mbox separator line, not a header
+        head = head.partition(b"\n")[2]
     fields: list[tuple[str, str]] = []
     for line in head.decode("utf-8", "surrogateescape").split("\n"):
         if line[:1] in (" ", "\t") and fields:
@@ -71,6 +73,13 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
     except ValueError:
         print(f"spamgate: --ip {args.ip!r} is not an IP address", file=sys.stderr)
         return EX_USAGE
+    message_bytes = None
+    if args.message is not None:
+        try:
+            message_bytes = args.message.read_bytes()
+        except OSError as error:
+            print(f"spamgate: cannot read {args.message}: {error.strerror}", file=sys.stderr)
+            return EX_NOINPUT
     log_lines: list[str] = []
     if args.no_dns:
         print("--no-dns: DNS lists, reverse DNS and name lookups are skipped", file=out)
@@ -86,12 +95,16 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
         if args.helo:
             session.helo(args.helo)
         session.mail(args.sender, bool(args.auth))
-        decisions = [(rcpt, session.rcpt(rcpt)) for rcpt in args.rcpt or [DEFAULT_RCPT]]
+        decisions = []
+        for rcpt in args.rcpt or [DEFAULT_RCPT]:
+            decisions.append((rcpt, session.rcpt(rcpt)))
+            if decisions[-1][1].result is RcptResult.ACCEPT_ALL:
+                break  # Postfix stops consulting the milter for this message too
         # The message is judged only if some recipient got as far as DATA, filtered.
         filtered = any(d.result is RcptResult.CONTINUE for _, d in decisions)
         message = None
-        if args.message is not None and filtered:
-            for name, value in read_headers(args.message.read_bytes()):
+        if message_bytes is not None and filtered:
+            for name, value in read_headers(message_bytes):
                 session.header(name, value)
             message = session.end_of_message("")
         session.close()
@@ -103,6 +116,7 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
 
 DEFAULT_RCPT = "someone@example.com"
 EX_USAGE = 64
+EX_NOINPUT = 66
 
 
 def report(

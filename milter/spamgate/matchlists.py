@@ -27,6 +27,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FILE_PREFIX = "file:"
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 # The directory a relative `file:` path is read from: the policy file's, while it is loaded.
 include_base: contextvars.ContextVar[Path] = contextvars.ContextVar("include_base", default=Path())
 # A list file is read whole at load; a bound keeps a mistaken path (a log, a mailbox) from
@@ -93,9 +94,15 @@ class NetworkSet:
     def parse(cls, entries: Iterable[str]) -> NetworkSet:
         def network(text: str) -> IPNetwork:
             try:
-                return ipaddress.ip_network(text, strict=True)
+                parsed = ipaddress.ip_network(text, strict=True)
             except ValueError as error:
                 raise ValueError(f"invalid network {text!r}: {error}") from None
+            # Mapped clients are matched as IPv4 (see match()): so must a mapped network be.
+            if isinstance(parsed, ipaddress.IPv6Network) and parsed.subnet_of(_MAPPED):
+                base = parsed.network_address.ipv4_mapped
+                assert base is not None
+                return ipaddress.IPv4Network((base, parsed.prefixlen - 96))
+            return parsed
 
         return cls(tuple(_parse_each(entries, network)))
 
@@ -149,6 +156,11 @@ class NamePatterns:
         return bool(self.exact or self.globs)
 
 
+def _normalize(address: str) -> str:
+    """Without <> and without a trailing dot on the domain (the same name, RFC 1034 3.1)."""
+    return address.removeprefix("<").removesuffix(">").rstrip(".")
+
+
 def _is_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
@@ -168,7 +180,13 @@ class AddressPatterns:
             entry = text.strip().lower()
             if entry == "<>":
                 return entry
-            if "@" not in entry or re.search(r"\s", entry) or entry.count("@") > 1:
+            entry = _normalize(entry)
+            if (
+                "@" not in entry
+                or entry == "@"
+                or re.search(r"[\s<>]", entry)
+                or entry.count("@") > 1
+            ):
                 raise ValueError(
                     f"invalid address pattern {text!r}: write user@example.com, "
                     "@example.com, user@ or <>"
@@ -190,7 +208,7 @@ class AddressPatterns:
 
     def match(self, address: str) -> str:
         """The matching pattern, or "". `address` as in the envelope, with or without <>."""
-        bare = address.strip().removeprefix("<").removesuffix(">").lower()
+        bare = _normalize(address.strip().lower())
         if not bare:
             return "<>" if "<>" in self.exact else ""
         local, at, domain = bare.rpartition("@")

@@ -38,12 +38,17 @@ class PendingResolution:
         def answered(future: futures.Future[DnsAnswer]) -> None:
             self._settle_or_continue(rdtype, future, rest)
 
-        self._resolver.lookup(self._name, rdtype).add_done_callback(answered)
+        try:
+            self._resolver.lookup(self._name, rdtype).add_done_callback(answered)
+        except Exception:  # a resolver that breaks its promise: no evidence, not a crash
+            self._settle(None)
 
     def _settle_or_continue(
         self, rdtype: str, future: futures.Future[DnsAnswer], rest: list[str]
     ) -> None:
-        answer = future.result() if future.exception() is None else None
+        answer = None
+        if not future.cancelled() and future.exception() is None:
+            answer = future.result()
         if answer is None or not answer.kind.is_definitive:
             self._settle(None)
         elif answer.kind is AnswerKind.RECORDS:

@@ -154,7 +154,18 @@ class PendingReverse:
         self._names: tuple[str, ...] = ()
         self._forward: dict[str, DnsAnswer] = {}
         self._collected: ReverseDns | None = None
+        self._when_done: list[Callable[[ReverseDns], None]] = []
         self._start(self._address.reverse_pointer, "PTR", self._on_ptr)
+
+    def add_done_callback(self, callback: Callable[[ReverseDns], None]) -> None:
+        """Call `callback` with the result once known (now, if it is): lookups that need the
+        client's name can start then, without waiting for a verdict to ask."""
+        with self._lock:
+            result = self._result
+            if result is None:
+                self._when_done.append(callback)
+        if result is not None:
+            callback(result)
 
     def _start(
         self, qname: str, rdtype: str, callback: Callable[[futures.Future[DnsAnswer]], None]
@@ -196,9 +207,13 @@ class PendingReverse:
 
     def _finish(self, result: ReverseDns) -> None:
         with self._lock:
-            if self._result is None:
-                self._result = result
+            if self._result is not None:
+                return
+            self._result = result
+            callbacks, self._when_done = self._when_done, []
         self._finished.set()
+        for callback in callbacks:
+            callback(result)
 
     def collect(self, deadline: float) -> ReverseDns:
         """Wait until `deadline` seconds after the start at most; the same answer every time.

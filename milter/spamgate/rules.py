@@ -174,7 +174,8 @@ class RuleBook:
         return fired
 
     def fire(self, stage: Stage, facts: Facts, list_hits: Iterable[str]) -> tuple[Rule, ...]:
-        """Every rule of `stage` or earlier that fires, composites last, in policy order."""
+        """Every rule of `stage` or earlier that fires, in policy order: a composite sees the
+        list hits and the rules defined before it (the config checks it names no later one)."""
         fired_names = set(list_hits)
         fired: list[Rule] = []
         for rule in self.rules:

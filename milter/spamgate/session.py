@@ -13,6 +13,7 @@ with the transaction only.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
 import ipaddress
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 from spamgate import domains, headers
 from spamgate.answers import Lookups
-from spamgate.config import DomainList, DomainQuery, DomainSource, Policy
+from spamgate.config import DomainList, DomainQuery, DomainSource, Mode, Policy
 from spamgate.decisionlog import Decision, format_decision
 from spamgate.dnslists import IPAddress, ListCounters, ListLookups, lookup_address
 from spamgate.engine import OUR_HEADERS, Action, Enforcement, Engine, Evidence, Group, Verdict
@@ -99,8 +100,10 @@ class Transaction:
     sender: str  # as in MAIL FROM, for the log
     bare_sender: str  # lower case, no <>; "" for the null sender
     authenticated: bool
-    allowed_by: str = ""
+    allowed_by: str = ""  # by client, name, HELO or sender: the whole transaction
     denied_by: str = ""
+    recipients_allowed_by: list[str] = field(default_factory=list)
+    recipients_denied_by: list[str] = field(default_factory=list)
     sender_resolution: PendingResolution | None = None
     recipients: list[str] = field(default_factory=list)  # bare, every RCPT TO
     accepted: list[str] = field(default_factory=list)
@@ -139,7 +142,7 @@ class Session:
         self.helo_resolution: PendingResolution | None = None
         self.transaction: Transaction | None = None
         self._rdns: ReverseDns | None = None
-        self._ptr_started = False
+        self.connected_at = runtime.clock()
         # Headers worth parsing: those rules judge, and those whose domains lists look up.
         sources = {s for d in self.policy.domain_lists for s in d.check_names}
         self._parsed_headers = self.engine.rulebook.parsed_headers | {
@@ -154,6 +157,7 @@ class Session:
         self, client_name: str, address: IPAddress | None, macros: Mapping[str, str | None]
     ) -> None:
         policy = self.policy
+        self.connected_at = self.runtime.clock()
         self.address = address
         self.address_text = str(address) if address else "unknown"
         self.client_name = client_name
@@ -185,7 +189,20 @@ class Session:
                 mta = from_mta_macros(
                     macros.get("{client_resolve}"), macros.get("{client_ptr}"), client_name
                 )
-            self.reverse = mta or PendingReverse(self.runtime.resolver, address, self.runtime.clock)
+            if mta is not None:
+                self.reverse = mta
+                self._start_ptr_lists(mta)
+            else:
+                pending = PendingReverse(self.runtime.resolver, address, self.runtime.clock)
+                self.reverse = pending
+                # Runs on the resolver's thread as soon as the name is known.
+                pending.add_done_callback(self._start_ptr_lists)
+
+    def _start_ptr_lists(self, rdns: ReverseDns) -> None:
+        """Domain lists for the client's name. Their deadline counts from connect, like the
+        reverse lookup they follow, so a verdict never waits for the two one after another."""
+        if rdns.name:
+            self._start_domain_lists(DomainSource.PTR, rdns.name, started_at=self.connected_at)
 
     def _needs_rdns(self) -> bool:
         policy = self.policy
@@ -218,9 +235,6 @@ class Session:
             if isinstance(reverse, PendingReverse):
                 reverse = reverse.collect(self.policy.resolver.deadline)
             self._rdns = reverse or _UNKNOWN_RDNS
-            if self._rdns.name and not self._ptr_started:
-                self._ptr_started = True
-                self._start_domain_lists(DomainSource.PTR, self._rdns.name)
             confirmed = self._rdns.confirmed_name
             allow, deny = self.policy.allow, self.policy.deny
             if confirmed and not self.allowed_by:
@@ -229,12 +243,16 @@ class Session:
                 self.denied_by = _labelled("client_name", deny.client_name_set.match(confirmed))
         return self._rdns
 
-    def _start_domain_lists(self, source: DomainSource, name: str) -> None:
+    def _start_domain_lists(
+        self, source: DomainSource, name: str, started_at: float | None = None
+    ) -> None:
         for dns_list in self.policy.domain_lists:
             if source in dns_list.check_names:
-                self._start_domain_list(dns_list, source, name)
+                self._start_domain_list(dns_list, source, name, started_at)
 
-    def _start_domain_list(self, dns_list: DomainList, source: DomainSource, name: str) -> None:
+    def _start_domain_list(
+        self, dns_list: DomainList, source: DomainSource, name: str, started_at: float | None
+    ) -> None:
         domain = domains.normalize_domain(name)
         if domain is None or domains.is_ip_literal(name):
             return
@@ -244,7 +262,8 @@ class Session:
         if qname is None:
             return  # an IP literal, a single label, too long: no valid query exists
         stage = _SOURCE_STAGE[source]
-        self.lookups.start(dns_list, qname, subject=f"{source.value}:{domain}", stage=stage)
+        subject = f"{source.value}:{domain}"
+        self.lookups.start(dns_list, qname, subject=subject, stage=stage, started_at=started_at)
 
     # -- transaction ------------------------------------------------------------------------
 
@@ -257,7 +276,7 @@ class Session:
         transaction.denied_by = _labelled("sender", deny.sender_set.match(bare or "<>"))
         self.transaction = transaction
         domain = domains.domain_of_address(bare) if bare else None
-        if domain is None or self.lists_ignored or authenticated:
+        if domain is None or self.lists_ignored or self._skips(transaction):
             return
         if self.engine.rulebook.needs_sender_resolution:
             transaction.sender_resolution = PendingResolution(
@@ -267,6 +286,10 @@ class Session:
                 clock=self.runtime.clock,
             )
         self._start_domain_lists(DomainSource.SENDER, domain)
+
+    def _skips(self, transaction: Transaction) -> bool:
+        """Whether this transaction's client is spared DNS evidence as authenticated."""
+        return transaction.authenticated and self.policy.skip_authenticated
 
     def rcpt(self, recipient: str) -> RcptDecision:
         transaction = self._transaction()
@@ -281,31 +304,21 @@ class Session:
         if allowed_by:
             transaction.allowed_by = allowed_by
             transaction.accepted.append(bare)
-            self._log(
-                transaction, self._unscored("allowed", Enforcement(Action.ACCEPT)), "rcpt", ""
-            )
+            judged = self._unscored("allowed", Action.ACCEPT, Enforcement(Action.ACCEPT))
+            self._log(transaction, judged, "rcpt", "")
             return RcptDecision(RcptResult.ACCEPT_ALL, why=f"allowed_by={allowed_by}")
-        allow_rcpt = self.policy.allow.recipient_set.match(bare)
+        allow_rcpt = _labelled("recipient", self.policy.allow.recipient_set.match(bare))
         if allow_rcpt:
-            transaction.allowed_by = transaction.allowed_by or f"recipient:{allow_rcpt}"
-            return self._accept(transaction, bare, why=f"allowed_by=recipient:{allow_rcpt}")
+            transaction.recipients_allowed_by.append(allow_rcpt)
+            return self._accept(transaction, bare, why=f"allowed_by={allow_rcpt}")
+        group = engine.group_for(bare)
         denied_by = (
             self.denied_by
             or transaction.denied_by
             or _labelled("recipient", self.policy.deny.recipient_set.match(bare))
         )
         if denied_by:
-            transaction.denied_by = denied_by
-            enforcement = engine.deny(transaction.decision_id, self.address_text)
-            transaction.refused.append(bare)
-            transaction.last = self._unscored("denied", enforcement)
-            return RcptDecision(
-                RcptResult.REFUSE,
-                enforcement.reply,
-                action=Action.REJECT,
-                why=f"denied_by={denied_by}",
-            )
-        group = engine.group_for(bare)
+            return self._deny(transaction, bare, denied_by, group)
         if (
             self.policy.split_recipient_policies
             and transaction.group is not None
@@ -332,10 +345,31 @@ class Session:
             RcptResult.CONTINUE, None, verdict, enforcement.action, enforcement.waived_by
         )
 
-    def _unscored(self, reason: str, enforcement: Enforcement) -> Judgement:
+    def _deny(
+        self, transaction: Transaction, bare: str, denied_by: str, group: Group
+    ) -> RcptDecision:
+        if denied_by not in transaction.recipients_denied_by:
+            transaction.recipients_denied_by.append(denied_by)
+        if group.mode is Mode.OBSERVE:
+            # Observe mode refuses nothing, deny lists included: log what would have happened.
+            enforcement = Enforcement(Action.ACCEPT, waived_by="observe")
+            transaction.last = self._unscored("denied", Action.REJECT, enforcement)
+            transaction.accepted.append(bare)
+            transaction.group = transaction.group or group
+            transaction.groups[group.name] = group
+            return RcptDecision(RcptResult.CONTINUE, why=f"denied_by={denied_by}, observe")
+        enforcement = self.engine.deny(transaction.decision_id, self.address_text)
+        transaction.refused.append(bare)
+        transaction.last = self._unscored("denied", Action.REJECT, enforcement)
+        return RcptDecision(
+            RcptResult.REFUSE, enforcement.reply, action=Action.REJECT, why=f"denied_by={denied_by}"
+        )
+
+    def _unscored(self, reason: str, action: Action, enforcement: Enforcement) -> Judgement:
         """For allow and deny list decisions: nothing is scored, nothing waited for."""
         evidence = Evidence((), reason, ())
-        return Judgement(evidence, self.engine.evaluate(evidence), enforcement)
+        verdict = dataclasses.replace(self.engine.evaluate(evidence), action=action)
+        return Judgement(evidence, verdict, enforcement)
 
     def _accept(self, transaction: Transaction, bare: str, *, why: str) -> RcptDecision:
         """Accept a recipient that must not be refused (exempt or allowlisted)."""
@@ -387,7 +421,7 @@ class Session:
         if lowered == "from":
             transaction.from_domains += found
         source = {"from": DomainSource.FROM, "reply-to": DomainSource.REPLY_TO}.get(lowered)
-        if source is not None and not self.lists_ignored and not transaction.authenticated:
+        if source is not None and not self.lists_ignored and not self._skips(transaction):
             for domain in found[:4]:  # a header with a hundred addresses gets no hundred lookups
                 self._start_domain_lists(source, domain)
 
@@ -449,7 +483,7 @@ class Session:
         if connection_rules:
             connection = ConnectionFacts(
                 address=self.address,
-                helo=self.helo_name,
+                helo=self.helo_name.strip(),
                 rdns=self.rdns() if self.reverse is not None else _UNKNOWN_RDNS,
                 helo_resolves=self.helo_resolution.collect(deadline)
                 if self.helo_resolution
@@ -508,12 +542,20 @@ class Session:
             stage=stage,
             verdict=verdict,
             enforced=judged.enforcement,
-            mode=self.policy.mode,
+            mode=self.engine.group_named(verdict.group).mode,
             lists=evidence.lists,
             lists_ignored=evidence.lists_ignored,
             rdns=_render_rdns(rdns),
-            allowed_by=transaction.allowed_by,
-            denied_by=transaction.denied_by,
+            allowed_by=",".join(
+                dict.fromkeys(
+                    filter(None, [transaction.allowed_by, *transaction.recipients_allowed_by])
+                )
+            ),
+            denied_by=",".join(
+                dict.fromkeys(
+                    filter(None, [transaction.denied_by, *transaction.recipients_denied_by])
+                )
+            ),
             policy_digest=self.policy.digest,
         )
         self.runtime.log(format_decision(decision))
