@@ -23,6 +23,7 @@ from spamgate.dnslists import (
     query_name,
 )
 from spamgate.returncodes import parse_return_code
+from tests.fakes import FakeClock
 
 
 def hit(name: str, score: float, *codes: str) -> ListHit:
@@ -236,14 +237,6 @@ def checks_for(
     lookups = ListLookups(resolver, clock)
     lookups.start_ip_lists(address, lists)
     return lookups
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeLookups:

@@ -11,6 +11,8 @@ import pytest
 
 from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.nameprobes import PendingResolution
+from tests.fakes import FakeClock
+from tests.fakes import ScriptedLookups as FakeLookups
 
 NAME = "client.example"
 Key = tuple[str, str]
@@ -28,40 +30,6 @@ TIMEOUT = DnsAnswer(AnswerKind.TIMEOUT)
 NETWORK = DnsAnswer(AnswerKind.NETWORK)
 MALFORMED = DnsAnswer(AnswerKind.MALFORMED)
 OTHER_RCODE = DnsAnswer(AnswerKind.OTHER_RCODE)
-
-
-class FakeLookups:
-    """Answers scripted questions at once; leaves the others pending for the test to settle."""
-
-    def __init__(self, script: dict[Key, DnsAnswer] | None = None) -> None:
-        self.script = dict(script or {})
-        self.calls: list[Key] = []
-        self.pending: dict[Key, futures.Future[DnsAnswer]] = {}
-        self._lock = threading.Lock()
-
-    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
-        future: futures.Future[DnsAnswer] = futures.Future()
-        with self._lock:
-            self.calls.append((qname, rdtype))
-            answer = self.script.get((qname, rdtype))
-            if answer is None:
-                self.pending[qname, rdtype] = future
-        if answer is not None:
-            future.set_result(answer)
-        return future
-
-    def answer(self, qname: str, rdtype: str, answer: DnsAnswer) -> None:
-        with self._lock:
-            future = self.pending.pop((qname, rdtype))
-        future.set_result(answer)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def probe(

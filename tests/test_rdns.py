@@ -19,6 +19,8 @@ from spamgate.rdns import (
     from_mta_macros,
     ptr_names,
 )
+from tests.fakes import FakeClock
+from tests.fakes import ScriptedLookups as FakeLookups
 
 CLIENT_V4 = "192.0.2.1"
 PTR_V4 = "1.2.0.192.in-addr.arpa"
@@ -36,40 +38,6 @@ NXDOMAIN = DnsAnswer(AnswerKind.NXDOMAIN, ttl=300)
 NODATA = DnsAnswer(AnswerKind.NODATA, ttl=300)
 SERVFAIL = DnsAnswer(AnswerKind.SERVFAIL)
 TIMEOUT = DnsAnswer(AnswerKind.TIMEOUT)
-
-
-class FakeLookups:
-    """Answers scripted questions at once; leaves the others pending for the test to finish."""
-
-    def __init__(self, script: dict[Key, DnsAnswer] | None = None) -> None:
-        self.script = dict(script or {})
-        self.calls: list[Key] = []
-        self.pending: dict[Key, futures.Future[DnsAnswer]] = {}
-        self._lock = threading.Lock()
-
-    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
-        future: futures.Future[DnsAnswer] = futures.Future()
-        with self._lock:
-            self.calls.append((qname, rdtype))
-            answer = self.script.get((qname, rdtype))
-            if answer is None:
-                self.pending[qname, rdtype] = future
-        if answer is not None:
-            future.set_result(answer)
-        return future
-
-    def answer(self, qname: str, rdtype: str, answer: DnsAnswer) -> None:
-        with self._lock:
-            future = self.pending.pop((qname, rdtype))
-        future.set_result(answer)
-
-
-class FakeClock:
-    def __init__(self, now: float = 500.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def start(lookups: FakeLookups, client: str = CLIENT_V4) -> PendingReverse:

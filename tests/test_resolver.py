@@ -32,6 +32,7 @@ from spamgate.resolver import (
     interpret,
     system_nameservers,
 )
+from tests.fakes import FakeClock
 
 QNAME = "2.0.0.127.zen.test"
 SOA = "ns.zen.test. hostmaster.zen.test. 1 3600 600 86400 {minimum}"
@@ -252,14 +253,6 @@ def test_interpret_other_types(message: dns.message.Message, expected: DnsAnswer
 
 
 # --- AnswerCache -------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def listed(ttl: int) -> DnsAnswer:

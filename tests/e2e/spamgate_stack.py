@@ -154,14 +154,9 @@ class Stack:
 
     def delivered(self, subject: str) -> SinkMessage:
         """The message with this Subject at the sink (bounded wait)."""
-        found: list[SinkMessage] = []
-
-        def arrived() -> bool:
-            found[:] = [m for m in self.sink.messages() if m.message["Subject"] == subject]
-            return bool(found)
-
-        wait_until(arrived, timeout=10, what=f"message {subject!r} at the sink", interval=0.05)
-        return found[0]
+        return self.sink.wait_for_message(
+            lambda m: m.message["Subject"] == subject, f"message {subject!r} at the sink"
+        )
 
 
 @contextmanager

@@ -20,7 +20,7 @@ import pytest
 from tests.e2e.spamgate_stack import SpamgateDaemon
 from tests.harness.dns import Rbldnsd, Zone
 from tests.harness.postfix import Listener, PostfixInstance
-from tests.harness.processes import free_port, wait_until
+from tests.harness.processes import free_port
 from tests.harness.sink import SinkMessage, SmtpSink
 from tests.harness.smtp import SendResult, send
 
@@ -148,29 +148,19 @@ class PolicyStack:
         )
 
     def delivered(self, subject: str) -> SinkMessage:
-        found: list[SinkMessage] = []
-
-        def arrived() -> bool:
-            found[:] = [m for m in self.sink.messages() if m.message["Subject"] == subject]
-            return bool(found)
-
-        wait_until(arrived, timeout=10, what=f"message {subject!r} at the sink", interval=0.05)
-        return found[0]
+        return self.sink.wait_for_message(
+            lambda m: m.message["Subject"] == subject, f"message {subject!r} at the sink"
+        )
 
     def hits_of(self, result: SendResult) -> set[str]:
         """The hit names in X-Spam-Status of the message `result` queued (found by queue id)."""
         queue_id = result.queue_id
         assert queue_id is not None, result
-        found: list[SinkMessage] = []
-
-        def arrived() -> bool:
-            found[:] = [
-                m for m in self.sink.messages() if f" id {queue_id}" in str(m.message["Received"])
-            ]
-            return bool(found)
-
-        wait_until(arrived, timeout=10, what=f"queue id {queue_id} at the sink", interval=0.05)
-        status = found[0].message["X-Spam-Status"]
+        delivered = self.sink.wait_for_message(
+            lambda m: f" id {queue_id}" in str(m.message["Received"]),
+            f"queue id {queue_id} at the sink",
+        )
+        status = delivered.message["X-Spam-Status"]
         assert status is not None, f"no X-Spam-Status on {queue_id}"
         names = re.search(r"hits=(\S*)", status)
         assert names is not None

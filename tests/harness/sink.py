@@ -8,6 +8,7 @@ import email.policy
 import os
 import pwd
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -104,6 +105,19 @@ class SmtpSink(Service):
             interval=0.05,
         )
         return self.messages()
+
+    def wait_for_message(
+        self, matches: Callable[[SinkMessage], bool], what: str, timeout: float = 10.0
+    ) -> SinkMessage:
+        """The first received message that `matches` (bounded wait)."""
+        found: list[SinkMessage] = []
+
+        def arrived() -> bool:
+            found[:] = [m for m in self.messages() if matches(m)]
+            return bool(found)
+
+        wait_until(arrived, timeout=timeout, what=what, log_tail=self.log_tail, interval=0.05)
+        return found[0]
 
     def clear(self) -> None:
         """Forget the messages received so far."""

@@ -1,0 +1,46 @@
+"""Test doubles shared by the unit tests: a clock that stands still, a scripted resolver."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+
+from spamgate.answers import DnsAnswer
+
+Question = tuple[str, str]  # (qname, rdtype)
+
+
+class FakeClock:
+    """A monotonic clock that stands still until a test sets `now`."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedLookups:
+    """Answers scripted questions at once; leaves the others pending for the test to answer."""
+
+    def __init__(self, script: dict[Question, DnsAnswer] | None = None) -> None:
+        self.script = dict(script or {})
+        self.calls: list[Question] = []
+        self.pending: dict[Question, futures.Future[DnsAnswer]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
+        future: futures.Future[DnsAnswer] = futures.Future()
+        with self._lock:
+            self.calls.append((qname, rdtype))
+            answer = self.script.get((qname, rdtype))
+            if answer is None:
+                self.pending[qname, rdtype] = future
+        if answer is not None:
+            future.set_result(answer)
+        return future
+
+    def answer(self, qname: str, rdtype: str, answer: DnsAnswer) -> None:
+        with self._lock:
+            future = self.pending.pop((qname, rdtype))
+        future.set_result(answer)
