@@ -451,6 +451,7 @@ def test_only_callbacks_separated_by_an_smtp_round_trip_skip_their_reply() -> No
         b"{client_ptr}",
     }
     assert ctx._symlist[Milter.M_ENVFROM] == {b"{auth_authen}"}
+    assert ctx._symlist[Milter.M_EOH] == {b"i"}
     assert ctx._symlist[Milter.M_EOM] == {b"i"}
 
 

@@ -13,7 +13,6 @@ from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.config import DomainList, IpList, ListHit
 from spamgate.dnslists import (
     IPAddress,
-    ListCounters,
     ListLookups,
     ListOutcome,
     ListStatus,
@@ -365,23 +364,6 @@ def test_no_applicable_lists_collects_nothing() -> None:
     checks = checks_for(lookups, CLIENT, (V6_ONLY,), FakeClock())
     assert lookups.futures == {}
     assert checks.collect(2.0) == ()
-
-
-# --- ListCounters ------------------------------------------------------------------------------
-
-
-def test_counters_tally_each_list_by_status_and_failure() -> None:
-    zen = IpList(name="ZEN", zone="zen.test", score=10.0)
-    wl = IpList(name="WL", zone="wl.test", score=-5.0)
-    counters = ListCounters()
-    clean = DnsAnswer(AnswerKind.NXDOMAIN)
-    counters.record([classify(zen, addresses("127.0.0.2")), classify(wl, clean)])
-    counters.record([classify(zen, DnsAnswer(AnswerKind.TIMEOUT)), classify(wl, clean)])
-    counters.record([classify(zen, DnsAnswer(AnswerKind.RECORDS, ("127.255.255.254",)))])
-    assert counters.lines() == [
-        "list=WL checks=2 listed=0 clean=2 unusable=0",
-        "list=ZEN checks=3 listed=1 clean=0 unusable=2 error-code=1 timeout=1",
-    ]
 
 
 def test_domain_lookups_carry_their_subject_and_stage() -> None:

@@ -58,6 +58,9 @@ def test_tour_sets_every_top_level_key() -> None:
         "skip_authenticated",
         "add_headers",
         "exempt_recipients",
+        "shutdown_grace",
+        "health",
+        "metrics",
     }
     assert written | elsewhere == set(Policy.__dataclass_fields__) - {"digest"}
 

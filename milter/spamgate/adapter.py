@@ -15,6 +15,7 @@ Protocol rules this module keeps (see PYMILTER-FACTS and libmilter's smfi_* page
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -45,6 +46,9 @@ CONNECT_MACROS = ("j", "{daemon_addr}", "{client_resolve}", "{client_ptr}")
 MACROS = {
     Milter.M_CONNECT: CONNECT_MACROS,
     Milter.M_ENVFROM: ("{auth_authen}",),
+    # Sendmail (8.17) honours a milter's end-of-message list only if it also asked for
+    # end-of-header macros (milter.c checks the wrong flag): ask for the queue id at both.
+    Milter.M_EOH: ("i",),
     Milter.M_EOM: ("i",),
 }
 
@@ -91,6 +95,11 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
         self.connection_failed = False
 
     def negotiate(self, opts: list[int]) -> int:
+        if self.session.runtime.draining:
+            # Stopping: a new session is turned away, so Postfix applies milter_default_action
+            # to it at once, as it would if spamgate were already gone.
+            self.session.close()
+            return int(Milter.REJECT)
         result = int(super().negotiate(opts))
         offered = opts[0]
         opts[0] &= ACTIONS
@@ -190,6 +199,8 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
         if callback in ("connect", "hello"):
             self.connection_failed = True
         session = self.session
+        if session.runtime.metrics is not None:
+            session.runtime.metrics.errors.labels(callback).inc()
         transaction = session.transaction
         log.error(
             "internal error in %s: id=%s client=%s on_error=%s error=%r traceback=%s",
@@ -227,8 +238,16 @@ def client_address(family: int, hostaddr: Any) -> IPAddress | None:
         return None
 
 
-def serve(runtime: Runtime, listen: ListenAddress, mode: SocketMode) -> None:
-    """Run the milter until libmilter is told to stop (SIGTERM, SIGINT or SIGHUP)."""
+def serve(
+    runtime: Runtime,
+    listen: ListenAddress,
+    mode: SocketMode,
+    on_listening: Callable[[], None] = lambda: None,
+) -> None:
+    """Run the milter until libmilter is told to stop (SIGTERM, SIGINT or SIGHUP).
+
+    `on_listening` runs once the socket accepts connections (systemd's READY=1 goes there).
+    """
     Milter.factory = lambda: SpamgateMilter(runtime)
     libmilter.set_flags(ACTIONS)
     _register_callbacks()
@@ -247,8 +266,24 @@ def serve(runtime: Runtime, listen: ListenAddress, mode: SocketMode) -> None:
         os.chmod(listen.path, mode.bits)
     else:
         _set_nodelay(listen)
-    log.info("listening on %s", listen)
+    on_listening()
     libmilter.main()
+
+
+def stop_milter() -> None:
+    """Tell libmilter to stop accepting and return from its main loop (smfi_stop)."""
+    libmilter.stop()
+
+
+def poke(listen: ListenAddress) -> None:
+    """Connect to our own socket: libmilter's accept loop checks for stop only when it wakes."""
+    family = socket.AF_UNIX if listen.family == "unix" else socket.AF_INET
+    if listen.family == "inet6":
+        family = socket.AF_INET6
+    address: Any = listen.path if listen.family == "unix" else (listen.host, listen.port)
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        probe.connect(address)
 
 
 class ListenError(Exception):

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from spamgate import __version__, explain
+from spamgate import __version__, explain, listcmd
 from spamgate.config import load_policy
 from spamgate.schema import ConfigError
 
@@ -35,10 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", "run the milter daemon in the foreground"),
         ("check-config", "validate a policy file and exit 0 if it is good"),
         ("explain", "score a client and optionally a message file; exit status is the action"),
+        ("lists", "show the running daemon's view of each DNS list (state, hit and error rate)"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         if name == "explain":
             explain.add_arguments(command)
+        if name == "check-config":
+            command.add_argument(
+                "--probe",
+                action="store_true",
+                help="also ask every DNS list its RFC 5782 test entries; exit 69 if one fails",
+            )
         command.add_argument(
             "-c",
             "--config",
@@ -62,9 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(policy.domain_lists)} domain lists, {len(policy.rules)} rules, "
             f"policy {policy.digest})"
         )
-        return 0
+        return listcmd.probe(policy) if args.probe else 0
     if args.command == "explain":
         return explain.run(policy, args)
+    if args.command == "lists":
+        return listcmd.show(policy)
     # Imported here so check-config and explain work without loading libmilter.
     from spamgate.daemon import run  # noqa: PLC0415
 

@@ -195,6 +195,33 @@ DEFAULT_TRUSTED = tuple(
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = setting(
+        "`HOST:PORT` (`[::1]:9464` for IPv6) of the Prometheus endpoint, /metrics; empty: no "
+        "endpoint. Keep it on loopback.",
+        "",
+    )
+
+    def check(self) -> None:
+        if self.listen:
+            try:
+                self.address()
+            except ValueError as error:
+                raise FieldError("listen", str(error)) from None
+
+    def address(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {self.listen!r}")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"metrics host must be an IP address, got {host!r}") from None
+        return host, int(port)
+
+
+@dataclass(frozen=True)
 class LogSettings:
     target: str = setting("`stderr` (journald picks it up), `syslog`, or a file path.", "stderr")
     level: LogLevel = setting("Least severe level written.", LogLevel.INFO)
@@ -287,6 +314,62 @@ class ListHit:
 
 
 @dataclass(frozen=True)
+class ProbeSettings:
+    enabled: bool = setting(
+        "Probe this list (RFC 5782 test entries) and suspend it while it fails; turn off for "
+        "a list that does not follow the RFC.",
+        True,
+    )
+    listed: str = setting(
+        "Test entry the list must list: an address for IP lists, a name for domain lists.",
+        "",
+        shown_default="127.0.0.2 (::ffff:7f00:2 for IPv6-only lists, `test` for domain lists)",
+    )
+    unlisted: str = setting(
+        "Test entry the list must not list.",
+        "",
+        shown_default="127.0.0.1 (::ffff:7f00:1, `invalid`)",
+    )
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    probe_interval: float = setting(
+        "Seconds between probes of a healthy list.", 600, minimum=10, maximum=86400
+    )
+    retry_min: float = setting(
+        "Seconds before a suspended list is probed again; doubles each time it still fails.",
+        60,
+        minimum=1,
+        maximum=86400,
+    )
+    retry_max: float = setting(
+        "Longest wait between probes of a suspended list.", 3600, minimum=1, maximum=86400
+    )
+    max_hit_ratio: float = setting(
+        "Suspend a list that lists more than this share of clients over `window` (a dead "
+        "list that lists the whole internet must not reject the world).",
+        0.9,
+        minimum=0.01,
+        maximum=1,
+    )
+    window: float = setting(
+        "Seconds over which the hit ratio is measured.", 600, minimum=10, maximum=86400
+    )
+    min_checks: int = setting(
+        "Checks needed in the window before the hit ratio is judged.", 100, minimum=1
+    )
+    status_file: str = setting(
+        "Where the daemon writes list health for `spamgate lists` (every 10 s); empty: nowhere.",
+        "/run/spamgate/status.json",
+    )
+
+    def check(self) -> None:
+        if self.retry_min > self.retry_max:
+            raise FieldError("retry_min", "must not exceed retry_max")
+
+
+@dataclass(frozen=True)
 class DnsList:
     """What IP lists and domain lists have in common."""
 
@@ -311,6 +394,7 @@ class DnsList:
         "`observe` logs this list's hits without letting them count (to trial a list).",
         Mode.ENFORCE,
     )
+    probe: ProbeSettings = setting("Health probes of this list.", factory=ProbeSettings)
     # Filled in by __post_init__: the hits to score, whichever form the file used.
     scored_hits: tuple[ListHit, ...] = field(init=False, repr=False, compare=False)
 
@@ -341,6 +425,13 @@ class IpList(DnsList):
         super().check()
         if not (self.ipv4 or self.ipv6):
             raise FieldError("ipv6", "a list must be queried for IPv4, IPv6 or both")
+        for key in ("listed", "unlisted"):
+            entry = getattr(self.probe, key)
+            try:
+                if entry:
+                    ipaddress.ip_address(entry)
+            except ValueError:
+                raise FieldError(("probe", key), f"{entry!r} is not an IP address") from None
 
 
 class DomainSource(enum.Enum):
@@ -377,6 +468,10 @@ class DomainList(DnsList):
 
     def check(self) -> None:
         super().check()
+        for key in ("listed", "unlisted"):
+            entry = getattr(self.probe, key)
+            if entry and not all(_LABEL_RE.match(label) for label in entry.split(".")):
+                raise FieldError(("probe", key), f"{entry!r} is not a domain name")
         if not self.check_names:
             raise FieldError(
                 "check_names", "name at least one of helo, ptr, sender, from, reply_to"
@@ -717,8 +812,18 @@ class Policy:
         "What an internal error does to the mail at hand: `accept` it or `tempfail` it (451).",
         OnError.ACCEPT,
     )
+    shutdown_grace: float = setting(
+        "Seconds a stopping daemon lets sessions in progress finish (it accepts no new ones).",
+        10,
+        minimum=0,
+        maximum=600,
+    )
     log: LogSettings = setting("Logging.", factory=LogSettings)
+    metrics: MetricsSettings = setting("The Prometheus endpoint.", factory=MetricsSettings)
     resolver: ResolverSettings = setting("DNS for list lookups.", factory=ResolverSettings)
+    health: HealthSettings = setting(
+        "Probes and circuit breaker that suspend a DNS list gone bad.", factory=HealthSettings
+    )
     trusted_networks: tuple[IPNetwork, ...] = setting(
         "Clients in these networks are never looked up in DNS lists.",
         DEFAULT_TRUSTED,

@@ -1,24 +1,73 @@
-"""Process set-up around the milter: logging, the resolver thread, start and stop."""
+"""The running daemon: logging, the resolver, reload, list health, start and stop.
+
+Threads: the main thread (takes the signals: SIGUSR1 reloads, SIGTERM/SIGINT/SIGHUP drain
+and stop), libmilter's main loop and its workers (one per SMTP session), the resolver's
+asyncio loop, health (probes lists, writes the status file) and stats (the periodic stats
+lines). Every loop of ours is bounded by the `stopping` event or a timeout.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import json
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
 
-from spamgate import __version__
-from spamgate.adapter import ListenError, serve
-from spamgate.config import LogSettings, Policy
+from spamgate import __version__, sdnotify
+from spamgate.adapter import ListenError, poke, serve, stop_milter
+from spamgate.config import (
+    DnsList,
+    ListenAddress,
+    LogSettings,
+    Nameserver,
+    Policy,
+    load_policy,
+)
 from spamgate.engine import Engine
+from spamgate.listhealth import ListMonitor, probe_lists
+from spamgate.metrics import DaemonState, Metrics
 from spamgate.resolver import Resolver
+from spamgate.schema import ConfigError
 from spamgate.session import Runtime
 
 log = logging.getLogger("spamgate")
+decisions = logging.getLogger("spamgate.decision")
 
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
+RELOAD_SIGNAL = signal.SIGUSR1
+# Blocked in every thread (threads inherit the mask, so before any starts: otherwise the kernel
+# may hand SIGTERM to, say, the resolver thread and the process dies on the spot) and taken
+# with sigtimedwait() by the main thread.
+HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT, RELOAD_SIGNAL}
+STATUS_EVERY = 10.0
+EX_CONFIG = 78
+
+# Resolvers that DNS list operators refuse (Spamhaus answers them 127.255.255.254): shared by
+# millions, they exceed any free query quota. A local caching resolver is the fix.
+PUBLIC_RESOLVERS = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "8.8.8.8", "8.8.4.4", "2001:4860:4860::8888", "2001:4860:4860::8844",  # Google
+        "1.1.1.1", "1.0.0.1", "2606:4700:4700::1111", "2606:4700:4700::1001",  # Cloudflare
+        "9.9.9.9", "149.112.112.112", "2620:fe::fe", "2620:fe::9",  # Quad9
+        "208.67.222.222", "208.67.220.220", "2620:119:35::35", "2620:119:53::53",  # OpenDNS
+        "94.140.14.14", "94.140.15.15",  # AdGuard
+        "64.6.64.6", "64.6.65.6",  # Verisign
+        "4.2.2.1", "4.2.2.2", "4.2.2.3", "4.2.2.4", "4.2.2.5", "4.2.2.6",  # Level 3
+        "185.228.168.9", "185.228.169.9",  # CleanBrowsing
+        "76.76.2.0", "76.76.10.0",  # Control D
+    )
+)  # fmt: skip
 
 
 def configure_logging(settings: LogSettings) -> None:
@@ -36,76 +85,307 @@ def configure_logging(settings: LogSettings) -> None:
         handler = logging.FileHandler(settings.target)
         handler.setFormatter(logging.Formatter(_FORMAT))
     root = logging.getLogger("spamgate")
+    old = root.handlers[:]
     root.handlers[:] = [handler]
     root.setLevel(settings.level.value.upper())
     root.propagate = False
+    for stale in old:
+        stale.close()
 
 
-# libmilter stops on these: its own thread sigwait()s for them, which only works if no other
-# thread can take them. Threads inherit the mask, so block them before starting any thread,
-# or the kernel hands SIGTERM to (say) the resolver thread and the process dies on the spot.
-LIBMILTER_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+def public_resolvers(nameservers: tuple[Nameserver, ...]) -> list[str]:
+    return [str(ns) for ns in nameservers if ipaddress.ip_address(ns.host) in PUBLIC_RESOLVERS]
 
 
-def log_stats(runtime: Runtime, resolver: Resolver) -> None:
-    for line in runtime.counters.lines():
-        log.info("stats %s", line)
-    stats = resolver.stats
-    log.info(
-        "stats resolver lookups=%d cache_hits=%d merged=%d queries_sent=%d cache_entries=%d",
-        stats.lookups,
-        stats.cache_hits,
-        stats.merged,
-        stats.queries_sent,
-        len(resolver.cache),
-    )
+class Daemon:
+    def __init__(self, policy: Policy, config_path: str) -> None:
+        self.config_path = config_path
+        self.policy = policy
+        self.generation = 1
+        self.resolver = Resolver(policy.resolver)
+        lists = (*policy.ip_lists, *policy.domain_lists)
+        self.monitor = ListMonitor(lists, policy.health, time.monotonic)
+        self.metrics = Metrics()
+        self.runtime = Runtime(
+            Engine(policy),
+            self.resolver,
+            monitor=self.monitor,
+            metrics=self.metrics,
+            log=decisions.info,
+            generation=self.generation,
+        )
+        self.metrics.watch(self._state)
+        self.stopping = threading.Event()
+        self._reload_lock = threading.Lock()
+        self._status_warned = False
+        self._watchdog: sdnotify.Watchdog | None = None
+
+    # -- start and stop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            configure_logging(self.policy.log)
+        except OSError as error:
+            print(f"spamgate: cannot log to {self.policy.log.target}: {error}", file=sys.stderr)
+            return 1
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        self.resolver.start()
+        self._log_start()
+        if self.policy.metrics.listen:
+            try:
+                self.metrics.serve(*self.policy.metrics.address())
+            except OSError as error:
+                log.error("cannot serve metrics on %s: %s", self.policy.metrics.listen, error)
+                self.resolver.stop()
+                return 1
+        helpers = [
+            threading.Thread(target=self._health_loop, name="spamgate-health", daemon=True),
+            threading.Thread(target=self._stats_loop, name="spamgate-stats", daemon=True),
+        ]
+        for thread in helpers:
+            thread.start()
+        milter = MilterThread(self.runtime, self.policy, self._ready)
+        milter.start()
+        try:
+            self._wait_for_signals(milter)
+            return milter.exit_status
+        finally:
+            self.stopping.set()
+            if self._watchdog is not None:
+                self._watchdog.stop()
+            for thread in helpers:
+                thread.join(timeout=5)
+            self.resolver.stop()
+            self.log_stats()
+            log.info("spamgate stopped")
+
+    def _wait_for_signals(self, milter: MilterThread) -> None:
+        """The main thread owns the signals: reload on SIGUSR1, drain and stop on the others.
+
+        libmilter's own signal thread also waits for SIGTERM, SIGHUP and SIGINT and would stop
+        at once, dropping sessions in progress. Linux hands a signal sent to the process to its
+        main thread when that thread is waiting for it (complete_signal() in kernel/signal.c
+        tries the thread group leader first), so it is this loop that sees them.
+        """
+        while milter.is_alive():
+            received = signal.sigtimedwait(HANDLED_SIGNALS, 1.0)
+            if received is None:
+                continue
+            if received.si_signo == RELOAD_SIGNAL:
+                self.reload()
+                continue
+            log.info("received %s: stopping", signal.Signals(received.si_signo).name)
+            sdnotify.stopping()
+            self.runtime.draining = True
+            self._drain()
+            milter.stop(self.policy.listen)
+            return
+
+    def _ready(self) -> None:
+        log.info("listening on %s", self.policy.listen)
+        sdnotify.ready(f"serving, policy {self.policy.digest}")
+        self._watchdog = sdnotify.start_watchdog(self._healthy)
+
+    def _state(self) -> DaemonState:
+        return DaemonState(
+            self.monitor,
+            self.resolver.stats,
+            len(self.resolver.cache),
+            self.runtime.active_sessions(),
+            self.generation,
+        )
+
+    def _healthy(self) -> bool:
+        return not self.stopping.is_set() and self.resolver.running
+
+    def _log_start(self) -> None:
+        policy = self.policy
+        servers = self.resolver.nameservers
+        log.info(
+            "spamgate %s starting: policy %s (%s), mode=%s, %d IP lists, %d domain lists, "
+            "%d rules, DNS via %s",
+            __version__,
+            self.config_path,
+            policy.digest,
+            policy.mode.value,
+            len(policy.ip_lists),
+            len(policy.domain_lists),
+            len(policy.rules),
+            ", ".join(str(s) for s in servers),
+        )
+        public = public_resolvers(servers)
+        if public and (policy.ip_lists or policy.domain_lists):
+            log.warning(
+                "DNS lists are asked through %s, a public resolver: most list operators refuse "
+                "those (Spamhaus answers 127.255.255.254) and the lists will be unusable; use a "
+                "local caching resolver (resolver.nameservers)",
+                ", ".join(public),
+            )
+
+    def _drain(self) -> None:
+        """New sessions are turned away (see SpamgateMilter.negotiate); let the sessions in
+        progress finish, for `shutdown_grace` seconds at most."""
+        grace = self.runtime.engine.policy.shutdown_grace
+        active = self.runtime.active_sessions()
+        if not active:
+            return
+        log.info("stopping: %d session(s) in progress, waiting up to %g s", active, grace)
+        give_up = time.monotonic() + grace
+        while self.runtime.active_sessions() and time.monotonic() < give_up:
+            time.sleep(0.05)
+        left = self.runtime.active_sessions()
+        if left:
+            log.warning("stopping with %d session(s) still in progress", left)
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Load the policy file again and swap it in whole, or keep the old one."""
+        with self._reload_lock:
+            sdnotify.reloading()
+            try:
+                return self._swap()
+            finally:
+                sdnotify.ready(f"serving, policy {self.policy.digest}")
+
+    def _swap(self) -> bool:
+        old = self.policy
+        try:
+            new = load_policy(self.config_path)
+        except ConfigError as error:
+            log.error("reload failed, still using policy %s: %s", old.digest, error)
+            return False
+        if new.log != old.log:
+            try:
+                configure_logging(new.log)
+            except OSError as error:
+                log.error("reload failed, still using policy %s: log: %s", old.digest, error)
+                return False
+        for key in ("listen", "socket_mode", "metrics"):
+            if getattr(new, key) != getattr(old, key):
+                log.warning("reload: %s changed; it takes effect at the next restart", key)
+        if new.resolver != old.resolver:
+            self._swap_resolver(new)
+        self.monitor.reconfigure((*new.ip_lists, *new.domain_lists), new.health)
+        self.generation += 1
+        self.policy = new
+        # One assignment: a connection reads `engine` once when it starts and keeps it.
+        self.runtime.engine = Engine(new)
+        self.runtime.generation = self.generation
+        log.info(
+            "reloaded policy %s (%s), generation %d", self.config_path, new.digest, self.generation
+        )
+        return True
+
+    def _swap_resolver(self, new: Policy) -> None:
+        old = self.resolver
+        fresh = Resolver(new.resolver)
+        fresh.start()
+        self.resolver = fresh
+        self.runtime.resolver = fresh
+        # Sessions that started before keep asking the old one until they end.
+        grace = max(new.resolver.deadline, old.settings.deadline) * 2 + new.shutdown_grace
+        timer = threading.Timer(grace, old.stop)
+        timer.daemon = True
+        timer.start()
+
+    # -- list health and status -------------------------------------------------------------
+
+    def _health_loop(self) -> None:
+        next_status = 0.0
+        while not self.stopping.wait(1.0):
+            due = self.monitor.due_for_probe()
+            if due:
+                self.probe(due)
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + STATUS_EVERY
+                self.write_status()
+
+    def probe(self, lists: list[DnsList]) -> None:
+        lookup = partial(self.resolver.lookup, rdtype="A", fresh=True)
+        problems = probe_lists(lists, lookup, self.policy.resolver.deadline * 2)
+        for dns_list in lists:
+            if dns_list.name in problems:
+                self.monitor.apply_probe(dns_list, problems[dns_list.name])
+
+    def write_status(self) -> None:
+        path = self.policy.health.status_file
+        if not path:
+            return
+        status = {
+            "written_at": time.time(),
+            "pid": os.getpid(),
+            "policy": self.policy.digest,
+            "generation": self.generation,
+            "sessions": self.runtime.active_sessions(),
+            "lists": [asdict(report) for report in self.monitor.reports()],
+        }
+        target = Path(path)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}")
+        try:
+            temporary.write_text(json.dumps(status, indent=1))
+            os.replace(temporary, target)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            if not self._status_warned:
+                log.warning("cannot write the status file %s: %s", path, error.strerror)
+                self._status_warned = True
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def _stats_loop(self) -> None:
+        last = time.monotonic()
+        while not self.stopping.wait(1.0):
+            interval = self.policy.log.stats_interval
+            if interval and time.monotonic() - last >= interval:
+                last = time.monotonic()
+                self.log_stats()
+
+    def log_stats(self) -> None:
+        for line in self.monitor.lines():
+            log.info("stats %s", line)
+        stats = self.resolver.stats
+        log.info(
+            "stats resolver lookups=%d cache_hits=%d merged=%d queries_sent=%d cache_entries=%d",
+            stats.lookups,
+            stats.cache_hits,
+            stats.merged,
+            stats.queries_sent,
+            len(self.resolver.cache),
+        )
 
 
-def _report_every(interval: int, stopped: threading.Event, report: Callable[[], None]) -> None:
-    while not stopped.wait(interval):
-        report()
+class MilterThread(threading.Thread):
+    """libmilter's main loop, off the main thread so that the main thread can own signals."""
+
+    def __init__(self, runtime: Runtime, policy: Policy, on_listening: Callable[[], None]) -> None:
+        super().__init__(name="spamgate-milter", daemon=True)
+        self._runtime = runtime
+        self._policy = policy
+        self._on_listening = on_listening
+        self.exit_status = 0
+
+    def run(self) -> None:
+        try:
+            serve(self._runtime, self._policy.listen, self._policy.socket_mode, self._on_listening)
+        except ListenError as error:
+            log.error("%s", error)
+            self.exit_status = 1
+        except Exception:
+            log.exception("milter stopped with an error")
+            self.exit_status = 1
+
+    def stop(self, listen: ListenAddress) -> None:
+        """Ask libmilter to stop, and wake its accept loop, which looks only every 5 s."""
+        stop_milter()
+        deadline = time.monotonic() + 10
+        while self.is_alive() and time.monotonic() < deadline:
+            poke(listen)
+            self.join(timeout=0.1)
+        if self.is_alive():
+            log.warning("libmilter did not stop within 10 s")
 
 
 def run(policy: Policy, config_path: str) -> int:
-    try:
-        configure_logging(policy.log)
-    except OSError as error:
-        print(f"spamgate: cannot log to {policy.log.target}: {error}", file=sys.stderr)
-        return 1
-    signal.pthread_sigmask(signal.SIG_BLOCK, LIBMILTER_SIGNALS)
-    resolver = Resolver(policy.resolver)
-    resolver.start()
-    servers = ", ".join(str(server) for server in resolver.nameservers)
-    log.info(
-        "spamgate %s starting: policy %s (%s), mode=%s, %d DNS lists via %s, %d rules",
-        __version__,
-        config_path,
-        policy.digest,
-        policy.mode.value,
-        len(policy.ip_lists),
-        servers,
-        len(policy.rules),
-    )
-    runtime = Runtime(Engine(policy), resolver, log=logging.getLogger("spamgate.decision").info)
-    stopped = threading.Event()
-    if policy.log.stats_interval:
-        threading.Thread(
-            target=_report_every,
-            args=(policy.log.stats_interval, stopped, lambda: log_stats(runtime, resolver)),
-            name="spamgate-stats",
-            daemon=True,
-        ).start()
-    try:
-        serve(runtime, policy.listen, policy.socket_mode)
-    except ListenError as error:
-        log.error("%s", error)
-        return 1
-    except Exception:
-        log.exception("milter stopped with an error")
-        return 1
-    finally:
-        stopped.set()
-        resolver.stop()
-        log_stats(runtime, resolver)
-    log.info("spamgate stopped")
-    return 0
+    return Daemon(policy, config_path).run()

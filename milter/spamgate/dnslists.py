@@ -7,14 +7,14 @@ a hit, whatever addresses came back.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import enum
 import ipaddress
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Protocol
 
 from spamgate.answers import AnswerKind, DnsAnswer, Lookups
 from spamgate.config import DnsList, IpList, ListHit
@@ -98,33 +98,12 @@ def _unusable(
     return ListOutcome(dns_list, ListStatus.UNUSABLE, codes, failure=failure, latency_ms=latency_ms)
 
 
-class ListCounters:
-    """How each list has answered since start, for the periodic stats line; thread-safe."""
+class ListRecorder(Protocol):
+    """Where list outcomes are counted, and which lists are suspended (see listhealth)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[str, collections.Counter[str]] = {}
+    def record(self, outcomes: Iterable[ListOutcome]) -> None: ...
 
-    def record(self, outcomes: Sequence[ListOutcome]) -> None:
-        with self._lock:
-            for outcome in outcomes:
-                counts = self._counts.setdefault(outcome.dns_list.name, collections.Counter())
-                counts["checks"] += 1
-                counts[outcome.status.value] += 1
-                if outcome.failure:
-                    counts[outcome.failure] += 1
-
-    def lines(self) -> list[str]:
-        """One `list=NAME checks=N listed=N clean=N unusable=N <failure>=N ...` per list."""
-        with self._lock:
-            snapshot = {name: dict(counts) for name, counts in sorted(self._counts.items())}
-        lines = []
-        for name, counts in snapshot.items():
-            fixed = ("checks", "listed", "clean", "unusable")
-            parts = [f"{key}={counts.get(key, 0)}" for key in fixed]
-            parts += [f"{k}={v}" for k, v in sorted(counts.items()) if k not in fixed]
-            lines.append(f"list={name} " + " ".join(parts))
-        return lines
+    def is_suspended(self, name: str) -> bool: ...
 
 
 @dataclass
@@ -144,11 +123,11 @@ class ListLookups:
     waited for at most `deadline` seconds from its own start."""
 
     def __init__(
-        self, resolver: Lookups, clock: Callable[[], float], counters: ListCounters | None = None
+        self, resolver: Lookups, clock: Callable[[], float], recorder: ListRecorder | None = None
     ) -> None:
         self._resolver = resolver
         self._clock = clock
-        self._counters = counters
+        self._recorder = recorder
         self._lookups: list[_Lookup] = []
         self._lock = threading.Lock()
 
@@ -162,6 +141,17 @@ class ListLookups:
         started_at: float | None = None,
     ) -> None:
         """Start one lookup; its deadline runs from `started_at` (default: now)."""
+        recorder = self._recorder
+        if recorder is not None and recorder.is_suspended(dns_list.name):
+            # A list gone bad is not asked at all: its outcome is known.
+            outcome = _unusable(dns_list, "suspended", (), None)
+            outcome = dataclasses.replace(outcome, subject=subject) if subject else outcome
+            recorder.record([outcome])
+            done: futures.Future[DnsAnswer] = futures.Future()
+            done.set_result(DnsAnswer(AnswerKind.NETWORK, detail="suspended"))
+            with self._lock:
+                self._lookups.append(_Lookup(dns_list, subject, stage, done, 0.0, 0.0, outcome))
+            return
         with self._lock:
             if any(x.dns_list is dns_list and x.subject == subject for x in self._lookups):
                 return  # the same name twice (two From: headers): one lookup
@@ -192,8 +182,8 @@ class ListLookups:
                 futures.wait(waiting, timeout=remaining)
             for lookup in open_:
                 lookup.outcome = self._outcome(lookup, deadline)
-            if self._counters is not None:
-                self._counters.record([x.outcome for x in open_ if x.outcome is not None])
+            if self._recorder is not None:
+                self._recorder.record([x.outcome for x in open_ if x.outcome is not None])
         return tuple(x.outcome for x in wanted if x.outcome is not None)
 
     def _outcome(self, lookup: _Lookup, deadline: float) -> ListOutcome:

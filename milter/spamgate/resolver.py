@@ -140,6 +140,15 @@ class Resolver:
     def nameservers(self) -> tuple[Nameserver, ...]:
         return self._nameservers
 
+    @property
+    def settings(self) -> ResolverSettings:
+        return self._settings
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return self._loop is not None and thread is not None and thread.is_alive()
+
     def start(self) -> None:
         ready = threading.Event()
         self._thread = threading.Thread(
@@ -185,12 +194,15 @@ class Resolver:
                     waiter.set_result(stopped)
         self._inflight.clear()
 
-    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
+    def lookup(
+        self, qname: str, rdtype: str = "A", *, fresh: bool = False
+    ) -> futures.Future[DnsAnswer]:
         """Start (or join) the lookup of `qname`'s `rdtype` records; safe from any thread.
 
         `rdtype` is one of RDTYPES; anything else is a programming error (ValueError). A name
         that cannot be put in a query (an empty label, a label over 63 octets) is answered at
         once as MALFORMED: such names come from clients and must not reach the loop as errors.
+        `fresh` skips the cache (health probes must see the list as it is now).
         """
         if rdtype not in RDTYPES:
             raise ValueError(f"unsupported record type {rdtype!r}")
@@ -200,7 +212,7 @@ class Resolver:
         if not _queryable(key.qname):
             future.set_result(DnsAnswer(AnswerKind.MALFORMED, detail="bad query name"))
             return future
-        cached = self.cache.get(key)
+        cached = None if fresh else self.cache.get(key)
         if cached is not None:
             self.stats.cache_hits += 1
             future.set_result(cached)
@@ -209,12 +221,14 @@ class Resolver:
         try:
             if loop is None:
                 raise RuntimeError("resolver not running")
-            loop.call_soon_threadsafe(self._join_or_start, key, future)
+            loop.call_soon_threadsafe(self._join_or_start, key, future, fresh)
         except RuntimeError as error:
             future.set_result(DnsAnswer(AnswerKind.NETWORK, detail=str(error)))
         return future
 
-    def _join_or_start(self, key: Question, future: futures.Future[DnsAnswer]) -> None:
+    def _join_or_start(
+        self, key: Question, future: futures.Future[DnsAnswer], fresh: bool = False
+    ) -> None:
         if self._loop is None:  # stop() has begun
             future.set_result(DnsAnswer(AnswerKind.NETWORK, detail="resolver stopped"))
             return
@@ -224,7 +238,7 @@ class Resolver:
             waiting.append(future)
             return
         # Another caller's query may have filled the cache since this one looked.
-        cached = self.cache.get(key)
+        cached = None if fresh else self.cache.get(key)
         if cached is not None:
             future.set_result(cached)
             return

@@ -19,16 +19,19 @@ import enum
 import ipaddress
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from spamgate import domains, headers
 from spamgate.answers import Lookups
 from spamgate.config import DomainList, DomainQuery, DomainSource, Mode, Policy
 from spamgate.decisionlog import Decision, format_decision
-from spamgate.dnslists import IPAddress, ListCounters, ListLookups, lookup_address
+from spamgate.dnslists import IPAddress, ListLookups, ListOutcome, lookup_address
 from spamgate.engine import OUR_HEADERS, Action, Enforcement, Engine, Evidence, Group, Verdict
+from spamgate.listhealth import ListMonitor
+from spamgate.metrics import Metrics
 from spamgate.nameprobes import PendingResolution
 from spamgate.rdns import PendingReverse, RdnsStatus, ReverseDns, from_mta_macros
 from spamgate.replies import Reply
@@ -55,9 +58,31 @@ class Runtime:
     clock: Callable[[], float] = time.monotonic
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     new_id: Callable[[], str] = field(default=lambda: secrets.token_hex(5))
-    counters: ListCounters = field(default_factory=ListCounters)
+    monitor: ListMonitor | None = None  # None: one for the engine's lists is made
+    metrics: Metrics | None = None  # None: nothing counted (explain)
     log: Callable[[str], None] = logging.getLogger("spamgate.decision").info
     dns: bool = True  # False (explain --no-dns): no lookups; lists logged as ignored
+    generation: int = 1  # of the policy in `engine`, for the log after reloads
+    draining: bool = False  # stopping: new sessions are turned away
+    _active: int = 0
+    _active_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def session_started(self) -> None:
+        with self._active_lock:
+            self._active += 1
+
+    def session_ended(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+
+    def active_sessions(self) -> int:
+        return self._active
+
+    def __post_init__(self) -> None:
+        if self.monitor is None:
+            policy = self.engine.policy
+            lists = (*policy.ip_lists, *policy.domain_lists)
+            self.monitor = ListMonitor(lists, policy.health, self.clock)
 
 
 class RcptResult(enum.Enum):
@@ -126,7 +151,8 @@ class Transaction:
 class Session:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.engine = runtime.engine
+        self.engine = runtime.engine  # read once: the policy this connection keeps
+        self.resolver = runtime.resolver  # likewise, should a reload replace it
         self.policy: Policy = runtime.engine.policy
         self.address: IPAddress | None = None
         self.address_text = "unknown"
@@ -137,7 +163,9 @@ class Session:
         self.denied_by = ""
         self.our_names: frozenset[str] = frozenset()
         self.our_addresses: tuple[IPNetwork, ...] = ()
-        self.lookups = ListLookups(runtime.resolver, runtime.clock, runtime.counters)
+        self.lookups = ListLookups(self.resolver, runtime.clock, _Recorders(runtime))
+        self.closed = False
+        runtime.session_started()
         self.reverse: PendingReverse | ReverseDns | None = None
         self.helo_resolution: PendingResolution | None = None
         self.transaction: Transaction | None = None
@@ -193,7 +221,7 @@ class Session:
                 self.reverse = mta
                 self._start_ptr_lists(mta)
             else:
-                pending = PendingReverse(self.runtime.resolver, address, self.runtime.clock)
+                pending = PendingReverse(self.resolver, address, self.runtime.clock)
                 self.reverse = pending
                 # Runs on the resolver's thread as soon as the name is known.
                 pending.add_done_callback(self._start_ptr_lists)
@@ -221,7 +249,7 @@ class Session:
             return
         if self.engine.rulebook.needs_helo_resolution:
             self.helo_resolution = PendingResolution(
-                self.runtime.resolver,
+                self.resolver,
                 name,
                 mail_domain=False,
                 clock=self.runtime.clock,
@@ -280,7 +308,7 @@ class Session:
             return
         if self.engine.rulebook.needs_sender_resolution:
             transaction.sender_resolution = PendingResolution(
-                self.runtime.resolver,
+                self.resolver,
                 domain,
                 mail_domain=True,
                 clock=self.runtime.clock,
@@ -457,6 +485,15 @@ class Session:
         )
 
     def _verdict_now(self, transaction: Transaction, group: Group, stage: Stage) -> Judgement:
+        started = self.runtime.clock()
+        judged = self._judge(transaction, group, stage)
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            label = "eom" if stage is Stage.MESSAGE else "rcpt"
+            metrics.decision_latency.labels(label).observe(self.runtime.clock() - started)
+        return judged
+
+    def _judge(self, transaction: Transaction, group: Group, stage: Stage) -> Judgement:
         policy = self.policy
         ignored = self.lists_ignored
         if not ignored and transaction.authenticated and policy.skip_authenticated:
@@ -518,6 +555,10 @@ class Session:
         self._log(transaction, transaction.last, "rcpt", "")
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.runtime.session_ended()
         self.finish_transaction()
 
     def _transaction(self) -> Transaction:
@@ -559,6 +600,12 @@ class Session:
             policy_digest=self.policy.digest,
         )
         self.runtime.log(format_decision(decision))
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            counted = [hit.name for hit in verdict.hits if not hit.observe]
+            metrics.record_decision(
+                stage, verdict.action.label, judged.enforcement.action.label, counted
+            )
 
 
 _SOURCE_STAGE = {
@@ -568,6 +615,24 @@ _SOURCE_STAGE = {
     DomainSource.FROM: Stage.MESSAGE,
     DomainSource.REPLY_TO: Stage.MESSAGE,
 }
+
+
+class _Recorders:
+    """Where list outcomes go: the health monitor, and the metrics if counted."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        assert runtime.monitor is not None
+        self._monitor = runtime.monitor
+        self._metrics = runtime.metrics
+
+    def record(self, outcomes: Iterable[ListOutcome]) -> None:
+        outcomes = list(outcomes)
+        self._monitor.record(outcomes)
+        if self._metrics is not None:
+            self._metrics.record_lists(outcomes)
+
+    def is_suspended(self, name: str) -> bool:
+        return self._monitor.is_suspended(name)
 
 
 def _render_rdns(rdns: ReverseDns | None) -> str:

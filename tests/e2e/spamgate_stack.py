@@ -31,7 +31,8 @@ ZONES = [
         "192.0.2.254 :127.255.255.254:\n",
     ),
     Zone(ZEN_ZONE, "ip6trie", "2001:db8::2 :127.0.0.2:\n"),
-    Zone("wl.test", "ip4set", "192.0.2.21 :127.0.10.3:\n"),
+    # 127.0.0.2 is every list's RFC 5782 test entry: spamgate probes for it.
+    Zone("wl.test", "ip4set", "127.0.0.2\n192.0.2.21 :127.0.10.3:\n"),
 ]
 
 POLICY = """\
@@ -42,6 +43,7 @@ resolver:
   query_timeout: 0.3
   deadline: {deadline}
 trusted_networks: [127.0.0.0/8, "::1/128"]
+health: {{status_file: "{status_file}"}}
 thresholds: {{tag: 3, tempfail: 6, reject: 10}}
 ip_lists:
   - name: ZEN
@@ -82,7 +84,12 @@ class SpamgateDaemon(MilterProcess):
     ) -> SpamgateDaemon:
         port = free_port()
         text = POLICY.format(
-            port=port, mode=mode, dns_port=dns_port, deadline=deadline, zen_zone=ZEN_ZONE
+            port=port,
+            mode=mode,
+            dns_port=dns_port,
+            deadline=deadline,
+            zen_zone=ZEN_ZONE,
+            status_file=workdir / f"status-{port}.json",
         )
         return cls(workdir, text, port)
 

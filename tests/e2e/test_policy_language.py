@@ -30,9 +30,13 @@ ZONES = [
     Zone(
         "zen.test",
         "ip4set",
-        "192.0.2.2 :127.0.0.2:\n192.0.2.10 :127.0.0.10:\n192.0.2.30 :127.0.0.2:\n",
+        "127.0.0.2\n192.0.2.2 :127.0.0.2:\n192.0.2.10 :127.0.0.10:\n192.0.2.30 :127.0.0.2:\n",
     ),
-    Zone("dbl.test", "dnset", "spam.example :127.0.1.2:\n.phish.example :127.0.1.4:\n"),
+    Zone(
+        "dbl.test",
+        "dnset",
+        "test :127.0.1.2:\nspam.example :127.0.1.2:\n.phish.example :127.0.1.4:\n",
+    ),
     Zone(
         "client.example",
         "generic",
@@ -44,6 +48,7 @@ POLICY = r"""
 listen: inet:{port}@127.0.0.1
 resolver: {{nameservers: ["127.0.0.1:{dns}"], query_timeout: 0.3, deadline: 1.0}}
 trusted_networks: [127.0.0.0/8]
+health: {{status_file: ""}}
 thresholds: {{tag: 3, quarantine: 8, tempfail: null, reject: 10}}
 replies:
   reject: "Go away: {{reasons}} [{{id}}]"

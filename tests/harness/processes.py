@@ -212,6 +212,17 @@ class ManagedProcess(Service):
     def running(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
 
+    def wait(self, timeout: float) -> int:
+        """The exit status, waiting at most `timeout` seconds for it (raises on timeout)."""
+        if self._popen is None:
+            raise HarnessError(f"{self.argv[0]} was never started")
+        try:
+            return self._popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(
+                f"{self.argv[0]} did not exit within {timeout} s\n{self.log_tail()}"
+            ) from None
+
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM our process group, wait (bounded), then SIGKILL whatever is left of it."""
         popen = self._popen

@@ -1,0 +1,336 @@
+"""Running spamgate as a service: reload, shutdown, list health, `spamgate lists`, probes.
+
+Each test starts its own spamgate (these tests signal and stop it) behind one Postfix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.spamgate_stack import SpamgateDaemon
+from tests.harness.dns import Rbldnsd, Zone
+from tests.harness.postfix import Listener, PostfixInstance
+from tests.harness.processes import free_port, wait_until
+from tests.harness.sink import SmtpSink
+from tests.harness.smtp import SendResult, build_message, send
+
+pytestmark = pytest.mark.e2e
+
+ZONES = [
+    # zen.test follows RFC 5782: it lists 127.0.0.2 and not 127.0.0.1.
+    Zone("zen.test", "ip4set", "127.0.0.2\n192.0.2.0/24 :127.0.0.2:\n"),
+    # broken.test lists the whole internet, as an expired list domain's parking service does.
+    Zone("broken.test", "ip4set", "0.0.0.0/1 :127.0.0.2:\n128.0.0.0/1 :127.0.0.2:\n"),
+    # notest.test does not list its RFC 5782 test entry.
+    Zone("notest.test", "ip4set", "192.0.2.0/24 :127.0.0.2:\n"),
+]
+
+BASE = """\
+listen: inet:{port}@127.0.0.1
+resolver: {{nameservers: ["127.0.0.1:{dns}"], query_timeout: 0.3, deadline: 1.0}}
+trusted_networks: [127.0.0.0/8]
+shutdown_grace: 10
+log: {{stats_interval: 0}}
+health: {{status_file: "{status}", min_checks: 5, window: 60, max_hit_ratio: 0.5}}
+metrics: {{listen: "127.0.0.1:{metrics}"}}
+"""
+
+
+@dataclass
+class Ops:
+    workdir: Path
+    dns: Rbldnsd
+    sink: SmtpSink
+    postfix: PostfixInstance
+    spamgate: SpamgateDaemon
+    status: Path
+    metrics_port: int
+
+    def send(self, client: str, subject: str) -> SendResult:
+        message = build_message(mail_from="a@client.example", to=["u@example.com"], subject=subject)
+        return send(
+            self.postfix.ports["smtp"],
+            client_addr=client,
+            helo="mail.client.example",
+            mail_from="a@client.example",
+            rcpts=["u@example.com"],
+            message_bytes=message,
+            timeout=30,
+        )
+
+    def write_policy(self, extra: str) -> None:
+        self.spamgate.config_path.write_text(self.policy_text(extra))
+
+    def policy_text(self, extra: str) -> str:
+        base = BASE.format(
+            port=self.spamgate.port,
+            dns=self.dns.port,
+            status=self.status,
+            metrics=self.metrics_port,
+        )
+        return base + extra
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics, keyed by name and sorted labels."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def reload(self) -> None:
+        before = self.spamgate.log_text().count("reload")
+        os.kill(self.spamgate.pid, signal.SIGUSR1)
+        wait_until(
+            lambda: self.spamgate.log_text().count("reload") > before,
+            timeout=10,
+            what="spamgate to log the reload",
+            log_tail=self.spamgate.log_tail,
+        )
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> Iterator[Ops]:
+    with Rbldnsd(tmp_path, ZONES) as dns, SmtpSink(tmp_path) as sink:
+        port, metrics_port = free_port(), free_port()
+        status = tmp_path / "status.json"
+        first = BASE.format(port=port, dns=dns.port, status=status, metrics=metrics_port)
+        daemon = SpamgateDaemon(tmp_path, first, port)
+        with daemon:
+            listeners = {"smtp": Listener(milters=daemon.postfix_address)}
+            with PostfixInstance(tmp_path, relay_port=sink.port, listeners=listeners) as postfix:
+                yield Ops(tmp_path, dns, sink, postfix, daemon, status, metrics_port)
+
+
+REJECT_SUBJECT = """\
+rules:
+  - name: NO_RELOAD
+    score: 20
+    description: a test rule
+    header: {name: Subject, matches: 'reload me'}
+"""
+
+
+def test_reload_swaps_the_policy_for_new_connections_only(ops: Ops) -> None:
+    # A session in progress when the reload comes keeps the policy it started with.
+    with smtplib.SMTP("127.0.0.1", ops.postfix.ports["smtp"], timeout=30) as client:
+        _reload_during_session(ops, client)
+    again = ops.send("198.51.100.8", "reload me")
+    assert again.end_of_data is not None and again.end_of_data.code == 550
+    digests = _digests(ops)
+    assert len(set(digests)) == 2
+
+
+def _reload_during_session(ops: Ops, client: smtplib.SMTP) -> None:
+    client.ehlo("harness.localhost")
+    assert client.docmd("XCLIENT", "ADDR=198.51.100.7 NAME=[UNAVAILABLE]")[0] == 220
+    client.ehlo("mail.client.example")
+    assert client.mail("a@client.example")[0] == 250
+    assert client.rcpt("u@example.com")[0] == 250
+    ops.write_policy(REJECT_SUBJECT)
+    ops.reload()
+    assert "reloaded policy" in ops.spamgate.log_text()
+    message = build_message(mail_from="a@client.example", to=["u@example.com"], subject="reload me")
+    code, _ = client.data(message)
+    assert code == 250  # the old policy has no such rule
+    client.quit()
+
+
+def test_broken_policy_on_reload_keeps_the_old_one(ops: Ops) -> None:
+    ops.write_policy(REJECT_SUBJECT)
+    ops.reload()
+    ops.spamgate.config_path.write_text(ops.policy_text("rules: [{name: bad, score: x}]\n"))
+    ops.reload()
+    log = ops.spamgate.log_text()
+    assert "ERROR reload failed, still using policy " in log
+    assert f"{ops.spamgate.config_path}:8:28: rules[0].score: expected a number" in log
+    result = ops.send("198.51.100.9", "reload me")
+    assert result.end_of_data is not None and result.end_of_data.code == 550
+
+
+def test_sigterm_lets_a_session_in_progress_finish(ops: Ops) -> None:
+    with smtplib.SMTP("127.0.0.1", ops.postfix.ports["smtp"], timeout=30) as client:
+        _stop_during_session(ops, client)
+    assert ops.spamgate.process.wait(timeout=15) == 0
+    log = ops.spamgate.log_text()
+    assert "received SIGTERM: stopping" in log
+    assert "stopping: 1 session(s) in progress, waiting up to 10 s" in log
+    assert "still in progress" not in log
+    assert ops.sink.wait_for_message(lambda m: m.message["Subject"] == "last", "the last message")
+
+
+def _stop_during_session(ops: Ops, client: smtplib.SMTP) -> None:
+    client.ehlo("harness.localhost")
+    client.docmd("XCLIENT", "ADDR=198.51.100.10 NAME=[UNAVAILABLE]")
+    client.ehlo("mail.client.example")
+    client.mail("a@client.example")
+    assert client.rcpt("u@example.com")[0] == 250
+
+    os.kill(ops.spamgate.pid, signal.SIGTERM)
+    wait_until(
+        lambda: "session(s) in progress" in ops.spamgate.log_text(),
+        timeout=10,
+        what="spamgate to stop listening and wait for the session",
+        log_tail=ops.spamgate.log_tail,
+    )
+    # Meanwhile a new session is turned away: Postfix applies milter_default_action (tempfail
+    # in the harness), as it would with spamgate gone.
+    newcomer = ops.send("198.51.100.11", "too late")
+    assert newcomer.mail is not None and newcomer.mail.code == 451
+    message = build_message(mail_from="a@client.example", to=["u@example.com"], subject="last")
+    code, _ = client.data(message)
+    assert code == 250
+    client.quit()
+
+
+def test_list_gone_bad_is_suspended_by_its_probes(ops: Ops) -> None:
+    ops.write_policy(
+        "ip_lists:\n"
+        "  - {name: ZEN, zone: zen.test, score: 10}\n"
+        "  - {name: BROKEN, zone: broken.test, score: 10}\n"
+        "  - {name: NOTEST, zone: notest.test, score: 10}\n"
+    )
+    ops.reload()
+    wait_until(
+        lambda: ops.spamgate.log_text().count("suspended: probe:") == 2,
+        timeout=10,
+        what="both broken lists to be suspended",
+        log_tail=ops.spamgate.log_tail,
+    )
+    log = ops.spamgate.log_text()
+    assert "WARNING list BROKEN suspended: probe: it lists its must-not-list test entry" in log
+    assert "WARNING list NOTEST suspended: probe: it does not list its test entry" in log
+    assert "list ZEN suspended" not in log
+    # 198.51.100.1 is listed by nobody but BROKEN: suspended, it counts for nothing.
+    result = ops.send("198.51.100.1", "broken list")
+    assert [r.code for _, r in result.rcpts] == [250]
+    decision = ops.spamgate.wait_for_decision(client="198.51.100.1")
+    assert "BROKEN:unusable:suspended" in decision["lists"]
+
+    # `spamgate lists` shows the same, from the status file the daemon writes.
+    wait_until(
+        lambda: _status_lists(ops) == {"ZEN", "BROKEN", "NOTEST"},
+        timeout=15,
+        what="the status file to show the new lists",
+    )
+    shown = subprocess.run(
+        [sys.executable, "-m", "spamgate", "lists", "-c", str(ops.spamgate.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = {line.split()[0]: line for line in shown.stdout.splitlines()[2:]}
+    assert lines["ZEN"].split()[1] == "healthy"
+    assert lines["BROKEN"].split()[1] == "suspended"
+    assert "it lists its must-not-list test entry" in lines["BROKEN"]
+
+
+def test_circuit_breaker_suspends_a_list_that_lists_everyone(ops: Ops) -> None:
+    # Probes off: only the breaker can catch this list (it lists 0.0.0.0/0, 127.0.0.1 too).
+    ops.write_policy(
+        "thresholds: {tag: 3, tempfail: null, reject: 10}\n"
+        "ip_lists:\n"
+        "  - {name: BROKEN, zone: broken.test, score: 10, probe: {enabled: false}}\n"
+    )
+    ops.reload()
+    codes = []
+    for n in range(8):
+        result = ops.send(f"203.0.113.{n + 1}", f"breaker {n}")
+        codes.append(result.rcpts[0][1].code)
+    # min_checks 5, ratio 0.5: five refusals, then the list is suspended and mail flows.
+    assert codes[:5] == [550] * 5
+    assert codes[5:] == [250] * 3
+    log = ops.spamgate.log_text()
+    assert log.count("WARNING list BROKEN suspended: it listed 100% of 5 clients") == 1
+
+
+def test_check_config_probe_names_each_unhealthy_list(ops: Ops) -> None:
+    ops.write_policy(
+        "ip_lists:\n"
+        "  - {name: ZEN, zone: zen.test, score: 10}\n"
+        "  - {name: BROKEN, zone: broken.test, score: 10}\n"
+        "  - {name: NOTEST, zone: notest.test, score: 10}\n"
+        "  - {name: TRUSTED, zone: notest.test, score: 1, probe: {enabled: false}}\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spamgate",
+            "check-config",
+            "--probe",
+            "-c",
+            str(ops.spamgate.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 69
+    assert result.stdout.splitlines()[1:] == [
+        "ZEN: ok",
+        "BROKEN: UNHEALTHY: it lists its must-not-list test entry: it answers for everything",
+        "NOTEST: UNHEALTHY: it does not list its test entry",
+        "TRUSTED: not probed (probe.enabled: false)",
+    ]
+    assert result.stderr.strip() == "unhealthy: BROKEN, NOTEST"
+
+
+def _digests(ops: Ops) -> list[str]:
+    return [d["policy"] for d in ops.spamgate.decisions()]
+
+
+def _status_lists(ops: Ops) -> set[str]:
+    try:
+        status = json.loads(ops.status.read_text())
+    except (OSError, ValueError):
+        return set()
+    return {entry["name"] for entry in status["lists"]}
+
+
+def test_metrics_count_what_happened(ops: Ops) -> None:
+    ops.write_policy("ip_lists:\n  - {name: ZEN, zone: zen.test, score: 10}\n")
+    ops.reload()
+    before = ops.scrape()
+    refused = ops.send("192.0.2.5", "listed")  # zen.test lists 192.0.2.0/24
+    accepted = ops.send("198.51.100.20", "clean")
+    assert refused.rcpts[0][1].code == 550
+    assert accepted.end_of_data is not None and accepted.end_of_data.code == 250
+    ops.spamgate.wait_for_decision(queue=str(accepted.queue_id))
+    after = ops.scrape()
+
+    def moved(metric: str, **labels: str) -> float:
+        key = (metric, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved("spamgate_decisions_total", stage="rcpt", action="reject", enforced="reject") == 1
+    assert moved("spamgate_decisions_total", stage="eom", action="accept", enforced="accept") == 1
+    assert moved("spamgate_hits_total", name="ZEN") == 1
+    assert moved("spamgate_list_answers_total", list="ZEN", status="listed") == 1
+    assert moved("spamgate_list_answers_total", list="ZEN", status="clean") == 1
+    assert moved("spamgate_list_latency_seconds_count", list="ZEN") == 2
+    assert moved("spamgate_decision_seconds_count", stage="rcpt") == 2
+    assert moved("spamgate_decision_seconds_count", stage="eom") == 1
+    assert moved("spamgate_dns_lookups_total") >= 2
+    assert after[("spamgate_policy_generation", ())] == 2  # started at 1, one reload
+    assert after[("spamgate_sessions_in_progress", ())] == 0
+    healthy = ("spamgate_list_state", (("list", "ZEN"), ("state", "healthy")))
+    wait_until(lambda: ops.scrape().get(healthy) == 1, timeout=10, what="ZEN probed healthy")
