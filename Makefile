@@ -8,9 +8,10 @@ CONFIG ?= config/spamgate.yaml
 
 # Building pymilter needs libmilter's headers and a C compiler; the tests drive real software.
 RUN_PACKAGES := libmilter-dev gcc
-TEST_PACKAGES := $(RUN_PACKAGES) postfix rbldnsd swaks
+# systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files.
+TEST_PACKAGES := $(RUN_PACKAGES) postfix rbldnsd swaks systemd
 
-.PHONY: run test lint typecheck unit e2e system-run system-test venv clean
+.PHONY: run test lint typecheck unit e2e system-run system-test venv clean install uninstall
 
 run: system-run $(VENV)/.installed
 	exec $(VENV)/bin/spamgate run -c $(CONFIG)
@@ -70,3 +71,77 @@ $(VENV)/.installed: pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# `make install` (as root) installs spamgate as a systemd service; README.md, "Running under
+# systemd". DESTDIR stages everything under another root (for a package, or the tests): the
+# files are written there and nothing else on this machine is changed.
+#
+# The program is add-on software with its own tree, so it goes to /opt/spamgate (FHS 3.13).
+# The systemd snippets go to /usr/local/lib, which systemd searches for locally installed
+# units, sysusers.d and tmpfiles.d files: /usr/lib belongs to Debian's packages, and /etc to
+# the admin, whose overrides there (systemctl edit, /etc/tmpfiles.d/spamgate.conf) then
+# survive the next `make install`, which replaces these files. The policy is the admin's:
+# it is installed only if there is none.
+PREFIX ?= /opt/spamgate
+LOCALLIBDIR ?= /usr/local/lib
+UNITDIR ?= $(LOCALLIBDIR)/systemd/system
+SYSUSERSDIR ?= $(LOCALLIBDIR)/sysusers.d
+TMPFILESDIR ?= $(LOCALLIBDIR)/tmpfiles.d
+POLICY := /etc/spamgate/spamgate.yaml
+# The service's interpreter: Debian's, which apt keeps patched. (Also for system-run, which
+# inherits this and installs what that interpreter needs to build the venv.)
+SERVICE_PYTHON ?= /usr/bin/python3
+install: PYTHON = $(SERVICE_PYTHON)
+
+install: system-run
+	@case "$(PREFIX)" in /?*) ;; *) echo "PREFIX must be an absolute path"; exit 2;; esac
+	@# ProtectHome= hides /root and /home from the service, and with them a pyenv interpreter
+	@# the venv would link to.
+	@$(PYTHON) -c 'import sys; home = sys.base_prefix.startswith(("/root/", "/home/")); \
+	  raise SystemExit(home and f"{sys.base_prefix}: the service cannot see it (ProtectHome=)")'
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/python -m pip install --quiet .
+	@# A venv writes its own path into its scripts: a staged one must name its final place.
+	@if [ -n "$(DESTDIR)" ]; then \
+	  grep -lIr -e '$(DESTDIR)$(PREFIX)' $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/pyvenv.cfg \
+	    | xargs -r sed -i 's|$(DESTDIR)$(PREFIX)|$(PREFIX)|g'; \
+	fi
+	@if [ -e $(DESTDIR)$(POLICY) ]; then \
+	  echo "keeping $(DESTDIR)$(POLICY)"; \
+	else \
+	  install -D -m 0644 $(CONFIG) $(DESTDIR)$(POLICY) && echo "installed $(DESTDIR)$(POLICY)"; \
+	fi
+	@# A new version may be stricter than the policy in place: say so now, not at the restart.
+	@$(DESTDIR)$(PREFIX)/bin/python -m spamgate check-config -c $(DESTDIR)$(POLICY) \
+	  || echo "WARNING: spamgate will refuse to start on $(POLICY) until it is fixed"
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/opt/spamgate/|$(PREFIX)/|g' systemd/spamgate.service \
+	  > $(DESTDIR)$(UNITDIR)/spamgate.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/spamgate.service
+	install -D -m 0644 systemd/spamgate.sysusers $(DESTDIR)$(SYSUSERSDIR)/spamgate.conf
+	install -D -m 0644 systemd/spamgate.tmpfiles $(DESTDIR)$(TMPFILESDIR)/spamgate.conf
+	@# Bare names, so that an admin's /etc/sysusers.d or /etc/tmpfiles.d/spamgate.conf wins.
+	@if [ -n "$(DESTDIR)" ]; then \
+	  echo "staged in $(DESTDIR); on the target run: systemd-sysusers spamgate.conf;" \
+	    "systemd-tmpfiles --create spamgate.conf; systemctl daemon-reload"; \
+	  exit 0; \
+	fi; \
+	set -e; \
+	systemd-sysusers spamgate.conf; \
+	systemd-tmpfiles --create spamgate.conf \
+	  || echo "NOTE: the unix-socket directory was not created (no postfix group?)." \
+	    "Listening on inet: needs none; see README.md, Running under systemd."; \
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	echo "installed; start it with: systemctl enable --now spamgate"
+
+# Removes the program and the systemd files; keeps the policy in /etc/spamgate and the
+# spamgate user (files, such as the socket directory, may still belong to it).
+uninstall:
+	@case "$(PREFIX)" in /?*) ;; *) echo "PREFIX must be an absolute path"; exit 2;; esac
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+	  systemctl disable --now spamgate.service || true; \
+	fi
+	rm -f $(DESTDIR)$(UNITDIR)/spamgate.service $(DESTDIR)$(SYSUSERSDIR)/spamgate.conf \
+	  $(DESTDIR)$(TMPFILESDIR)/spamgate.conf
+	rm -rf $(DESTDIR)$(PREFIX)
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
