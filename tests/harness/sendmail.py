@@ -388,20 +388,12 @@ def _download(debs_dir: Path, package: str) -> Path:
     cached = sorted(debs_dir.glob(f"{package}_*.deb"))
     if cached:
         return cached[-1]
-    try:
-        result = subprocess.run(
-            # Downloading as root into a root-owned directory: no _apt sandbox user.
-            ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package],
-            cwd=debs_dir,
-            capture_output=True,
-            text=True,
-            timeout=_DOWNLOAD_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise SendmailUnavailableError(
-            f"apt-get download {package} took over {_DOWNLOAD_TIMEOUT:.0f}s"
-        ) from exc
+    result = _apt(["download", "-q", "-o", "APT::Sandbox::User=root", package], debs_dir)
+    if result.returncode != 0:
+        # A fresh machine may have no package lists yet (make test fetched them only if it
+        # had something to install): fetch them once and try again.
+        _apt(["update", "-qq"], debs_dir)
+        result = _apt(["download", "-q", "-o", "APT::Sandbox::User=root", package], debs_dir)
     cached = sorted(debs_dir.glob(f"{package}_*.deb"))
     if result.returncode != 0 or not cached:
         output = (result.stderr or result.stdout).strip()
@@ -409,6 +401,23 @@ def _download(debs_dir: Path, package: str) -> Path:
             f"apt-get download {package} failed (exit {result.returncode}): {output}"
         )
     return cached[-1]
+
+
+def _apt(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # Downloading as root into a root-owned directory: no _apt sandbox user.
+    try:
+        return subprocess.run(
+            ["apt-get", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=_DOWNLOAD_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise SendmailUnavailableError(
+            f"apt-get {' '.join(args)} took over {_DOWNLOAD_TIMEOUT:.0f}s"
+        ) from exc
 
 
 def _missing_library_packages(sendmail_bin: Path) -> list[str]:
