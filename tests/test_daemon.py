@@ -128,3 +128,26 @@ def test_unwritable_log_target_is_an_error_exit(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.startswith(f"spamgate: cannot log to {missing_dir}/x.log: ")
+
+
+def test_public_resolver_gets_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from spamgate import schema  # noqa: PLC0415
+    from spamgate.config import Policy  # noqa: PLC0415
+    from spamgate.daemon import Daemon, public_resolvers  # noqa: PLC0415
+
+    text = (
+        'resolver: {nameservers: ["8.8.8.8", "127.0.0.1:5353", "[2606:4700:4700::1111]:53"]}\n'
+        "ip_lists: [{name: ZEN, zone: zen.test, score: 10}]\n"
+    )
+    policy = schema.load(Policy, text, "t.yaml")
+    daemon = Daemon(policy, "t.yaml")  # constructed, never started: nothing is sent
+    assert public_resolvers(daemon.resolver.nameservers) == [
+        "8.8.8.8:53",
+        "[2606:4700:4700::1111]:53",
+    ]
+    caplog.set_level("WARNING", logger="spamgate")
+    daemon._log_start()
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(
+        "DNS lists are asked through 8.8.8.8:53, [2606:4700:4700::1111]:53, a public resolver"
+    )
