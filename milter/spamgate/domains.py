@@ -14,6 +14,7 @@ IDNA 2008 / UTS-46 nontransitional processing would keep it as `xn--zca`.
 from __future__ import annotations
 
 import encodings.idna
+import functools
 import ipaddress
 import re
 import threading
@@ -35,7 +36,13 @@ _DOTS = re.compile("[.\u3002\uff0e\uff61]")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
 _ALL_DIGITS = re.compile(r"[0-9]+")
 
+# The same few names (HELO, sender domain, PTR name) are asked about many times per message:
+# pure functions of a string, cached. Bounded, and inputs over 1024 characters are refused
+# before any work, so a flood of distinct names costs at most a few megabytes.
+_CACHED_NAMES = 4096
 
+
+@functools.lru_cache(maxsize=_CACHED_NAMES)
 def normalize_domain(name: str) -> str | None:
     """`name` stripped, lower-cased, without one final dot and in A-labels; None if invalid.
 
@@ -76,6 +83,7 @@ def _to_ascii(label: str) -> str | None:
     return encoded.decode("ascii").lower()
 
 
+@functools.lru_cache(maxsize=_CACHED_NAMES)
 def is_ip_literal(name: str) -> bool:
     """True for an IP address, bare or as an RFC 5321 address literal.
 
@@ -108,6 +116,7 @@ def _literal_address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
     return address
 
 
+@functools.lru_cache(maxsize=_CACHED_NAMES)
 def is_fqdn(name: str) -> bool:
     """True for a fully qualified host name: two labels or more, valid characters, not an IP
     address, and a top-level label that is not all digits (`host.123` is no domain)."""
@@ -198,6 +207,7 @@ def _public_suffixes() -> PublicSuffixList:
         return _psl
 
 
+@functools.lru_cache(maxsize=_CACHED_NAMES)
 def organizational_domain(name: str) -> str:
     """The registrable domain (public suffix + one label) of `name`, normalized.
 

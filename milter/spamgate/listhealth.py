@@ -90,6 +90,7 @@ def judge_probe(dns_list: DnsList, listed: DnsAnswer, unlisted: DnsAnswer) -> st
 class _Record:
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     recent: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
+    recent_listed: int = 0  # how many of `recent` are listings, kept as they come and go
     latencies: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=512)
     )
@@ -175,7 +176,9 @@ class ListMonitor:
                     record.latencies.append(outcome.latency_ms)
                 if outcome.status is ListStatus.UNUSABLE or record.state is ListState.SUSPENDED:
                     continue
-                record.recent.append((now, outcome.status is ListStatus.LISTED))
+                listed = outcome.status is ListStatus.LISTED
+                record.recent.append((now, listed))
+                record.recent_listed += listed
                 reason = self._breaker(record, now)
                 if reason:
                     tripped.append((outcome.dns_list.name, reason))
@@ -187,12 +190,14 @@ class ListMonitor:
 
     def _breaker(self, record: _Record, now: float) -> str:
         settings = self._settings
+        # Amortised O(1) per answer: a busy MX records thousands per window.
         while record.recent and record.recent[0][0] < now - settings.window:
-            record.recent.popleft()
+            _, listed = record.recent.popleft()
+            record.recent_listed -= listed
         checks = len(record.recent)
         if checks < settings.min_checks:
             return ""
-        ratio = sum(1 for _, listed in record.recent if listed) / checks
+        ratio = record.recent_listed / checks
         if ratio <= settings.max_hit_ratio:
             return ""
         return (
@@ -207,6 +212,7 @@ class ListMonitor:
         record.backoff = min(max(record.backoff * 2, settings.retry_min), settings.retry_max)
         record.next_probe_at = now + record.backoff
         record.recent.clear()
+        record.recent_listed = 0
 
     def due_for_probe(self) -> list[DnsList]:
         now = self._clock()

@@ -136,6 +136,8 @@ class RuleBook:
                 parsed.add("from")
         self.counted_headers = frozenset(counted)
         self.parsed_headers = frozenset(parsed)
+        # The condition of each rule, found once: `Rule.condition` searches for it.
+        self._conditions = {rule.name: rule.condition for rule in self.rules}
         conditions = [(rule.condition, getattr(rule, rule.condition)) for rule in self.rules]
         self.needs_rdns = any(
             kind in ("rdns", "rdns_matches") or value is HeloCheck.NOT_PTR_DOMAIN
@@ -197,7 +199,7 @@ class RuleBook:
 
     def _condition_holds(self, rule: Rule, facts: Facts) -> bool:
         connection, envelope, message = facts.connection, facts.envelope, facts.message
-        condition = rule.condition
+        condition = self._conditions[rule.name]
         if condition == "helo":
             return rule.helo is not None and _helo_check(rule.helo, connection)
         if condition == "helo_matches":
