@@ -116,6 +116,21 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
                 log.exception("could not ask the MTA for macros")
         return result
 
+    def getsymval(self, name: str) -> str | None:
+        """A macro's value; None if the MTA sent none, or one pymilter cannot decode.
+
+        pymilter's C layer decodes a macro as strict UTF-8 and raises UnicodeDecodeError on
+        anything else (PYMILTER-FACTS). Every macro spamgate reads is optional, so such a value
+        counts as absent: raising would fail the callback, and at connect the whole connection
+        (whose mail, with on_error: accept, would then skip filtering).
+        """
+        try:
+            value: str | None = super().getsymval(name)
+        except UnicodeDecodeError:
+            log.warning("macro %s is not UTF-8: read as absent", name)
+            return None
+        return value
+
     # connect, helo and mail are no-reply callbacks: an SMTP round trip separates each from
     # the next event, so Postfix never stalls on them. data, header and eoh answer CONTINUE:
     # Postfix sends them back to back, and if we never answer, each of its small writes waits

@@ -112,7 +112,16 @@ def format_decision(decision: Decision) -> str:
     body = " ".join(
         f"{key}={quote(value) if value else ''}" for key, value in fields if value or key in _ALWAYS
     )
-    return f"{decision.queue_id or 'NOQUEUE'}: decision {body}"
+    return f"{_queue_token(decision.queue_id)}: decision {body}"
+
+
+def _queue_token(queue_id: str) -> str:
+    """The line's first token. Postfix and Sendmail queue ids are letters and digits, but the
+    `i` macro is the MTA's to send: anything else is quoted like a value, with blanks escaped
+    too, so it can neither end the line nor hold the ": decision " that parsers split on."""
+    if not queue_id:
+        return "NOQUEUE"
+    return quote(queue_id).replace(" ", "\\x20")
 
 
 def _render_hit(hit: Hit) -> str:

@@ -47,9 +47,16 @@ class ListOutcome:
 
 
 def lookup_address(address: IPAddress) -> IPAddress:
-    """The address to look up: an IPv4-mapped IPv6 client is queried as the IPv4 it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    """The address to look up: an IPv4-mapped IPv6 client is queried as the IPv4 it is, and a
+    scoped one (fe80::1%eth0) without its zone."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.scope_id is not None:
+            # A zone names an interface of this host, not part of the client's address; and
+            # Python 3.11's reverse_pointer raises AddressValueError on a scoped address (it
+            # parses "1%eth0" as hex), so `explain --ip 2001:db8::1%eth0` crashed at connect.
+            return ipaddress.IPv6Address(int(address))
     return address
 
 
