@@ -7,7 +7,6 @@ a hit, whatever addresses came back.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import ipaddress
 import threading
@@ -62,7 +61,12 @@ def lookup_address(address: IPAddress) -> IPAddress:
 
 def query_name(address: IPAddress, zone: str) -> str:
     """RFC 5782 query name: reversed octets for IPv4, reversed nibbles for IPv6."""
-    return f"{address.reverse_pointer.rsplit('.', 2)[0]}.{zone.rstrip('.')}"
+    return f"{_reversed(address)}.{zone.rstrip('.')}"
+
+
+def _reversed(address: IPAddress) -> str:
+    """The address's labels in reverse order, without in-addr.arpa / ip6.arpa."""
+    return address.reverse_pointer.rsplit(".", 2)[0]
 
 
 def lists_for(address: IPAddress, ip_lists: Sequence[IpList]) -> tuple[IpList, ...]:
@@ -71,38 +75,53 @@ def lists_for(address: IPAddress, ip_lists: Sequence[IpList]) -> tuple[IpList, .
     return tuple(lst for lst in ip_lists if lst.ipv6)
 
 
-def classify(dns_list: DnsList, answer: DnsAnswer, latency_ms: float | None = None) -> ListOutcome:
-    """Give one list's answer its meaning."""
+def classify(
+    dns_list: DnsList, answer: DnsAnswer, latency_ms: float | None = None, subject: str = ""
+) -> ListOutcome:
+    """Give one list's answer its meaning (`subject`: which name a domain list was asked)."""
     if answer.kind in (AnswerKind.NXDOMAIN, AnswerKind.NODATA):
-        return ListOutcome(dns_list, ListStatus.CLEAN, latency_ms=latency_ms)
+        return ListOutcome(dns_list, ListStatus.CLEAN, latency_ms=latency_ms, subject=subject)
     if answer.kind is not AnswerKind.RECORDS:
-        return _unusable(dns_list, answer.kind.value, answer.records, latency_ms)
+        return _unusable(dns_list, answer.kind.value, answer.records, latency_ms, subject)
     codes = []
     for text in answer.records:
         try:
             code = ipaddress.IPv4Address(text)
         except ValueError:
-            return _unusable(dns_list, "malformed", answer.records, latency_ms)
+            return _unusable(dns_list, "malformed", answer.records, latency_ms, subject)
         # Anything outside 127/8 is a wildcarded or hijacked zone (an expired DNSBL domain that
         # now resolves everything), not a listing.
         if code not in LOOPBACK_NET:
-            return _unusable(dns_list, "outside-127/8", answer.records, latency_ms)
+            return _unusable(dns_list, "outside-127/8", answer.records, latency_ms, subject)
         value = int(code)
         if BLOCKED_CODES.matches(value) or any(e.matches(value) for e in dns_list.error_codes):
-            return _unusable(dns_list, "error-code", answer.records, latency_ms)
+            return _unusable(dns_list, "error-code", answer.records, latency_ms, subject)
         codes.append(value)
     hits = tuple(
         hit
         for hit in dns_list.scored_hits
         if not hit.codes or any(spec.matches(code) for spec in hit.codes for code in codes)
     )
-    return ListOutcome(dns_list, ListStatus.LISTED, answer.records, hits, latency_ms=latency_ms)
+    return ListOutcome(
+        dns_list, ListStatus.LISTED, answer.records, hits, latency_ms=latency_ms, subject=subject
+    )
 
 
 def _unusable(
-    dns_list: DnsList, failure: str, codes: tuple[str, ...], latency_ms: float | None
+    dns_list: DnsList,
+    failure: str,
+    codes: tuple[str, ...],
+    latency_ms: float | None,
+    subject: str = "",
 ) -> ListOutcome:
-    return ListOutcome(dns_list, ListStatus.UNUSABLE, codes, failure=failure, latency_ms=latency_ms)
+    return ListOutcome(
+        dns_list,
+        ListStatus.UNUSABLE,
+        codes,
+        failure=failure,
+        latency_ms=latency_ms,
+        subject=subject,
+    )
 
 
 class ListRecorder(Protocol):
@@ -151,8 +170,7 @@ class ListLookups:
         recorder = self._recorder
         if recorder is not None and recorder.is_suspended(dns_list.name):
             # A list gone bad is not asked at all: its outcome is known.
-            outcome = _unusable(dns_list, "suspended", (), None)
-            outcome = dataclasses.replace(outcome, subject=subject) if subject else outcome
+            outcome = _unusable(dns_list, "suspended", (), None, subject)
             recorder.record([outcome])
             done: futures.Future[DnsAnswer] = futures.Future()
             done.set_result(DnsAnswer(AnswerKind.NETWORK, detail="suspended"))
@@ -162,9 +180,13 @@ class ListLookups:
         with self._lock:
             if any(x.dns_list is dns_list and x.subject == subject for x in self._lookups):
                 return  # the same name twice (two From: headers): one lookup
-            begun = self._clock() if started_at is None else started_at
+            now = self._clock()
+            begun = now if started_at is None else started_at
             lookup = _Lookup(dns_list, subject, stage, self._resolver.lookup(qname), begun)
             self._lookups.append(lookup)
+        if lookup.future.done():
+            lookup.answered_at = now  # from the cache: answered as it was asked
+            return
 
         def stamp(_: futures.Future[DnsAnswer]) -> None:
             lookup.answered_at = self._clock()
@@ -173,8 +195,9 @@ class ListLookups:
 
     def start_ip_lists(self, address: IPAddress, ip_lists: Sequence[IpList]) -> None:
         target = lookup_address(address)
+        reversed_address = _reversed(target)
         for dns_list in lists_for(target, ip_lists):
-            self.start(dns_list, query_name(target, dns_list.zone))
+            self.start(dns_list, f"{reversed_address}.{dns_list.zone.rstrip('.')}")
 
     def collect(self, deadline: float, stage: int = 3) -> tuple[ListOutcome, ...]:
         """The outcomes of the lookups of `stage` or earlier, waiting for the unanswered ones
@@ -197,11 +220,9 @@ class ListLookups:
         dns_list, subject = lookup.dns_list, lookup.subject
         future = lookup.future
         if not future.done():
-            outcome = _unusable(dns_list, "deadline", (), deadline * 1000.0)
-        elif future.exception() is not None:
-            outcome = _unusable(dns_list, "resolver-error", (), None)
-        else:
-            answered_at = lookup.answered_at if lookup.answered_at is not None else self._clock()
-            latency_ms = max(0.0, (answered_at - lookup.started_at) * 1000.0)
-            outcome = classify(dns_list, future.result(), latency_ms)
-        return dataclasses.replace(outcome, subject=subject) if subject else outcome
+            return _unusable(dns_list, "deadline", (), deadline * 1000.0, subject)
+        if future.exception() is not None:
+            return _unusable(dns_list, "resolver-error", (), None, subject)
+        answered_at = lookup.answered_at if lookup.answered_at is not None else self._clock()
+        latency_ms = max(0.0, (answered_at - lookup.started_at) * 1000.0)
+        return classify(dns_list, future.result(), latency_ms, subject)

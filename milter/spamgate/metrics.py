@@ -26,6 +26,7 @@ _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.decisions = Counter(
@@ -73,19 +74,31 @@ class Metrics:
             registry=registry,
         )
 
+    def _labelled(self, metric: Any, *values: str) -> Any:
+        """metric.labels(*values), remembered: labels() costs more than the update itself, and
+        every label value here comes from the policy or a fixed set, so the memo is bounded."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def record_decision(self, stage: str, action: str, enforced: str, hits: Iterable[str]) -> None:
-        self.decisions.labels(stage, action, enforced).inc()
+        self._labelled(self.decisions, stage, action, enforced).inc()
         for name in hits:
-            self.hits.labels(name).inc()
+            self._labelled(self.hits, name).inc()
+
+    def record_decision_latency(self, stage: str, seconds: float) -> None:
+        self._labelled(self.decision_latency, stage).observe(seconds)
 
     def record_lists(self, outcomes: Iterable[ListOutcome]) -> None:
         for outcome in outcomes:
             name = outcome.dns_list.name
-            self.list_answers.labels(name, outcome.status.value).inc()
+            self._labelled(self.list_answers, name, outcome.status.value).inc()
             if outcome.failure:
-                self.list_unusable.labels(name, outcome.failure).inc()
+                self._labelled(self.list_unusable, name, outcome.failure).inc()
             elif outcome.latency_ms is not None:
-                self.list_latency.labels(name).observe(outcome.latency_ms / 1000.0)
+                self._labelled(self.list_latency, name).observe(outcome.latency_ms / 1000.0)
 
     def watch(self, state: Callable[[], DaemonState]) -> None:
         """Expose the daemon's state (read at scrape time) alongside the counters."""

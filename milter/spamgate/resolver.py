@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import dns.asyncquery
 import dns.exception
@@ -44,9 +45,9 @@ _MAX_ROUNDS = 4
 RDTYPES = frozenset({"A", "AAAA", "PTR", "MX", "TXT"})
 
 
-@dataclass(frozen=True, slots=True)
-class Question:
-    """What was asked: the key of the cache and of merged queries in flight."""
+class Question(NamedTuple):
+    """What was asked: the key of the cache and of merged queries in flight (a tuple, so
+    that hashing it, on every lookup, costs no Python code)."""
 
     qname: str
     rdtype: str = "A"
@@ -78,10 +79,17 @@ class AnswerCache:
     ) -> None:
         self._min_ttl, self._max_ttl, self._max_entries = min_ttl, max_ttl, max_entries
         self._clock = clock
-        self._entries: dict[Question, tuple[float, DnsAnswer]] = {}
+        # Each answer is kept with a future that already holds it: every cache hit hands out
+        # that one future (a done future never changes) instead of building a new one.
+        self._entries: dict[Question, tuple[float, DnsAnswer, futures.Future[DnsAnswer]]] = {}
         self._lock = threading.Lock()
 
     def get(self, question: Question) -> DnsAnswer | None:
+        answered = self.answered(question)
+        return None if answered is None else answered.result()
+
+    def answered(self, question: Question) -> futures.Future[DnsAnswer] | None:
+        """A done future holding the cached answer, or None."""
         with self._lock:
             entry = self._entries.get(question)
             if entry is None:
@@ -89,7 +97,7 @@ class AnswerCache:
             if entry[0] <= self._clock():
                 del self._entries[question]
                 return None
-            return entry[1]
+            return entry[2]
 
     def put(self, question: Question, answer: DnsAnswer) -> None:
         ttl = min(max(answer.ttl, self._min_ttl), self._max_ttl)
@@ -100,7 +108,9 @@ class AnswerCache:
             # Insertion order makes the first key the oldest entry: evicting it is O(1).
             while len(self._entries) >= self._max_entries:
                 del self._entries[next(iter(self._entries))]
-            self._entries[question] = (self._clock() + ttl, answer)
+            done: futures.Future[DnsAnswer] = futures.Future()
+            done.set_result(answer)
+            self._entries[question] = (self._clock() + ttl, answer, done)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -207,15 +217,17 @@ class Resolver:
         if rdtype not in RDTYPES:
             raise ValueError(f"unsupported record type {rdtype!r}")
         key = Question(qname.lower(), rdtype)
-        future: futures.Future[DnsAnswer] = futures.Future()
         self.stats.lookups += 1
+        # The hot path on a busy MX: a cached answer, with no further checks (only names that
+        # passed them were ever asked, so only they are in the cache).
+        if not fresh:
+            answered = self.cache.answered(key)
+            if answered is not None:
+                self.stats.cache_hits += 1
+                return answered
+        future: futures.Future[DnsAnswer] = futures.Future()
         if not _queryable(key.qname):
             future.set_result(DnsAnswer(AnswerKind.MALFORMED, detail="bad query name"))
-            return future
-        cached = None if fresh else self.cache.get(key)
-        if cached is not None:
-            self.stats.cache_hits += 1
-            future.set_result(cached)
             return future
         loop = self._loop
         try:

@@ -490,7 +490,7 @@ class Session:
         metrics = self.runtime.metrics
         if metrics is not None:
             label = "eom" if stage is Stage.MESSAGE else "rcpt"
-            metrics.decision_latency.labels(label).observe(self.runtime.clock() - started)
+            metrics.record_decision_latency(label, self.runtime.clock() - started)
         return judged
 
     def _judge(self, transaction: Transaction, group: Group, stage: Stage) -> Judgement:
