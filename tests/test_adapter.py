@@ -424,13 +424,13 @@ def test_negotiation_asks_only_for_header_actions() -> None:
     assert session.ctx._opts[0] == (
         Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.SETSYMLIST
     )
-    # Body and unknown-command callbacks are negotiated away; data and eoh stay registered.
+    # Body, end-of-headers and unknown-command callbacks are negotiated away.
     protocol = session.ctx._opts[1]
     assert protocol & Milter.P_NOBODY and protocol & Milter.P_NOUNKNOWN
-    assert not protocol & Milter.P_NODATA and not protocol & Milter.P_NOEOH
+    assert protocol & Milter.P_NOEOH and not protocol & Milter.P_NODATA
 
 
-def test_only_callbacks_separated_by_an_smtp_round_trip_skip_their_reply() -> None:
+def test_negotiation_skips_replies_postfix_can_buffer_and_answers_data() -> None:
     milter = SpamgateMilter(Runtime(Engine(make_policy()), FakeLookups({})))
     ctx = RecordingCtx()
     ctx._stage = -1  # negotiation time: TestCtx allows setsymlist only then
@@ -438,10 +438,11 @@ def test_only_callbacks_separated_by_an_smtp_round_trip_skip_their_reply() -> No
     offered = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
     milter.negotiate(offered)
     protocol = offered[1]
-    for no_reply in (Milter.P_NR_CONN, Milter.P_NR_HELO, Milter.P_NR_MAIL):
+    for no_reply in (Milter.P_NR_CONN, Milter.P_NR_HELO, Milter.P_NR_MAIL, Milter.P_NR_HDR):
         assert protocol & no_reply
-    # Back-to-back message events must be answered, or Postfix stalls ~40 ms on Nagle.
-    for replied in (Milter.P_NR_DATA, Milter.P_NR_HDR, Milter.P_NR_EOH, Milter.P_NR_RCPT):
+    assert protocol & Milter.P_NOEOH and protocol & Milter.P_NOBODY
+    # DATA must be answered, or Postfix stalls ~40 ms on Nagle; RCPT carries verdicts.
+    for replied in (Milter.P_NODATA, Milter.P_NR_DATA, Milter.P_NR_RCPT):
         assert not protocol & replied
     # The macros spamgate reads are asked for, per stage.
     assert ctx._symlist[Milter.M_CONNECT] == {
@@ -484,7 +485,7 @@ def test_error_in_a_noreply_callback_follows_on_error_at_the_next_reply(
     assert "\n" not in message
 
 
-def test_error_in_header_callback_is_answered_with_on_error(
+def test_error_in_header_callback_is_answered_with_on_error_at_end_of_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     session = Session(make_policy("on_error: tempfail\n"), FakeLookups({}))
@@ -493,7 +494,10 @@ def test_error_in_header_callback_is_answered_with_on_error(
     session.rcpt("<user@example.com>")
     session.milter.session.transaction.our_headers = None  # type: ignore[union-attr]
     session.ctx._reply = None
-    assert session.ctx._header("X-Spam-Status", "boom") == Milter.TEMPFAIL
+    # Headers are no-reply events: the error waits for the next answer, end of message.
+    assert session.ctx._header("X-Spam-Status", "boom") == Milter.CONTINUE
+    assert session.reply is None
+    assert session.ctx._eom() == Milter.TEMPFAIL
     assert session.reply is not None and session.reply[:2] == ("451", "4.3.0")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "internal error in header" in errors[0]

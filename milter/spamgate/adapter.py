@@ -131,11 +131,17 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
             return None
         return value
 
-    # connect, helo and mail are no-reply callbacks: an SMTP round trip separates each from
-    # the next event, so Postfix never stalls on them. data, header and eoh answer CONTINUE:
-    # Postfix sends them back to back, and if we never answer, each of its small writes waits
-    # (Nagle) for the ACK of the previous one, which our side delays by ~40 ms. An answer
-    # carries the ACK at once. Measured: 42 ms -> ~1 ms at end of message over inet:.
+    # What the MTA sends and waits for is what each message costs (bench/RESULTS.md):
+    # - connect, helo, mail and header are no-reply callbacks. Postfix queues no-reply events
+    #   in its output buffer and writes them with the next event it awaits an answer to
+    #   (milter8_event() in src/milter/milter8.c), so all the headers of a message travel in
+    #   a few large writes instead of one round trip each.
+    # - end of headers and the body are negotiated away: nothing here needs them.
+    # - data answers CONTINUE. Postfix still sends the macros of an event a milter negotiated
+    #   away; smtpd writes the DATA macros alone, cleanup then writes the headers, and that
+    #   second small write waits (Nagle) for an ACK our side delays by ~40 ms. Answering DATA
+    #   flushes Postfix's buffer at once. Measured at concurrency 1 over inet: 50.7 ms per
+    #   message with DATA negotiated away, 5.2 ms with it answered.
 
     @_noreply_guarded
     def connect(self, hostname: str, family: int, hostaddr: Any) -> None:
@@ -165,14 +171,9 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
     def data(self) -> int:
         return int(Milter.CONTINUE)
 
-    @_guarded
-    def header(self, name: str, value: str) -> int:
+    @_noreply_guarded
+    def header(self, name: str, value: str) -> None:
         self.session.header(name, value)
-        return int(Milter.CONTINUE)
-
-    @_guarded
-    def eoh(self) -> int:
-        return int(Milter.CONTINUE)
 
     @_guarded
     def eom(self) -> int:
@@ -332,7 +333,6 @@ def _register_callbacks() -> None:
     libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
     libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
     libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
     libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     libmilter.set_close_callback(Milter.close_callback)

@@ -174,4 +174,6 @@ def test_silent_dns_server_costs_at_most_the_deadline(stack: Stack) -> None:
     assert result.elapsed < 1.0 + 2.0
     decision = stack.milters["dns-silent"].wait_for_decision(queue=str(result.queue_id))
     assert decision["fails"] == "ZEN_FAIL,WL_FAIL"
-    assert re.search(r"^ZEN:unusable:(deadline|suspended)\b", decision["lists"])
+    # The verdict's own deadline and the resolver's give-up time are the same second: which
+    # one a loaded machine notices first decides the word, not the outcome.
+    assert re.search(r"^ZEN:unusable:(deadline|timeout|suspended)\b", decision["lists"])
