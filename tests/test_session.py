@@ -735,6 +735,26 @@ def test_confirmed_client_name_is_looked_up_in_domain_lists() -> None:
     assert line["rdns"] == "confirmed:mail.client.example.com"
 
 
+def test_names_sharing_a_domain_share_one_lookup_logged_with_every_source() -> None:
+    table = {
+        PTR_Q: records("mail.client.example.com"),
+        ("mail.client.example.com", "A"): records(CLIENT),
+        ("example.com.dbl.test", "A"): records("127.0.1.2"),
+    }
+    harness = start(DOMAIN_LISTS, table)
+    harness.envelope("<news@example.com>", helo="mx.example.com")
+    session = harness.session
+    assert session.rcpt("<postmaster@example.com>").result is RcptResult.CONTINUE
+    session.header("From", "News <news@mail.example.com>")
+    session.end_of_message("QID1")
+    # PTR, HELO, sender and From all have the organizational domain example.com: one query,
+    # counted once, scored once, named with each source (the From joined after RCPT).
+    assert harness.resolver.asked.count(("example.com.dbl.test", "A")) == 1
+    line = only_line(harness)
+    assert line["lists"].startswith("DBL[ptr,helo,sender,from:example.com]:listed:127.0.1.2:")
+    assert line["hits"] == "DBL_SPAM:10"
+
+
 def recorded_waits(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
     """Make futures.wait return at once, recording the timeout each caller asked for."""
     waited: list[float | None] = []
@@ -792,17 +812,17 @@ def test_no_domain_query_for_address_literals_or_single_labels(helo: str) -> Non
     assert harness.resolver.asked == [PTR_Q]
 
 
-def test_a_header_with_many_addresses_gets_four_lookups_and_a_repeated_one_none() -> None:
+def test_a_header_with_many_addresses_gets_four_lookups_and_a_repeated_domain_none() -> None:
     harness = start(DOMAIN_LISTS)
     harness.envelope("<>", helo="[192.0.2.1]")
     harness.session.rcpt("<user@example.com>")
     names = ", ".join(f"u@d{n}.example" for n in range(6))
     harness.session.header("From", names)
-    harness.session.header("Reply-To", "u@d0.example")  # another subject: reply_to:d0.example
-    harness.session.header("From", "v@d1.example")  # from:d1.example again: no new lookup
-    assert harness.resolver.asked[1:] == [(f"d{n}.example.dbl.test", "A") for n in range(4)] + [
-        ("d0.example.dbl.test", "A")
-    ]
+    harness.session.header("Reply-To", "u@d0.example")  # the same query for another source
+    harness.session.header("From", "v@d1.example")  # from:d1.example again
+    assert harness.resolver.asked[1:] == [(f"d{n}.example.dbl.test", "A") for n in range(4)]
+    subjects = [o.subject for o in harness.session.lookups.collect(1.0) if o.subject]
+    assert subjects[:2] == ["from,reply_to:d0.example", "from:d1.example"]
 
 
 # --- trusted and authenticated clients ---------------------------------------------------------

@@ -71,6 +71,12 @@ PUBLIC_RESOLVERS = frozenset(
 
 
 def configure_logging(settings: LogSettings) -> None:
+    # One decision line per message: skip what the logging module would otherwise collect
+    # for every record and our format never prints (the logging HOWTO, "Optimization").
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # no caller file and line: a walk up the stack per record
     handler: logging.Handler
     if settings.target == "stderr":
         handler = logging.StreamHandler(sys.stderr)

@@ -7,6 +7,7 @@ a hit, whatever addresses came back.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import threading
@@ -135,12 +136,23 @@ class ListRecorder(Protocol):
 @dataclass
 class _Lookup:
     dns_list: DnsList
+    qname: str
     subject: str
     stage: int
     future: futures.Future[DnsAnswer]
     started_at: float
     answered_at: float | None = None
     outcome: ListOutcome | None = None
+
+
+def _merge(lookup: _Lookup, subject: str, stage: int) -> None:
+    sources, _, name = lookup.subject.partition(":")
+    source = subject.partition(":")[0]
+    if source and source not in sources.split(","):
+        lookup.subject = f"{sources},{source}:{name}"
+        if lookup.outcome is not None:
+            lookup.outcome = dataclasses.replace(lookup.outcome, subject=lookup.subject)
+    lookup.stage = min(lookup.stage, stage)
 
 
 class ListLookups:
@@ -166,7 +178,16 @@ class ListLookups:
         stage: int = 1,
         started_at: float | None = None,
     ) -> None:
-        """Start one lookup; its deadline runs from `started_at` (default: now)."""
+        """Start one lookup; its deadline runs from `started_at` (default: now).
+
+        A query already started for this list (HELO, PTR and sender names often share a
+        domain) is not asked again: its subject gains the new source, as in
+        "helo,sender:example.com", and it is counted and logged once."""
+        with self._lock:
+            for earlier in self._lookups:
+                if earlier.dns_list is dns_list and earlier.qname == qname:
+                    _merge(earlier, subject, stage)
+                    return
         recorder = self._recorder
         if recorder is not None and recorder.is_suspended(dns_list.name):
             # A list gone bad is not asked at all: its outcome is known.
@@ -175,14 +196,14 @@ class ListLookups:
             done: futures.Future[DnsAnswer] = futures.Future()
             done.set_result(DnsAnswer(AnswerKind.NETWORK, detail="suspended"))
             with self._lock:
-                self._lookups.append(_Lookup(dns_list, subject, stage, done, 0.0, 0.0, outcome))
+                self._lookups.append(
+                    _Lookup(dns_list, qname, subject, stage, done, 0.0, 0.0, outcome)
+                )
             return
+        now = self._clock()
+        begun = now if started_at is None else started_at
+        lookup = _Lookup(dns_list, qname, subject, stage, self._resolver.lookup(qname), begun)
         with self._lock:
-            if any(x.dns_list is dns_list and x.subject == subject for x in self._lookups):
-                return  # the same name twice (two From: headers): one lookup
-            now = self._clock()
-            begun = now if started_at is None else started_at
-            lookup = _Lookup(dns_list, subject, stage, self._resolver.lookup(qname), begun)
             self._lookups.append(lookup)
         if lookup.future.done():
             lookup.answered_at = now  # from the cache: answered as it was asked
@@ -221,8 +242,10 @@ class ListLookups:
         future = lookup.future
         if not future.done():
             return _unusable(dns_list, "deadline", (), deadline * 1000.0, subject)
-        if future.exception() is not None:
+        try:
+            answer = future.result(timeout=0)
+        except Exception:  # a resolver that broke its promise: unusable, never a crash
             return _unusable(dns_list, "resolver-error", (), None, subject)
         answered_at = lookup.answered_at if lookup.answered_at is not None else self._clock()
         latency_ms = max(0.0, (answered_at - lookup.started_at) * 1000.0)
-        return classify(dns_list, future.result(), latency_ms, subject)
+        return classify(dns_list, answer, latency_ms, subject)
