@@ -340,3 +340,23 @@ def test_one_pattern_is_safe_from_many_threads() -> None:
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads)
     assert failures == []
+
+
+def test_patterns_ask_re2_directly_and_fall_back_to_search_if_the_binding_changes() -> None:
+    import re2  # noqa: PLC0415  (only this test looks at the binding itself)
+
+    from spamgate.patterns import _matcher  # noqa: PLC0415
+
+    compiled = re2.compile(rb"(?i)\bfree\s+pills\b")
+    fast = _matcher(compiled)
+    assert fast.__name__ == "direct"  # the cheap path is the one in use with this binding
+    for data, expected in [(b"FREE pills", True), (b"pills free", False), (b"", False)]:
+        assert fast(data) is expected
+
+    class Plain:  # a binding without the internals: only search()
+        def search(self, data: bytes) -> object:
+            return compiled.search(data)
+
+    slow = _matcher(Plain())
+    assert slow.__name__ == "by_search"
+    assert slow(b"free pills") is True and slow(b"nothing") is False

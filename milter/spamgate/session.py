@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import functools
 import ipaddress
 import logging
 import secrets
@@ -655,6 +656,7 @@ def _verified(client_name: str) -> str:
     return "" if client_name in ("", "unknown") or client_name.startswith("[") else client_name
 
 
+@functools.lru_cache(maxsize=64)  # the MTA's own addresses: a handful, asked every connect
 def _networks(text: str | None) -> tuple[IPNetwork, ...]:
     try:
         return (ipaddress.ip_network(text.strip("[]")),) if text else ()
