@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spamgate import schema
 from spamgate.patterns import MAX_SUBJECT, Pattern, RawPattern
@@ -360,3 +362,52 @@ def test_patterns_ask_re2_directly_and_fall_back_to_search_if_the_binding_change
     slow = _matcher(Plain())
     assert slow.__name__ == "by_search"
     assert slow(b"free pills") is True and slow(b"nothing") is False
+
+
+GROUP_SOURCES = [
+    r"(?i)\bfree\b",
+    r"^Re:",
+    r"[0-9]{3}$",
+    r"(?i)v[i1]agra|cheap",
+    r"caf\x{E9}",
+    r"^$",
+]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(st.text(alphabet="FfReE :0123456789viagrchpé\udcff\n", max_size=30))
+def test_a_pattern_group_names_exactly_the_patterns_that_match(text: str) -> None:
+    from spamgate.patterns import PatternGroup  # noqa: PLC0415
+
+    patterns = [Pattern(source) for source in GROUP_SOURCES]
+    expected = [i for i, pattern in enumerate(patterns) if pattern.search(text)]
+    group = PatternGroup(patterns)
+    assert group.matching(text) == expected
+    assert group.matches_any(text) is bool(expected)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.binary(max_size=20))
+def test_a_bytes_pattern_group_names_exactly_the_patterns_that_match(data: bytes) -> None:
+    from spamgate.patterns import PatternGroup  # noqa: PLC0415
+
+    patterns = [RawPattern(s) for s in (r"\xff\xfe", r"(?i)^a", r"[\x00-\x08]", r"b$")]
+    expected = [i for i, pattern in enumerate(patterns) if pattern.search(data)]
+    assert PatternGroup(patterns).matching(data) == expected
+
+
+def test_a_pattern_group_too_big_to_combine_searches_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spamgate import patterns as module  # noqa: PLC0415
+
+    group_sources = [r"(?i)free", r"pills"]
+    patterns = [Pattern(s) for s in group_sources]
+
+    def too_big(pattern: bytes, source: str, *, latin1: bool) -> object:
+        raise ValueError("pattern too large - compile failed")
+
+    monkeypatch.setattr(module, "_compile", too_big)
+    group = module.PatternGroup(patterns)
+    assert group.matching("FREE pills") == [0, 1]
+    assert group.matching("nothing") == [] and not group.matches_any("nothing")

@@ -79,17 +79,12 @@ class AnswerCache:
     ) -> None:
         self._min_ttl, self._max_ttl, self._max_entries = min_ttl, max_ttl, max_entries
         self._clock = clock
-        # Each answer is kept with a future that already holds it: every cache hit hands out
-        # that one future (a done future never changes) instead of building a new one.
-        self._entries: dict[Question, tuple[float, DnsAnswer, futures.Future[DnsAnswer]]] = {}
+        # Answers only: a future per entry would cost 1.6 KB each (a Condition and its lock),
+        # 160 MB for a full cache, to save 1.6 us per hit.
+        self._entries: dict[Question, tuple[float, DnsAnswer]] = {}
         self._lock = threading.Lock()
 
     def get(self, question: Question) -> DnsAnswer | None:
-        answered = self.answered(question)
-        return None if answered is None else answered.result()
-
-    def answered(self, question: Question) -> futures.Future[DnsAnswer] | None:
-        """A done future holding the cached answer, or None."""
         with self._lock:
             entry = self._entries.get(question)
             if entry is None:
@@ -97,7 +92,7 @@ class AnswerCache:
             if entry[0] <= self._clock():
                 del self._entries[question]
                 return None
-            return entry[2]
+            return entry[1]
 
     def put(self, question: Question, answer: DnsAnswer) -> None:
         ttl = min(max(answer.ttl, self._min_ttl), self._max_ttl)
@@ -108,9 +103,7 @@ class AnswerCache:
             # Insertion order makes the first key the oldest entry: evicting it is O(1).
             while len(self._entries) >= self._max_entries:
                 del self._entries[next(iter(self._entries))]
-            done: futures.Future[DnsAnswer] = futures.Future()
-            done.set_result(answer)
-            self._entries[question] = (self._clock() + ttl, answer, done)
+            self._entries[question] = (self._clock() + ttl, answer)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -218,14 +211,14 @@ class Resolver:
             raise ValueError(f"unsupported record type {rdtype!r}")
         key = Question(qname.lower(), rdtype)
         self.stats.lookups += 1
+        future: futures.Future[DnsAnswer] = futures.Future()
         # The hot path on a busy MX: a cached answer, with no further checks (only names that
         # passed them were ever asked, so only they are in the cache).
-        if not fresh:
-            answered = self.cache.answered(key)
-            if answered is not None:
-                self.stats.cache_hits += 1
-                return answered
-        future: futures.Future[DnsAnswer] = futures.Future()
+        cached = None if fresh else self.cache.get(key)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            future.set_result(cached)
+            return future
         if not _queryable(key.qname):
             future.set_result(DnsAnswer(AnswerKind.MALFORMED, detail="bad query name"))
             return future

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from spamgate import domains, headers
@@ -27,6 +28,7 @@ from spamgate.config import (
     Rule,
     SenderCheck,
 )
+from spamgate.patterns import Pattern, PatternGroup, RawPattern
 from spamgate.rdns import RdnsStatus, ReverseDns
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -103,6 +105,10 @@ class Facts:
     message: MessageFacts = field(default_factory=MessageFacts)
 
 
+# A rule's test: whether its one condition holds, given what is known.
+Check = Callable[[Facts], bool]
+
+
 class RuleBook:
     """A policy's rules, indexed once; shared read-only by every session."""
 
@@ -136,8 +142,23 @@ class RuleBook:
                 parsed.add("from")
         self.counted_headers = frozenset(counted)
         self.parsed_headers = frozenset(parsed)
-        # The condition of each rule, found once: `Rule.condition` searches for it.
-        self._conditions = {rule.name: rule.condition for rule in self.rules}
+        # Each rule's test, built once: `fire` runs twice for every transaction.
+        self._checks: list[tuple[Rule, Stage, Check | None]] = [
+            (rule, self._stage[rule.name], None if rule.composite else self._compile(rule))
+            for rule in self.rules
+        ]
+        # One combined search per header (patterns.PatternGroup), naming the rules that fire.
+        self._text_groups = {
+            name: _pattern_group(rules, raw=False) for name, rules in self._text_rules.items()
+        }
+        self._raw_groups = {
+            name: _pattern_group(rules, raw=True) for name, rules in self._raw_rules.items()
+        }
+        # A client's name is judged dynamic or not once, whichever rules and stages ask; the
+        # same names come back all day (bounded: a flood of names costs a few megabytes).
+        self._is_dynamic = functools.lru_cache(maxsize=4096)(
+            PatternGroup(self._dynamic).matches_any
+        )
         conditions = [(rule.condition, getattr(rule, rule.condition)) for rule in self.rules]
         self.needs_rdns = any(
             kind in ("rdns", "rdns_matches") or value is HeloCheck.NOT_PTR_DOMAIN
@@ -154,25 +175,18 @@ class RuleBook:
     def stage_of(self, name: str) -> Stage:
         return self._stage[name]
 
-    def match_header(self, lowered_name: str, value: str) -> list[Rule]:
-        """The pattern rules that fire on one header as it arrives (name lower-cased)."""
-        fired = []
-        text_rules = self._text_rules.get(lowered_name)
-        if text_rules:
-            text = headers.decoded_text(value)
-            fired += [
-                r
-                for r in text_rules
-                if r.header and r.header.matches and r.header.matches.search(text)
-            ]
-        raw_rules = self._raw_rules.get(lowered_name)
-        if raw_rules:
-            data = headers.raw_bytes(value)
-            fired += [
-                r
-                for r in raw_rules
-                if r.header and r.header.matches_raw and r.header.matches_raw.search(data)
-            ]
+    def match_header(self, lowered_name: str, value: str) -> list[str]:
+        """The names of the pattern rules that fire on one header as it arrives (name
+        lower-cased)."""
+        fired: list[str] = []
+        text_group = self._text_groups.get(lowered_name)
+        if text_group:
+            names, group = text_group
+            fired += [names[i] for i in group.matching(headers.decoded_text(value))]
+        raw_group = self._raw_groups.get(lowered_name)
+        if raw_group:
+            names, group = raw_group
+            fired += [names[i] for i in group.matching(headers.raw_bytes(value))]
         return fired
 
     def fire(self, stage: Stage, facts: Facts, list_hits: Iterable[str]) -> tuple[Rule, ...]:
@@ -180,56 +194,49 @@ class RuleBook:
         list hits and the rules defined before it (the config checks it names no later one)."""
         fired_names = set(list_hits)
         fired: list[Rule] = []
-        for rule in self.rules:
-            if self._stage[rule.name] > stage:
+        for rule, rule_stage, check in self._checks:
+            if rule_stage > stage:
                 continue
-            if rule.composite is not None:
+            if check is not None:
+                hit = check(facts)
+            else:
                 composite = rule.composite
+                assert composite is not None
                 hit = (
                     all(name in fired_names for name in composite.all)
                     and (not composite.any or any(n in fired_names for n in composite.any))
                     and not any(name in fired_names for name in composite.not_)
                 )
-            else:
-                hit = self._condition_holds(rule, facts)
             if hit:
                 fired.append(rule)
                 fired_names.add(rule.name)
         return tuple(fired)
 
-    def _condition_holds(self, rule: Rule, facts: Facts) -> bool:
-        connection, envelope, message = facts.connection, facts.envelope, facts.message
-        condition = self._conditions[rule.name]
+    def _compile(self, rule: Rule) -> Check:
+        """The test of a rule's one condition, as a function of the facts."""
+        condition = rule.condition
+        stage = _STAGE_OF_CONDITION[condition]
+        if stage is Stage.ENVELOPE:
+            return _compile_envelope(rule)
         if condition == "helo":
-            return rule.helo is not None and _helo_check(rule.helo, connection)
+            helo = rule.helo
+            assert helo is not None
+            return lambda facts: _helo_check(helo, facts.connection)
         if condition == "helo_matches":
-            return bool(connection.helo) and _search(rule.helo_matches, connection.helo)
+            pattern = rule.helo_matches
+            return lambda facts: (
+                bool(facts.connection.helo) and _search(pattern, facts.connection.helo)
+            )
         if condition == "rdns":
-            return rule.rdns is not None and self._rdns_check(rule.rdns, connection.rdns)
+            rdns = rule.rdns
+            assert rdns is not None
+            return lambda facts: self._rdns_check(rdns, facts.connection.rdns)
         if condition == "rdns_matches":
-            name = connection.rdns.name
-            return bool(name) and _search(rule.rdns_matches, name)
-        if condition == "sender":
-            if rule.sender is SenderCheck.EMPTY:
-                return envelope.sender == ""
-            return envelope.sender_domain_resolves is False
-        if condition == "sender_matches":
-            return bool(envelope.sender) and _search(rule.sender_matches, envelope.sender)
-        if condition == "recipient_matches":
-            return any(_search(rule.recipient_matches, r) for r in envelope.recipients)
-        if condition == "recipients_over":
-            return rule.recipients_over is not None and len(envelope.recipients) > (
-                rule.recipients_over
+            pattern = rule.rdns_matches
+            return lambda facts: (
+                bool(facts.connection.rdns.name) and _search(pattern, facts.connection.rdns.name)
             )
-        if condition == "header":
-            return _header_check(rule, message)
-        if condition in ("date_ahead_hours", "date_behind_days"):
-            return _date_check(rule, message.date_skew)
-        if condition == "from_domain":
-            return rule.from_domain is FromCheck.NOT_SENDER_DOMAIN and _from_not_sender(
-                envelope.sender, message.from_domains
-            )
-        raise AssertionError(f"unhandled condition {condition}")
+        return _compile_message(rule)
 
     def _rdns_check(self, check: RdnsCheck, rdns: ReverseDns) -> bool:
         if check is RdnsCheck.MISSING:
@@ -237,7 +244,20 @@ class RuleBook:
         if check is RdnsCheck.UNCONFIRMED:
             return rdns.status is RdnsStatus.UNCONFIRMED
         name = rdns.name
-        return bool(name) and any(pattern.search(name) for pattern in self._dynamic)
+        return bool(name) and self._is_dynamic(name)
+
+
+def _pattern_group(rules: Sequence[Rule], *, raw: bool) -> tuple[list[str], PatternGroup]:
+    """The header rules' patterns as one group, with the rule name of each pattern."""
+    names: list[str] = []
+    patterns: list[Pattern | RawPattern] = []
+    for rule in rules:
+        condition = rule.header
+        pattern = None if condition is None else condition.matches_raw if raw else condition.matches
+        if pattern is not None:
+            names.append(rule.name)
+            patterns.append(pattern)
+    return names, PatternGroup(patterns)
 
 
 def _search(pattern: object, text: str) -> bool:
@@ -276,18 +296,46 @@ def _claims_to_be_us(helo: str, connection: ConnectionFacts) -> bool:
     return normalized is not None and normalized in connection.our_names
 
 
-def _header_check(rule: Rule, message: MessageFacts) -> bool:
-    condition = rule.header
-    if condition is None:
-        return False
-    lowered = condition.name.lower()
-    if condition.matches is not None or condition.matches_raw is not None:
-        return rule.name in message.header_hits
-    if condition.missing:
-        return message.header_counts.get(lowered, 0) == 0
-    if condition.count_over is not None:
-        return message.header_counts.get(lowered, 0) > condition.count_over
-    return lowered in message.malformed
+def _compile_envelope(rule: Rule) -> Check:
+    condition = rule.condition
+    if condition == "sender":
+        if rule.sender is SenderCheck.EMPTY:
+            return lambda facts: facts.envelope.sender == ""
+        return lambda facts: facts.envelope.sender_domain_resolves is False
+    if condition == "sender_matches":
+        pattern = rule.sender_matches
+        return lambda facts: bool(facts.envelope.sender) and _search(pattern, facts.envelope.sender)
+    if condition == "recipient_matches":
+        pattern = rule.recipient_matches
+        return lambda facts: any(_search(pattern, r) for r in facts.envelope.recipients)
+    if condition == "recipients_over":
+        limit = rule.recipients_over
+        assert limit is not None
+        return lambda facts: len(facts.envelope.recipients) > limit
+    raise AssertionError(f"unhandled condition {condition}")
+
+
+def _compile_message(rule: Rule) -> Check:
+    condition = rule.condition
+    if condition == "header":
+        header = rule.header
+        assert header is not None
+        lowered, name = header.name.lower(), rule.name
+        if header.matches is not None or header.matches_raw is not None:
+            return lambda facts: name in facts.message.header_hits
+        if header.missing:
+            return lambda facts: facts.message.header_counts.get(lowered, 0) == 0
+        if header.count_over is not None:
+            limit = header.count_over
+            return lambda facts: facts.message.header_counts.get(lowered, 0) > limit
+        return lambda facts: lowered in facts.message.malformed
+    if condition in ("date_ahead_hours", "date_behind_days"):
+        return lambda facts: _date_check(rule, facts.message.date_skew)
+    if condition == "from_domain":
+        if rule.from_domain is not FromCheck.NOT_SENDER_DOMAIN:
+            return lambda facts: False
+        return lambda facts: _from_not_sender(facts.envelope.sender, facts.message.from_domains)
+    raise AssertionError(f"unhandled condition {condition}")
 
 
 def _date_check(rule: Rule, skew: datetime.timedelta | None) -> bool:

@@ -19,7 +19,7 @@ import enum
 import functools
 import ipaddress
 import logging
-import secrets
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -49,6 +49,11 @@ _UNKNOWN_RDNS = ReverseDns(RdnsStatus.UNKNOWN)
 MAX_PARSED_PER_HEADER = 3
 
 
+# Decision ids only need to be unique enough to find one log line: a seeded generator (seeded
+# from os.urandom) gives them without a system call per message, as secrets would make.
+_DECISION_IDS = random.Random()
+
+
 @dataclass
 class Runtime:
     """What every session shares. `engine` is read once per connection, so a connection keeps
@@ -58,7 +63,7 @@ class Runtime:
     resolver: Lookups
     clock: Callable[[], float] = time.monotonic
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
-    new_id: Callable[[], str] = field(default=lambda: secrets.token_hex(5))
+    new_id: Callable[[], str] = field(default=lambda: f"{_DECISION_IDS.getrandbits(40):010x}")
     monitor: ListMonitor | None = None  # None: one for the engine's lists is made
     metrics: Metrics | None = None  # None: nothing counted (explain)
     log: Callable[[str], None] = logging.getLogger("spamgate.decision").info
@@ -420,8 +425,7 @@ class Session:
             transaction.our_headers[name] = transaction.our_headers.get(name, 0) + 1
         if lowered in rulebook.counted_headers:
             transaction.header_counts[lowered] = transaction.header_counts.get(lowered, 0) + 1
-        for rule in rulebook.match_header(lowered, value):
-            transaction.header_hits.add(rule.name)
+        transaction.header_hits.update(rulebook.match_header(lowered, value))
         # Parsing costs CPU per byte and a sender may repeat a header at will: the first few
         # occurrences say all a rule needs (RFC 5322 allows one From, Sender, Reply-To, Date).
         seen = transaction.parsed_counts.get(lowered, 0)
