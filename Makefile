@@ -11,7 +11,7 @@ RUN_PACKAGES := libmilter-dev gcc
 # systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files.
 TEST_PACKAGES := $(RUN_PACKAGES) postfix rbldnsd swaks systemd
 
-.PHONY: run test lint typecheck unit e2e system-run system-test venv clean install uninstall
+.PHONY: run test lint typecheck unit e2e bench system-run system-test venv clean install uninstall
 
 run: system-run $(VENV)/.installed
 	exec $(VENV)/bin/spamgate run -c $(CONFIG)
@@ -20,18 +20,28 @@ test: system-test $(VENV)/.installed lint typecheck
 	$(VPY) -m pytest
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check milter tests
-	$(VENV)/bin/ruff format --check milter tests
+	$(VENV)/bin/ruff check milter tests bench
+	$(VENV)/bin/ruff format --check milter tests bench
 
 typecheck: $(VENV)/.installed
 	# From inside milter/, so mypy sees pymilter's C module `milter`, not our source root.
 	cd milter && ../$(VENV)/bin/mypy --config-file ../pyproject.toml --strict -p spamgate
+	# The benchmark imports spamgate from its source root, as the test suite does.
+	MYPYPATH=milter $(VENV)/bin/mypy --config-file pyproject.toml --strict bench
 
 unit: $(VENV)/.installed
 	$(VPY) -m pytest -m "not e2e"
 
 e2e: system-test $(VENV)/.installed
 	$(VPY) -m pytest -m e2e
+
+# `make bench` (as root, like `make test`): spamgate against Postfix without a milter and with
+# a no-op pymilter milter, through a private Postfix, rbldnsd and smtp-sink on loopback;
+# writes bench/RESULTS.md in about 10 minutes. BENCH_ARGS="--quick" for a one-minute run,
+# BENCH_ARGS="--before REV" to measure spamgate at another commit in the same rounds.
+BENCH_ARGS ?=
+bench: system-test $(VENV)/.installed
+	$(VPY) -m bench.run $(BENCH_ARGS)
 
 system-run:
 	@$(call ensure_packages,$(RUN_PACKAGES) $(python_packages))

@@ -35,6 +35,12 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Header values up to this long have their rule verdicts remembered, this many at most
+# (about 3 MB at worst).
+_REMEMBERED_VALUE = 256
+_REMEMBERED_HEADERS = 8192
+
+
 class Stage(enum.IntEnum):
     CONNECTION = 1
     ENVELOPE = 2
@@ -154,6 +160,12 @@ class RuleBook:
         self._raw_groups = {
             name: _pattern_group(rules, raw=True) for name, rules in self._raw_rules.items()
         }
+        # Header values come back all day (Content-Type, X-Mailer, To, a campaign's Subject):
+        # their verdicts are remembered, sparing a search that also hands the GIL to another
+        # thread, the costliest thing a header does under load (bench/RESULTS.md, profile).
+        self._remembered_matches = functools.lru_cache(maxsize=_REMEMBERED_HEADERS)(
+            lambda name, value: tuple(self._matches(name, value))
+        )
         # A client's name is judged dynamic or not once, whichever rules and stages ask; the
         # same names come back all day (bounded: a flood of names costs a few megabytes).
         self._is_dynamic = functools.lru_cache(maxsize=4096)(
@@ -178,6 +190,13 @@ class RuleBook:
     def match_header(self, lowered_name: str, value: str) -> list[str]:
         """The names of the pattern rules that fire on one header as it arrives (name
         lower-cased)."""
+        if lowered_name not in self._text_groups and lowered_name not in self._raw_groups:
+            return []
+        if len(value) <= _REMEMBERED_VALUE:
+            return list(self._remembered_matches(lowered_name, value))
+        return self._matches(lowered_name, value)
+
+    def _matches(self, lowered_name: str, value: str) -> list[str]:
         fired: list[str] = []
         text_group = self._text_groups.get(lowered_name)
         if text_group:

@@ -1,0 +1,1 @@
+"""The spamgate benchmark: `make bench` (see bench/README.md and bench/RESULTS.md)."""

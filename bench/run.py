@@ -1,0 +1,929 @@
+"""`make bench`: spamgate against no milter and a no-op milter, through a real Postfix.
+
+    python -m bench.run [--quick] [--rounds N] [--before REV] [--output FILE]
+
+Every round measures every configuration of a workload back to back, in an order that
+rotates from round to round; the tables report medians over rounds, and ratios against
+Postfix without a milter are computed within each round before taking the median. Shared
+2-core machines are noisy: more rounds, steadier medians.
+
+Workloads:
+    c1         one session at a time, the realistic mix (inet and unix sockets)
+    c50        50 concurrent sessions, the realistic mix, warm DNS cache
+    c50-clean  50 concurrent sessions, only mail that every configuration accepts
+    cold       one session at a time, clients never seen before, 50 ms on every DNS answer
+and then 500 sessions held open at once (memory per session) and a long run (memory over
+time), and a py-spy profile of spamgate under c50 load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import loadgen, measure, phases
+from bench.loadgen import LoadResult, Outcome
+from bench.stack import Stack, running_stack
+from bench.workload import (
+    CLEAN_ONLY_MIX,
+    EXTRA_RULES,
+    REALISTIC_MIX,
+    REPOSITORY,
+    Kind,
+    Message,
+    Population,
+    Sizes,
+    build_population,
+    cold_messages,
+    messages,
+    one_per_client,
+    retag,
+)
+from tests.harness.processes import HarnessError, wait_until
+
+RESULTS = REPOSITORY / "bench" / "RESULTS.md"
+_TOKEN = re.compile(rb"^Message-ID: <bench\.([^@>]+)@", re.MULTILINE)
+_TAGGED = re.compile(rb"^X-Spam-Status: ", re.MULTILINE)
+SPAMGATE_CONFIGS = ("spamgate", "spamgate-unix", "spamgate-cold", "spamgate-before")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    concurrency: int
+    messages: int
+    configs: tuple[str, ...]
+    mix: dict[Kind, float] | None  # None: cold clients
+
+    def with_before(self) -> Workload:
+        if "spamgate" not in self.configs:
+            return self
+        return Workload(
+            self.name,
+            self.title,
+            self.concurrency,
+            self.messages,
+            (*self.configs, "spamgate-before"),
+            self.mix,
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    sizes: Sizes
+    workloads: tuple[Workload, ...]
+    held_sessions: int
+    long_run_batches: int
+    long_run_batch: int
+    profile_seconds: float
+
+
+def plan(quick: bool, rounds: int | None) -> Plan:
+    if quick:
+        sizes = Sizes(
+            clean=150,
+            dynamic=20,
+            allowlisted=20,
+            listed_reject=20,
+            listed_tempfail=10,
+            listed_tag=10,
+            ipv6=20,
+            domains=60,
+            cold=40,
+        )
+        counts = {"c1": 20, "c50": 150, "c50-clean": 150, "cold": 8}
+        held, batches, batch, profile = 60, 2, 150, 0.0
+        rounds = rounds or 1
+    else:
+        sizes = Sizes()
+        counts = {"c1": 300, "c50": 2000, "c50-clean": 2000, "cold": 60}
+        held, batches, batch, profile = 500, 10, 2500, 15.0
+        rounds = rounds or 5
+    workloads = (
+        Workload(
+            "c1",
+            "Concurrency 1, realistic mix, warm cache",
+            1,
+            counts["c1"],
+            ("plain", "noop", "spamgate", "noop-unix", "spamgate-unix"),
+            REALISTIC_MIX,
+        ),
+        Workload(
+            "c50",
+            "Concurrency 50, realistic mix, warm cache",
+            50,
+            counts["c50"],
+            ("plain", "noop", "spamgate"),
+            REALISTIC_MIX,
+        ),
+        Workload(
+            "c50-clean",
+            "Concurrency 50, only mail every configuration accepts, warm cache",
+            50,
+            counts["c50-clean"],
+            ("plain", "noop", "spamgate"),
+            CLEAN_ONLY_MIX,
+        ),
+        Workload(
+            "cold",
+            "Concurrency 1, cold cache: new clients and domains, 50 ms on every DNS answer",
+            1,
+            counts["cold"],
+            ("noop", "spamgate-cold"),
+            None,
+        ),
+    )
+    return Plan(rounds, sizes, workloads, held, batches, batch, profile)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration, one workload, one round."""
+
+    workload: str
+    config: str
+    round: int
+    sent: int
+    accepted: int
+    refused: int
+    failed: int
+    lost: int
+    untagged: int  # spamgate configurations: delivered without an X-Spam-Status header
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    milter_user_ms: float | None  # per message
+    milter_system_ms: float | None  # per message
+    postfix_cpu_ms: float  # per message
+    milter_peak_rss_mb: float | None
+    dns_queries: float | None  # per message
+    cache_hit_rate: float | None
+    other_load: float  # cores busy with processes not ours, on average over the run
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds
+
+    @property
+    def milter_cpu_ms(self) -> float | None:
+        if self.milter_user_ms is None or self.milter_system_ms is None:
+            return None
+        return self.milter_user_ms + self.milter_system_ms
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _delivered(stack: Stack) -> dict[str, bool]:
+    """Tokens of the messages at the sink, and whether each carries spamgate's header."""
+    found = {}
+    for path in stack.sink.dump_dir.iterdir():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        match = _TOKEN.search(data)
+        if match:
+            found[match.group(1).decode()] = bool(_TAGGED.search(data))
+    return found
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """CPU counters at one moment: the milter under test, Postfix, every process of the
+    benchmark, and the whole machine (for the load that was not ours)."""
+
+    milter_user: float
+    milter_system: float
+    postfix: float
+    ours: float
+    machine: float
+    at: float
+
+    @classmethod
+    def take(cls, stack: Stack, milter_pid: int | None) -> _Snapshot:
+        user = system = 0.0
+        if milter_pid is not None:
+            user, system = measure.process_times(milter_pid)
+        postfix = measure.group_cpu(stack.postfix.pid)
+        own = os.times()
+        ours = postfix + own.user + own.system
+        for pid in stack.helper_pids():
+            with contextlib.suppress(OSError):
+                ours += measure.process_cpu(pid)
+        return cls(user, system, postfix, ours, measure.machine_busy(), time.monotonic())
+
+
+def measure_run(
+    stack: Stack, workload: Workload, config: str, round_number: int, batch: Sequence[Message]
+) -> Run:
+    milter = stack.milters.get(config)
+    stack.clear_sink()
+    dns_before = None
+    if milter is not None:
+        measure.reset_peak_rss(milter.pid)
+        if milter.metrics_port:
+            dns_before = measure.DnsCounters.read(milter.metrics_port)
+    before = _Snapshot.take(stack, milter.pid if milter else None)
+
+    result = loadgen.send_all(stack.port(config), batch, workload.concurrency)
+
+    accepted = result.tokens(Outcome.ACCEPTED)
+    delivered: dict[str, bool] = {}
+
+    def all_delivered() -> bool:
+        delivered.update(_delivered(stack))
+        return accepted <= delivered.keys()
+
+    with contextlib.suppress(HarnessError):
+        wait_until(all_delivered, timeout=120, what="delivery to the sink", interval=0.1)
+    after = _Snapshot.take(stack, milter.pid if milter else None)
+    sent = len(result.sent)
+    milter_user_ms = milter_system_ms = peak_mb = queries = hit_rate = None
+    if milter is not None:
+        milter_user_ms = (after.milter_user - before.milter_user) * 1000 / sent
+        milter_system_ms = (after.milter_system - before.milter_system) * 1000 / sent
+        peak_mb = measure.rss_kib(milter.pid)[1] / 1024
+    if dns_before is not None and milter is not None and milter.metrics_port:
+        dns = measure.DnsCounters.read(milter.metrics_port) - dns_before
+        queries = dns.queries / sent
+        hit_rate = dns.cache_hits / dns.lookups if dns.lookups else None
+    times = [s.seconds * 1000 for s in result.sent if s.outcome is not Outcome.FAILED]
+    untagged = 0
+    if _is_spamgate(config):
+        untagged = sum(1 for token in accepted if not delivered.get(token, True))
+    others = (after.machine - before.machine) - (after.ours - before.ours)
+    return Run(
+        workload=workload.name,
+        config=config,
+        round=round_number,
+        sent=sent,
+        accepted=len(accepted),
+        refused=result.count(Outcome.REFUSED),
+        failed=result.count(Outcome.FAILED),
+        lost=len(accepted - delivered.keys()),
+        untagged=untagged,
+        seconds=result.seconds,
+        p50_ms=statistics.median(times) if times else float("nan"),
+        p99_ms=_percentile(times, 0.99) if times else float("nan"),
+        milter_user_ms=milter_user_ms,
+        milter_system_ms=milter_system_ms,
+        postfix_cpu_ms=(after.postfix - before.postfix) * 1000 / sent,
+        milter_peak_rss_mb=peak_mb,
+        dns_queries=queries,
+        cache_hit_rate=hit_rate,
+        other_load=max(0.0, others / (after.at - before.at)),
+    )
+
+
+def _wait_for_delivery(stack: Stack, result: LoadResult, what: str) -> None:
+    """Until the sink holds as many messages as Postfix accepted (bounded)."""
+    accepted = result.count(Outcome.ACCEPTED)
+    wait_until(lambda: len(_delivered(stack)) >= accepted, timeout=120, what=what, interval=0.1)
+
+
+def _is_spamgate(config: str) -> bool:
+    return config.startswith("spamgate")
+
+
+def _failures(result: LoadResult) -> list[str]:
+    return [s.reply for s in result.sent if s.outcome is Outcome.FAILED][:5]
+
+
+@dataclass
+class Report:
+    plan: Plan
+    command: str
+    started: datetime.datetime
+    runs: list[Run] = field(default_factory=list)
+    held: dict[str, float] = field(default_factory=dict)
+    long_run: list[tuple[int, float]] = field(default_factory=list)
+    profile: list[tuple[str, float, float]] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    on_tmpfs: bool = False
+    before: str | None = None
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def warm_up(stack: Stack, population: Population, configs: Sequence[str]) -> None:
+    """Send one message from every client through each spamgate, to fill its DNS cache, and a
+    few through the rest, so every process has started and paged in its code."""
+    every_client = one_per_client(population, "warm")
+    for config in configs:
+        batch = every_client if _is_spamgate(config) else every_client[:200]
+        batch = [retag(m, f"{m.token}.{config}") for m in batch]
+        started = time.monotonic()
+        result = loadgen.send_all(stack.port(config), batch, 50)
+        failed = result.count(Outcome.FAILED)
+        log(
+            f"warm-up {config}: {len(batch)} messages in {time.monotonic() - started:.1f} s"
+            f" ({result.count(Outcome.ACCEPTED)} accepted, {failed} failed)"
+        )
+        refused = result.count(Outcome.REFUSED)
+        if failed or (refused and not _is_spamgate(config)):
+            problems = [s.reply for s in result.sent if s.outcome is not Outcome.ACCEPTED][:5]
+            raise HarnessError(f"warm-up through {config} went wrong: {problems}")
+        _wait_for_delivery(stack, result, "warm-up delivery")
+        stack.clear_sink()
+
+
+def run_rounds(stack: Stack, population: Population, report: Report) -> None:
+    workloads = report.plan.workloads
+    cold_next = 0
+    for round_number in range(report.plan.rounds):
+        for workload in workloads:
+            configs = list(workload.configs)
+            shift = round_number % len(configs)
+            configs = configs[shift:] + configs[:shift]
+            if workload.mix is None:
+                base = cold_messages(
+                    population, cold_next, workload.messages, f"r{round_number}.{workload.name}"
+                )
+                cold_next += workload.messages
+            else:
+                base = messages(
+                    population,
+                    workload.mix,
+                    workload.messages,
+                    f"r{round_number}.{workload.name}",
+                    seed=round_number * 100 + len(workload.name),
+                )
+            for config in configs:
+                batch = [retag(m, f"{m.token}.{config}") for m in base]
+                run = measure_run(stack, workload, config, round_number, batch)
+                report.runs.append(run)
+                log(
+                    f"round {round_number + 1}/{report.plan.rounds} {workload.name:9} "
+                    f"{config:15} {run.rate:7.1f} msg/s  p50 {run.p50_ms:6.2f} ms  "
+                    f"p99 {run.p99_ms:7.2f} ms  milter {_fmt(run.milter_cpu_ms)} ms/msg  "
+                    f"postfix {run.postfix_cpu_ms:5.2f} ms/msg  refused {run.refused}  "
+                    f"failed {run.failed}  lost {run.lost}"
+                )
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def measure_held(stack: Stack, population: Population, report: Report) -> None:
+    """RSS of each milter with N sessions open at once (each held after its RCPT)."""
+    count = report.plan.held_sessions
+    for config in ("noop", "spamgate"):
+        milter = stack.milters[config]
+        batch = messages(population, CLEAN_ONLY_MIX, count, f"held.{config}", seed=9)
+        idle_rss = measure.rss_kib(milter.pid)[0] / 1024
+        seen: dict[str, float] = {}
+
+        def at_peak(held: int, pid: int = milter.pid, seen: dict[str, float] = seen) -> None:
+            seen["held"] = held
+            seen["rss"] = measure.rss_kib(pid)[0] / 1024
+
+        stack.clear_sink()
+        result = loadgen.send_held(stack.port(config), batch, at_peak)
+        _wait_for_delivery(stack, result, "delivery of the held sessions")
+        report.held[f"{config}.idle"] = idle_rss
+        report.held[f"{config}.held"] = seen.get("held", 0)
+        report.held[f"{config}.rss"] = seen.get("rss", float("nan"))
+        report.held[f"{config}.failed"] = result.count(Outcome.FAILED)
+        log(
+            f"held {config}: {seen.get('held', 0):.0f} sessions open, RSS {idle_rss:.1f} MB idle"
+            f" -> {seen.get('rss', float('nan')):.1f} MB; {result.count(Outcome.FAILED)} failed"
+        )
+
+
+def measure_long_run(stack: Stack, population: Population, report: Report) -> None:
+    """RSS of spamgate after each batch of a long run at concurrency 50."""
+    milter = stack.milters["spamgate"]
+    sent = 0
+    for number in range(report.plan.long_run_batches):
+        batch = messages(
+            population,
+            REALISTIC_MIX,
+            report.plan.long_run_batch,
+            f"long.{number}",
+            seed=1000 + number,
+        )
+        stack.clear_sink()
+        result = loadgen.send_all(stack.port("spamgate"), batch, 50)
+        sent += len(batch)
+        rss = measure.rss_kib(milter.pid)[0] / 1024
+        report.long_run.append((sent, rss))
+        log(f"long run: {sent} messages, spamgate RSS {rss:.1f} MB, {_failures(result)}")
+        _wait_for_delivery(stack, result, "long-run delivery")
+
+
+def profile(stack: Stack, population: Population, report: Report) -> None:
+    """py-spy samples spamgate under c50 load (realistic mix)."""
+    milter = stack.milters["spamgate"]
+    raw = stack.workdir / "profile.txt"
+    py_spy = Path(sys.executable).with_name("py-spy")
+    argv = [str(py_spy), "record", "--pid", str(milter.pid), "--rate", "250"]
+    argv += ["--format", "raw", "--output", str(raw), "--duration", "600"]
+    with open(stack.workdir / "py-spy.log", "wb") as py_spy_log:
+        recorder = subprocess.Popen(
+            argv, stdout=py_spy_log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        time.sleep(1.0)  # py-spy attaches
+        deadline = time.monotonic() + report.plan.profile_seconds
+        number = 0
+        while time.monotonic() < deadline and number < 100:
+            batch = messages(population, REALISTIC_MIX, 1000, f"prof.{number}", seed=number)
+            loadgen.send_all(stack.port("spamgate"), batch, 50)
+            number += 1
+    finally:
+        # SIGINT makes py-spy stop and write what it has.
+        recorder.send_signal(signal.SIGINT)
+        try:
+            recorder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            recorder.wait(timeout=10)
+    if raw.exists():
+        report.profile = summarize_profile(raw.read_text())
+    else:
+        report.notes.append("py-spy wrote no profile (see its log); profile section left out")
+
+
+# Frames where a thread waits rather than works: py-spy cannot always tell a blocked thread
+# from a running one (libmilter's threads have no Python frames between callbacks at all).
+_WAITING = (
+    "Condition.wait",
+    ".select (",
+    "_wait_for_signals",
+    "serve (spamgate/adapter.py)",
+    "_wait_for_tstate_lock",
+    "Event.wait",
+    "sigtimedwait",
+    "Handler.acquire",
+)
+
+
+def summarize_profile(raw: str, top: int = 15) -> list[tuple[str, float, float]]:
+    """(function, self %, inclusive %) of the costliest functions in py-spy's raw output
+    (one collapsed stack and its sample count per line), over the samples that were running
+    Python code in a milter callback (lock waits and idle threads left out)."""
+    self_samples: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = [_function(frame) for frame in stack.split(";") if frame.strip()]
+        if not frames or any(mark in frames[-1] for mark in _WAITING):
+            continue
+        count = int(count_text)
+        total += count
+        self_samples[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+    if not total:
+        return []
+    ranked = sorted(self_samples, key=lambda name: -self_samples[name])[:top]
+    return [
+        (name, 100 * self_samples[name] / total, 100 * inclusive[name] / total) for name in ranked
+    ]
+
+
+def _function(frame: str) -> str:
+    """'envrcpt (spamgate/adapter.py:140)' -> 'envrcpt (spamgate/adapter.py)'."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    return f"{name} ({'/'.join(parts[-2:])})" if parts else name
+
+
+# ---------------------------------------------------------------------------------------
+# The report
+
+
+def _median(values: Iterator[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _round_ratio(
+    runs: Sequence[Run], workload: str, config: str, base: str, value: Callable[[Run], float]
+) -> float | None:
+    """Median over rounds of value(config) / value(base) within the same round."""
+    by_round: dict[int, dict[str, Run]] = collections.defaultdict(dict)
+    for run in runs:
+        if run.workload == workload:
+            by_round[run.round][run.config] = run
+    ratios = [
+        value(r[config]) / value(r[base])
+        for r in by_round.values()
+        if config in r and base in r and value(r[base])
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
+def _round_difference(
+    runs: Sequence[Run], workload: str, config: str, base: str, value: Callable[[Run], float]
+) -> float | None:
+    by_round: dict[int, dict[str, Run]] = collections.defaultdict(dict)
+    for run in runs:
+        if run.workload == workload:
+            by_round[run.round][run.config] = run
+    differences = [
+        value(r[config]) - value(r[base]) for r in by_round.values() if config in r and base in r
+    ]
+    return statistics.median(differences) if differences else None
+
+
+def render(report: Report) -> str:
+    runs = report.runs
+    lines = [
+        "# spamgate benchmark results",
+        "",
+        "Written by `make bench` (bench/run.py); do not edit by hand above the line"
+        ' "Before and after". Medians over rounds; every ratio is taken within a round'
+        " (against Postfix without a milter, or against the no-op milter) before the median.",
+        "",
+        f"- Command: `{report.command}`",
+        f"- Date: {report.started:%Y-%m-%d %H:%M} UTC, {report.plan.rounds} rounds",
+        f"- Machine: {_machine()}",
+        f"- Software: {_versions()}",
+        f"- Commit: {_commit()}",
+        f"- Postfix queue on tmpfs: {'yes' if report.on_tmpfs else 'no (no tmpfs found)'}",
+        "- Policy: config/spamgate.yaml (4 IP lists, 1 domain list checked for 5 names,"
+        " reverse DNS from Postfix's macros, HELO and sender checks) pointed at rbldnsd, plus"
+        f" {len(EXTRA_RULES)} header rules (bench/workload.py); metrics on.",
+        "- Clients: a seeded population of "
+        f"{sum(_population_sizes(report.plan.sizes).values())} addresses"
+        " (clean, dynamic, allowlisted, listed, IPv6) presented through XCLIENT; 2 KB messages.",
+        "",
+    ]
+    if report.before:
+        lines += [f"- `spamgate-before`: the same daemon at commit {report.before}.", ""]
+    for workload in report.plan.workloads:
+        lines += _workload_table(runs, workload)
+    lines += _targets(report)
+    lines += _memory(report)
+    lines += _phases(report)
+    lines += _profile(report)
+    notes = list(report.notes)
+    busy = [r for r in report.runs if r.other_load > 0.25]
+    if busy:
+        notes.append(
+            f"{len(busy)} of {len(report.runs)} runs shared the machine with other work"
+            " (more than 0.25 cores busy outside the benchmark, column 'other load'):"
+            " their numbers are less trustworthy."
+        )
+    if notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
+    return "\n".join(lines)
+
+
+def _population_sizes(sizes: Sizes) -> dict[str, int]:
+    return {
+        name: getattr(sizes, name)
+        for name in (
+            "clean",
+            "dynamic",
+            "allowlisted",
+            "listed_reject",
+            "listed_tempfail",
+            "listed_tag",
+            "ipv6",
+        )
+    }
+
+
+def _workload_table(runs: Sequence[Run], workload: Workload) -> list[str]:
+    own = [r for r in runs if r.workload == workload.name]
+    if not own:
+        return []
+    configs = [c for c in workload.configs if any(r.config == c for r in own)]
+    lines = [
+        f"## {workload.title} (`{workload.name}`, {workload.messages} messages per run)",
+        "",
+        "| configuration | msg/s | vs plain | p50 ms | p99 ms | p50 - plain ms"
+        " | milter CPU ms/msg (user + sys) | Postfix CPU ms/msg | milter peak RSS MB"
+        " | DNS queries/msg | cache hits | refused | failed | lost | other load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = "plain" if "plain" in configs else configs[0]
+    for config in configs:
+        mine = [r for r in own if r.config == config]
+        rate_ratio = _round_ratio(runs, workload.name, config, base, lambda r: r.rate)
+        p50_diff = _round_difference(runs, workload.name, config, base, lambda r: r.p50_ms)
+        hit = _median(r.cache_hit_rate for r in mine)
+        lines.append(
+            f"| {config} | {_median(r.rate for r in mine):.1f}"
+            f" | {_fmt(rate_ratio and rate_ratio * 100, 1)}%"
+            f" | {_median(r.p50_ms for r in mine):.2f} | {_median(r.p99_ms for r in mine):.2f}"
+            f" | {_fmt(p50_diff)}"
+            f" | {_cpu(mine)}"
+            f" | {_median(r.postfix_cpu_ms for r in mine):.2f}"
+            f" | {_fmt(_median(r.milter_peak_rss_mb for r in mine), 1)}"
+            f" | {_fmt(_median(r.dns_queries for r in mine))}"
+            f" | {_fmt(hit and hit * 100, 1)}{'%' if hit is not None else ''}"
+            f" | {sum(r.refused for r in mine)} | {sum(r.failed for r in mine)}"
+            f" | {sum(r.lost for r in mine)} | {_median(r.other_load for r in mine):.2f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _cpu(runs: Sequence[Run]) -> str:
+    total = _median(r.milter_cpu_ms for r in runs)
+    if total is None:
+        return "-"
+    user = _median(r.milter_user_ms for r in runs)
+    system = _median(r.milter_system_ms for r in runs)
+    return f"{total:.2f} ({_fmt(user)} + {_fmt(system)})"
+
+
+def _targets(report: Report) -> list[str]:
+    runs = report.runs
+    rows = []
+
+    def verdict(ok: bool | None) -> str:
+        return "-" if ok is None else ("met" if ok else "**not met**")
+
+    c1 = _round_difference(runs, "c1", "spamgate", "noop", lambda r: r.p50_ms)
+    rows.append(
+        (
+            "C=1: spamgate median time per message at most 0.5 ms above the no-op milter's",
+            f"{_fmt(c1)} ms above",
+            verdict(None if c1 is None else c1 <= 0.5),
+        )
+    )
+    for workload in ("c50-clean", "c50"):
+        rate = _round_ratio(runs, workload, "spamgate", "noop", lambda r: r.rate)
+        cpu = _round_ratio(runs, workload, "spamgate", "noop", lambda r: r.milter_cpu_ms or 0)
+        rows.append(
+            (
+                f"`{workload}`: spamgate throughput at least 95% of the no-op milter's",
+                f"{_fmt(rate and rate * 100, 1)}%",
+                verdict(None if rate is None else rate >= 0.95),
+            )
+        )
+        rows.append(
+            (
+                f"`{workload}`: spamgate CPU per message at most the no-op milter's",
+                f"{_fmt(cpu and cpu * 100, 1)}% of it",
+                verdict(None if cpu is None else cpu <= 1.0),
+            )
+        )
+    cold = _round_difference(runs, "cold", "spamgate-cold", "noop", lambda r: r.p50_ms)
+    lookup_ms = 50.0
+    rows.append(
+        (
+            "Cold cache, 50 ms per DNS answer: time added about one lookup, not one per list",
+            f"{_fmt(cold, 1)} ms added (one lookup: {lookup_ms:.0f} ms)",
+            verdict(None if cold is None else cold < 2 * lookup_ms),
+        )
+    )
+    held_rss = report.held.get("spamgate.rss")
+    held = report.held.get("spamgate.held", 0)
+    rows.append(
+        (
+            f"RSS with {held:.0f} concurrent sessions under 150 MB",
+            f"{_fmt(held_rss, 1)} MB",
+            verdict(None if held_rss is None else held_rss < 150),
+        )
+    )
+    growth = _long_run_growth(report)
+    rows.append(
+        (
+            "RSS flat over a long run (growth over the second half under 5%)",
+            "-" if growth is None else f"{growth * 100:+.1f}%",
+            verdict(None if growth is None else growth < 0.05),
+        )
+    )
+    lines = ["## Targets", "", "| target | measured | |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += ["", *_trap_lines(runs), ""]
+    return lines
+
+
+def _long_run_growth(report: Report) -> float | None:
+    series = report.long_run
+    if len(series) < 2:
+        return None
+    middle = series[len(series) // 2 - 1][1] if len(series) > 2 else series[0][1]
+    return (series[-1][1] - middle) / middle
+
+
+def _trap_lines(runs: Sequence[Run]) -> list[str]:
+    """The ~40 ms traps: an inet socket that is much slower than a unix one at C=1."""
+    lines = ["Latency traps (Nagle / delayed ACK, ~40 ms each when present), C=1 medians:", ""]
+    for inet, unix in (("noop", "noop-unix"), ("spamgate", "spamgate-unix")):
+        difference = _round_difference(runs, "c1", inet, unix, lambda r: r.p50_ms)
+        if difference is None:
+            continue
+        state = "absent" if difference < 10 else "**present**"
+        lines.append(f"- {inet} over inet vs unix: {difference:+.2f} ms: trap {state}")
+    worst = max((r.p99_ms for r in runs if r.workload == "c1"), default=None)
+    if worst is not None:
+        lines.append(f"- worst p99 of any configuration at C=1: {worst:.2f} ms")
+    return lines
+
+
+def _memory(report: Report) -> list[str]:
+    lines = ["## Memory", ""]
+    if report.held:
+        lines += ["| milter | sessions held open | RSS idle MB | RSS with sessions MB | failed |"]
+        lines += ["|---|---:|---:|---:|---:|"]
+        for config in ("noop", "spamgate"):
+            if f"{config}.held" in report.held:
+                held = report.held
+                lines.append(
+                    f"| {config} | {held[f'{config}.held']:.0f}"
+                    f" | {held[f'{config}.idle']:.1f} | {held[f'{config}.rss']:.1f}"
+                    f" | {held[f'{config}.failed']:.0f} |"
+                )
+        lines.append("")
+    if report.long_run:
+        lines.append("Long run at C=50 (realistic mix), spamgate RSS after each batch:")
+        lines.append("")
+        lines.append("| messages | " + " | ".join(str(n) for n, _ in report.long_run) + " |")
+        lines.append("|---|" + "---:|" * len(report.long_run))
+        lines.append("| RSS MB | " + " | ".join(f"{r:.1f}" for _, r in report.long_run) + " |")
+        lines.append("")
+    return lines
+
+
+def _phases(report: Report) -> list[str]:
+    if not report.phases:
+        return []
+    lines = [
+        "## spamgate's own Python per message, by callback (`python -m bench.phases`)",
+        "",
+        "The daemon's runtime driven without a socket, warm cache, one thread: the work",
+        "spamgate adds to the pymilter floor before fifty threads share one GIL.",
+        "",
+        "| callback | " + " | ".join(report.phases) + " | total |",
+        "|---|" + "---:|" * (len(report.phases) + 1),
+        "| CPU us | "
+        + " | ".join(f"{v:.0f}" for v in report.phases.values())
+        + f" | {sum(report.phases.values()):.0f} |",
+        "",
+    ]
+    return lines
+
+
+def _profile(report: Report) -> list[str]:
+    if not report.profile:
+        return []
+    lines = [
+        "## Where spamgate's time goes under load (py-spy, C=50, realistic mix)",
+        "",
+        "Share of the samples that were running Python code (threads waiting for a lock or",
+        "for work left out). libmilter's own C code and the GIL hand-overs between threads",
+        "do not show here: see the milter's system time in the tables above.",
+        "",
+        "| function | self % | inclusive % |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| `{name}` | {own:.1f} | {total:.1f} |" for name, own, total in report.profile]
+    lines.append("")
+    return lines
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} x {model}, {memory:.0f} GiB, Linux {platform.release()}"
+
+
+def _versions() -> str:
+    postfix = subprocess.run(
+        ["postconf", "-dh", "mail_version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    pymilter = importlib.metadata.version("pymilter")
+    return f"Python {platform.python_version()}, pymilter {pymilter}, Postfix {postfix}"
+
+
+def _commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPOSITORY, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "milter")
+    return commit + (" (with uncommitted changes under milter/)" if dirty else "")
+
+
+def _arguments(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (about 1 min)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5; --quick: 1)")
+    parser.add_argument("--before", help="also measure spamgate at this git revision")
+    parser.add_argument("--output", type=Path, help=f"results file (default {RESULTS})")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--only", help="comma-separated workloads to run (default: all)")
+    parser.add_argument("--profile", type=float, help="seconds of py-spy profile under load")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the held-sessions and long-run parts"
+    )
+    args = parser.parse_args(argv)
+    the_plan = plan(args.quick, args.rounds)
+    workloads = the_plan.workloads
+    if args.only:
+        wanted = args.only.split(",")
+        workloads = tuple(w for w in workloads if w.name in wanted)
+    if args.before:
+        workloads = tuple(w.with_before() if w.name != "cold" else w for w in workloads)
+    the_plan = dataclasses.replace(
+        the_plan,
+        workloads=workloads,
+        profile_seconds=the_plan.profile_seconds if args.profile is None else args.profile,
+        held_sessions=0 if args.no_memory else the_plan.held_sessions,
+        long_run_batches=0 if args.no_memory else the_plan.long_run_batches,
+    )
+    return args, the_plan
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, the_plan = _arguments(argv)
+    output = args.output or (None if args.quick else RESULTS)
+    command = "python -m bench.run " + shlex.join(list(argv if argv is not None else sys.argv[1:]))
+    report = Report(the_plan, command.strip(), datetime.datetime.now(datetime.UTC))
+    population = build_population(the_plan.sizes)
+    started = time.monotonic()
+    with running_stack(population, keep=args.keep, before=args.before) as stack:
+        report.on_tmpfs = stack.on_tmpfs
+        report.before = args.before
+        log(f"stack up in {stack.workdir}")
+        configs = sorted({c for w in the_plan.workloads for c in w.configs})
+        warm_up(stack, population, [c for c in configs if c != "spamgate-cold"])
+        run_rounds(stack, population, report)
+        if the_plan.held_sessions:
+            measure_held(stack, population, report)
+        measure_long_run(stack, population, report)
+        if the_plan.profile_seconds:
+            profile(stack, population, report)
+    log("measuring spamgate's Python per callback (bench/phases.py)")
+    report.phases = phases.measure(200 if args.quick else 800)
+    text = render(report)
+    if output is not None:
+        output.write_text(_keep_before_after(output, text))
+        log(f"wrote {output}")
+    print(text)
+    log(f"done in {time.monotonic() - started:.0f} s")
+    return _verdict(report)
+
+
+def _verdict(report: Report) -> int:
+    """1 if any message was lost, any session failed or spamgate let a message through
+    untagged: the numbers of such a run mean nothing."""
+    lost = sum(r.lost for r in report.runs)
+    failed = sum(r.failed for r in report.runs)
+    untagged = sum(r.untagged for r in report.runs)
+    if lost or failed or untagged:
+        log(
+            f"FAILED: {lost} messages lost, {failed} sessions failed, {untagged} messages"
+            " delivered through spamgate without its X-Spam-Status header"
+        )
+        return 1
+    return 0
+
+
+BEFORE_AFTER = "## Before and after"
+
+
+def _keep_before_after(path: Path, text: str) -> str:
+    """Keep the hand-written "Before and after" section of an existing results file."""
+    with contextlib.suppress(FileNotFoundError):
+        old = path.read_text()
+        if BEFORE_AFTER in old:
+            return text.rstrip("\n") + "\n\n" + old[old.index(BEFORE_AFTER) :]
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

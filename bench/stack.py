@@ -1,0 +1,290 @@
+"""The benchmark's real parts on loopback, started and stopped here, by PID.
+
+One Postfix (queue on a tmpfs when there is one) relays every message to one smtp-sink. It
+has a listener per configuration under test:
+
+    plain           no milter
+    noop            the no-op pymilter milter (bench/noop_milter.py), inet socket
+    spamgate        spamgate on the shipped-style policy, inet socket, DNS straight to rbldnsd
+    noop-unix       the no-op milter on a unix socket       } for the latency-trap check:
+    spamgate-unix   spamgate on a unix socket               } inet and unix side by side
+    spamgate-cold   spamgate whose DNS goes through a proxy that delays every answer by 50 ms
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.workload import REPOSITORY, Population, bench_policy, build_zones
+from tests.harness.dns import Rbldnsd
+from tests.harness.dnsproxy import DnsProxy, Fault
+from tests.harness.postfix import Listener, PostfixInstance
+from tests.harness.processes import (
+    LOOPBACK,
+    HarnessError,
+    ManagedProcess,
+    Service,
+    free_port,
+    tcp_accepts,
+    wait_until,
+)
+from tests.harness.sink import SmtpSink
+
+NOOP_MILTER = Path(__file__).with_name("noop_milter.py")
+COLD_DNS_DELAY = 0.050
+
+# Held sessions for the memory measurement, plus headroom: each is an smtpd process.
+PROCESS_LIMIT = 700
+
+
+class Milter(Service):
+    """A milter process on an inet or unix socket (libmilter syntax in `socket_spec`)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        socket_spec: str,
+        metrics_port: int | None = None,
+    ) -> None:
+        self.name = name
+        self.metrics_port = metrics_port  # spamgate's Prometheus port
+        self.socket_spec = socket_spec
+        self.log_path = log_path
+        self.process = ManagedProcess(argv, log_path)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def postfix_address(self) -> str:
+        """The same socket in Postfix's smtpd_milters syntax."""
+        family, _, rest = self.socket_spec.partition(":")
+        if family == "unix":
+            return self.socket_spec
+        port, _, host = rest.partition("@")
+        return f"inet:{host}:{port}"
+
+    def _accepts(self) -> bool:
+        family, _, rest = self.socket_spec.partition(":")
+        if family == "unix":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                try:
+                    probe.connect(rest)
+                except OSError:
+                    return False
+                return True
+        port, _, host = rest.partition("@")
+        return tcp_accepts(host, int(port), timeout=0.5)
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.process.start_and_wait(self._accepts, timeout=timeout, what=f"{self.name} to listen")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.running():
+            self.process.signal_group(signal.SIGTERM)
+
+            # libmilter checks its stop flag when its accept loop wakes: connect until it exits.
+            def exited() -> bool:
+                if not self.process.running():
+                    return True
+                self._accepts()
+                return False
+
+            with contextlib.suppress(HarnessError):
+                wait_until(exited, timeout=timeout, what=f"{self.name} to exit", interval=0.05)
+        self.process.stop()
+
+
+def _spamgate(
+    workdir: Path,
+    name: str,
+    socket_spec: str,
+    dns_port: int,
+    *,
+    source: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Milter:
+    metrics_port = free_port()
+    policy = bench_policy(
+        listen=socket_spec,
+        dns_port=dns_port,
+        metrics_port=metrics_port,
+        status_file=workdir / f"{name}-status.json",
+    )
+    if socket_spec.startswith("unix:"):
+        # smtpd runs as the postfix user; the benchmark's spamgate runs as whoever runs it.
+        policy += "socket_mode: '0666'\n"
+    config = workdir / f"{name}.yaml"
+    config.write_text(policy)
+    argv = [sys.executable, "-m", "spamgate", "run", "-c", str(config)]
+    milter = Milter(name, argv, workdir / f"{name}.log", socket_spec, metrics_port)
+    if source is not None or env:
+        milter.process.env = {**os.environ, **(env or {})}
+        if source is not None:
+            # Found before the installed (editable) package: sys.path precedes its finder.
+            milter.process.env["PYTHONPATH"] = str(source)
+    return milter
+
+
+def export_source(revision: str, workdir: Path) -> Path:
+    """spamgate's source root (milter/) as of a git revision, unpacked under `workdir`."""
+    target = workdir / f"source-{revision}"
+    target.mkdir()
+    archive = workdir / "source.tar"
+    with archive.open("wb") as out:
+        subprocess.run(
+            ["git", "archive", "--format=tar", revision, "milter"],
+            cwd=REPOSITORY,
+            stdout=out,
+            check=True,
+            timeout=60,
+        )
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    archive.unlink()
+    return target / "milter"
+
+
+def _noop(workdir: Path, name: str, socket_spec: str) -> Milter:
+    argv = [sys.executable, str(NOOP_MILTER), socket_spec]
+    return Milter(name, argv, workdir / f"{name}.log", socket_spec)
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    on_tmpfs: bool
+    dns: Rbldnsd
+    cold_dns: DnsProxy
+    sink: SmtpSink
+    postfix: PostfixInstance
+    milters: dict[str, Milter]  # by listener name
+
+    def port(self, listener: str) -> int:
+        return self.postfix.ports[listener]
+
+    def helper_pids(self) -> list[int]:
+        """Every process of the benchmark besides Postfix and this one: milters, sink, DNS."""
+        pids = [milter.pid for milter in self.milters.values()]
+        return [*pids, self.sink.pid, self.dns.pid, self.cold_dns.pid]
+
+    def clear_sink(self) -> None:
+        for path in self.sink.dump_dir.iterdir():
+            path.unlink()
+
+
+def _workdir() -> tuple[Path, bool]:
+    """A fresh directory, on a tmpfs if /dev/shm is one (queue file syncs cost nothing there)."""
+    shm = Path("/dev/shm")
+    on_tmpfs = shm.is_dir() and os.access(shm, os.W_OK) and _is_tmpfs(shm)
+    path = Path(tempfile.mkdtemp(prefix="spamgate-bench-", dir=shm if on_tmpfs else None))
+    # Postfix's daemons, smtp-sink and rbldnsd run as other users and must reach their files.
+    path.chmod(0o755)
+    return path, on_tmpfs
+
+
+def _is_tmpfs(path: Path) -> bool:
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == str(path):
+            return fields[2] == "tmpfs"
+    return False
+
+
+@contextlib.contextmanager
+def running_stack(
+    population: Population,
+    *,
+    keep: bool = False,
+    before: str | None = None,
+    variants: Mapping[str, Mapping[str, str]] | None = None,
+) -> Iterator[Stack]:
+    """Everything up and ready; `before`: also spamgate as of that git revision; `variants`:
+    more spamgate daemons, by name, each with these extra environment variables (for
+    experiments)."""
+    workdir, on_tmpfs = _workdir()
+    try:
+        with ExitStack() as stack:
+            dns = stack.enter_context(Rbldnsd(workdir, build_zones(population)))
+            cold_dns = stack.enter_context(
+                DnsProxy(workdir, dns.port, fault=Fault(delay=COLD_DNS_DELAY))
+            )
+            sink = stack.enter_context(SmtpSink(workdir))
+            milters = {
+                "noop": _noop(workdir, "noop", f"inet:{free_port()}@{LOOPBACK}"),
+                "noop-unix": _noop(workdir, "noop-unix", f"unix:{workdir}/noop.sock"),
+                "spamgate": _spamgate(
+                    workdir, "spamgate", f"inet:{free_port()}@{LOOPBACK}", dns.port
+                ),
+                "spamgate-unix": _spamgate(
+                    workdir, "spamgate-unix", f"unix:{workdir}/spamgate.sock", dns.port
+                ),
+                "spamgate-cold": _spamgate(
+                    workdir, "spamgate-cold", f"inet:{free_port()}@{LOOPBACK}", cold_dns.port
+                ),
+            }
+            if before is not None:
+                milters["spamgate-before"] = _spamgate(
+                    workdir,
+                    "spamgate-before",
+                    f"inet:{free_port()}@{LOOPBACK}",
+                    dns.port,
+                    source=export_source(before, workdir),
+                )
+            for name, env in (variants or {}).items():
+                milters[name] = _spamgate(
+                    workdir, name, f"inet:{free_port()}@{LOOPBACK}", dns.port, env=env
+                )
+            for milter in milters.values():
+                stack.enter_context(milter)
+            # XCLIENT makes Postfix hang up on the milter and connect again as the claimed
+            # client, so every session would cost a milter two connections, one of them from
+            # 127.0.0.1. smtpd_milter_maps (Postfix 3.2) turns the milters off for loopback
+            # clients only: one milter connection per session, as a real client gets.
+            no_loopback = workdir / "no-milter-for-loopback.cidr"
+            no_loopback.write_text("127.0.0.0/8 DISABLE\n")
+            no_loopback.chmod(0o644)
+            maps = {"smtpd_milter_maps": f"cidr:{no_loopback}"}
+            listeners = {"plain": Listener()}
+            listeners |= {
+                name: Listener(milters=m.postfix_address, options=maps)
+                for name, m in milters.items()
+            }
+            postfix = stack.enter_context(
+                PostfixInstance(
+                    workdir,
+                    relay_port=sink.port,
+                    listeners=listeners,
+                    relay_domains=["example.com"],
+                    main_cf={
+                        "default_process_limit": str(PROCESS_LIMIT),
+                        # Deliver as fast as mail comes in, so the queue never backs up.
+                        "default_destination_concurrency_limit": "50",
+                        "smtp_destination_concurrency_limit": "50",
+                    },
+                )
+            )
+            yield Stack(workdir, on_tmpfs, dns, cold_dns, sink, postfix, milters)
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    wait_until(condition, timeout=timeout, what=what, interval=0.05)
