@@ -145,6 +145,22 @@ def test_breaker_measures_only_the_window_and_ignores_unusable_answers() -> None
     assert not watch.is_suspended("ZEN")  # 2 of 4 in the window: 50%, not more
 
 
+def test_breaker_window_memory_is_bounded_by_time_slices_not_traffic() -> None:
+    clock = FakeClock()
+    watch = monitor(clock)
+    zen = lists()["ZEN"]
+    for _ in range(1200):  # two windows at 100 clean answers a second
+        clock.now += 0.1
+        watch.record([classify(zen, CLEAN, 1.0)] * 10)
+    assert len(watch._records["ZEN"].recent) <= 61  # 60 slices of one second, and the newest
+    # The counts still follow the window: a list that now lists everyone trips once the last
+    # window's listings pass the ratio (6,000 clean answers are in it).
+    for _ in range(59):
+        clock.now += 1
+        watch.record([classify(zen, LISTED, 1.0)] * 100)
+    assert watch.is_suspended("ZEN")
+
+
 def test_probe_suspends_and_resumes_with_back_off(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock(1000.0)
     watch = monitor(clock)

@@ -86,11 +86,18 @@ def judge_probe(dns_list: DnsList, listed: DnsAnswer, unlisted: DnsAnswer) -> st
     return ""
 
 
+_WINDOW_SLICES = 60  # the breaker's window is counted in this many time slices
+
+
 @dataclass
 class _Record:
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
-    recent: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
-    recent_listed: int = 0  # how many of `recent` are listings, kept as they come and go
+    # The breaker's window as time slices of [start, checks, listed]: memory grows with the
+    # number of slices, not with the traffic (one entry per answer held 900,000 tuples for
+    # ten minutes of a busy MX).
+    recent: collections.deque[list[float]] = field(default_factory=collections.deque)
+    recent_checks: int = 0
+    recent_listed: int = 0
     latencies: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=512)
     )
@@ -141,6 +148,7 @@ class ListMonitor:
         now = self._clock()
         with self._lock:
             self._settings = settings
+            self._slice = settings.window / _WINDOW_SLICES
             self._lists = {dns_list.name: dns_list for dns_list in lists}
             old = self._records
             self._records = {name: old.get(name) or _Record() for name in self._lists}
@@ -177,7 +185,12 @@ class ListMonitor:
                 if outcome.status is ListStatus.UNUSABLE or record.state is ListState.SUSPENDED:
                     continue
                 listed = outcome.status is ListStatus.LISTED
-                record.recent.append((now, listed))
+                recent = record.recent
+                if not recent or now >= recent[-1][0] + self._slice:
+                    recent.append([now, 0, 0])
+                recent[-1][1] += 1
+                recent[-1][2] += listed
+                record.recent_checks += 1
                 record.recent_listed += listed
                 reason = self._breaker(record, now)
                 if reason:
@@ -190,11 +203,12 @@ class ListMonitor:
 
     def _breaker(self, record: _Record, now: float) -> str:
         settings = self._settings
-        # Amortised O(1) per answer: a busy MX records thousands per window.
+        # A slice leaves the window whole, up to one slice early: 1/_WINDOW_SLICES of it.
         while record.recent and record.recent[0][0] < now - settings.window:
-            _, listed = record.recent.popleft()
-            record.recent_listed -= listed
-        checks = len(record.recent)
+            _, checks, listed = record.recent.popleft()
+            record.recent_checks -= int(checks)
+            record.recent_listed -= int(listed)
+        checks = record.recent_checks
         if checks < settings.min_checks:
             return ""
         ratio = record.recent_listed / checks
@@ -212,7 +226,7 @@ class ListMonitor:
         record.backoff = min(max(record.backoff * 2, settings.retry_min), settings.retry_max)
         record.next_probe_at = now + record.backoff
         record.recent.clear()
-        record.recent_listed = 0
+        record.recent_checks = record.recent_listed = 0
 
     def due_for_probe(self) -> list[DnsList]:
         now = self._clock()
