@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.spamgate_stack import ZEN_ZONE, Stack, running_stack
+from tests.harness.processes import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -159,7 +160,14 @@ def test_mail_is_accepted_with_the_dns_server_stopped(stack: Stack) -> None:
     assert decision["fails"] == "ZEN_FAIL,WL_FAIL"
     assert decision["score"] == "0.0"
     # Unusable answers are counted: the stats lines at shutdown say how often and why. With
-    # its DNS server gone the list fails its probes too, and is suspended (one WARNING).
+    # its DNS server gone the list fails its probes too, and is suspended (one WARNING); a
+    # probe waits out its own timeout, which on a loaded machine can end after the mail.
+    wait_until(
+        lambda: "WARNING list ZEN suspended: probe: " in milter.log_text(),
+        timeout=10.0,
+        what="ZEN suspended after failing its probe",
+        log_tail=milter.log_text,
+    )
     milter.stop()
     log = milter.log_text()
     failure = decision["lists"].split(":")[2]  # deadline, or suspended if a probe came first
