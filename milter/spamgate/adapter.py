@@ -164,7 +164,12 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
     #   in its output buffer and writes them with the next event it awaits an answer to
     #   (milter8_event() in src/milter/milter8.c), so all the headers of a message travel in
     #   a few large writes instead of one round trip each.
-    # - end of headers and the body are negotiated away: nothing here needs them.
+    # - the body is negotiated away: nothing here needs it. End of headers is a no-reply
+    #   callback, though nothing here needs it either: libmilter's state table has no step
+    #   from DATA straight to end of message (NX_DATA in engine.c), so a message without
+    #   headers, which Sendmail sends as DATA then end of message, made libmilter call abort,
+    #   ignore the end of message and never answer: Sendmail gave 451 4.3.2 after its milter
+    #   read timeout. Postfix always sends its own Received header, so never hit this.
     # - data answers CONTINUE. Postfix still sends the macros of an event a milter negotiated
     #   away; smtpd writes the DATA macros alone, cleanup then writes the headers, and that
     #   second small write waits (Nagle) for an ACK our side delays by ~40 ms. Answering DATA
@@ -202,6 +207,10 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
     @_noreply_guarded
     def header(self, name: str, value: str) -> None:
         self.session.header(name, value)
+
+    @_noreply_guarded
+    def eoh(self) -> None:
+        pass  # see above: its only use is to keep libmilter's state machine on the rails
 
     @_guarded
     def eom(self) -> int:
@@ -439,6 +448,7 @@ def _register_callbacks() -> None:
     libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
     libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
     libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
     libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     libmilter.set_close_callback(Milter.close_callback)
