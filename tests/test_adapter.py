@@ -637,3 +637,19 @@ def test_an_uncaught_exception_outside_a_session_is_one_error_line(
     assert error.startswith("uncaught exception outside a session: ")
     assert "line one\\nline two" in error and "\n" not in error
     assert "test_adapter.py" in error  # the traceback, folded onto the line
+
+
+def test_a_client_name_pymilter_cannot_decode_fails_the_connection_by_on_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # No MTA here passes one (Postfix validates the name or says "unknown"), but if one did,
+    # connect() never runs: the connection has no facts, so on_error answers for all of it.
+    session = Session(make_policy("on_error: tempfail\n"), FakeLookups({}))
+    fresh_options()
+    session.ctx._negotiate()
+    pymilter_fails(undecodable(b"host\xff.example"))
+    for _ in range(2):  # a new MAIL FROM does not clear a connection-stage failure
+        session.mail()
+        assert session.rcpt("<user@example.com>") == Milter.TEMPFAIL
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "internal error in connect" in error and "UnicodeDecodeError" in error
