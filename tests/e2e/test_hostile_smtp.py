@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import urllib.request
 from collections.abc import Iterator
+from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,6 +266,23 @@ def test_non_utf8_helo_that_postfix_passes_on_is_read_byte_for_byte(
     assert "is not UTF-8, which pymilter cannot pass on" in stack.spamgate.log_text()
     after = stack.metric('spamgate_pymilter_failures_total{callback="hello"}')
     assert after == before + 1
+
+
+def test_concurrent_sessions_each_keep_their_own_helo(stack: HostileStack) -> None:
+    # The bytes of an undecodable HELO reach spamgate through sys.excepthook, which finds its
+    # session by pymilter's per-session thread state: under concurrency, no HELO may land in
+    # another session.
+    helos = [b"h\xff%d" % i if i % 2 else b"mail%d.client.example" % i for i in range(12)]
+
+    def run(helo: bytes) -> tuple[bytes, Conversation]:
+        subject = b"concurrent " + helo.hex().encode()
+        return helo, stack.converse(session(helo=helo, content=message(subject)), "legacy")
+
+    with futures.ThreadPoolExecutor(len(helos)) as pool:
+        results = list(pool.map(run, helos, timeout=30))
+    for helo, conversation in results:
+        answered(conversation)
+        assert stack.decision(conversation)["helo"] == logged(helo)
 
 
 # -- headers --------------------------------------------------------------------------------
