@@ -11,6 +11,10 @@ Protocol rules this module keeps (see PYMILTER-FACTS and libmilter's smfi_* page
   that may reply.
 - Header changes are only possible in eom().
 - libmilter may move one session between threads: all state lives on the instance.
+- pymilter's C layer can fail before any of our code runs: it decodes a HELO, a header name
+  and the client's host name as strict UTF-8 to build the callback's arguments. It then prints
+  the exception (sys.excepthook) and answers with its exception policy. `serve` makes that
+  policy CONTINUE and `report_uncaught` finds the session and acts for it (see there).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import socket
 import stat
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +37,7 @@ import Milter
 import milter as libmilter
 
 from spamgate.config import ListenAddress, OnError, SocketMode
+from spamgate.decisionlog import quote
 from spamgate.dnslists import IPAddress
 from spamgate.replies import Reply, internal_error
 from spamgate.session import RcptResult, Runtime, Session
@@ -55,16 +61,31 @@ MACROS = {
 
 Callback = TypeVar("Callback", bound=Callable[..., Any])
 
+# pymilter gives every libmilter context (one SMTP session) a Python thread state of its own
+# and switches to it for each callback of that session (_get_context() in miltermodule.c).
+# threading.local keys on the thread state, so here it holds one value per *session*, even
+# when libmilter moves the session to another worker thread. It is the only way back from
+# sys.excepthook, which pymilter calls when it fails before our code runs, to the session.
+_current = threading.local()
+
+# The callbacks whose arguments pymilter decodes as strict UTF-8, by the callback that can
+# come before them (libmilter's state machine, engine.c): after DATA or a header only a
+# header; before connect, connect itself (the client's host name); otherwise a HELO.
+_DECODED_AFTER = {"": "connect", "data": "header", "header": "header"}
+
 
 def _noreply_guarded(method: Callback) -> Callback:
     """A callback the MTA does not wait for: it cannot fail or answer anything but CONTINUE."""
 
+    name = method.__name__
+
     @functools.wraps(method)
     def wrapper(self: SpamgateMilter, *args: Any) -> int:
+        self.stage = name
         try:
             method(self, *args)
         except Exception:
-            self.note_internal_error(method.__name__)
+            self.note_internal_error(name)
         return int(Milter.CONTINUE)
 
     return Milter.noreply(wrapper)  # type: ignore[no-any-return]
@@ -73,14 +94,17 @@ def _noreply_guarded(method: Callback) -> Callback:
 def _guarded(method: Callback) -> Callback:
     """A callback that replies: an internal error becomes the `on_error` answer."""
 
+    name = method.__name__
+
     @functools.wraps(method)
     def wrapper(self: SpamgateMilter, *args: Any) -> int:
+        self.stage = name
         if self.failed:
             return self.error_response()
         try:
             return int(method(self, *args))
         except Exception:
-            self.note_internal_error(method.__name__)
+            self.note_internal_error(name)
             return self.error_response()
 
     return wrapper  # type: ignore[return-value]
@@ -93,6 +117,10 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
         # connection-stage callback (whose facts are then missing for the whole connection).
         self.failed = False
         self.connection_failed = False
+        # The last of our callbacks that ran: what pymilter was about to call when it fails
+        # before our code runs follows from it (_DECODED_AFTER).
+        self.stage = ""
+        _current.milter = self
 
     def negotiate(self, opts: list[int]) -> int:
         if self.session.runtime.draining:
@@ -136,7 +164,12 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
     #   in its output buffer and writes them with the next event it awaits an answer to
     #   (milter8_event() in src/milter/milter8.c), so all the headers of a message travel in
     #   a few large writes instead of one round trip each.
-    # - end of headers and the body are negotiated away: nothing here needs them.
+    # - the body is negotiated away: nothing here needs it. End of headers is a no-reply
+    #   callback, though nothing here needs it either: libmilter's state table has no step
+    #   from DATA straight to end of message (NX_DATA in engine.c), so a message without
+    #   headers, which Sendmail sends as DATA then end of message, made libmilter call abort,
+    #   ignore the end of message and never answer: Sendmail gave 451 4.3.2 after its milter
+    #   read timeout. Postfix always sends its own Received header, so never hit this.
     # - data answers CONTINUE. Postfix still sends the macros of an event a milter negotiated
     #   away; smtpd writes the DATA macros alone, cleanup then writes the headers, and that
     #   second small write waits (Nagle) for an ACK our side delays by ~40 ms. Answering DATA
@@ -175,6 +208,10 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
     def header(self, name: str, value: str) -> None:
         self.session.header(name, value)
 
+    @_noreply_guarded
+    def eoh(self) -> None:
+        pass  # see above: its only use is to keep libmilter's state machine on the rails
+
     @_guarded
     def eom(self) -> int:
         decision = self.session.end_of_message(self.getsymval("i") or "")
@@ -204,13 +241,56 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
         self.setreply(str(reply.code), reply.status, reply.milter_text)
         return int(Milter.REJECT if reply.code >= 500 else Milter.TEMPFAIL)
 
-    def note_internal_error(self, callback: str) -> None:
-        """Log one ERROR line with the traceback folded into it, and mark the session failed."""
-        kind, error, tb = sys.exc_info()
-        frames = " <- ".join(
-            f"{Path(f.filename).name}:{f.lineno} {f.name}"
-            for f in reversed(traceback.extract_tb(tb))
-        )
+    def note_pymilter_failure(self, error: BaseException) -> None:
+        """pymilter could not make a callback of this session; it has answered CONTINUE.
+
+        A HELO that is not UTF-8 (Postfix passes one on with smtputf8_enable = no) is read
+        from the exception, byte for byte, as pymilter would pass a MAIL FROM: the HELO is
+        judged like any other, and the decision line shows its odd bytes as \\xNN. A header
+        name that is not UTF-8 (Postfix never passes one: is_header() ends the headers there)
+        cannot be recovered with its value, so that header goes unseen. Anything else is an
+        internal error of the callback, and `on_error` answers for the session.
+        """
+        if isinstance(error, UnicodeDecodeError):
+            callback = _DECODED_AFTER.get(self.stage, "hello")
+        else:
+            # Which callback it was making is unknown; what ran last is not.
+            callback = f"pymilter-after-{self.stage or 'negotiate'}"
+        session = self.session
+        if session.runtime.metrics is not None:
+            session.runtime.metrics.pymilter_failures.labels(callback).inc()
+        if isinstance(error, UnicodeDecodeError) and callback == "hello":
+            name = bytes(error.object).decode("utf-8", "surrogateescape")
+            log.warning(
+                "HELO from %s is not UTF-8, which pymilter cannot pass on: read it byte for "
+                "byte instead: helo=%s",
+                session.address_text,
+                quote(name[:200]),
+            )
+            self.stage = "hello"
+            try:
+                session.helo(name)
+            except Exception:
+                self.note_internal_error("hello")
+        elif isinstance(error, UnicodeDecodeError) and callback == "header":
+            log.warning(
+                "a header name from %s is not UTF-8, which pymilter cannot pass on: that "
+                "header goes unseen: id=%s name=%s",
+                session.address_text,
+                session.transaction.decision_id if session.transaction else "-",
+                quote(bytes(error.object)[:80].decode("utf-8", "surrogateescape")),
+            )
+        else:
+            self.note_internal_error(callback, error)
+
+    def note_internal_error(self, callback: str, error: BaseException | None = None) -> None:
+        """Log one ERROR line with the traceback folded into it, and mark the session failed.
+
+        The error is the one being handled unless given (sys.excepthook gets it passed).
+        """
+        if error is None:
+            error = sys.exc_info()[1]
+        frames = _frames(error.__traceback__ if error is not None else None)
         self.failed = True
         if callback in ("connect", "hello"):
             self.connection_failed = True
@@ -224,7 +304,7 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
             transaction.decision_id if transaction else "-",
             session.address_text,
             session.policy.on_error.value,
-            error if kind else None,
+            error,
             frames,
         )
 
@@ -238,6 +318,33 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
                 log.exception("could not set the on_error reply")
             return int(Milter.TEMPFAIL)
         return int(Milter.ACCEPT)
+
+
+def report_uncaught(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+    """sys.excepthook: what pymilter's C layer calls (via PyErr_Print) when it fails.
+
+    It fails when it cannot build a callback's arguments (a HELO that is not UTF-8) or its own
+    Python glue raises; either way before our code runs, and pymilter then answers with its
+    exception policy (CONTINUE, see `serve`). Inside a session, the session acts on it
+    (`note_pymilter_failure`); anywhere else it is one ERROR line, never a multi-line traceback
+    on stderr. Kept total: an error here would be printed by PyErr_Print after all.
+    """
+    try:
+        milter = getattr(_current, "milter", None)
+        if isinstance(milter, SpamgateMilter) and not milter.session.closed:
+            milter.note_pymilter_failure(error)
+            return
+        log.error("uncaught exception outside a session: error=%r traceback=%s", error, _frames(tb))
+    except Exception:
+        with contextlib.suppress(Exception):
+            log.error("uncaught exception, and could not report it: %r", error)
+
+
+def _frames(tb: Any) -> str:
+    """A traceback on one line, innermost call first."""
+    return " <- ".join(
+        f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(traceback.extract_tb(tb))
+    )
 
 
 def client_address(family: int, hostaddr: Any) -> IPAddress | None:
@@ -266,6 +373,14 @@ def serve(
     """
     Milter.factory = lambda: SpamgateMilter(runtime)
     libmilter.set_flags(ACTIONS)
+    # pymilter answers with this policy when it fails before our code runs (our own errors
+    # never reach it: the callbacks are guarded). Any other answer than CONTINUE at a no-reply
+    # stage (connect, HELO, MAIL, header) is swallowed by libmilter, which then also resets
+    # its state to HELO and so ignores the rest of the transaction: the MTA waits for the
+    # end-of-message reply until milter_content_timeout (engine.c: sendreply(), mi_engine()).
+    # So always CONTINUE; `report_uncaught` applies on_error through the session where needed.
+    libmilter.set_exception_policy(Milter.CONTINUE)
+    sys.excepthook = report_uncaught
     _register_callbacks()
     libmilter.setconn(str(listen))
     libmilter.register(
@@ -333,6 +448,7 @@ def _register_callbacks() -> None:
     libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
     libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
     libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
     libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     libmilter.set_close_callback(Milter.close_callback)

@@ -73,6 +73,13 @@ class Metrics:
             ["callback"],
             registry=registry,
         )
+        self.pymilter_failures = Counter(
+            "spamgate_pymilter_failures",
+            "Callbacks pymilter's C layer failed before spamgate's code ran (a HELO that is not "
+            "UTF-8, say), by the callback it was making.",
+            ["callback"],
+            registry=registry,
+        )
 
     def _labelled(self, metric: Any, *values: str) -> Any:
         """metric.labels(*values), remembered: labels() costs more than the update itself, and

@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.spamgate_stack import SpamgateDaemon
 from tests.harness.processes import LOOPBACK, free_port, group_members
+from tests.harness.rawsmtp import converse
 from tests.harness.sendmail import (
     MailFilter,
     Sendmail,
@@ -169,6 +170,38 @@ def test_header_rule_rejects_at_end_of_data(stack: SendmailStack) -> None:
     assert decision["queue"] != "NOQUEUE"
     assert not [p for p in stack.sendmail.queue_files() if p.name.endswith(decision["queue"])]
     assert all(m.message["Subject"] != "a FORBIDDEN offer" for m in stack.sink.messages())
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"\r\nno headers at all\r\n", id="no-headers"),
+        # Like Postfix, Sendmail takes a line whose name has an 8-bit byte for the body:
+        # the milter sees no header at all (so pymilter never has to decode such a name).
+        pytest.param(b"X-\xff\xfe: v\r\n\r\nbody\r\n", id="8bit-header-name-only"),
+    ],
+)
+def test_message_without_readable_headers_is_answered_at_once(
+    stack: SendmailStack, content: bytes
+) -> None:
+    # Regression: with end of headers negotiated away, Sendmail sent end of message straight
+    # after DATA, which libmilter's state table does not allow: it aborted, never answered,
+    # and Sendmail said 451 4.3.2 after its milter read timeout (R:20s here).
+    commands = [
+        b"EHLO mail.client.example\r\n",
+        f"MAIL FROM:<{SENDER}>\r\n".encode(),
+        f"RCPT TO:<{RCPT}>\r\n".encode(),
+        b"DATA\r\n",
+        content + b".\r\n",
+        b"QUIT\r\n",
+    ]
+    conversation = converse(stack.sendmail.port, commands, timeout=30)
+    assert conversation.end_of_data.code == 250, conversation
+    assert conversation.elapsed < 5
+    qid = queue_id(conversation.end_of_data.text)
+    assert qid is not None
+    decision = stack.spamgate.wait_for_decision(queue=qid)
+    assert (decision["stage"], decision["enforced"]) == ("eom", "accept")
 
 
 def test_denied_sender_is_refused_at_rcpt(stack: SendmailStack) -> None:
