@@ -151,3 +151,67 @@ def test_public_resolver_gets_a_warning(caplog: pytest.LogCaptureFixture) -> Non
     assert warning.startswith(
         "DNS lists are asked through 8.8.8.8:53, [2606:4700:4700::1111]:53, a public resolver"
     )
+
+
+# libmilter's opensocket() binds and listens without a chmod: the script looks at the socket
+# between that call and spamgate's own chmod, under umask 000 (the worst case).
+_BIRTH_MODE_SCRIPT = """
+import os, stat, sys
+from spamgate import adapter
+from spamgate.config import ListenAddress, SocketMode
+
+path, mode = sys.argv[1], int(sys.argv[2], 8)
+opensocket = adapter.libmilter.opensocket
+
+def open_and_look(remove):
+    opensocket(remove)
+    print(f"born {stat.S_IMODE(os.stat(path).st_mode):04o}")
+
+adapter.libmilter.opensocket = open_and_look
+adapter.libmilter.main = lambda: None
+os.umask(0)
+adapter.serve(None, ListenAddress("unix", path=path), SocketMode(mode))
+print(f"served {stat.S_IMODE(os.stat(path).st_mode):04o} umask {os.umask(0):04o}")
+"""
+
+
+@pytest.mark.parametrize("mode", ["0660", "0600"])
+def test_unix_socket_is_born_with_its_mode_under_umask_000(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "spamgate.sock"
+    result = subprocess.run(
+        [sys.executable, "-c", _BIRTH_MODE_SCRIPT, str(path), mode],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # Never world-writable, not even before the chmod; and the umask is given back.
+    assert result.stdout.splitlines() == [f"born {mode}", f"served {mode} umask 0000"]
+
+
+def test_unix_socket_mode_survives_sessions_and_reload(tmp_path: Path) -> None:
+    """libmilter accepts and serves connections on the socket without widening its mode."""
+    path = tmp_path / "spamgate.sock"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"listen: unix:{path}\nsocket_mode: '0600'\nhealth: {{status_file: ''}}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        umask=0,
+    )
+    try:
+        wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate to listen")
+        first = stat.S_IMODE(path.stat().st_mode)
+        for _ in range(5):
+            assert _unix_accepts(path)
+        process.send_signal(signal.SIGUSR1)
+        wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate after reload")
+        later = stat.S_IMODE(path.stat().st_mode)
+    finally:
+        code, output = stop(process, lambda: _unix_accepts(path))
+    assert code == 0, output
+    assert "reloaded policy" in output
+    assert (first, later) == (0o600, 0o600)

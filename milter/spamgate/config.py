@@ -153,7 +153,15 @@ class SocketMode:
         text = str(value)
         if not re.fullmatch(r"(0o|0)?[0-7]{3}", text):
             raise ValueError(f"expected an octal mode such as 0660, got {text!r}")
-        return cls(int(text[-3:], 8))
+        bits = int(text[-3:], 8)
+        # Whoever may connect to the milter socket can feed spamgate fake SMTP sessions and
+        # read its verdicts; only the MTA should (its group, e.g. postfix, with 0660).
+        if bits & 0o007:
+            raise ValueError(
+                f"{text} gives other users access to the milter socket: the last digit must "
+                "be 0 (e.g. 0660, for the MTA's group)"
+            )
+        return cls(bits)
 
     def __str__(self) -> str:
         return f"{self.bits:04o}"
@@ -802,7 +810,9 @@ class Policy:
         shown_default="`inet:8894@127.0.0.1`",
     )
     socket_mode: SocketMode = setting(
-        "Permissions of a unix socket.", SocketMode(0o660), shown_default="`0660`"
+        "Permissions of a unix socket; other users get none (the last digit must be 0).",
+        SocketMode(0o660),
+        shown_default="`0660`",
     )
     mode: Mode = setting(
         "`observe` scores and logs everything but accepts all mail (headers still added).",
