@@ -147,7 +147,7 @@ def test_public_resolver_gets_a_warning(caplog: pytest.LogCaptureFixture) -> Non
     ]
     caplog.set_level("WARNING", logger="spamgate")
     daemon._log_start()
-    (warning,) = [r.getMessage() for r in caplog.records]
+    (warning,) = [r.getMessage() for r in caplog.records if "resolver" in r.getMessage()]
     assert warning.startswith(
         "DNS lists are asked through 8.8.8.8:53, [2606:4700:4700::1111]:53, a public resolver"
     )

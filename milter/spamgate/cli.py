@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from spamgate import __version__, explain, listcmd
-from spamgate.config import load_policy
+from spamgate.config import exposed_secret_files, load_policy
 from spamgate.schema import ConfigError
 
 DEFAULT_CONFIG = "/etc/spamgate/spamgate.yaml"
@@ -64,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"spamgate: {error}", file=sys.stderr)
         return EX_CONFIG
     if args.command == "check-config":
+        for warning in exposed_secret_files(policy, args.config):
+            print(f"spamgate: WARNING: {warning}", file=sys.stderr)
         print(
             f"{args.config}: OK ({len(policy.ip_lists)} IP lists, "
             f"{len(policy.domain_lists)} domain lists, {len(policy.rules)} rules, "
