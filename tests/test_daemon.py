@@ -215,3 +215,24 @@ def test_unix_socket_mode_survives_sessions_and_reload(tmp_path: Path) -> None:
     assert code == 0, output
     assert "reloaded policy" in output
     assert (first, later) == (0o600, 0o600)
+
+
+@pytest.mark.parametrize(("euid", "warned"), [(0, True), (1000, False)])
+def test_running_as_root_gets_one_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, euid: int, warned: bool
+) -> None:
+    from spamgate import daemon as daemon_module  # noqa: PLC0415
+    from spamgate import schema  # noqa: PLC0415
+    from spamgate.config import Policy  # noqa: PLC0415
+
+    policy = schema.load(Policy, "resolver: {nameservers: ['127.0.0.1:53']}\n", "t.yaml")
+    daemon = daemon_module.Daemon(policy, "t.yaml")  # constructed, never started
+    monkeypatch.setattr(daemon_module.os, "geteuid", lambda: euid)
+    caplog.set_level("WARNING", logger="spamgate")
+    daemon._log_start()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    expected = [
+        "running as root: spamgate needs no privileges; run it as its own user "
+        "(systemd/spamgate.service has User=spamgate)"
+    ]
+    assert warnings == (expected if warned else [])

@@ -4,8 +4,12 @@ that hold them checked for modes that let other users read them."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from spamgate.config import (
 from spamgate.daemon import KeyMaskingFormatter
 from spamgate.listhealth import probe_names
 from spamgate.schema import ConfigError
+from tests.harness.processes import free_port, tcp_accepts, wait_until
 
 # Shaped like a Spamhaus DQS key: 26 lower-case letters and digits.
 KEY = "abcdefghij0123456789klmnop"
@@ -335,3 +340,64 @@ def test_log_lines_mask_keys_whatever_logged_them() -> None:
     plain = logging.LogRecord("spamgate", logging.INFO, __file__, 1, "second-key-0001", (), None)
     assert formatter.format(plain) == "INFO ****"
     assert KeyMaskingFormatter("%(message)s").format(plain) == "second-key-0001"
+
+
+# --- the daemon ---------------------------------------------------------------------------
+
+
+def test_daemon_warns_at_start_and_reload_and_never_logs_the_key(tmp_path: Path) -> None:
+    """Start with a world-readable key file, reload after fixing it, break it again, reload:
+    one WARNING each time the file is exposed. The lists' probes go to a server that never
+    answers, so both lists are suspended with WARNING lines that name them, not their zones."""
+    policy = write_keyed(tmp_path, mode=0o644)
+    log_file = tmp_path / "spamgate.log"
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent, policy.open("a") as text:
+        silent.bind(("127.0.0.1", 0))
+        text.write(
+            f"listen: inet:{port}@127.0.0.1\n"
+            f"log: {{target: {log_file}}}\n"
+            "health: {status_file: ''}\n"
+            f"resolver: {{nameservers: ['127.0.0.1:{silent.getsockname()[1]}'], "
+            "query_timeout: 0.1, deadline: 0.3}\n"
+        )
+        text.close()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+        def logged(fragment: str, count: int = 1) -> bool:
+            return log_file.exists() and log_file.read_text().count(fragment) >= count
+
+        try:
+            wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate")
+            wait_until(lambda: logged("SPAMHAUS_DBL suspended"), timeout=10, what="probes")
+            (tmp_path / "dqs.key").chmod(0o640)
+            process.send_signal(signal.SIGUSR1)
+            wait_until(lambda: logged("reloaded policy"), timeout=10, what="a reload")
+            (tmp_path / "dqs.key").chmod(0o644)
+            process.send_signal(signal.SIGUSR1)
+            wait_until(lambda: logged("reloaded policy", 2), timeout=10, what="a reload")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while process.poll() is None and time.monotonic() < deadline:
+                tcp_accepts("127.0.0.1", port, timeout=0.1)
+                time.sleep(0.05)
+            if process.poll() is None:
+                process.kill()
+            output, _ = process.communicate(timeout=10)
+    assert process.returncode == 0, output
+    log = log_file.read_text()
+    warning = (
+        f"WARNING secret file {tmp_path}/dqs.key has mode 0644: other users can read it, and "
+        "it holds the access key of SPAMHAUS_ZEN, SPAMHAUS_DBL (chmod 0640, group spamgate)"
+    )
+    assert log.count(warning) == 2, log
+    assert "WARNING list SPAMHAUS_ZEN suspended: probe: its test entry gets an unusable" in log
+    root_warning = "WARNING running as root: spamgate needs no privileges"
+    assert (root_warning in log) == (os.geteuid() == 0)
+    assert KEY not in log.lower() and KEY not in output
