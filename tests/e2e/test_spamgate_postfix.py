@@ -158,13 +158,18 @@ def test_mail_is_accepted_with_the_dns_server_stopped(stack: Stack) -> None:
     decision = milter.wait_for_decision(queue=str(result.queue_id))
     assert decision["fails"] == "ZEN_FAIL,WL_FAIL"
     assert decision["score"] == "0.0"
-    # Unusable answers are counted: the stats lines at shutdown say how often and why. With
-    # its DNS server gone the list fails its probes too, and is suspended (one WARNING).
+    # Unusable answers are counted: the stats lines at shutdown say how often and why.
     milter.stop()
     log = milter.log_text()
-    failure = decision["lists"].split(":")[2]  # deadline, or suspended if a probe came first
-    assert f"stats list=ZEN state=suspended checks=1 listed=0 clean=0 unusable=1 {failure}=1" in log
-    assert log.count("WARNING list ZEN suspended: probe: ") == 1
+    failure = decision["lists"].split(":")[2]  # network (refused at once), deadline, suspended
+    counted = re.search(
+        rf"stats list=ZEN state=(\w+) checks=1 listed=0 clean=0 unusable=1 {failure}=1", log
+    )
+    assert counted is not None, log
+    # The start-up probe suspends the list (one WARNING) if it ran after the server stopped;
+    # before, it found the list healthy; the mail, refused at once, may even beat it.
+    suspended = log.count("WARNING list ZEN suspended: probe: ")
+    assert (counted[1], suspended) in {("suspended", 1), ("healthy", 0), ("unprobed", 0)}
 
 
 def test_silent_dns_server_costs_at_most_the_deadline(stack: Stack) -> None:
