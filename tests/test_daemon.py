@@ -236,3 +236,51 @@ def test_running_as_root_gets_one_warning(
         "(systemd/spamgate.service has User=spamgate)"
     ]
     assert warnings == (expected if warned else [])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "listen: inet:8894@127.0.0.1\nmetrics: {listen: '[::1]:9464'}\n", [], id="loopback"
+        ),
+        pytest.param("listen: unix:/run/spamgate/spamgate.sock\n", [], id="unix"),
+        pytest.param(
+            "listen: inet:8894@0.0.0.0\nmetrics: {listen: '192.0.2.1:9464'}\n",
+            [
+                "the milter socket inet:8894@0.0.0.0 listens beyond loopback: any host that "
+                "reaches it may use it, and spamgate authenticates no one (firewall it, or use "
+                "a loopback address)",
+                "the metrics endpoint 192.0.2.1:9464 listens beyond loopback: any host that "
+                "reaches it may use it, and spamgate authenticates no one (firewall it, or use "
+                "a loopback address)",
+            ],
+            id="wildcard-and-public",
+        ),
+        pytest.param(
+            "listen: 'inet6:8894@[::]'\n",
+            [
+                "the milter socket inet6:8894@[::] listens beyond loopback: any host that "
+                "reaches it may use it, and spamgate authenticates no one (firewall it, or use "
+                "a loopback address)"
+            ],
+            id="ipv6-wildcard",
+        ),
+    ],
+)
+def test_listeners_beyond_loopback_get_a_warning_each(
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    expected: list[str],
+) -> None:
+    from spamgate import daemon as daemon_module  # noqa: PLC0415
+    from spamgate import schema  # noqa: PLC0415
+    from spamgate.config import Policy  # noqa: PLC0415
+
+    policy = schema.load(Policy, text + "resolver: {nameservers: ['127.0.0.1']}\n", "t.yaml")
+    daemon = daemon_module.Daemon(policy, "t.yaml")  # constructed, never started
+    monkeypatch.setattr(daemon_module.os, "geteuid", lambda: 1000)
+    caplog.set_level("WARNING", logger="spamgate")
+    daemon._log_start()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == expected

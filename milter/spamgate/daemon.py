@@ -124,6 +124,19 @@ def public_resolvers(nameservers: tuple[Nameserver, ...]) -> list[str]:
     return [str(ns) for ns in nameservers if ipaddress.ip_address(ns.host) in PUBLIC_RESOLVERS]
 
 
+def beyond_loopback(policy: Policy) -> list[str]:
+    """The listeners of `policy` that other hosts could reach."""
+    found = []
+    listen = policy.listen
+    if listen.family != "unix" and not ipaddress.ip_address(listen.host).is_loopback:
+        found.append(f"the milter socket {listen}")
+    if policy.metrics.listen:
+        host, _ = policy.metrics.address()
+        if not ipaddress.ip_address(host).is_loopback:
+            found.append(f"the metrics endpoint {policy.metrics.listen}")
+    return found
+
+
 class Daemon:
     def __init__(self, policy: Policy, config_path: str) -> None:
         self.config_path = config_path
@@ -252,6 +265,12 @@ class Daemon:
                 "(systemd/spamgate.service has User=spamgate)"
             )
         self._warn_exposed_secrets(policy)
+        for listener in beyond_loopback(policy):
+            log.warning(
+                "%s listens beyond loopback: any host that reaches it may use it, and spamgate "
+                "authenticates no one (firewall it, or use a loopback address)",
+                listener,
+            )
         public = public_resolvers(servers)
         if public and (policy.ip_lists or policy.domain_lists):
             log.warning(
