@@ -151,6 +151,14 @@ KEY_FILE_ERRORS = [
         "ip_lists[0].zone: '****.zen.dq.spamhaus.net-' is not a valid DNS zone name",
         id="invalid-zone-with-placeholder-masked",
     ),
+    pytest.param(
+        "dqs.key",
+        None,
+        f'zone: "{{key}}.{"a" * 60}.{"b" * 60}.{"c" * 20}.dq.spamhaus.net"',
+        f"ip_lists[0].zone: '****.{'a' * 60}.{'b' * 60}.{'c' * 20}.dq.spamhaus.net' is not a "
+        "valid DNS zone name",
+        id="zone-too-long-once-the-key-is-in",
+    ),
 ]
 
 

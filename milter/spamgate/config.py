@@ -387,8 +387,8 @@ class DnsList:
     )
     zone: str = setting(
         "DNS zone queried, e.g. `zen.spamhaus.org`. A label `{key}` stands for the access key "
-        "in `key_file` (`{key}.zen.dq.spamhaus.net`). Replies, headers and logs never show it; "
-        "command output shows the key as `****`."
+        "in `key_file` (`{key}.zen.dq.spamhaus.net`). Replies, headers and logs never show "
+        "the zone; config errors show its key as `****`."
     )
     key_file: str = setting(
         "File holding the list's access key (one line, 8-63 letters, digits, `-`, `_`), put "
@@ -453,8 +453,7 @@ class DnsList:
 
     def check(self) -> None:
         _check_hit_name(self.name, "name")
-        labels = self.zone.rstrip(".").split(".")
-        check_zone(".".join("key" if label == KEY_LABEL else label for label in labels), self)
+        check_zone(self.query_zone, self)
         if (self.score is None) == (not self.hits):
             raise FieldError("hits", "give either `score` or `hits`, not both or neither")
 
