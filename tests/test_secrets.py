@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.config import (
+from spamgate.accesskeys import (
+    KeyMaskingFormatter,
     exposed_secret_files,
     inline_access_key,
-    load_policy,
     mask_access_key,
 )
-from spamgate.daemon import KeyMaskingFormatter
+from spamgate.config import load_policy
 from spamgate.listhealth import probe_names
 from spamgate.schema import ConfigError
 from tests.harness.processes import free_port, tcp_accepts, wait_until
@@ -409,3 +409,23 @@ def test_daemon_warns_at_start_and_reload_and_never_logs_the_key(tmp_path: Path)
     root_warning = "WARNING running as root: spamgate needs no privileges"
     assert (root_warning in log) == (os.geteuid() == 0)
     assert KEY not in log.lower() and KEY not in output
+
+
+def test_commands_mask_keys_in_what_modules_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config --probe and explain use the resolver, which may log a query name."""
+    from spamgate.accesskeys import mask_keys_in_command_output  # noqa: PLC0415
+
+    logger = logging.getLogger("spamgate")
+    saved = logger.handlers[:]
+    try:
+        mask_keys_in_command_output(load_policy(write_keyed(tmp_path)))
+        logging.getLogger("spamgate.resolver").warning(
+            "DNS lookup of %s/A failed unexpectedly", f"2.0.0.127.{KEY}.zen.dq.spamhaus.net"
+        )
+    finally:
+        logger.handlers[:] = saved
+    assert capsys.readouterr().err == (
+        "spamgate: WARNING DNS lookup of 2.0.0.127.****.zen.dq.spamhaus.net/A failed unexpectedly\n"
+    )

@@ -11,12 +11,19 @@ import enum
 import hashlib
 import ipaddress
 import re
-import stat
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from spamgate import schema
+from spamgate.accesskeys import (
+    KEY_LABEL,
+    fill_key,
+    has_key_label,
+    inline_access_key,
+    mask_access_key,
+    read_access_key,
+)
 from spamgate.matchlists import (
     FILE_PREFIX,
     AddressPatterns,
@@ -430,15 +437,14 @@ class DnsList:
         self._fill_key()
 
     def _fill_key(self) -> None:
-        labels = self.zone.rstrip(".").split(".")
         key_path = None
         if self.key_file:
-            if KEY_LABEL not in labels:
+            if not has_key_label(self.zone):
                 raise FieldError("key_file", f"`zone` has no {KEY_LABEL} label for the key")
             key_path = include_base.get() / self.key_file
             key = read_access_key(key_path)
-            query_zone = ".".join(key if label == KEY_LABEL else label for label in labels)
-        elif KEY_LABEL in labels:
+            query_zone = fill_key(self.zone, key)
+        elif has_key_label(self.zone):
             raise FieldError("key_file", f"`zone` has {KEY_LABEL}: name the file holding the key")
         else:
             key, query_zone = inline_access_key(self.zone), self.zone
@@ -529,55 +535,6 @@ def check_zone(zone: str, dns_list: DnsList | None = None) -> None:
     if len(zone) > 180 or len(labels) < 2 or not all(_LABEL_RE.match(x) for x in labels):
         shown = dns_list.shown_zone if dns_list is not None else zone
         raise FieldError("zone", f"{shown!r} is not a valid DNS zone name")
-
-
-# Access keys of commercial DNS lists travel in the query name: `zone: {key}.zen.dq...` with
-# `key_file`, or written straight into the zone under a known keyed service (Spamhaus DQS:
-# "<key>.<zone>.dq.spamhaus.net", a 26-character key; Abusix Mail Intelligence:
-# "<key>.<zone>.mail.abusix.zone"). The key is the first label there.
-KEY_LABEL = "{key}"
-KEYED_SERVICES = ("dq.spamhaus.net", "mail.abusix.zone")
-KEY_MASK = "****"
-_KEY_RE = re.compile(r"(?!-)[A-Za-z0-9_-]{8,63}(?<!-)\Z")
-
-
-def read_access_key(path: Path) -> str:
-    """The key in `path`: one line, surrounding white space ignored. Errors never quote it."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as error:
-        raise FieldError("key_file", f"cannot read {path}: {error.strerror}") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) != 1:
-        raise FieldError("key_file", f"{path} must hold one line, the key; it has {len(lines)}")
-    if not _KEY_RE.match(lines[0]):
-        raise FieldError(
-            "key_file",
-            f"the key in {path} is not 8-63 letters, digits, - or _ ({len(lines[0])} characters)",
-        )
-    return lines[0]
-
-
-def inline_access_key(zone: str) -> str:
-    """The key written into a zone of a known keyed service, or ""."""
-    name = zone.rstrip(".")
-    first = name.split(".")[0]
-    for service in KEYED_SERVICES:
-        # The key, the list's own label, then the service: a bare "zen.dq.spamhaus.net" has
-        # no key to hide.
-        if name.lower().endswith("." + service) and name.count(".") >= service.count(".") + 2:
-            return first if _KEY_RE.match(first) else ""
-    return ""
-
-
-def mask_access_key(zone: str) -> str:
-    """`zone` with its access key (a {key} label, or a key written in) shown as ****."""
-    labels = zone.rstrip(".").split(".")
-    if KEY_LABEL in labels:
-        return ".".join(KEY_MASK if label == KEY_LABEL else label for label in labels)
-    if inline_access_key(zone):
-        return ".".join([KEY_MASK, *labels[1:]])
-    return zone
 
 
 # Header names whose values spamgate can parse, and so can call malformed.
@@ -1088,39 +1045,3 @@ def load_policy(path: str | Path) -> Policy:
         include_base.reset(token)
     object.__setattr__(policy, "digest", digest.hexdigest()[:12])
     return policy
-
-
-def exposed_secret_files(policy: Policy, source: str | Path) -> list[str]:
-    """A warning for each file holding an access key that other users may read, or that
-    the group or other users may write (and so swap the key, or the whole policy, for theirs):
-    key files, and the policy file `source` when a zone in it holds a key.
-
-    Group read is fine: the recommended set-up is owner root, group spamgate, mode 0640.
-    """
-    holders: dict[Path, list[str]] = {}
-    for dns_list in policy.dns_lists:
-        if dns_list.key_path is not None:
-            holders.setdefault(dns_list.key_path, []).append(dns_list.name)
-        elif dns_list.access_key:
-            holders.setdefault(Path(source), []).append(dns_list.name)
-    warnings = []
-    for path, names in holders.items():
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except OSError:  # read a moment ago; if it has gone, the next load says so
-            continue
-        problems = []
-        if mode & 0o004:
-            problems.append("other users can read it")
-        if mode & 0o022:
-            problems.append("group or other users can write it")
-        if not problems:
-            continue
-        advice = "chmod 0640, group spamgate"
-        if path == Path(source):
-            advice += ", or move the key to a key_file"
-        warnings.append(
-            f"secret file {path} has mode {mode:04o}: {' and '.join(problems)}, and it holds "
-            f"the access key of {', '.join(names)} ({advice})"
-        )
-    return warnings

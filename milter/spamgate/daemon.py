@@ -14,7 +14,6 @@ import json
 import logging
 import logging.handlers
 import os
-import re
 import signal
 import sys
 import threading
@@ -25,15 +24,14 @@ from functools import partial
 from pathlib import Path
 
 from spamgate import __version__, sdnotify
+from spamgate.accesskeys import KeyMaskingFormatter, exposed_secret_files
 from spamgate.adapter import ListenError, poke, serve, stop_milter
 from spamgate.config import (
-    KEY_MASK,
     DnsList,
     ListenAddress,
     LogSettings,
     Nameserver,
     Policy,
-    exposed_secret_files,
     load_policy,
 )
 from spamgate.engine import Engine
@@ -71,24 +69,6 @@ PUBLIC_RESOLVERS = frozenset(
         "76.76.2.0", "76.76.10.0",  # Control D
     )
 )  # fmt: skip
-
-
-class KeyMaskingFormatter(logging.Formatter):
-    """Writes DNS list access keys as **** in every line, whatever code logged them.
-
-    Code that logs a list names it, never its zone; this is the net under that rule (a
-    resolver error names its query, and the zone with its key is part of the query name).
-    The resolver lower-cases names, so the match ignores case.
-    """
-
-    def __init__(self, fmt: str, secrets: Iterable[str] = ()) -> None:
-        super().__init__(fmt)
-        keys = sorted(set(secrets), key=len, reverse=True)
-        self._keys = re.compile("|".join(map(re.escape, keys)), re.IGNORECASE) if keys else None
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        return self._keys.sub(KEY_MASK, text) if self._keys is not None else text
 
 
 def configure_logging(settings: LogSettings, secrets: Iterable[str] = ()) -> None:
