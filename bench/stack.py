@@ -14,6 +14,7 @@ has a listener per configuration under test:
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import shutil
 import signal
@@ -128,8 +129,14 @@ def _spamgate(
         status_file=workdir / f"{name}-status.json",
     )
     if socket_spec.startswith("unix:"):
-        # smtpd runs as the postfix user; the benchmark's spamgate runs as whoever runs it.
-        policy += "socket_mode: '0666'\n"
+        # smtpd runs as the postfix user, the benchmark's spamgate as root. As in production
+        # (systemd/spamgate.tmpfiles): a setgid directory of group postfix gives the socket
+        # that group, and 0660 lets smtpd in (spamgate refuses modes open to other users).
+        directory = Path(socket_spec.removeprefix("unix:")).parent
+        directory.mkdir(exist_ok=True)
+        os.chown(directory, -1, grp.getgrnam("postfix").gr_gid)
+        directory.chmod(0o2750)
+        policy += "socket_mode: '0660'\n"
     config = workdir / f"{name}.yaml"
     config.write_text(policy)
     argv = [sys.executable, "-m", "spamgate", "run", "-c", str(config)]
@@ -233,7 +240,10 @@ def running_stack(
                     workdir, "spamgate", f"inet:{free_port()}@{LOOPBACK}", dns.port
                 ),
                 "spamgate-unix": _spamgate(
-                    workdir, "spamgate-unix", f"unix:{workdir}/spamgate.sock", dns.port
+                    workdir,
+                    "spamgate-unix",
+                    f"unix:{workdir}/spamgate-socket/spamgate.sock",
+                    dns.port,
                 ),
                 "spamgate-cold": _spamgate(
                     workdir, "spamgate-cold", f"inet:{free_port()}@{LOOPBACK}", cold_dns.port

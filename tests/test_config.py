@@ -450,6 +450,39 @@ BAD_DOCUMENTS = [
         id="socket-mode-text",
     ),
     pytest.param(
+        lines("listen: unix:/run/spamgate/spamgate.sock", "socket_mode: '0666'"),
+        (
+            2,
+            14,
+            "socket_mode",
+            "0666 gives other users access to the milter socket: the last digit must be 0 "
+            "(e.g. 0660, for the MTA's group)",
+        ),
+        id="socket-mode-world-writable",
+    ),
+    pytest.param(
+        lines("socket_mode: 0664"),
+        (
+            1,
+            14,
+            "socket_mode",
+            "0664 gives other users access to the milter socket: the last digit must be 0 "
+            "(e.g. 0660, for the MTA's group)",
+        ),
+        id="socket-mode-world-readable",
+    ),
+    pytest.param(
+        lines("socket_mode: 602"),
+        (
+            1,
+            14,
+            "socket_mode",
+            "602 gives other users access to the milter socket: the last digit must be 0 "
+            "(e.g. 0660, for the MTA's group)",
+        ),
+        id="socket-mode-other-write-only",
+    ),
+    pytest.param(
         lines("trusted_networks:", "  - 10.0.0.0/8", "  - 10.0.0.1/8"),
         (
             3,
@@ -854,6 +887,7 @@ ALL_KEYS = [
     "ip_lists",
     "ip_lists[].name",
     "ip_lists[].zone",
+    "ip_lists[].key_file",
     "ip_lists[].display",
     "ip_lists[].score",
     "ip_lists[].hits",
@@ -872,6 +906,7 @@ ALL_KEYS = [
     "domain_lists",
     "domain_lists[].name",
     "domain_lists[].zone",
+    "domain_lists[].key_file",
     "domain_lists[].display",
     "domain_lists[].score",
     "domain_lists[].hits",

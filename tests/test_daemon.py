@@ -147,7 +147,140 @@ def test_public_resolver_gets_a_warning(caplog: pytest.LogCaptureFixture) -> Non
     ]
     caplog.set_level("WARNING", logger="spamgate")
     daemon._log_start()
-    (warning,) = [r.getMessage() for r in caplog.records]
+    (warning,) = [r.getMessage() for r in caplog.records if "resolver" in r.getMessage()]
     assert warning.startswith(
         "DNS lists are asked through 8.8.8.8:53, [2606:4700:4700::1111]:53, a public resolver"
     )
+
+
+# libmilter's opensocket() binds and listens without a chmod: the script looks at the socket
+# between that call and spamgate's own chmod, under umask 000 (the worst case).
+_BIRTH_MODE_SCRIPT = """
+import os, stat, sys
+from spamgate import adapter
+from spamgate.config import ListenAddress, SocketMode
+
+path, mode = sys.argv[1], int(sys.argv[2], 8)
+opensocket = adapter.libmilter.opensocket
+
+def open_and_look(remove):
+    opensocket(remove)
+    print(f"born {stat.S_IMODE(os.stat(path).st_mode):04o}")
+
+adapter.libmilter.opensocket = open_and_look
+adapter.libmilter.main = lambda: None
+os.umask(0)
+adapter.serve(None, ListenAddress("unix", path=path), SocketMode(mode))
+print(f"served {stat.S_IMODE(os.stat(path).st_mode):04o} umask {os.umask(0):04o}")
+"""
+
+
+@pytest.mark.parametrize("mode", ["0660", "0600"])
+def test_unix_socket_is_born_with_its_mode_under_umask_000(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "spamgate.sock"
+    result = subprocess.run(
+        [sys.executable, "-c", _BIRTH_MODE_SCRIPT, str(path), mode],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # Never world-writable, not even before the chmod; and the umask is given back.
+    assert result.stdout.splitlines() == [f"born {mode}", f"served {mode} umask 0000"]
+
+
+def test_unix_socket_mode_survives_sessions_and_reload(tmp_path: Path) -> None:
+    """libmilter accepts and serves connections on the socket without widening its mode."""
+    path = tmp_path / "spamgate.sock"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"listen: unix:{path}\nsocket_mode: '0600'\nhealth: {{status_file: ''}}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        umask=0,
+    )
+    try:
+        wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate to listen")
+        first = stat.S_IMODE(path.stat().st_mode)
+        for _ in range(5):
+            assert _unix_accepts(path)
+        process.send_signal(signal.SIGUSR1)
+        wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate after reload")
+        later = stat.S_IMODE(path.stat().st_mode)
+    finally:
+        code, output = stop(process, lambda: _unix_accepts(path))
+    assert code == 0, output
+    assert "reloaded policy" in output
+    assert (first, later) == (0o600, 0o600)
+
+
+@pytest.mark.parametrize(("euid", "warned"), [(0, True), (1000, False)])
+def test_running_as_root_gets_one_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, euid: int, warned: bool
+) -> None:
+    from spamgate import daemon as daemon_module  # noqa: PLC0415
+    from spamgate import schema  # noqa: PLC0415
+    from spamgate.config import Policy  # noqa: PLC0415
+
+    policy = schema.load(Policy, "resolver: {nameservers: ['127.0.0.1:53']}\n", "t.yaml")
+    daemon = daemon_module.Daemon(policy, "t.yaml")  # constructed, never started
+    monkeypatch.setattr(daemon_module.os, "geteuid", lambda: euid)
+    caplog.set_level("WARNING", logger="spamgate")
+    daemon._log_start()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    expected = [
+        "running as root: spamgate needs no privileges; run it as its own user "
+        "(systemd/spamgate.service has User=spamgate)"
+    ]
+    assert warnings == (expected if warned else [])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "listen: inet:8894@127.0.0.1\nmetrics: {listen: '[::1]:9464'}\n", [], id="loopback"
+        ),
+        pytest.param("listen: unix:/run/spamgate/spamgate.sock\n", [], id="unix"),
+        pytest.param(
+            "listen: inet:8894@0.0.0.0\nmetrics: {listen: '192.0.2.1:9464'}\n",
+            [
+                "the milter socket inet:8894@0.0.0.0 listens beyond loopback: any host that "
+                "reaches it may use it, and spamgate authenticates no one (firewall it, or use "
+                "a loopback address)",
+                "the metrics endpoint 192.0.2.1:9464 listens beyond loopback: any host that "
+                "reaches it may use it, and spamgate authenticates no one (firewall it, or use "
+                "a loopback address)",
+            ],
+            id="wildcard-and-public",
+        ),
+        pytest.param(
+            "listen: 'inet6:8894@[::]'\n",
+            [
+                "the milter socket inet6:8894@[::] listens beyond loopback: any host that "
+                "reaches it may use it, and spamgate authenticates no one (firewall it, or use "
+                "a loopback address)"
+            ],
+            id="ipv6-wildcard",
+        ),
+    ],
+)
+def test_listeners_beyond_loopback_get_a_warning_each(
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    expected: list[str],
+) -> None:
+    from spamgate import daemon as daemon_module  # noqa: PLC0415
+    from spamgate import schema  # noqa: PLC0415
+    from spamgate.config import Policy  # noqa: PLC0415
+
+    policy = schema.load(Policy, text + "resolver: {nameservers: ['127.0.0.1']}\n", "t.yaml")
+    daemon = daemon_module.Daemon(policy, "t.yaml")  # constructed, never started
+    monkeypatch.setattr(daemon_module.os, "geteuid", lambda: 1000)
+    caplog.set_level("WARNING", logger="spamgate")
+    daemon._log_start()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == expected

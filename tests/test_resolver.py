@@ -514,6 +514,21 @@ def test_name_never_answered_times_out_by_the_deadline(
     assert len(resolver.cache) == 0
 
 
+def test_closed_nameserver_port_fails_at_once_not_at_the_deadline(
+    resolvers: Callable[..., Resolver],
+) -> None:
+    """Queries leave on a connected socket, so the kernel reports the ICMP port-unreachable
+    of a stopped local resolver (an unconnected socket would wait out the deadline)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+    resolver = resolvers(Nameserver("127.0.0.1", port), query_timeout=0.5, deadline=2.0)
+    answer, elapsed = timed(resolver.lookup(QNAME))
+    assert (answer.kind, answer.detail) == (AnswerKind.NETWORK, "Connection refused")
+    assert elapsed < 0.5
+    assert len(resolver.cache) == 0
+
+
 def test_concurrent_lookups_of_one_name_share_one_query(
     server: FakeDnsServer, resolvers: Callable[..., Resolver]
 ) -> None:

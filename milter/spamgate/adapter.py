@@ -388,11 +388,18 @@ def serve(
         data=lambda ctx: ctx.getpriv().data(),
         negotiate=Milter.negotiate_callback,
     )
-    # The socket exists from here on, so its mode and options can be set before serving.
+    # libmilter binds and listens on a unix socket without a chmod (mi_milteropen in
+    # listener.c), so the socket is born 0777 minus the umask and already accepts: under
+    # umask 000, world-writable until our chmod. A umask that leaves exactly `mode` makes it
+    # born right; the chmod stays for directories whose default ACL overrides the umask.
+    umask = os.umask(0o777 & ~mode.bits) if listen.family == "unix" else None
     try:
         libmilter.opensocket(True)
     except libmilter.error:
         raise ListenError(f"cannot listen on {listen}: {_why_not(listen)}") from None
+    finally:
+        if umask is not None:
+            os.umask(umask)
     if listen.family == "unix":
         os.chmod(listen.path, mode.bits)
     else:

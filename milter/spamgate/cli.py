@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from spamgate import __version__, explain, listcmd
+from spamgate.accesskeys import exposed_secret_files, mask_keys_in_command_output
 from spamgate.config import load_policy
 from spamgate.schema import ConfigError
 
@@ -63,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"spamgate: {error}", file=sys.stderr)
         return EX_CONFIG
+    if args.command != "run":
+        mask_keys_in_command_output(policy)
     if args.command == "check-config":
+        for warning in exposed_secret_files(policy, args.config):
+            print(f"spamgate: WARNING: {warning}", file=sys.stderr)
         print(
             f"{args.config}: OK ({len(policy.ip_lists)} IP lists, "
             f"{len(policy.domain_lists)} domain lists, {len(policy.rules)} rules, "

@@ -16,6 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spamgate import schema
+from spamgate.accesskeys import (
+    KEY_LABEL,
+    fill_key,
+    has_key_label,
+    inline_access_key,
+    mask_access_key,
+    read_access_key,
+)
 from spamgate.matchlists import (
     FILE_PREFIX,
     AddressPatterns,
@@ -153,7 +161,15 @@ class SocketMode:
         text = str(value)
         if not re.fullmatch(r"(0o|0)?[0-7]{3}", text):
             raise ValueError(f"expected an octal mode such as 0660, got {text!r}")
-        return cls(int(text[-3:], 8))
+        bits = int(text[-3:], 8)
+        # Whoever may connect to the milter socket can feed spamgate fake SMTP sessions and
+        # read its verdicts; only the MTA should (its group, e.g. postfix, with 0660).
+        if bits & 0o007:
+            raise ValueError(
+                f"{text} gives other users access to the milter socket: the last digit must "
+                "be 0 (e.g. 0660, for the MTA's group)"
+            )
+        return cls(bits)
 
     def __str__(self) -> str:
         return f"{self.bits:04o}"
@@ -377,8 +393,15 @@ class DnsList:
         "List name, e.g. `SPAMHAUS_ZEN`; an unusable answer is logged as `<name>_FAIL`."
     )
     zone: str = setting(
-        "DNS zone queried, e.g. `zen.spamhaus.org`. May hold an access key: it never appears "
-        "in replies."
+        "DNS zone queried, e.g. `zen.spamhaus.org`. A label `{key}` stands for the access key "
+        "in `key_file` (`{key}.zen.dq.spamhaus.net`). Replies, headers and logs never show "
+        "the zone; config errors show its key as `****`."
+    )
+    key_file: str = setting(
+        "File holding the list's access key (one line, 8-63 letters, digits, `-`, `_`), put "
+        "where `zone` says `{key}`; relative paths start at the policy file's directory. "
+        "spamgate warns at load when other users may read it (use 0640, group spamgate).",
+        "",
     )
     display: str = setting("Name shown to senders in reply texts.", "", shown_default="`name`")
     score: float | None = setting(
@@ -397,6 +420,12 @@ class DnsList:
     probe: ProbeSettings = setting("Health probes of this list.", factory=ProbeSettings)
     # Filled in by __post_init__: the hits to score, whichever form the file used.
     scored_hits: tuple[ListHit, ...] = field(init=False, repr=False, compare=False)
+    # The zone that queries go to, key filled in: only query names may contain it (never a
+    # repr, which could end up in a log or a test report).
+    query_zone: str = field(init=False, repr=False)
+    # The access key in `query_zone` ("" if none), from `key_file` or written in `zone`.
+    access_key: str = field(init=False, repr=False, compare=False)
+    key_path: Path | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         hits = self.hits
@@ -405,10 +434,32 @@ class DnsList:
         object.__setattr__(self, "scored_hits", hits)
         if not self.display:
             object.__setattr__(self, "display", self.name)
+        self._fill_key()
+
+    def _fill_key(self) -> None:
+        key_path = None
+        if self.key_file:
+            if not has_key_label(self.zone):
+                raise FieldError("key_file", f"`zone` has no {KEY_LABEL} label for the key")
+            key_path = include_base.get() / self.key_file
+            key = read_access_key(key_path)
+            query_zone = fill_key(self.zone, key)
+        elif has_key_label(self.zone):
+            raise FieldError("key_file", f"`zone` has {KEY_LABEL}: name the file holding the key")
+        else:
+            key, query_zone = inline_access_key(self.zone), self.zone
+        object.__setattr__(self, "query_zone", query_zone)
+        object.__setattr__(self, "access_key", key)
+        object.__setattr__(self, "key_path", key_path)
+
+    @property
+    def shown_zone(self) -> str:
+        """The zone as command output may show it: an access key written as ****."""
+        return mask_access_key(self.zone)
 
     def check(self) -> None:
         _check_hit_name(self.name, "name")
-        check_zone(self.zone)
+        check_zone(self.query_zone, self)
         if (self.score is None) == (not self.hits):
             raise FieldError("hits", "give either `score` or `hits`, not both or neither")
 
@@ -478,11 +529,12 @@ class DomainList(DnsList):
             )
 
 
-def check_zone(zone: str) -> None:
+def check_zone(zone: str, dns_list: DnsList | None = None) -> None:
     labels = zone.rstrip(".").split(".")
     # A reversed IPv6 address takes 64 bytes of the 255-byte name limit.
     if len(zone) > 180 or len(labels) < 2 or not all(_LABEL_RE.match(x) for x in labels):
-        raise FieldError("zone", f"{zone!r} is not a valid DNS zone name")
+        shown = dns_list.shown_zone if dns_list is not None else zone
+        raise FieldError("zone", f"{shown!r} is not a valid DNS zone name")
 
 
 # Header names whose values spamgate can parse, and so can call malformed.
@@ -802,7 +854,9 @@ class Policy:
         shown_default="`inet:8894@127.0.0.1`",
     )
     socket_mode: SocketMode = setting(
-        "Permissions of a unix socket.", SocketMode(0o660), shown_default="`0660`"
+        "Permissions of a unix socket; other users get none (the last digit must be 0).",
+        SocketMode(0o660),
+        shown_default="`0660`",
     )
     mode: Mode = setting(
         "`observe` scores and logs everything but accepts all mail (headers still added).",
@@ -939,6 +993,15 @@ class Policy:
                     )
 
     @property
+    def dns_lists(self) -> tuple[DnsList, ...]:
+        return (*self.ip_lists, *self.domain_lists)
+
+    @property
+    def access_keys(self) -> tuple[str, ...]:
+        """Every DNS list access key in the policy, for logs to mask."""
+        return tuple(sorted({lst.access_key for lst in self.dns_lists if lst.access_key}))
+
+    @property
     def included_files(self) -> tuple[str, ...]:
         """The `file:` entries, whose files' contents are part of the policy."""
         entries = [*self.allow.entries, *self.deny.entries]
@@ -973,6 +1036,11 @@ def load_policy(path: str | Path) -> Policy:
                 # Name and length first: moving a line from one list to another changes it.
                 digest.update(f"\0{included}\0{len(content)}\0".encode())
                 digest.update(content)
+        for dns_list in policy.dns_lists:
+            if dns_list.key_path is not None:
+                # A new key is a new policy. 48 bits of a hash over the policy and a 26-letter
+                # random key tell nothing about the key.
+                digest.update(f"\0{dns_list.key_path}\0{dns_list.access_key}\0".encode())
     finally:
         include_base.reset(token)
     object.__setattr__(policy, "digest", digest.hexdigest()[:12])

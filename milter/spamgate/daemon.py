@@ -18,12 +18,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 from spamgate import __version__, sdnotify
+from spamgate.accesskeys import KeyMaskingFormatter, exposed_secret_files
 from spamgate.adapter import ListenError, poke, serve, stop_milter
 from spamgate.config import (
     DnsList,
@@ -70,7 +71,7 @@ PUBLIC_RESOLVERS = frozenset(
 )  # fmt: skip
 
 
-def configure_logging(settings: LogSettings) -> None:
+def configure_logging(settings: LogSettings, secrets: Iterable[str] = ()) -> None:
     # One decision line per message: skip what the logging module would otherwise collect
     # for every record and our format never prints (the logging HOWTO, "Optimization").
     logging.logThreads = False
@@ -80,16 +81,16 @@ def configure_logging(settings: LogSettings) -> None:
     handler: logging.Handler
     if settings.target == "stderr":
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(KeyMaskingFormatter(_FORMAT, secrets))
     elif settings.target == "syslog":
         handler = logging.handlers.SysLogHandler(
             "/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
         )
         # syslog adds its own time stamp and host.
-        handler.setFormatter(logging.Formatter("spamgate: %(levelname)s %(message)s"))
+        handler.setFormatter(KeyMaskingFormatter("spamgate: %(levelname)s %(message)s", secrets))
     else:
         handler = logging.FileHandler(settings.target)
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(KeyMaskingFormatter(_FORMAT, secrets))
     root = logging.getLogger("spamgate")
     old = root.handlers[:]
     root.handlers[:] = [handler]
@@ -101,6 +102,19 @@ def configure_logging(settings: LogSettings) -> None:
 
 def public_resolvers(nameservers: tuple[Nameserver, ...]) -> list[str]:
     return [str(ns) for ns in nameservers if ipaddress.ip_address(ns.host) in PUBLIC_RESOLVERS]
+
+
+def beyond_loopback(policy: Policy) -> list[str]:
+    """The listeners of `policy` that other hosts could reach."""
+    found = []
+    listen = policy.listen
+    if listen.family != "unix" and not ipaddress.ip_address(listen.host).is_loopback:
+        found.append(f"the milter socket {listen}")
+    if policy.metrics.listen:
+        host, _ = policy.metrics.address()
+        if not ipaddress.ip_address(host).is_loopback:
+            found.append(f"the metrics endpoint {policy.metrics.listen}")
+    return found
 
 
 class Daemon:
@@ -125,12 +139,15 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._status_warned = False
         self._watchdog: sdnotify.Watchdog | None = None
+        # Keys of every policy loaded so far: sessions that began under an older policy may
+        # still log with its key in them.
+        self._keys = frozenset(policy.access_keys)
 
     # -- start and stop ---------------------------------------------------------------------
 
     def run(self) -> int:
         try:
-            configure_logging(self.policy.log)
+            configure_logging(self.policy.log, self._keys)
         except OSError as error:
             print(f"spamgate: cannot log to {self.policy.log.target}: {error}", file=sys.stderr)
             return 1
@@ -219,6 +236,21 @@ class Daemon:
             len(policy.rules),
             ", ".join(str(s) for s in servers),
         )
+        if os.geteuid() == 0:
+            # A warning, not a refusal: `make run` starts it as root on a fresh machine, and
+            # spamgate needs no privilege (its ports are unprivileged, it reads no root-only
+            # file), so root only widens what a flaw in it could reach.
+            log.warning(
+                "running as root: spamgate needs no privileges; run it as its own user "
+                "(systemd/spamgate.service has User=spamgate)"
+            )
+        self._warn_exposed_secrets(policy)
+        for listener in beyond_loopback(policy):
+            log.warning(
+                "%s listens beyond loopback: any host that reaches it may use it, and spamgate "
+                "authenticates no one (firewall it, or use a loopback address)",
+                listener,
+            )
         public = public_resolvers(servers)
         if public and (policy.ip_lists or policy.domain_lists):
             log.warning(
@@ -227,6 +259,10 @@ class Daemon:
                 "local caching resolver (resolver.nameservers)",
                 ", ".join(public),
             )
+
+    def _warn_exposed_secrets(self, policy: Policy) -> None:
+        for warning in exposed_secret_files(policy, self.config_path):
+            log.warning("%s", warning)
 
     def _drain(self) -> None:
         """New sessions are turned away (see SpamgateMilter.negotiate); let the sessions in
@@ -261,12 +297,15 @@ class Daemon:
         except ConfigError as error:
             log.error("reload failed, still using policy %s: %s", old.digest, error)
             return False
-        if new.log != old.log:
+        keys = self._keys | set(new.access_keys)
+        if new.log != old.log or keys != self._keys:
             try:
-                configure_logging(new.log)
+                configure_logging(new.log, keys)
             except OSError as error:
                 log.error("reload failed, still using policy %s: log: %s", old.digest, error)
                 return False
+            self._keys = keys
+        self._warn_exposed_secrets(new)
         for key in ("listen", "socket_mode", "metrics"):
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; it takes effect at the next restart", key)

@@ -218,7 +218,7 @@ class ListLookups:
         target = lookup_address(address)
         reversed_address = _reversed(target)
         for dns_list in lists_for(target, ip_lists):
-            self.start(dns_list, f"{reversed_address}.{dns_list.zone.rstrip('.')}")
+            self.start(dns_list, f"{reversed_address}.{dns_list.query_zone.rstrip('.')}")
 
     def collect(self, deadline: float, stage: int = 3) -> tuple[ListOutcome, ...]:
         """The outcomes of the lookups of `stage` or earlier, waiting for the unanswered ones

@@ -57,7 +57,7 @@ def probe_names(dns_list: DnsList) -> ProbeNames | None:
     if isinstance(dns_list, DomainList):
         listed = probe.listed or "test"
         unlisted = probe.unlisted or "invalid"
-        return ProbeNames(f"{listed}.{dns_list.zone}", f"{unlisted}.{dns_list.zone}")
+        return ProbeNames(f"{listed}.{dns_list.query_zone}", f"{unlisted}.{dns_list.query_zone}")
     assert isinstance(dns_list, IpList)
     if dns_list.ipv4:
         default_listed, default_unlisted = "127.0.0.2", "127.0.0.1"
@@ -67,7 +67,9 @@ def probe_names(dns_list: DnsList) -> ProbeNames | None:
     negative = ipaddress.ip_address(probe.unlisted or default_unlisted)
     # RFC 5782 tests an IPv6 list with the nibble form of an IPv4-mapped address: no mapping
     # back to IPv4 here, unlike a client's address.
-    return ProbeNames(query_name(positive, dns_list.zone), query_name(negative, dns_list.zone))
+    return ProbeNames(
+        query_name(positive, dns_list.query_zone), query_name(negative, dns_list.query_zone)
+    )
 
 
 def judge_probe(dns_list: DnsList, listed: DnsAnswer, unlisted: DnsAnswer) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import dns.asyncbackend
 import dns.asyncquery
 import dns.exception
 import dns.flags
@@ -40,6 +42,8 @@ log = logging.getLogger("spamgate.resolver")
 _FAILED_RCODES = {dns.rcode.SERVFAIL: AnswerKind.SERVFAIL, dns.rcode.REFUSED: AnswerKind.REFUSED}
 # Rounds over the server list when every attempt times out; the deadline usually ends it first.
 _MAX_ROUNDS = 4
+
+_ASYNCIO = dns.asyncbackend.get_backend("asyncio")
 
 # The record types callers may ask for, and how interpret() writes each as text.
 RDTYPES = frozenset({"A", "AAAA", "PTR", "MX", "TXT"})
@@ -303,9 +307,25 @@ class Resolver:
     ) -> dns.message.Message:
         self.stats.queries_sent += 1
         started = self._clock()
-        response = await dns.asyncquery.udp(
-            query, server.host, timeout=timeout, port=server.port, ignore_unexpected=True
+        # A connected socket of our own: dnspython's asyncio backend would bind 0.0.0.0 and
+        # not connect (dns/asyncquery.py, udp()), which makes every query in flight a UDP
+        # listener on all interfaces. Connected, the kernel picks the source by route
+        # (127.0.0.1 for a local resolver) and delivers only the nameserver's datagrams; a
+        # closed port is reported at once (ECONNREFUSED) instead of timing out.
+        family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+        # dnspython leaves its backends' make_socket unannotated; it returns a DatagramSocket.
+        connected = await _ASYNCIO.make_socket(  # type: ignore[no-untyped-call]
+            family, socket.SOCK_DGRAM, 0, None, (server.host, server.port)
         )
+        async with connected:
+            response = await dns.asyncquery.udp(
+                query,
+                server.host,
+                timeout=timeout,
+                port=server.port,
+                ignore_unexpected=True,
+                sock=connected,
+            )
         if response.flags & dns.flags.TC:
             remaining = timeout - (self._clock() - started)
             if remaining <= 0:

@@ -292,7 +292,7 @@ class Session:
             return
         if dns_list.query is DomainQuery.ORGANIZATIONAL:
             domain = domains.organizational_domain(domain)
-        qname = domains.domain_query_name(domain, dns_list.zone)
+        qname = domains.domain_query_name(domain, dns_list.query_zone)
         if qname is None:
             return  # an IP literal, a single label, too long: no valid query exists
         stage = _SOURCE_STAGE[source]

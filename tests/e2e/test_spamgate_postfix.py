@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.spamgate_stack import ZEN_ZONE, Stack, running_stack
-from tests.harness.processes import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -159,20 +158,19 @@ def test_mail_is_accepted_with_the_dns_server_stopped(stack: Stack) -> None:
     decision = milter.wait_for_decision(queue=str(result.queue_id))
     assert decision["fails"] == "ZEN_FAIL,WL_FAIL"
     assert decision["score"] == "0.0"
-    # Unusable answers are counted: the stats lines at shutdown say how often and why. With
-    # its DNS server gone the list fails its probes too, and is suspended (one WARNING); a
-    # probe waits out its own timeout, which on a loaded machine can end after the mail.
-    wait_until(
-        lambda: "WARNING list ZEN suspended: probe: " in milter.log_text(),
-        timeout=10.0,
-        what="ZEN suspended after failing its probe",
-        log_tail=milter.log_text,
-    )
+    # Unusable answers are counted: the stats lines at shutdown say how often and why.
     milter.stop()
     log = milter.log_text()
-    failure = decision["lists"].split(":")[2]  # deadline, or suspended if a probe came first
-    assert f"stats list=ZEN state=suspended checks=1 listed=0 clean=0 unusable=1 {failure}=1" in log
-    assert log.count("WARNING list ZEN suspended: probe: ") == 1
+    # ZEN:unusable:network:1ms (refused at once), ...:deadline:1000ms, or ZEN:unusable:suspended
+    failure = decision["lists"].split(",")[0].split(":")[2]
+    counted = re.search(
+        rf"stats list=ZEN state=(\w+) checks=1 listed=0 clean=0 unusable=1 {failure}=1", log
+    )
+    assert counted is not None, log
+    # The start-up probe suspends the list (one WARNING) if it ran after the server stopped;
+    # before, it found the list healthy; the mail, refused at once, may even beat it.
+    suspended = log.count("WARNING list ZEN suspended: probe: ")
+    assert (counted[1], suspended) in {("suspended", 1), ("healthy", 0), ("unprobed", 0)}
 
 
 def test_silent_dns_server_costs_at_most_the_deadline(stack: Stack) -> None:
