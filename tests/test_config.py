@@ -865,6 +865,7 @@ ALL_KEYS = [
     "health.retry_max",
     "health.max_hit_ratio",
     "health.window",
+    "health.max_failures",
     "health.min_checks",
     "health.status_file",
     "trusted_networks",

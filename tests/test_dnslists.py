@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
 from concurrent import futures
 from typing import Any
@@ -385,3 +386,36 @@ def test_domain_lookups_carry_their_subject_and_stage() -> None:
     helo_again, header = checks.collect(2.0, stage=3)
     assert helo_again == helo
     assert (header.subject, header.status) == ("from:example.net", ListStatus.CLEAN)
+
+
+class SuspendingRecorder:
+    """A health monitor that suspends a list when the test says so."""
+
+    def __init__(self) -> None:
+        self.suspended: set[str] = set()
+        self.recorded: list[ListOutcome] = []
+
+    def record(self, outcomes: Any) -> None:
+        self.recorded.extend(outcomes)
+
+    def is_suspended(self, name: str) -> bool:
+        return name in self.suspended
+
+
+def test_a_session_stops_waiting_for_a_list_suspended_while_it_waits() -> None:
+    lookups, recorder = FakeLookups(), SuspendingRecorder()
+    checks = ListLookups(lookups, time.monotonic, recorder)
+    checks.start_ip_lists(CLIENT, (ZEN, DNSWL))
+    lookups.answer(DNSWL_Q, DnsAnswer(AnswerKind.NXDOMAIN))
+    timer = threading.Timer(0.2, lambda: recorder.suspended.add(ZEN.name))
+    timer.start()
+    try:
+        started = time.monotonic()
+        zen, dnswl = checks.collect(5.0)
+        elapsed = time.monotonic() - started
+    finally:
+        timer.cancel()
+    assert 0.15 <= elapsed < 1.0  # not the 5 s deadline
+    assert (zen.status, zen.failure) == (ListStatus.UNUSABLE, "suspended")
+    assert dnswl.status is ListStatus.CLEAN
+    assert [o.failure for o in recorder.recorded] == ["suspended", ""]

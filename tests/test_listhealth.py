@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -159,6 +160,34 @@ def test_breaker_window_memory_is_bounded_by_time_slices_not_traffic() -> None:
         clock.now += 1
         watch.record([classify(zen, LISTED, 1.0)] * 100)
     assert watch.is_suspended("ZEN")
+
+
+def test_a_run_of_unusable_answers_suspends_the_list(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    watch = monitor(clock)  # max_failures: 20, the default
+    zen = lists()["ZEN"]
+    timeout = classify(zen, DnsAnswer(AnswerKind.TIMEOUT), 1.0)
+    watch.record([timeout] * 19)
+    watch.record([classify(zen, CLEAN, 1.0)])  # an answer that counts starts the run anew
+    watch.record([timeout] * 19)
+    assert not watch.is_suspended("ZEN")
+    with caplog.at_level(logging.WARNING, logger="spamgate"):
+        watch.record([timeout])
+    assert watch.is_suspended("ZEN")
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message == (
+        "list ZEN suspended: its last 20 answers were unusable (the last: timeout): "
+        "sessions stop waiting for it"
+    )
+
+
+def test_max_failures_zero_never_suspends_for_unusable_answers() -> None:
+    watch = ListMonitor(
+        tuple(lists().values()), dataclasses.replace(SETTINGS, max_failures=0), FakeClock()
+    )
+    zen = lists()["ZEN"]
+    watch.record([classify(zen, DnsAnswer(AnswerKind.SERVFAIL), 1.0)] * 1000)
+    assert not watch.is_suspended("ZEN")
 
 
 def test_probe_suspends_and_resumes_with_back_off(caplog: pytest.LogCaptureFixture) -> None:

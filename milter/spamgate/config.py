@@ -372,6 +372,14 @@ class HealthSettings:
     window: float = setting(
         "Seconds over which the hit ratio is measured.", 600, minimum=10, maximum=86400
     )
+    max_failures: int = setting(
+        "Suspend a list after this many unusable answers in a row, and stop waiting for it in "
+        "sessions already waiting (a silent list must not make every session wait out the DNS "
+        "deadline); 0: never.",
+        20,
+        minimum=0,
+        maximum=1000000,
+    )
     min_checks: int = setting(
         "Checks needed in the window before the hit ratio is judged.", 100, minimum=1
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
@@ -133,6 +134,10 @@ class ListRecorder(Protocol):
     def is_suspended(self, name: str) -> bool: ...
 
 
+# How often a session waiting for DNS looks whether a list it waits for has been suspended.
+_SUSPENSION_CHECK = 0.05
+
+
 @dataclass
 class _Lookup:
     dns_list: DnsList
@@ -228,19 +233,42 @@ class ListLookups:
         open_ = [x for x in wanted if x.outcome is None]
         if open_:
             remaining = max(x.started_at for x in open_) + deadline - self._clock()
-            waiting = [x.future for x in open_ if not x.future.done()]
-            if remaining > 0 and waiting:
-                futures.wait(waiting, timeout=remaining)
+            if remaining > 0:
+                self._wait(open_, remaining)
             for lookup in open_:
                 lookup.outcome = self._outcome(lookup, deadline)
             if self._recorder is not None:
                 self._recorder.record([x.outcome for x in open_ if x.outcome is not None])
         return tuple(x.outcome for x in wanted if x.outcome is not None)
 
+    def _wait(self, open_: list[_Lookup], remaining: float) -> None:
+        """Wait up to `remaining` seconds for the open lookups, but not for a list that the
+        health monitor suspends meanwhile (after a run of unusable answers): the sessions
+        already waiting for a silent list are let go as soon as it is known to be silent."""
+        recorder = self._recorder
+        waiting = [x for x in open_ if not x.future.done()]
+        if recorder is None:
+            futures.wait([x.future for x in waiting], timeout=remaining)
+            return
+        # Counted in slices rather than by the clock: bounded whatever the clock does.
+        for index in range(math.ceil(remaining / _SUSPENSION_CHECK)):
+            if not waiting:
+                return
+            wait = min(_SUSPENSION_CHECK, remaining - index * _SUSPENSION_CHECK)
+            futures.wait([x.future for x in waiting], timeout=wait)
+            waiting = [
+                x
+                for x in waiting
+                if not x.future.done() and not recorder.is_suspended(x.dns_list.name)
+            ]
+
     def _outcome(self, lookup: _Lookup, deadline: float) -> ListOutcome:
         dns_list, subject = lookup.dns_list, lookup.subject
         future = lookup.future
         if not future.done():
+            recorder = self._recorder
+            if recorder is not None and recorder.is_suspended(dns_list.name):
+                return _unusable(dns_list, "suspended", (), None, subject)
             return _unusable(dns_list, "deadline", (), deadline * 1000.0, subject)
         try:
             answer = future.result(timeout=0)

@@ -100,6 +100,7 @@ class _Record:
     recent: collections.deque[list[float]] = field(default_factory=collections.deque)
     recent_checks: int = 0
     recent_listed: int = 0
+    failures_in_row: int = 0
     latencies: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=512)
     )
@@ -184,8 +185,15 @@ class ListMonitor:
                     record.counts[f"unusable:{outcome.failure}"] += 1
                 if outcome.latency_ms is not None and outcome.failure != "suspended":
                     record.latencies.append(outcome.latency_ms)
-                if outcome.status is ListStatus.UNUSABLE or record.state is ListState.SUSPENDED:
+                if record.state is ListState.SUSPENDED or outcome.failure == "suspended":
                     continue
+                if outcome.status is ListStatus.UNUSABLE:
+                    reason = self._failing(record, outcome)
+                    if reason:
+                        tripped.append((outcome.dns_list.name, reason))
+                        self._suspend(record, reason, now)
+                    continue
+                record.failures_in_row = 0
                 listed = outcome.status is ListStatus.LISTED
                 recent = record.recent
                 if not recent or now >= recent[-1][0] + self._slice:
@@ -202,6 +210,16 @@ class ListMonitor:
                 self._refresh_suspended()
         for name, reason in tripped:
             log.warning("list %s suspended: %s", name, reason)
+
+    def _failing(self, record: _Record, outcome: ListOutcome) -> str:
+        record.failures_in_row += 1
+        limit = self._settings.max_failures
+        if not limit or record.failures_in_row < limit:
+            return ""
+        return (
+            f"its last {record.failures_in_row} answers were unusable (the last: "
+            f"{outcome.failure}): sessions stop waiting for it"
+        )
 
     def _breaker(self, record: _Record, now: float) -> str:
         settings = self._settings
@@ -228,7 +246,7 @@ class ListMonitor:
         record.backoff = min(max(record.backoff * 2, settings.retry_min), settings.retry_max)
         record.next_probe_at = now + record.backoff
         record.recent.clear()
-        record.recent_checks = record.recent_listed = 0
+        record.recent_checks = record.recent_listed = record.failures_in_row = 0
 
     def due_for_probe(self) -> list[DnsList]:
         now = self._clock()
