@@ -394,9 +394,13 @@ class SuspendingRecorder:
     def __init__(self) -> None:
         self.suspended: set[str] = set()
         self.recorded: list[ListOutcome] = []
+        self.answers: list[ListOutcome] = []
 
     def record(self, outcomes: Any) -> None:
         self.recorded.extend(outcomes)
+
+    def answered(self, outcome: ListOutcome) -> None:
+        self.answers.append(outcome)
 
     def is_suspended(self, name: str) -> bool:
         return name in self.suspended
@@ -419,3 +423,8 @@ def test_a_session_stops_waiting_for_a_list_suspended_while_it_waits() -> None:
     assert (zen.status, zen.failure) == (ListStatus.UNUSABLE, "suspended")
     assert dnswl.status is ListStatus.CLEAN
     assert [o.failure for o in recorder.recorded] == ["suspended", ""]
+    lookups.answer(ZEN_Q, DnsAnswer(AnswerKind.TIMEOUT))  # the resolver gives up later
+    assert [(o.dns_list.name, o.failure) for o in recorder.answers] == [
+        (DNSWL.name, ""),
+        (ZEN.name, "timeout"),
+    ]

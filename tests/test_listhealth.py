@@ -167,12 +167,15 @@ def test_a_run_of_unusable_answers_suspends_the_list(caplog: pytest.LogCaptureFi
     watch = monitor(clock)  # max_failures: 20, the default
     zen = lists()["ZEN"]
     timeout = classify(zen, DnsAnswer(AnswerKind.TIMEOUT), 1.0)
-    watch.record([timeout] * 19)
-    watch.record([classify(zen, CLEAN, 1.0)])  # an answer that counts starts the run anew
-    watch.record([timeout] * 19)
+    for _ in range(19):
+        watch.answered(timeout)
+    watch.answered(classify(zen, CLEAN, 1.0))  # an answer that counts starts the run anew
+    for _ in range(19):
+        watch.answered(timeout)
+    watch.record([timeout] * 100)  # verdicts collected later are not answers: not counted
     assert not watch.is_suspended("ZEN")
     with caplog.at_level(logging.WARNING, logger="spamgate"):
-        watch.record([timeout])
+        watch.answered(timeout)
     assert watch.is_suspended("ZEN")
     (message,) = [r.getMessage() for r in caplog.records]
     assert message == (
@@ -186,7 +189,8 @@ def test_max_failures_zero_never_suspends_for_unusable_answers() -> None:
         tuple(lists().values()), dataclasses.replace(SETTINGS, max_failures=0), FakeClock()
     )
     zen = lists()["ZEN"]
-    watch.record([classify(zen, DnsAnswer(AnswerKind.SERVFAIL), 1.0)] * 1000)
+    for _ in range(1000):
+        watch.answered(classify(zen, DnsAnswer(AnswerKind.SERVFAIL), 1.0))
     assert not watch.is_suspended("ZEN")
 
 

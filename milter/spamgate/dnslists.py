@@ -131,6 +131,8 @@ class ListRecorder(Protocol):
 
     def record(self, outcomes: Iterable[ListOutcome]) -> None: ...
 
+    def answered(self, outcome: ListOutcome) -> None: ...
+
     def is_suspended(self, name: str) -> bool: ...
 
 
@@ -216,6 +218,8 @@ class ListLookups:
 
         def stamp(_: futures.Future[DnsAnswer]) -> None:
             lookup.answered_at = self._clock()
+            if recorder is not None:
+                recorder.answered(self._outcome(lookup, 0.0))
 
         lookup.future.add_done_callback(stamp)
 
@@ -252,15 +256,15 @@ class ListLookups:
             return
         # Counted in slices rather than by the clock: bounded whatever the clock does.
         for index in range(math.ceil(remaining / _SUSPENSION_CHECK)):
-            if not waiting:
-                return
-            wait = min(_SUSPENSION_CHECK, remaining - index * _SUSPENSION_CHECK)
-            futures.wait([x.future for x in waiting], timeout=wait)
             waiting = [
                 x
                 for x in waiting
                 if not x.future.done() and not recorder.is_suspended(x.dns_list.name)
             ]
+            if not waiting:
+                return
+            wait = min(_SUSPENSION_CHECK, remaining - index * _SUSPENSION_CHECK)
+            futures.wait([x.future for x in waiting], timeout=wait)
 
     def _outcome(self, lookup: _Lookup, deadline: float) -> ListOutcome:
         dns_list, subject = lookup.dns_list, lookup.subject

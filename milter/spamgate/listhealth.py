@@ -185,15 +185,8 @@ class ListMonitor:
                     record.counts[f"unusable:{outcome.failure}"] += 1
                 if outcome.latency_ms is not None and outcome.failure != "suspended":
                     record.latencies.append(outcome.latency_ms)
-                if record.state is ListState.SUSPENDED or outcome.failure == "suspended":
+                if outcome.status is ListStatus.UNUSABLE or record.state is ListState.SUSPENDED:
                     continue
-                if outcome.status is ListStatus.UNUSABLE:
-                    reason = self._failing(record, outcome)
-                    if reason:
-                        tripped.append((outcome.dns_list.name, reason))
-                        self._suspend(record, reason, now)
-                    continue
-                record.failures_in_row = 0
                 listed = outcome.status is ListStatus.LISTED
                 recent = record.recent
                 if not recent or now >= recent[-1][0] + self._slice:
@@ -211,15 +204,33 @@ class ListMonitor:
         for name, reason in tripped:
             log.warning("list %s suspended: %s", name, reason)
 
-    def _failing(self, record: _Record, outcome: ListOutcome) -> str:
-        record.failures_in_row += 1
+    def answered(self, outcome: ListOutcome) -> None:
+        """One answer from the DNS, as it arrives (the resolver's thread calls this).
+
+        Counted here rather than when a session collects its verdict, so that a run of
+        timeouts suspends the list the moment the run is complete: libmilter's worker pool
+        queues sessions behind the ones waiting for DNS, so a session may collect long after
+        its answer (or its silence) came."""
         limit = self._settings.max_failures
-        if not limit or record.failures_in_row < limit:
-            return ""
-        return (
-            f"its last {record.failures_in_row} answers were unusable (the last: "
-            f"{outcome.failure}): sessions stop waiting for it"
-        )
+        if not limit or outcome.failure == "suspended":
+            return
+        with self._lock:
+            record = self._records.get(outcome.dns_list.name)
+            if record is None or record.state is ListState.SUSPENDED:
+                return
+            if outcome.status is not ListStatus.UNUSABLE:
+                record.failures_in_row = 0
+                return
+            record.failures_in_row += 1
+            if record.failures_in_row < limit:
+                return
+            reason = (
+                f"its last {record.failures_in_row} answers were unusable (the last: "
+                f"{outcome.failure}): sessions stop waiting for it"
+            )
+            self._suspend(record, reason, self._clock())
+            self._refresh_suspended()
+        log.warning("list %s suspended: %s", outcome.dns_list.name, reason)
 
     def _breaker(self, record: _Record, now: float) -> str:
         settings = self._settings

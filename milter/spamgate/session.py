@@ -636,6 +636,9 @@ class _Recorders:
         if self._metrics is not None:
             self._metrics.record_lists(outcomes)
 
+    def answered(self, outcome: ListOutcome) -> None:
+        self._monitor.answered(outcome)
+
     def is_suspended(self, name: str) -> bool:
         return self._monitor.is_suspended(name)
 
