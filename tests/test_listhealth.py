@@ -194,6 +194,35 @@ def test_max_failures_zero_never_suspends_for_unusable_answers() -> None:
     assert not watch.is_suspended("ZEN")
 
 
+def test_a_probe_without_answer_is_asked_again_before_the_list_is_suspended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock(1000.0)
+    watch = monitor(clock)
+    zen = lists()["ZEN"]
+    problem = "its test entry gets an unusable answer: timeout"
+    with caplog.at_level(logging.INFO, logger="spamgate"):
+        watch.apply_probe(zen, problem)
+        assert not watch.is_suspended("ZEN")
+        assert zen not in watch.due_for_probe()
+        clock.now += 10
+        assert zen in watch.due_for_probe()  # asked again 10 s later, not probe_interval
+        watch.apply_probe(zen, problem)
+    assert watch.is_suspended("ZEN")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"list ZEN: probe: {problem}; asking again before suspending",
+        f"list ZEN suspended: probe: {problem}",
+    ]
+
+
+def test_a_wrong_probe_answer_suspends_at_once() -> None:
+    watch = monitor(FakeClock(1000.0))
+    watch.apply_probe(
+        lists()["ZEN"], "it lists its must-not-list test entry: it answers for everything"
+    )
+    assert watch.is_suspended("ZEN")
+
+
 def test_probe_suspends_and_resumes_with_back_off(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock(1000.0)
     watch = monitor(clock)

@@ -89,6 +89,17 @@ def judge_probe(dns_list: DnsList, listed: DnsAnswer, unlisted: DnsAnswer) -> st
 
 
 _WINDOW_SLICES = 60  # the breaker's window is counted in this many time slices
+_SILENT_PROBE_RETRY = 10.0  # seconds before a probe that got no answer is asked again
+_NO_ANSWER = "no answer to its test entries"
+_SILENT_FAILURES = ("timeout", "deadline", "network")
+
+
+def _is_silence(problem: str) -> bool:
+    """Whether a probe's problem is that no answer came, rather than a wrong one."""
+    if problem == _NO_ANSWER:
+        return True
+    kind = problem.rpartition("unusable answer: ")[2]
+    return kind in _SILENT_FAILURES
 
 
 @dataclass
@@ -101,6 +112,7 @@ class _Record:
     recent_checks: int = 0
     recent_listed: int = 0
     failures_in_row: int = 0
+    silent_probe: bool = False  # the last probe got no answer (once is forgiven)
     latencies: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=512)
     )
@@ -277,13 +289,30 @@ class ListMonitor:
                 return
             record.last_probe_at = now
             was = record.state
-            if problem:
+            # A probe shares the resolver with the traffic: under load, or with DNS that
+            # answers only over TCP, one can time out while the list is fine. Silence is
+            # suspended on the second probe in a row (a silent list is suspended sooner by
+            # its run of failed answers, see `answered`); a wrong answer on the first.
+            asking_again = (
+                bool(problem)
+                and _is_silence(problem)
+                and was is not ListState.SUSPENDED
+                and not record.silent_probe
+            )
+            if asking_again:
+                record.silent_probe = True
+                record.next_probe_at = now + min(_SILENT_PROBE_RETRY, self._settings.retry_min)
+            elif problem:
                 self._suspend(record, f"probe: {problem}", now)
             else:
                 record.state, record.reason, record.backoff = ListState.HEALTHY, "", 0.0
                 record.next_probe_at = now + self._settings.probe_interval
+            if not asking_again:
+                record.silent_probe = False
             self._refresh_suspended()
-        if problem and was is not ListState.SUSPENDED:
+        if asking_again:
+            log.info("list %s: probe: %s; asking again before suspending", dns_list.name, problem)
+        elif problem and was is not ListState.SUSPENDED:
             log.warning("list %s suspended: probe: %s", dns_list.name, problem)
         elif not problem and was is ListState.SUSPENDED:
             log.info("list %s resumed: its probes pass again", dns_list.name)
@@ -349,7 +378,7 @@ def probe_lists(
     problems = {}
     for dns_list, listed, unlisted in asked:
         if not (listed.done() and unlisted.done()):
-            problems[dns_list.name] = "no answer to its test entries"
+            problems[dns_list.name] = _NO_ANSWER
         else:
             problems[dns_list.name] = judge_probe(dns_list, listed.result(), unlisted.result())
     return problems
