@@ -209,6 +209,13 @@ def run_traffic(
         exceptions=len(_EXCEPTION.findall(log_text)),
     )
     outcome = ScenarioResult(ledger, log_text=log_text)
+    _sessions_end(stack, outcome)
+    fallback = [s.reply for s in result.sent if DEFAULT_ACTION_REPLY.search(s.reply)]
+    if fallback:
+        outcome.notes.append(f"default action reply: {fallback[0]!r}")
+    decisions = parse_decisions(log_text)
+    unusable = sum(1 for d in decisions if d.get("fails"))
+    outcome.notes.append(f"{unusable} of {len(decisions)} decisions with an unusable list")
     outcome.expect(ledger.sent == len(batch), f"{ledger.sent} of {len(batch)} sessions recorded")
     outcome.expect(ledger.lost == 0, f"{ledger.lost} message(s) accepted and never delivered")
     failures = [s.reply for s in result.sent if s.outcome is Outcome.FAILED][:3]
@@ -223,6 +230,31 @@ def run_traffic(
         f" (expected {expected_exceptions}): {_EXCEPTION.findall(log_text)[:3]}",
     )
     return outcome
+
+
+def metric(stack: SoakStack, name: str) -> float:
+    """One unlabelled sample of spamgate's /metrics."""
+    url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    if match is None:
+        raise HarnessError(f"no {name} in /metrics")
+    return float(match.group(1))
+
+
+def _sessions_end(stack: SoakStack, result: ScenarioResult) -> None:
+    """Every session spamgate saw has left its books once the traffic is over."""
+    left: list[float] = []
+
+    def none_left() -> bool:
+        left[:] = [metric(stack, "spamgate_sessions_in_progress")]
+        return left[0] == 0
+
+    try:
+        wait_until(none_left, timeout=10, what="no session in progress")
+    except HarnessError:
+        result.problems.append(f"{left} session(s) still in progress after the traffic")
 
 
 def _batch(stack: SoakStack, tag: str, count: int, seed: int) -> list[Message]:
@@ -252,9 +284,14 @@ class Lists(enum.Enum):
     """What the decision lines must say about the DNS lists under a fault."""
 
     UNUSABLE = "every list unusable in every decision"
-    ANSWERS_UNUSABLE = "every answer unusable (outside 127/8); no answer is clean"
-    USABLE = "no list unusable"
+    NOT_LISTED = "no listing: answers with records are unusable (outside 127/8)"
+    USABLE = "usable but for answers that came too late, in most decisions"
     ANY = "no expectation (a share of the lookups fails)"
+
+
+# Unusable because the answer came too late: under load (a Python proxy, TCP fallback, a shared
+# 2-core machine) any answer can, and spamgate then rightly does without it.
+LATE = frozenset({"deadline", "timeout"})
 
 
 @dataclass(frozen=True)
@@ -262,7 +299,8 @@ class DnsFault:
     name: str
     fault: Fault
     lists: Lists
-    failure: str = ""  # the failure every unusable outcome must name, if one
+    # What an unusable list may give as its failure besides LATE; None: anything.
+    failures: frozenset[str] | None = None
 
 
 DNS_FAULTS = (
@@ -270,9 +308,16 @@ DNS_FAULTS = (
     DnsFault("dns-slow-1s", Fault(delay=1.0), Lists.UNUSABLE),
     DnsFault("dns-drop-30%", Fault(drop=0.3, seed=6), Lists.ANY),
     DnsFault("dns-servfail", Fault(servfail=True), Lists.UNUSABLE),
-    DnsFault("dns-truncated", Fault(truncate=True), Lists.USABLE),
+    # The proxy truncates over UDP only: spamgate must ask again over TCP and get the answer.
+    DnsFault("dns-truncated", Fault(truncate=True), Lists.USABLE, frozenset()),
     DnsFault("dns-garbage", Fault(garbage=True, seed=6), Lists.UNUSABLE),
-    DnsFault("dns-outside-127", Fault(outside_127=True), Lists.ANSWERS_UNUSABLE, "outside-127/8"),
+    # The health probe's answer is outside 127/8 too, which suspends the list as a whole.
+    DnsFault(
+        "dns-outside-127",
+        Fault(outside_127=True),
+        Lists.NOT_LISTED,
+        frozenset({"outside-127/8", "suspended"}),
+    ),
 )
 
 
@@ -298,11 +343,11 @@ def dns_fault(stack: SoakStack, scale: Scale, case: DnsFault) -> ScenarioResult:
     decisions = parse_decisions(result.log_text)
     result.expect(len(decisions) >= ledger.sent, f"{len(decisions)} decision lines")
     list_hits = _list_hit_names(stack)
-    unusable = _check_lists(result, decisions, case)
+    _check_lists(result, decisions, case)
     # With no DNS answer at all, a name is not "unresolvable" either: only NXDOMAIN says so.
     forbidden = {
         Lists.UNUSABLE: list_hits | DNS_RULES,
-        Lists.ANSWERS_UNUSABLE: list_hits,
+        Lists.NOT_LISTED: list_hits,
     }.get(case.lists, set())
     for decision in decisions:
         hits = {hit.split(":")[0] for hit in decision.get("hits", "").split(",") if hit}
@@ -311,7 +356,6 @@ def dns_fault(stack: SoakStack, scale: Scale, case: DnsFault) -> ScenarioResult:
     if case.lists is Lists.USABLE:
         result.expect(dns.by_transport.get("tcp", 0) > 0, "no query was retried over TCP")
         result.notes.append(f"{dns.by_transport.get('tcp', 0)} queries retried over TCP")
-    result.notes.append(f"{unusable} of {len(decisions)} decisions with an unusable list")
     return result
 
 
@@ -324,8 +368,8 @@ def _list_hit_names(stack: SoakStack) -> set[str]:
     }
 
 
-def _check_lists(result: ScenarioResult, decisions: list[dict[str, str]], case: DnsFault) -> int:
-    """Checks the lists= field of each decision line; returns how many name an unusable list."""
+def _check_lists(result: ScenarioResult, decisions: list[dict[str, str]], case: DnsFault) -> None:
+    """Checks the lists= field of each decision line against what `case` expects."""
     with_unusable = 0
     for decision in decisions:
         entries = _LIST_ENTRY.findall(decision.get("lists", "").strip('"'))
@@ -336,18 +380,19 @@ def _check_lists(result: ScenarioResult, decisions: list[dict[str, str]], case: 
                 bool(entries) and states == {"unusable"} and bool(decision.get("fails")),
                 f"a list was usable under {case.name}: {decision}",
             )
-        elif case.lists is Lists.ANSWERS_UNUSABLE:
+        elif case.lists is Lists.NOT_LISTED:
             result.expect("listed" not in states, f"a listing under {case.name}: {decision}")
-        elif case.lists is Lists.USABLE:
-            result.expect("unusable" not in states, f"unusable under {case.name}: {decision}")
-        if case.failure:
-            failures = {failure for _, status, failure in entries if status == "unusable"}
-            result.expect(
-                failures <= {case.failure}, f"unusable for {failures}, not {case.failure}"
-            )
-    if case.lists is Lists.ANSWERS_UNUSABLE:
+        failures = {failure for _, status, failure in entries if status == "unusable"}
+        if case.failures is not None:
+            wrong = failures - case.failures - LATE
+            result.expect(not wrong, f"unusable for {sorted(wrong)} under {case.name}")
+    if case.lists is Lists.NOT_LISTED:
         result.expect(with_unusable > 0, f"no answer was unusable under {case.name}")
-    return with_unusable
+    if case.lists is Lists.USABLE:
+        result.expect(
+            with_unusable <= len(decisions) // 2,
+            f"{with_unusable} of {len(decisions)} decisions with an unusable list",
+        )
 
 
 # -- process faults --------------------------------------------------------------------------
@@ -467,10 +512,17 @@ def reloads(stack: SoakStack, scale: Scale) -> ScenarioResult:
 # -- resources ---------------------------------------------------------------------------------
 
 
+# The circuit breaker remembers every answer of its window (600 s shipped): memory that grows
+# with the message rate for 10 minutes. The long run shortens the window, so that the window
+# is full early and what is left to see is growth that never stops.
+LONG_RUN_WINDOW = 30.0
+
+
 def long_run(stack: SoakStack, scale: Scale) -> ScenarioResult:
     """`long_run_messages` in batches, with a DNS cache smaller than the clients need: RSS
-    after the first batch against RSS at the end, and the cache's size against its bound."""
-    stack.write_policy(cache_entries=scale.long_run_cache_entries)
+    after each batch, the cache's size against its bound, and no growth in the second half,
+    once every bounded memory has filled."""
+    stack.write_policy(cache_entries=scale.long_run_cache_entries, health_window=LONG_RUN_WINDOW)
     stack.restart_spamgate()
     size = scale.long_run_messages // scale.long_run_batches
     batches = [
@@ -483,7 +535,7 @@ def long_run(stack: SoakStack, scale: Scale) -> ScenarioResult:
         for number in range(1, scale.long_run_batches + 1):
             progress.wait_for(number / scale.long_run_batches, timeout=600)
             rss_mb.append(measure.rss_kib(stack.spamgate.pid)[0] / 1024)
-            cache.append(_cache_entries(stack))
+            cache.append(metric(stack, "spamgate_dns_cache_entries"))
 
     try:
         whole = [message for batch in batches for message in batch]
@@ -496,26 +548,18 @@ def long_run(stack: SoakStack, scale: Scale) -> ScenarioResult:
         bool(cache) and max(cache) >= bound * 0.9, f"DNS cache {cache} never neared {bound}"
     )
     if len(rss_mb) >= 2:
-        growth = rss_mb[-1] - rss_mb[0]
+        half = rss_mb[len(rss_mb) // 2 - 1]
         result.notes.append(
-            f"RSS {rss_mb[0]:.1f} MB after {size} messages, {rss_mb[-1]:.1f} MB after"
-            f" {scale.long_run_messages} ({growth:+.1f} MB); DNS cache at most"
-            f" {max(cache):.0f} entries (bound {bound})"
+            f"RSS {rss_mb[0]:.1f} MB after {size} messages, {half:.1f} MB after half,"
+            f" {rss_mb[-1]:.1f} MB after {scale.long_run_messages}"
+            f" (by batch: {', '.join(f'{mb:.1f}' for mb in rss_mb)});"
+            f" DNS cache at most {max(cache):.0f} entries (bound {bound})"
         )
         if scale is FULL:
-            # After the caches are full, memory must stay flat: a little allocator noise only.
-            result.expect(growth <= max(5.0, rss_mb[0] * 0.1), f"RSS grew {growth:.1f} MB")
+            # Once the bounded memories are full, RSS stays flat but for allocator noise.
+            growth = rss_mb[-1] - half
+            result.expect(growth <= max(3.0, half * 0.05), f"RSS grew {growth:.1f} MB")
     return result
-
-
-def _cache_entries(stack: SoakStack) -> float:
-    url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    match = re.search(r"^spamgate_dns_cache_entries (\S+)$", text, re.MULTILINE)
-    if match is None:
-        raise HarnessError("no spamgate_dns_cache_entries in /metrics")
-    return float(match.group(1))
 
 
 Scenario = Callable[[SoakStack, Scale], ScenarioResult]

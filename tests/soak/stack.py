@@ -54,6 +54,7 @@ def soak_policy(
     status_file: Path,
     variant: int = 0,
     cache_entries: int | None = None,
+    health_window: float | None = None,
 ) -> str:
     """The benchmark's policy (the shipped one plus a few dozen header rules) with the soak
     suite's DNS deadline. `variant` changes the policy's digest and nothing it decides: the
@@ -67,6 +68,8 @@ def soak_policy(
     policy["resolver"]["deadline"] = DEADLINE
     if cache_entries is not None:
         policy["resolver"]["cache_entries"] = cache_entries
+    if health_window is not None:
+        policy["health"]["window"] = health_window
     policy["shutdown_grace"] = SHUTDOWN_GRACE
     policy["rules"].append(
         {
@@ -252,7 +255,13 @@ class SoakStack:
     def milter_default_action(self) -> str:
         return self.postfix.main_cf["milter_default_action"]
 
-    def write_policy(self, *, variant: int = 0, cache_entries: int | None = None) -> None:
+    def write_policy(
+        self,
+        *,
+        variant: int = 0,
+        cache_entries: int | None = None,
+        health_window: float | None = None,
+    ) -> None:
         self.config_path.write_text(
             soak_policy(
                 listen=self.spamgate.socket_spec,
@@ -261,6 +270,7 @@ class SoakStack:
                 status_file=self.workdir / "status.json",
                 variant=variant,
                 cache_entries=cache_entries,
+                health_window=health_window,
             )
         )
 
