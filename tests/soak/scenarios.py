@@ -10,6 +10,7 @@ problems found; `make soak` and the e2e test run the same code, at two scales.
 
 from __future__ import annotations
 
+import collections
 import enum
 import os
 import re
@@ -215,7 +216,16 @@ def run_traffic(
         outcome.notes.append(f"default action reply: {fallback[0]!r}")
     decisions = parse_decisions(log_text)
     unusable = sum(1 for d in decisions if d.get("fails"))
-    outcome.notes.append(f"{unusable} of {len(decisions)} decisions with an unusable list")
+    kinds = collections.Counter(
+        failure
+        for d in decisions
+        for _, status, failure in _LIST_ENTRY.findall(d.get("lists", "").strip('"'))
+        if status == "unusable"
+    )
+    outcome.notes.append(
+        f"{unusable} of {len(decisions)} decisions with an unusable list"
+        + (f" ({', '.join(f'{k} {n}' for k, n in kinds.most_common())})" if kinds else "")
+    )
     outcome.expect(ledger.sent == len(batch), f"{ledger.sent} of {len(batch)} sessions recorded")
     outcome.expect(ledger.lost == 0, f"{ledger.lost} message(s) accepted and never delivered")
     failures = [s.reply for s in result.sent if s.outcome is Outcome.FAILED][:3]
