@@ -48,7 +48,7 @@ bench: system-test $(VENV)/.installed
 # `make soak` (as root, like `make test`): the fault and load suite in full -- 200 concurrent
 # sessions, DNS faults, spamgate killed, stopped and reloaded under load, a long run -- through
 # a private Postfix, rbldnsd behind a fault-injecting DNS proxy, and smtp-sink on loopback;
-# prints a ledger per scenario. About 10 minutes. `make test` runs the same scenarios small
+# prints a ledger per scenario. About five minutes. `make test` runs the same scenarios small
 # (tests/e2e/test_soak.py). SOAK_ARGS="--short" for that size, or name scenarios to run.
 SOAK_ARGS ?=
 soak: system-test $(VENV)/.installed
