@@ -11,7 +11,7 @@ RUN_PACKAGES := libmilter-dev gcc
 # systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files.
 TEST_PACKAGES := $(RUN_PACKAGES) postfix rbldnsd swaks systemd
 
-.PHONY: run test lint typecheck unit e2e bench system-run system-test venv clean install uninstall
+.PHONY: run test lint typecheck unit e2e bench soak system-run system-test venv clean install uninstall
 
 run: system-run $(VENV)/.installed
 	exec $(VENV)/bin/spamgate run -c $(CONFIG)
@@ -28,6 +28,8 @@ typecheck: $(VENV)/.installed
 	cd milter && ../$(VENV)/bin/mypy --config-file ../pyproject.toml --strict -p spamgate
 	# The benchmark imports spamgate from its source root, as the test suite does.
 	MYPYPATH=milter $(VENV)/bin/mypy --config-file pyproject.toml --strict bench
+	# So does the soak suite; as a package, since tests/ has no __init__.py.
+	MYPYPATH=milter $(VENV)/bin/mypy --config-file pyproject.toml --strict -p tests.soak
 
 unit: $(VENV)/.installed
 	$(VPY) -m pytest -m "not e2e"
@@ -42,6 +44,15 @@ e2e: system-test $(VENV)/.installed
 BENCH_ARGS ?=
 bench: system-test $(VENV)/.installed
 	$(VPY) -m bench.run $(BENCH_ARGS)
+
+# `make soak` (as root, like `make test`): the fault and load suite in full -- 200 concurrent
+# sessions, DNS faults, spamgate killed, stopped and reloaded under load, a long run -- through
+# a private Postfix, rbldnsd behind a fault-injecting DNS proxy, and smtp-sink on loopback;
+# prints a ledger per scenario. About five minutes. `make test` runs the same scenarios small
+# (tests/e2e/test_soak.py). SOAK_ARGS="--short" for that size, or name scenarios to run.
+SOAK_ARGS ?=
+soak: system-test $(VENV)/.installed
+	$(VPY) -m tests.soak $(SOAK_ARGS)
 
 system-run:
 	@$(call ensure_packages,$(RUN_PACKAGES) $(python_packages))

@@ -146,22 +146,37 @@ async def _transaction(
     return await _step(reader, writer, message.data + b".\r\n", 250)
 
 
-async def _run(host: str, port: int, messages: Sequence[Message], concurrency: int) -> LoadResult:
+async def _run(
+    host: str,
+    port: int,
+    messages: Sequence[Message],
+    concurrency: int,
+    on_sent: Callable[[Sent], None] | None,
+) -> LoadResult:
     queue = list(reversed(messages))
     sent: list[Sent] = []
 
     async def worker() -> None:
         while queue:
-            sent.append(await _session(host, port, queue.pop()))
+            outcome = await _session(host, port, queue.pop())
+            sent.append(outcome)
+            if on_sent is not None:
+                on_sent(outcome)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(messages)))))
     return LoadResult(tuple(sent), time.perf_counter() - started)
 
 
-def send_all(port: int, messages: Sequence[Message], concurrency: int) -> LoadResult:
-    """Send `messages` to 127.0.0.1:`port` over `concurrency` parallel sessions."""
-    return asyncio.run(_run("127.0.0.1", port, messages, concurrency))
+def send_all(
+    port: int,
+    messages: Sequence[Message],
+    concurrency: int,
+    on_sent: Callable[[Sent], None] | None = None,
+) -> LoadResult:
+    """Send `messages` to 127.0.0.1:`port` over `concurrency` parallel sessions; `on_sent` is
+    told of each session as it ends (on the sending thread: it must not block)."""
+    return asyncio.run(_run("127.0.0.1", port, messages, concurrency, on_sent))
 
 
 async def _held_run(

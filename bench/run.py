@@ -51,6 +51,7 @@ from bench.workload import (
     Sizes,
     build_population,
     cold_messages,
+    message_token,
     messages,
     one_per_client,
     retag,
@@ -58,7 +59,6 @@ from bench.workload import (
 from tests.harness.processes import HarnessError, wait_until
 
 RESULTS = REPOSITORY / "bench" / "RESULTS.md"
-_TOKEN = re.compile(rb"^Message-ID: <bench\.([^@>]+)@", re.MULTILINE)
 _TAGGED = re.compile(rb"^X-Spam-Status: ", re.MULTILINE)
 SPAMGATE_CONFIGS = ("spamgate", "spamgate-unix", "spamgate-cold", "spamgate-before")
 
@@ -202,9 +202,9 @@ def _delivered(stack: Stack) -> dict[str, bool]:
             data = path.read_bytes()
         except FileNotFoundError:
             continue
-        match = _TOKEN.search(data)
-        if match:
-            found[match.group(1).decode()] = bool(_TAGGED.search(data))
+        token = message_token(data)
+        if token is not None:
+            found[token] = bool(_TAGGED.search(data))
     return found
 
 

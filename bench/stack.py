@@ -196,11 +196,11 @@ class Stack:
             path.unlink()
 
 
-def _workdir() -> tuple[Path, bool]:
+def fresh_workdir(prefix: str = "spamgate-bench-") -> tuple[Path, bool]:
     """A fresh directory, on a tmpfs if /dev/shm is one (queue file syncs cost nothing there)."""
     shm = Path("/dev/shm")
     on_tmpfs = shm.is_dir() and os.access(shm, os.W_OK) and _is_tmpfs(shm)
-    path = Path(tempfile.mkdtemp(prefix="spamgate-bench-", dir=shm if on_tmpfs else None))
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=shm if on_tmpfs else None))
     # Postfix's daemons, smtp-sink and rbldnsd run as other users and must reach their files.
     path.chmod(0o755)
     return path, on_tmpfs
@@ -225,7 +225,7 @@ def running_stack(
     """Everything up and ready; `before`: also spamgate as of that git revision; `variants`:
     more spamgate daemons, by name, each with these extra environment variables (for
     experiments)."""
-    workdir, on_tmpfs = _workdir()
+    workdir, on_tmpfs = fresh_workdir()
     try:
         with ExitStack() as stack:
             dns = stack.enter_context(Rbldnsd(workdir, build_zones(population)))
@@ -263,14 +263,7 @@ def running_stack(
                 )
             for milter in milters.values():
                 stack.enter_context(milter)
-            # XCLIENT makes Postfix hang up on the milter and connect again as the claimed
-            # client, so every session would cost a milter two connections, one of them from
-            # 127.0.0.1. smtpd_milter_maps (Postfix 3.2) turns the milters off for loopback
-            # clients only: one milter connection per session, as a real client gets.
-            no_loopback = workdir / "no-milter-for-loopback.cidr"
-            no_loopback.write_text("127.0.0.0/8 DISABLE\n")
-            no_loopback.chmod(0o644)
-            maps = {"smtpd_milter_maps": f"cidr:{no_loopback}"}
+            maps = no_milter_for_loopback(workdir)
             listeners = {"plain": Listener()}
             listeners |= {
                 name: Listener(milters=m.postfix_address, options=maps)
@@ -294,6 +287,20 @@ def running_stack(
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def no_milter_for_loopback(workdir: Path) -> dict[str, str]:
+    """Listener options that keep the milters away from the loopback client.
+
+    XCLIENT makes Postfix hang up on the milter and connect again as the claimed client, so
+    every session would cost a milter two connections, one of them from 127.0.0.1.
+    smtpd_milter_maps (Postfix 3.2) turns the milters off for loopback clients only: one
+    milter connection per session, as a real client gets.
+    """
+    no_loopback = workdir / "no-milter-for-loopback.cidr"
+    no_loopback.write_text("127.0.0.0/8 DISABLE\n")
+    no_loopback.chmod(0o644)
+    return {"smtpd_milter_maps": f"cidr:{no_loopback}"}
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

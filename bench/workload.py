@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import random
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -221,6 +222,16 @@ def build_zones(population: Population) -> list[Zone]:
 
 def _lines(lines: Sequence[str]) -> str:
     return "".join(f"{line}\n" for line in lines)
+
+
+# Where a message carries its token: the sink finds it there (see _message).
+_TOKEN = re.compile(rb"^Message-ID: <bench\.([^@>]+)@", re.MULTILINE)
+
+
+def message_token(data: bytes) -> str | None:
+    """The token of a message as the sink received it, None if it is not one of ours."""
+    match = _TOKEN.search(data)
+    return match.group(1).decode() if match else None
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,18 @@ rules:
 _DECISION = re.compile(r"(?P<queue>\S+): decision (?P<fields>.*)")
 
 
+def parse_decisions(log_text: str) -> list[dict[str, str]]:
+    """Every decision line of a spamgate log, as {"queue": ..., key: value, ...}."""
+    found = []
+    for line in log_text.splitlines():
+        match = _DECISION.search(line)
+        if match:
+            fields = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)', match["fields"]))
+            fields["queue"] = match["queue"]
+            found.append(fields)
+    return found
+
+
 class SpamgateDaemon(MilterProcess):
     """`python -m spamgate run` on a free port, with a policy file written for it."""
 
@@ -98,14 +110,7 @@ class SpamgateDaemon(MilterProcess):
 
     def decisions(self) -> list[dict[str, str]]:
         """Every decision line logged so far, as {"queue": ..., key: value, ...}."""
-        found = []
-        for line in self.log_text().splitlines():
-            match = _DECISION.search(line)
-            if match:
-                fields = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)', match["fields"]))
-                fields["queue"] = match["queue"]
-                found.append(fields)
-        return found
+        return parse_decisions(self.log_text())
 
     def wait_for_decision(self, **expected: str) -> dict[str, str]:
         """The first decision line whose fields include `expected` (bounded wait)."""
