@@ -395,12 +395,21 @@ class SuspendingRecorder:
         self.suspended: set[str] = set()
         self.recorded: list[ListOutcome] = []
         self.answers: list[ListOutcome] = []
+        self.signal: futures.Future[None] = futures.Future()
 
     def record(self, outcomes: Any) -> None:
         self.recorded.extend(outcomes)
 
     def answered(self, outcome: ListOutcome) -> None:
         self.answers.append(outcome)
+
+    def suspend(self, name: str) -> None:
+        self.suspended.add(name)
+        signal, self.signal = self.signal, futures.Future()
+        signal.set_result(None)
+
+    def suspension_signal(self) -> futures.Future[None]:
+        return self.signal
 
     def is_suspended(self, name: str) -> bool:
         return name in self.suspended
@@ -411,7 +420,7 @@ def test_a_session_stops_waiting_for_a_list_suspended_while_it_waits() -> None:
     checks = ListLookups(lookups, time.monotonic, recorder)
     checks.start_ip_lists(CLIENT, (ZEN, DNSWL))
     lookups.answer(DNSWL_Q, DnsAnswer(AnswerKind.NXDOMAIN))
-    timer = threading.Timer(0.2, lambda: recorder.suspended.add(ZEN.name))
+    timer = threading.Timer(0.2, lambda: recorder.suspend(ZEN.name))
     timer.start()
     try:
         started = time.monotonic()

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from spamgate.answers import AnswerKind, DnsAnswer, Lookups
 from spamgate.config import DnsList, IpList, ListHit
@@ -133,11 +133,11 @@ class ListRecorder(Protocol):
 
     def answered(self, outcome: ListOutcome) -> None: ...
 
+    def suspension_signal(self) -> futures.Future[None]:
+        """A future that completes when the next list is suspended."""
+        ...
+
     def is_suspended(self, name: str) -> bool: ...
-
-
-# How often a session waiting for DNS looks whether a list it waits for has been suspended.
-_SUSPENSION_CHECK = 0.05
 
 
 @dataclass
@@ -248,23 +248,30 @@ class ListLookups:
     def _wait(self, open_: list[_Lookup], remaining: float) -> None:
         """Wait up to `remaining` seconds for the open lookups, but not for a list that the
         health monitor suspends meanwhile (after a run of unusable answers): the sessions
-        already waiting for a silent list are let go as soon as it is known to be silent."""
+        already waiting for a silent list are let go as soon as it is known to be silent.
+
+        Woken by answers and by suspensions only, never by polling: with hundreds of sessions
+        waiting, periodic wake-ups would take the interpreter lock from the resolver."""
         recorder = self._recorder
-        waiting = [x for x in open_ if not x.future.done()]
+        pending = [x for x in open_ if not x.future.done()]
         if recorder is None:
-            futures.wait([x.future for x in waiting], timeout=remaining)
+            futures.wait([x.future for x in pending], timeout=remaining)
             return
-        # Counted in slices rather than by the clock: bounded whatever the clock does.
-        for index in range(math.ceil(remaining / _SUSPENSION_CHECK)):
-            waiting = [
+        ends = time.monotonic() + remaining
+        # Each round ends with an answer or a suspension: bounded by their number.
+        for _ in range(2 * len(pending) + 2):
+            suspension = recorder.suspension_signal()  # before the check: none is missed
+            pending = [
                 x
-                for x in waiting
+                for x in pending
                 if not x.future.done() and not recorder.is_suspended(x.dns_list.name)
             ]
-            if not waiting:
+            left = ends - time.monotonic()
+            if not pending or left <= 0:
                 return
-            wait = min(_SUSPENSION_CHECK, remaining - index * _SUSPENSION_CHECK)
-            futures.wait([x.future for x in waiting], timeout=wait)
+            awaited: list[futures.Future[Any]] = [suspension, *(x.future for x in pending)]
+            futures.wait(awaited, timeout=left, return_when=futures.FIRST_COMPLETED)
+        futures.wait([x.future for x in pending], timeout=max(0.0, ends - time.monotonic()))
 
     def _outcome(self, lookup: _Lookup, deadline: float) -> ListOutcome:
         dns_list, subject = lookup.dns_list, lookup.subject

@@ -156,6 +156,7 @@ class ListMonitor:
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._suspended: frozenset[str] = frozenset()
+        self._suspension: futures.Future[None] = futures.Future()
         self.reconfigure(lists, settings)
 
     def reconfigure(self, lists: Sequence[DnsList], settings: HealthSettings) -> None:
@@ -175,9 +176,19 @@ class ListMonitor:
             self._refresh_suspended()
 
     def _refresh_suspended(self) -> None:
-        self._suspended = frozenset(
+        suspended = frozenset(
             name for name, r in self._records.items() if r.state is ListState.SUSPENDED
         )
+        newly = suspended - self._suspended
+        self._suspended = suspended
+        if newly:
+            # Wake the sessions waiting for DNS: they stop waiting for a suspended list.
+            signal, self._suspension = self._suspension, futures.Future()
+            signal.set_result(None)
+
+    def suspension_signal(self) -> futures.Future[None]:
+        """Completes when a list is next suspended (see ListLookups._wait)."""
+        return self._suspension
 
     def is_suspended(self, name: str) -> bool:
         # Read on every lookup: a frozenset swapped whole is safe to read without the lock.

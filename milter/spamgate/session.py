@@ -23,6 +23,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent import futures
 from dataclasses import dataclass, field
 
 from spamgate import domains, headers
@@ -638,6 +639,9 @@ class _Recorders:
 
     def answered(self, outcome: ListOutcome) -> None:
         self._monitor.answered(outcome)
+
+    def suspension_signal(self) -> futures.Future[None]:
+        return self._monitor.suspension_signal()
 
     def is_suspended(self, name: str) -> bool:
         return self._monitor.is_suspended(name)

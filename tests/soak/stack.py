@@ -56,7 +56,6 @@ def soak_policy(
     status_file: Path,
     variant: int = 0,
     cache_entries: int | None = None,
-    health_window: float | None = None,
     dns_fault_timing: bool = False,
 ) -> str:
     """The benchmark's policy (the shipped one plus a few dozen header rules), with the DNS
@@ -72,8 +71,6 @@ def soak_policy(
         policy["resolver"]["deadline"] = DEADLINE
     if cache_entries is not None:
         policy["resolver"]["cache_entries"] = cache_entries
-    if health_window is not None:
-        policy["health"]["window"] = health_window
     policy["shutdown_grace"] = SHUTDOWN_GRACE
     policy["rules"].append(
         {
@@ -266,7 +263,6 @@ class SoakStack:
         *,
         variant: int = 0,
         cache_entries: int | None = None,
-        health_window: float | None = None,
         dns_fault_timing: bool = False,
     ) -> None:
         self.config_path.write_text(
@@ -277,7 +273,6 @@ class SoakStack:
                 status_file=self.workdir / "status.json",
                 variant=variant,
                 cache_entries=cache_entries,
-                health_window=health_window,
                 dns_fault_timing=dns_fault_timing,
             )
         )
