@@ -395,7 +395,7 @@ class SuspendingRecorder:
         self.suspended: set[str] = set()
         self.recorded: list[ListOutcome] = []
         self.answers: list[ListOutcome] = []
-        self.signal: futures.Future[None] = futures.Future()
+        self.waiters: set[threading.Event] = set()
 
     def record(self, outcomes: Any) -> None:
         self.recorded.extend(outcomes)
@@ -405,11 +405,14 @@ class SuspendingRecorder:
 
     def suspend(self, name: str) -> None:
         self.suspended.add(name)
-        signal, self.signal = self.signal, futures.Future()
-        signal.set_result(None)
+        for wake in list(self.waiters):
+            wake.set()
 
-    def suspension_signal(self) -> futures.Future[None]:
-        return self.signal
+    def add_suspension_waiter(self, wake: threading.Event) -> None:
+        self.waiters.add(wake)
+
+    def remove_suspension_waiter(self, wake: threading.Event) -> None:
+        self.waiters.discard(wake)
 
     def is_suspended(self, name: str) -> bool:
         return name in self.suspended
@@ -432,6 +435,7 @@ def test_a_session_stops_waiting_for_a_list_suspended_while_it_waits() -> None:
     assert (zen.status, zen.failure) == (ListStatus.UNUSABLE, "suspended")
     assert dnswl.status is ListStatus.CLEAN
     assert [o.failure for o in recorder.recorded] == ["suspended", ""]
+    assert not recorder.waiters  # a waiter leaves when it is done
     lookups.answer(ZEN_Q, DnsAnswer(AnswerKind.TIMEOUT))  # the resolver gives up later
     assert [(o.dns_list.name, o.failure) for o in recorder.answers] == [
         (DNSWL.name, ""),

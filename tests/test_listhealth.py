@@ -164,7 +164,9 @@ def test_breaker_window_memory_is_bounded_by_time_slices_not_traffic() -> None:
 
 def test_a_run_of_unusable_answers_suspends_the_list(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    watch = monitor(clock)  # max_failures: 20, the default
+    watch = ListMonitor(
+        tuple(lists().values()), dataclasses.replace(SETTINGS, max_failures=20), clock
+    )
     zen = lists()["ZEN"]
     timeout = classify(zen, DnsAnswer(AnswerKind.TIMEOUT), 1.0)
     for _ in range(19):
@@ -182,6 +184,8 @@ def test_a_run_of_unusable_answers_suspends_the_list(caplog: pytest.LogCaptureFi
         "list ZEN suspended: its last 20 answers were unusable (the last: timeout): "
         "sessions stop waiting for it"
     )
+    clock.now += 10
+    assert zen in watch.due_for_probe()  # probed again soon: it may have been load
 
 
 def test_max_failures_zero_never_suspends_for_unusable_answers() -> None:

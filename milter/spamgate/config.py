@@ -375,8 +375,8 @@ class HealthSettings:
     max_failures: int = setting(
         "Suspend a list after this many unusable answers in a row, and stop waiting for it in "
         "sessions already waiting (a silent list must not make every session wait out the DNS "
-        "deadline); 0: never.",
-        20,
+        "deadline); probed again 10 s later; 0: never.",
+        50,
         minimum=0,
         maximum=1000000,
     )

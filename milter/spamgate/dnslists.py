@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from spamgate.answers import AnswerKind, DnsAnswer, Lookups
 from spamgate.config import DnsList, IpList, ListHit
@@ -133,9 +133,10 @@ class ListRecorder(Protocol):
 
     def answered(self, outcome: ListOutcome) -> None: ...
 
-    def suspension_signal(self) -> futures.Future[None]:
-        """A future that completes when the next list is suspended."""
-        ...
+    def add_suspension_waiter(self, wake: threading.Event) -> None:
+        """Set `wake` whenever a list is suspended, until removed."""
+
+    def remove_suspension_waiter(self, wake: threading.Event) -> None: ...
 
     def is_suspended(self, name: str) -> bool: ...
 
@@ -250,28 +251,46 @@ class ListLookups:
         health monitor suspends meanwhile (after a run of unusable answers): the sessions
         already waiting for a silent list are let go as soon as it is known to be silent.
 
-        Woken by answers and by suspensions only, never by polling: with hundreds of sessions
-        waiting, periodic wake-ups would take the interpreter lock from the resolver."""
+        One wake-up when the last answer comes, or at a suspension: with hundreds of
+        sessions waiting, a wake-up per answer (or a polling loop) takes the interpreter
+        lock from the resolver thread often enough to make answers late."""
         recorder = self._recorder
         pending = [x for x in open_ if not x.future.done()]
         if recorder is None:
             futures.wait([x.future for x in pending], timeout=remaining)
             return
         ends = time.monotonic() + remaining
-        # Each round ends with an answer or a suspension: bounded by their number.
-        for _ in range(2 * len(pending) + 2):
-            suspension = recorder.suspension_signal()  # before the check: none is missed
-            pending = [
-                x
-                for x in pending
-                if not x.future.done() and not recorder.is_suspended(x.dns_list.name)
-            ]
-            left = ends - time.monotonic()
-            if not pending or left <= 0:
-                return
-            awaited: list[futures.Future[Any]] = [suspension, *(x.future for x in pending)]
-            futures.wait(awaited, timeout=left, return_when=futures.FIRST_COMPLETED)
-        futures.wait([x.future for x in pending], timeout=max(0.0, ends - time.monotonic()))
+        wake = threading.Event()
+        count = [len(pending)]
+        count_lock = threading.Lock()
+
+        def one_done(_: futures.Future[DnsAnswer]) -> None:
+            with count_lock:
+                count[0] -= 1
+                last = count[0] == 0
+            if last:
+                wake.set()
+
+        for lookup in pending:
+            lookup.future.add_done_callback(one_done)
+        recorder.add_suspension_waiter(wake)  # before the check below: none is missed
+        try:
+            # Each round but the last ends with a suspension, of which there are few.
+            for _ in range(len(pending) + 1):
+                pending = [
+                    x
+                    for x in pending
+                    if not x.future.done() and not recorder.is_suspended(x.dns_list.name)
+                ]
+                left = ends - time.monotonic()
+                if not pending or left <= 0:
+                    return
+                wake.clear()
+                if count[0] == 0:
+                    return
+                wake.wait(left)
+        finally:
+            recorder.remove_suspension_waiter(wake)
 
     def _outcome(self, lookup: _Lookup, deadline: float) -> ListOutcome:
         dns_list, subject = lookup.dns_list, lookup.subject

@@ -156,7 +156,7 @@ class ListMonitor:
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._suspended: frozenset[str] = frozenset()
-        self._suspension: futures.Future[None] = futures.Future()
+        self._suspension_waiters: set[threading.Event] = set()
         self.reconfigure(lists, settings)
 
     def reconfigure(self, lists: Sequence[DnsList], settings: HealthSettings) -> None:
@@ -183,12 +183,17 @@ class ListMonitor:
         self._suspended = suspended
         if newly:
             # Wake the sessions waiting for DNS: they stop waiting for a suspended list.
-            signal, self._suspension = self._suspension, futures.Future()
-            signal.set_result(None)
+            for wake in self._suspension_waiters:
+                wake.set()
 
-    def suspension_signal(self) -> futures.Future[None]:
-        """Completes when a list is next suspended (see ListLookups._wait)."""
-        return self._suspension
+    def add_suspension_waiter(self, wake: threading.Event) -> None:
+        """Set `wake` whenever a list is suspended (see ListLookups._wait)."""
+        with self._lock:
+            self._suspension_waiters.add(wake)
+
+    def remove_suspension_waiter(self, wake: threading.Event) -> None:
+        with self._lock:
+            self._suspension_waiters.discard(wake)
 
     def is_suspended(self, name: str) -> bool:
         # Read on every lookup: a frozenset swapped whole is safe to read without the lock.
@@ -251,7 +256,10 @@ class ListMonitor:
                 f"its last {record.failures_in_row} answers were unusable (the last: "
                 f"{outcome.failure}): sessions stop waiting for it"
             )
-            self._suspend(record, reason, self._clock())
+            now = self._clock()
+            self._suspend(record, reason, now)
+            # Asked again soon: a run of timeouts can also be a burst of load on this host.
+            record.next_probe_at = now + min(_SILENT_PROBE_RETRY, self._settings.retry_min)
             self._refresh_suspended()
         log.warning("list %s suspended: %s", outcome.dns_list.name, reason)
 

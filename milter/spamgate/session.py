@@ -23,7 +23,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent import futures
 from dataclasses import dataclass, field
 
 from spamgate import domains, headers
@@ -640,8 +639,11 @@ class _Recorders:
     def answered(self, outcome: ListOutcome) -> None:
         self._monitor.answered(outcome)
 
-    def suspension_signal(self) -> futures.Future[None]:
-        return self._monitor.suspension_signal()
+    def add_suspension_waiter(self, wake: threading.Event) -> None:
+        self._monitor.add_suspension_waiter(wake)
+
+    def remove_suspension_waiter(self, wake: threading.Event) -> None:
+        self._monitor.remove_suspension_waiter(wake)
 
     def is_suspended(self, name: str) -> bool:
         return self._monitor.is_suspended(name)
