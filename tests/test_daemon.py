@@ -7,13 +7,11 @@ import socket
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.harness.processes import free_port, tcp_accepts, wait_until
+from tests.harness.processes import free_port, stop_milter_process, tcp_accepts, wait_until
 
 
 def start(policy: Path) -> subprocess.Popen[str]:
@@ -25,19 +23,6 @@ def start(policy: Path) -> subprocess.Popen[str]:
     )
 
 
-def stop(process: subprocess.Popen[str], poke: Callable[[], object]) -> tuple[int, str]:
-    """SIGTERM, then wake libmilter's accept loop (it checks for stop every 5 s otherwise)."""
-    process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while process.poll() is None and time.monotonic() < deadline:
-        poke()
-        time.sleep(0.05)
-    if process.poll() is None:
-        process.kill()
-    output, _ = process.communicate(timeout=10)
-    return process.returncode, output
-
-
 def test_inet_listener_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     policy = tmp_path / "p.yaml"
@@ -46,7 +31,9 @@ def test_inet_listener_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     try:
         wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
     finally:
-        code, output = stop(process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1))
+        code, output = stop_milter_process(
+            process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1)
+        )
     assert code == 0, output
     assert f"listening on inet:{port}@127.0.0.1" in output
     assert "INFO stats resolver lookups=0 cache_hits=0 merged=0 queries_sent=0" in output
@@ -73,7 +60,7 @@ def test_unix_socket_gets_the_configured_mode(tmp_path: Path, mode: str) -> None
         wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate to listen")
         assert stat.S_IMODE(path.stat().st_mode) == int(mode, 8)
     finally:
-        code, output = stop(process, lambda: _unix_accepts(path))
+        code, output = stop_milter_process(process, lambda: _unix_accepts(path))
     assert code == 0, output
 
 
@@ -105,7 +92,9 @@ def test_log_to_a_file(tmp_path: Path) -> None:
     try:
         wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
     finally:
-        code, output = stop(process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1))
+        code, output = stop_milter_process(
+            process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1)
+        )
     assert code == 0, output
     assert output == ""
     written = log_file.read_text()
@@ -211,7 +200,7 @@ def test_unix_socket_mode_survives_sessions_and_reload(tmp_path: Path) -> None:
         wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate after reload")
         later = stat.S_IMODE(path.stat().st_mode)
     finally:
-        code, output = stop(process, lambda: _unix_accepts(path))
+        code, output = stop_milter_process(process, lambda: _unix_accepts(path))
     assert code == 0, output
     assert "reloaded policy" in output
     assert (first, later) == (0o600, 0o600)

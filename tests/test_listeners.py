@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.harness.processes import free_port, tcp_accepts, wait_until
+from tests.harness.processes import free_port, stop_milter_process, tcp_accepts, wait_until
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config" / "spamgate.yaml"
 
@@ -151,14 +149,7 @@ def test_only_the_milter_socket_and_metrics_port_listen_on_the_shipped_policy(
             nameserver.recvfrom(512)
             seen = sockets_of(process.pid)
         finally:
-            process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while process.poll() is None and time.monotonic() < deadline:
-                milter_accepts()
-                time.sleep(0.05)
-            if process.poll() is None:
-                process.kill()
-            output, _ = process.communicate(timeout=10)
+            _, output = stop_milter_process(process, milter_accepts)
     assert process.returncode == 0, output
 
     listeners = {(s.kind, s.local) for s in seen if s.receives_from_anyone}

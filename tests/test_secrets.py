@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from spamgate.accesskeys import (
 from spamgate.config import load_policy
 from spamgate.listhealth import probe_names
 from spamgate.schema import ConfigError
-from tests.harness.processes import free_port, tcp_accepts, wait_until
+from tests.harness.processes import free_port, stop_milter_process, tcp_accepts, wait_until
 
 # Shaped like a Spamhaus DQS key: 26 lower-case letters and digits.
 KEY = "abcdefghij0123456789klmnop"
@@ -391,14 +390,9 @@ def test_daemon_warns_at_start_and_reload_and_never_logs_the_key(tmp_path: Path)
             process.send_signal(signal.SIGUSR1)
             wait_until(lambda: logged("reloaded policy", 2), timeout=10, what="a reload")
         finally:
-            process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while process.poll() is None and time.monotonic() < deadline:
-                tcp_accepts("127.0.0.1", port, timeout=0.1)
-                time.sleep(0.05)
-            if process.poll() is None:
-                process.kill()
-            output, _ = process.communicate(timeout=10)
+            _, output = stop_milter_process(
+                process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1)
+            )
     assert process.returncode == 0, output
     log = log_file.read_text()
     warning = (

@@ -12,18 +12,16 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import spamgate
-from tests.harness.processes import wait_until
+from tests.harness.processes import stop_milter_process, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "spamgate.service"
@@ -276,14 +274,7 @@ def test_socket_in_the_setgid_directory_belongs_to_its_group(tmp_path: Path) -> 
         info = path.stat()
     finally:
         # SIGTERM, and connections to wake libmilter's accept loop, which polls every 5 s.
-        process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while process.poll() is None and time.monotonic() < deadline:
-            _unix_accepts(path)
-            time.sleep(0.05)
-        if process.poll() is None:
-            process.kill()
-        output, _ = process.communicate(timeout=10)
+        _, output = stop_milter_process(process, lambda: _unix_accepts(path))
     assert process.returncode == 0, output
     assert stat.S_ISSOCK(info.st_mode)
     assert stat.S_IMODE(info.st_mode) == 0o660

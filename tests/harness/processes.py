@@ -262,3 +262,20 @@ class ManagedProcess(Service):
         except FileNotFoundError:
             return "(no log written)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_milter_process(
+    process: subprocess.Popen[str], poke: Callable[[], object], timeout: float = 10.0
+) -> tuple[int, str]:
+    """SIGTERM a daemon started with text pipes, poking its socket meanwhile: libmilter's
+    accept loop looks for a stop only every 5 s, or when a connection wakes it. Killed if it
+    is not gone within `timeout`. Its exit status and output."""
+    process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        poke()
+        time.sleep(0.05)
+    if process.poll() is None:
+        process.kill()
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
