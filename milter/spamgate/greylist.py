@@ -1,0 +1,217 @@
+"""Greylisting: the first attempt of a (client network, sender, recipient) triplet is told to
+retry; a retry after `min_delay` and within `retry_window` passes, and the triplet is then
+remembered for `pass_ttl`. A client network whose triplets pass `auto_allow_passes` times is
+let through without delay for `auto_allow_ttl`. Real MTAs retry; most spam software does not.
+
+The logic is pure given a store and a clock. State lives behind `GreylistStore` (a key, a small
+JSON value, a time to live), so one backend can be a local SQLite file and another a Redis
+server shared by every MX host. A store that fails makes the check fail open: the caller
+accepts, logs and counts (see `GreylistOutcome.FAILED_OPEN`).
+
+Not wired into the daemon yet (issue 7): this is the core the `greylist` action will use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class GreylistTiming:
+    min_delay: float = 300.0  # a retry sooner than this is told to wait again
+    retry_window: float = 4 * 3600.0  # a retry later than this (after the first try) starts anew
+    pass_ttl: float = 36 * 86400.0  # how long a triplet that passed is remembered
+    auto_allow_passes: int = 5  # passes that allowlist a client network; 0: never
+    auto_allow_ttl: float = 7 * 86400.0
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+
+
+class GreylistOutcome(enum.Enum):
+    NEW = "new"  # first attempt: retry later
+    EARLY = "early"  # retried before min_delay: retry later
+    PASSED = "passed"  # a valid retry: accepted, and the triplet is remembered
+    KNOWN = "known"  # a triplet that passed before
+    ALLOWED = "allowed"  # the client network has passed often enough to skip greylisting
+    FAILED_OPEN = "failed-open"  # the state store failed: accepted
+
+    @property
+    def tempfails(self) -> bool:
+        return self in (GreylistOutcome.NEW, GreylistOutcome.EARLY)
+
+
+@dataclass(frozen=True)
+class GreylistVerdict:
+    outcome: GreylistOutcome
+    network: str
+    retry_after: float = 0.0  # seconds until a retry would pass, when told to retry
+    error: str = ""  # what the store said, when it failed
+
+
+class GreylistStore(Protocol):
+    """Keys with small JSON values that expire by themselves."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def put(self, key: str, value: str, ttl: float) -> None: ...
+
+
+def client_network(address: IPAddress, timing: GreylistTiming) -> str:
+    """The network a client's retries may come from: pools of outbound servers share one.
+    An IPv4-mapped IPv6 address counts as its IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = timing.ipv4_prefix if address.version == 4 else timing.ipv6_prefix
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+@dataclass(frozen=True)
+class _Triplet:
+    first_seen: float
+    passed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class _Network:
+    passes: int = 0
+    allowed_until: float = 0.0
+
+
+class Greylister:
+    """Decides one triplet at a time. Two sessions deciding the same new triplet at once both
+    tell it to retry and both write about the same first attempt: harmless."""
+
+    def __init__(
+        self, store: GreylistStore, timing: GreylistTiming, clock: Callable[[], float]
+    ) -> None:
+        self._store = store
+        self._timing = timing
+        self._clock = clock
+
+    def check(self, address: IPAddress, sender: str, recipient: str) -> GreylistVerdict:
+        network = client_network(address, self._timing)
+        try:
+            return self._check(network, sender, recipient)
+        except Exception as error:  # any backend failure: accept, and say why
+            return GreylistVerdict(
+                GreylistOutcome.FAILED_OPEN, network, error=f"{type(error).__name__}: {error}"
+            )
+
+    def _check(self, network: str, sender: str, recipient: str) -> GreylistVerdict:
+        timing, now = self._timing, self._clock()
+        network_key = f"net:{network}"
+        seen = _load(self._store.get(network_key), _Network)
+        if seen is not None and seen.allowed_until > now:
+            return GreylistVerdict(GreylistOutcome.ALLOWED, network)
+        key = triplet_key(network, sender, recipient)
+        triplet = _load(self._store.get(key), _Triplet)
+        if triplet is not None and triplet.passed_at is not None:
+            self._store.put(key, _dump(_Triplet(triplet.first_seen, now)), timing.pass_ttl)
+            return GreylistVerdict(GreylistOutcome.KNOWN, network)
+        age = now - triplet.first_seen if triplet is not None else None
+        if age is None or age > timing.retry_window or age < 0:
+            self._store.put(key, _dump(_Triplet(now)), timing.retry_window)
+            return GreylistVerdict(GreylistOutcome.NEW, network, retry_after=timing.min_delay)
+        if age < timing.min_delay:
+            return GreylistVerdict(
+                GreylistOutcome.EARLY, network, retry_after=timing.min_delay - age
+            )
+        self._store.put(key, _dump(_Triplet(now - age, now)), timing.pass_ttl)
+        self._count_pass(network_key, seen or _Network(), now)
+        return GreylistVerdict(GreylistOutcome.PASSED, network)
+
+    def _count_pass(self, network_key: str, seen: _Network, now: float) -> None:
+        timing = self._timing
+        passes = seen.passes + 1
+        if timing.auto_allow_passes and passes >= timing.auto_allow_passes:
+            allowed = _Network(0, now + timing.auto_allow_ttl)
+            self._store.put(network_key, _dump(allowed), timing.auto_allow_ttl)
+        else:
+            self._store.put(network_key, _dump(_Network(passes)), timing.pass_ttl)
+
+
+def triplet_key(network: str, sender: str, recipient: str) -> str:
+    """Addresses compared without case, as mail systems treat them in practice; the null
+    sender as `<>`."""
+    return f"tri:{network}|{sender.lower() or '<>'}|{recipient.lower()}"
+
+
+def _dump(record: _Triplet | _Network) -> str:
+    return json.dumps(dataclasses.asdict(record), separators=(",", ":"))
+
+
+_Record = TypeVar("_Record", _Triplet, _Network)
+
+
+def _load(text: str | None, kind: type[_Record]) -> _Record | None:
+    if text is None:
+        return None
+    try:
+        return kind(**json.loads(text))
+    except (ValueError, TypeError):
+        return None  # a value another version wrote: start afresh rather than fail
+
+
+class SqliteStore:
+    """The embedded default: one SQLite file in WAL mode, which survives restarts, needs no
+    server and lets several processes on one host share it. One connection per store, used
+    under a lock (each statement takes microseconds); `busy_timeout` bounds how long a
+    session can wait for another process's write."""
+
+    _PURGE_EVERY = 1000  # puts between deletions of expired rows
+
+    def __init__(
+        self, path: Path, busy_timeout: float = 0.2, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._puts = 0
+        self._db = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS greylist"
+            " (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL)"
+        )
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM greylist WHERE key = ? AND expires > ?", (key, self._clock())
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def put(self, key: str, value: str, ttl: float) -> None:
+        now = self._clock()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO greylist (key, value, expires) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " expires = excluded.expires",
+                (key, value, now + ttl),
+            )
+            self._puts += 1
+            if self._puts % self._PURGE_EVERY == 0:
+                self._db.execute("DELETE FROM greylist WHERE expires <= ?", (now,))
+
+    def journal_mode(self) -> str:
+        with self._lock:
+            return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,204 @@
+"""Greylisting's triplet logic with an injected clock, over the SQLite store."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from spamgate.greylist import (
+    Greylister,
+    GreylistOutcome,
+    GreylistTiming,
+    SqliteStore,
+    client_network,
+)
+from tests.fakes import FakeClock
+
+TIMING = GreylistTiming(
+    min_delay=300, retry_window=3600, pass_ttl=86400, auto_allow_passes=3, auto_allow_ttl=7200
+)
+CLIENT = ipaddress.ip_address("192.0.2.10")
+SENDER, RECIPIENT = "news@example.org", "user@example.com"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_000_000.0)
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock) -> SqliteStore:
+    return SqliteStore(tmp_path / "greylist.sqlite", clock=clock)
+
+
+def greylister(store: SqliteStore, clock: FakeClock, timing: GreylistTiming = TIMING) -> Greylister:
+    return Greylister(store, timing, clock)
+
+
+def outcome(grey: Greylister, client: str = "192.0.2.10", sender: str = SENDER) -> str:
+    return grey.check(ipaddress.ip_address(client), sender, RECIPIENT).outcome.value
+
+
+def test_first_attempt_is_told_to_retry_after_the_minimum_delay(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    verdict = greylister(store, clock).check(CLIENT, SENDER, RECIPIENT)
+    assert (verdict.outcome, verdict.retry_after, verdict.network) == (
+        GreylistOutcome.NEW,
+        300,
+        "192.0.2.0/24",
+    )
+    assert verdict.outcome.tempfails
+
+
+def test_early_retry_waits_for_what_is_left_and_a_valid_retry_passes(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    grey = greylister(store, clock)
+    grey.check(CLIENT, SENDER, RECIPIENT)
+    clock.now += 120
+    early = grey.check(CLIENT, SENDER, RECIPIENT)
+    assert (early.outcome, early.retry_after) == (GreylistOutcome.EARLY, 180)
+    clock.now += 180
+    assert outcome(grey) == "passed"
+    clock.now += 5 * 86400 / 10
+    assert outcome(grey) == "known"  # remembered, without a new delay
+
+
+def test_a_retry_after_the_window_starts_anew(store: SqliteStore, clock: FakeClock) -> None:
+    grey = greylister(store, clock)
+    grey.check(CLIENT, SENDER, RECIPIENT)
+    clock.now += 3601
+    assert outcome(grey) == "new"
+    clock.now += 300
+    assert outcome(grey) == "passed"
+
+
+def test_a_passed_triplet_is_forgotten_after_pass_ttl_of_silence(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    grey = greylister(store, clock)
+    grey.check(CLIENT, SENDER, RECIPIENT)
+    clock.now += 300
+    assert outcome(grey) == "passed"
+    clock.now += 86400 - 1
+    assert outcome(grey) == "known"  # and seen again: remembered another pass_ttl
+    clock.now += 86400 - 1
+    assert outcome(grey) == "known"
+    clock.now += 86400 + 1
+    assert outcome(grey) == "new"
+
+
+def test_retries_from_other_hosts_of_the_same_network_count(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    grey = greylister(store, clock)
+    assert outcome(grey, "192.0.2.10") == "new"
+    clock.now += 300
+    assert outcome(grey, "192.0.2.200") == "passed"  # same /24: an outbound pool
+    assert outcome(grey, "192.0.3.10") == "new"  # another /24
+
+
+@pytest.mark.parametrize(
+    ("address", "network"),
+    [
+        ("192.0.2.77", "192.0.2.0/24"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.77", "192.0.2.0/24"),  # IPv4-mapped: the IPv4 network
+    ],
+)
+def test_client_network(address: str, network: str) -> None:
+    assert client_network(ipaddress.ip_address(address), TIMING) == network
+
+
+def test_prefixes_are_configurable() -> None:
+    timing = GreylistTiming(ipv4_prefix=32, ipv6_prefix=48)
+    assert client_network(ipaddress.ip_address("192.0.2.77"), timing) == "192.0.2.77/32"
+    assert client_network(ipaddress.ip_address("2001:db8:1:2::1"), timing) == "2001:db8:1::/48"
+
+
+def test_addresses_compare_without_case_and_the_null_sender_is_its_own(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    grey = greylister(store, clock)
+    grey.check(CLIENT, "News@Example.ORG", "User@Example.com")
+    grey.check(CLIENT, "", RECIPIENT)
+    clock.now += 300
+    assert outcome(grey, sender="news@example.org") == "passed"
+    assert outcome(grey, sender="") == "passed"
+    assert outcome(grey, sender="other@example.org") == "new"
+
+
+def test_a_network_that_passes_often_is_allowed_for_a_while(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    grey = greylister(store, clock)
+    for n in range(3):  # auto_allow_passes = 3 triplets that pass
+        grey.check(CLIENT, f"s{n}@example.org", RECIPIENT)
+        clock.now += 300
+        assert outcome(grey, sender=f"s{n}@example.org") == "passed"
+    assert outcome(grey, "192.0.2.99", "never-seen@example.net") == "allowed"
+    clock.now += 7200 + 1
+    assert outcome(grey, "192.0.2.99", "never-seen@example.net") == "new"
+
+
+def test_auto_allow_can_be_turned_off(store: SqliteStore, clock: FakeClock) -> None:
+    grey = greylister(store, clock, GreylistTiming(auto_allow_passes=0))
+    for n in range(10):
+        grey.check(CLIENT, f"s{n}@example.org", RECIPIENT)
+        clock.now += 300
+        assert outcome(grey, sender=f"s{n}@example.org") == "passed"
+    assert outcome(grey, sender="new@example.org") == "new"
+
+
+def test_a_failing_store_fails_open(store: SqliteStore, clock: FakeClock) -> None:
+    grey = greylister(store, clock)
+    store.close()
+    verdict = grey.check(CLIENT, SENDER, RECIPIENT)
+    assert verdict.outcome is GreylistOutcome.FAILED_OPEN
+    assert not verdict.outcome.tempfails
+    assert verdict.error.startswith("ProgrammingError: ")
+
+
+def test_a_value_it_cannot_read_starts_afresh(store: SqliteStore, clock: FakeClock) -> None:
+    store.put("tri:192.0.2.0/24|news@example.org|user@example.com", "{not json", 3600)
+    assert outcome(greylister(store, clock)) == "new"
+
+
+def test_state_survives_a_restart_in_wal_mode(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "greylist.sqlite"
+    first = SqliteStore(path, clock=clock)
+    assert first.journal_mode() == "wal"
+    greylister(first, clock).check(CLIENT, SENDER, RECIPIENT)
+    first.close()
+    clock.now += 300
+    second = SqliteStore(path, clock=clock)
+    assert outcome(greylister(second, clock)) == "passed"
+    second.close()
+
+
+def test_two_stores_on_one_file_share_state(tmp_path: Path, clock: FakeClock) -> None:
+    """Two daemons on one host (or a restart overlapping the old process)."""
+    path = tmp_path / "greylist.sqlite"
+    one, other = SqliteStore(path, clock=clock), SqliteStore(path, clock=clock)
+    greylister(one, clock).check(CLIENT, SENDER, RECIPIENT)
+    clock.now += 300
+    assert outcome(greylister(other, clock)) == "passed"
+    one.close()
+    other.close()
+
+
+def test_expired_rows_are_purged(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "greylist.sqlite"
+    store = SqliteStore(path, clock=clock)
+    for n in range(SqliteStore._PURGE_EVERY - 1):
+        store.put(f"k{n}", "{}", 10)
+    clock.now += 11
+    store.put("last", "{}", 10)  # the 1000th put deletes what expired
+    store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT key FROM greylist").fetchall() == [("last",)]
