@@ -9,7 +9,8 @@ CONFIG ?= config/spamgate.yaml
 # Building pymilter needs libmilter's headers and a C compiler; the tests drive real software.
 RUN_PACKAGES := libmilter-dev gcc
 # systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files.
-TEST_PACKAGES := $(RUN_PACKAGES) postfix rbldnsd swaks systemd
+# redis-server: the greylisting tests start their own on loopback (shared state of many MX hosts).
+TEST_PACKAGES := $(RUN_PACKAGES) postfix rbldnsd swaks systemd redis-server
 
 .PHONY: run test lint typecheck unit e2e bench soak system-run system-test venv clean install uninstall
 
@@ -68,8 +69,9 @@ python_packages = $(shell $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || e
 	  2>/dev/null || echo python3-dev)
 
 # Install the named Debian packages that are not installed yet, non-interactively. Postfix is
-# preseeded to "No configuration" so the system MTA is neither configured nor started: the
-# tests run their own private Postfix instances.
+# preseeded to "No configuration" so the system MTA is neither configured nor started, and a
+# policy-rc.d that refuses every start (if the machine has none) keeps the packages' services
+# (redis-server) from starting: the tests run their own private instances.
 define ensure_packages
 missing=""; for p in $(1); do \
   dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -77,8 +79,12 @@ done; \
 if [ -n "$$missing" ]; then \
   echo "installing Debian packages:$$missing"; \
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+  guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && guard=1; \
+  fi; \
   apt-get update -qq && \
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+  status=$$?; if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$status; \
 fi
 endef
 

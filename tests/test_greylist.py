@@ -1,10 +1,15 @@
-"""Greylisting's triplet logic with an injected clock, over the SQLite store."""
+"""Greylisting's triplet logic with an injected clock, over the SQLite store and over a real
+redis-server on loopback (whose keys expire by the real clock: the Redis tests move the
+injected clock only within a key's lifetime)."""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import socket
 import sqlite3
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,11 +17,14 @@ import pytest
 from spamgate.greylist import (
     Greylister,
     GreylistOutcome,
+    GreylistStore,
     GreylistTiming,
+    RedisStore,
     SqliteStore,
     client_network,
 )
 from tests.fakes import FakeClock
+from tests.harness.redis import RedisServer
 
 TIMING = GreylistTiming(
     min_delay=300, retry_window=3600, pass_ttl=86400, auto_allow_passes=3, auto_allow_ttl=7200
@@ -31,11 +39,29 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> SqliteStore:
-    return SqliteStore(tmp_path / "greylist.sqlite", clock=clock)
+def store(tmp_path: Path, clock: FakeClock) -> Iterator[SqliteStore]:
+    sqlite = SqliteStore(tmp_path / "greylist.sqlite", clock=clock)
+    yield sqlite
+    sqlite.close()
 
 
-def greylister(store: SqliteStore, clock: FakeClock, timing: GreylistTiming = TIMING) -> Greylister:
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_store(redis_server: RedisServer) -> Iterator[RedisStore]:
+    store = RedisStore(redis_server.url)
+    store._client.flushdb()
+    yield store
+    store.close()
+
+
+def greylister(
+    store: GreylistStore, clock: FakeClock, timing: GreylistTiming = TIMING
+) -> Greylister:
     return Greylister(store, timing, clock)
 
 
@@ -202,3 +228,68 @@ def test_expired_rows_are_purged(tmp_path: Path, clock: FakeClock) -> None:
     store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT key FROM greylist").fetchall() == [("last",)]
+
+
+# --- Redis: shared by several MX hosts ---------------------------------------------------------
+
+
+def test_redis_first_attempt_early_retry_valid_retry_and_known(
+    redis_store: RedisStore, clock: FakeClock
+) -> None:
+    grey = greylister(redis_store, clock)
+    assert outcome(grey) == "new"
+    clock.now += 100
+    assert outcome(grey) == "early"
+    clock.now += 200
+    assert outcome(grey) == "passed"
+    assert outcome(grey) == "known"
+
+
+def test_redis_state_is_shared_by_two_mx_hosts(
+    redis_server: RedisServer, redis_store: RedisStore, clock: FakeClock
+) -> None:
+    other_mx = RedisStore(redis_server.url)
+    try:
+        greylister(redis_store, clock).check(CLIENT, SENDER, RECIPIENT)
+        clock.now += 300
+        assert outcome(greylister(other_mx, clock)) == "passed"  # the retry went elsewhere
+        assert outcome(greylister(redis_store, clock)) == "known"
+    finally:
+        other_mx.close()
+
+
+def test_redis_keys_expire_by_themselves(redis_store: RedisStore) -> None:
+    redis_store.put("k", "v", 0.05)
+    assert redis_store.get("k") == "v"
+    assert 0 < redis_store._client.pttl("k") <= 50
+    time.sleep(0.1)
+    assert redis_store.get("k") is None
+
+
+def test_redis_that_does_not_answer_fails_open_within_the_bound(clock: FakeClock) -> None:
+    # A port that accepts and never answers: the worst case, a hung server.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        store = RedisStore(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout=0.2)
+        started = time.monotonic()
+        verdict = greylister(store, clock).check(CLIENT, SENDER, RECIPIENT)
+        elapsed = time.monotonic() - started
+        store.close()
+    assert verdict.outcome is GreylistOutcome.FAILED_OPEN
+    assert "Timeout" in verdict.error
+    assert elapsed < 0.2 * 3 + 0.5  # the bound per command, not a TCP timeout
+
+
+def test_redis_stopped_mid_run_fails_open_and_recovers(tmp_path: Path, clock: FakeClock) -> None:
+    with RedisServer(tmp_path) as server:
+        store = RedisStore(server.url)
+        grey = greylister(store, clock)
+        assert outcome(grey) == "new"
+        server.stop()
+        verdict = grey.check(CLIENT, SENDER, RECIPIENT)
+        assert verdict.outcome is GreylistOutcome.FAILED_OPEN
+        assert "ConnectionError" in verdict.error
+        server.start()  # back, empty: the triplet starts anew
+        assert outcome(grey) == "new"
+        store.close()

@@ -4,8 +4,8 @@ remembered for `pass_ttl`. A client network whose triplets pass `auto_allow_pass
 let through without delay for `auto_allow_ttl`. Real MTAs retry; most spam software does not.
 
 The logic is pure given a store and a clock. State lives behind `GreylistStore` (a key, a small
-JSON value, a time to live), so one backend can be a local SQLite file and another a Redis
-server shared by every MX host. A store that fails makes the check fail open: the caller
+JSON value, a time to live): `SqliteStore`, a local file, or `RedisStore`, a server shared by
+every MX host. A store that fails makes the check fail open: the caller
 accepts, logs and counts (see `GreylistOutcome.FAILED_OPEN`).
 
 Not wired into the daemon yet (issue 7): this is the core the `greylist` action will use.
@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
+
+import redis
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -215,3 +217,28 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class RedisStore:
+    """Shared state for several MX hosts: each key expires by itself (PX). Every command is
+    bounded by `timeout` (connect and reply), so a Redis that is down or slow costs a session
+    at most that before the check fails open."""
+
+    def __init__(self, url: str, timeout: float = 0.2) -> None:
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            decode_responses=True,
+        )
+
+    def get(self, key: str) -> str | None:
+        value = self._client.get(key)
+        return None if value is None else str(value)
+
+    def put(self, key: str, value: str, ttl: float) -> None:
+        self._client.set(key, value, px=max(1, int(ttl * 1000)))
+
+    def close(self) -> None:
+        self._client.close()
