@@ -9,7 +9,7 @@ import ipaddress
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -191,7 +191,7 @@ def test_a_failing_store_fails_open(store: SqliteStore, clock: FakeClock) -> Non
 
 
 def test_a_value_it_cannot_read_starts_afresh(store: SqliteStore, clock: FakeClock) -> None:
-    store.put("tri:192.0.2.0/24|news@example.org|user@example.com", "{not json", 3600)
+    store.put_many([("tri:192.0.2.0/24|news@example.org|user@example.com", "{not json", 3600)])
     assert outcome(greylister(store, clock)) == "new"
 
 
@@ -221,10 +221,9 @@ def test_two_stores_on_one_file_share_state(tmp_path: Path, clock: FakeClock) ->
 def test_expired_rows_are_purged(tmp_path: Path, clock: FakeClock) -> None:
     path = tmp_path / "greylist.sqlite"
     store = SqliteStore(path, clock=clock)
-    for n in range(SqliteStore._PURGE_EVERY - 1):
-        store.put(f"k{n}", "{}", 10)
+    store.put_many([(f"k{n}", "{}", 10) for n in range(SqliteStore._PURGE_EVERY - 1)])
     clock.now += 11
-    store.put("last", "{}", 10)  # the 1000th put deletes what expired
+    store.put_many([("last", "{}", 10)])  # the 1000th write deletes what expired
     store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT key FROM greylist").fetchall() == [("last",)]
@@ -259,11 +258,11 @@ def test_redis_state_is_shared_by_two_mx_hosts(
 
 
 def test_redis_keys_expire_by_themselves(redis_store: RedisStore) -> None:
-    redis_store.put("k", "v", 0.05)
-    assert redis_store.get("k") == "v"
+    redis_store.put_many([("k", "v", 0.05), ("j", "w", 60)])
+    assert redis_store.get_many(["k", "j", "none"]) == ["v", "w", None]
     assert 0 < redis_store._client.pttl("k") <= 50
     time.sleep(0.1)
-    assert redis_store.get("k") is None
+    assert redis_store.get_many(["k", "j"]) == [None, "w"]
 
 
 def test_redis_that_does_not_answer_fails_open_within_the_bound(clock: FakeClock) -> None:
@@ -293,3 +292,31 @@ def test_redis_stopped_mid_run_fails_open_and_recovers(tmp_path: Path, clock: Fa
         server.start()  # back, empty: the triplet starts anew
         assert outcome(grey) == "new"
         store.close()
+
+
+class CountingStore:
+    """Counts the round trips a check makes to its store."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.reads = self.writes = 0
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        self.reads += 1
+        return self.inner.get_many(keys)
+
+    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+        self.writes += 1
+        self.inner.put_many(items)
+
+
+def test_a_check_reads_once_and_writes_at_most_once(store: SqliteStore, clock: FakeClock) -> None:
+    """So a slow or hung server costs a session at most two timeouts."""
+    counting = CountingStore(store)
+    grey = greylister(counting, clock)
+    seen = []
+    for step in (0, 100, 200, 10):  # new, early, passed (and the network counted), known
+        clock.now += step
+        seen.append((outcome(grey), counting.reads, counting.writes))
+        counting.reads = counting.writes = 0
+    assert seen == [("new", 1, 1), ("early", 1, 0), ("passed", 1, 1), ("known", 1, 1)]

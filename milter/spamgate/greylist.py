@@ -20,7 +20,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -63,11 +63,13 @@ class GreylistVerdict:
 
 
 class GreylistStore(Protocol):
-    """Keys with small JSON values that expire by themselves."""
+    """Keys with small JSON values that expire by themselves. A check reads once and writes
+    at most once (each a single round trip to a server), so its cost is bounded by two."""
 
-    def get(self, key: str) -> str | None: ...
+    def get_many(self, keys: Sequence[str]) -> list[str | None]: ...
 
-    def put(self, key: str, value: str, ttl: float) -> None: ...
+    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+        """(key, value, seconds to live) each."""
 
 
 def client_network(address: IPAddress, timing: GreylistTiming) -> str:
@@ -113,35 +115,37 @@ class Greylister:
 
     def _check(self, network: str, sender: str, recipient: str) -> GreylistVerdict:
         timing, now = self._timing, self._clock()
-        network_key = f"net:{network}"
-        seen = _load(self._store.get(network_key), _Network)
+        network_key, key = f"net:{network}", triplet_key(network, sender, recipient)
+        network_value, triplet_value = self._store.get_many([network_key, key])
+        seen = _load(network_value, _Network)
         if seen is not None and seen.allowed_until > now:
             return GreylistVerdict(GreylistOutcome.ALLOWED, network)
-        key = triplet_key(network, sender, recipient)
-        triplet = _load(self._store.get(key), _Triplet)
+        triplet = _load(triplet_value, _Triplet)
         if triplet is not None and triplet.passed_at is not None:
-            self._store.put(key, _dump(_Triplet(triplet.first_seen, now)), timing.pass_ttl)
+            renewed = _Triplet(triplet.first_seen, now)
+            self._store.put_many([(key, _dump(renewed), timing.pass_ttl)])
             return GreylistVerdict(GreylistOutcome.KNOWN, network)
         age = now - triplet.first_seen if triplet is not None else None
         if age is None or age > timing.retry_window or age < 0:
-            self._store.put(key, _dump(_Triplet(now)), timing.retry_window)
+            self._store.put_many([(key, _dump(_Triplet(now)), timing.retry_window)])
             return GreylistVerdict(GreylistOutcome.NEW, network, retry_after=timing.min_delay)
         if age < timing.min_delay:
             return GreylistVerdict(
                 GreylistOutcome.EARLY, network, retry_after=timing.min_delay - age
             )
-        self._store.put(key, _dump(_Triplet(now - age, now)), timing.pass_ttl)
-        self._count_pass(network_key, seen or _Network(), now)
+        passed = (key, _dump(_Triplet(now - age, now)), timing.pass_ttl)
+        self._store.put_many([passed, self._network_after_pass(network_key, seen, now)])
         return GreylistVerdict(GreylistOutcome.PASSED, network)
 
-    def _count_pass(self, network_key: str, seen: _Network, now: float) -> None:
+    def _network_after_pass(
+        self, network_key: str, seen: _Network | None, now: float
+    ) -> tuple[str, str, float]:
         timing = self._timing
-        passes = seen.passes + 1
+        passes = (seen.passes if seen is not None else 0) + 1
         if timing.auto_allow_passes and passes >= timing.auto_allow_passes:
             allowed = _Network(0, now + timing.auto_allow_ttl)
-            self._store.put(network_key, _dump(allowed), timing.auto_allow_ttl)
-        else:
-            self._store.put(network_key, _dump(_Network(passes)), timing.pass_ttl)
+            return (network_key, _dump(allowed), timing.auto_allow_ttl)
+        return (network_key, _dump(_Network(passes)), timing.pass_ttl)
 
 
 def triplet_key(network: str, sender: str, recipient: str) -> str:
@@ -190,25 +194,37 @@ class SqliteStore:
             " (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL)"
         )
 
-    def get(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT value FROM greylist WHERE key = ? AND expires > ?", (key, self._clock())
-            ).fetchone()
-        return None if row is None else str(row[0])
-
-    def put(self, key: str, value: str, ttl: float) -> None:
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
         now = self._clock()
         with self._lock:
-            self._db.execute(
-                "INSERT INTO greylist (key, value, expires) VALUES (?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
-                " expires = excluded.expires",
-                (key, value, now + ttl),
+            found = dict(
+                self._db.execute(
+                    f"SELECT key, value FROM greylist WHERE expires > ?"
+                    f" AND key IN ({', '.join('?' * len(keys))})",
+                    (now, *keys),
+                ).fetchall()
             )
-            self._puts += 1
-            if self._puts % self._PURGE_EVERY == 0:
-                self._db.execute("DELETE FROM greylist WHERE expires <= ?", (now,))
+        return [found.get(key) for key in keys]
+
+    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+        now = self._clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # one transaction: one lock, one WAL commit
+            try:
+                self._db.executemany(
+                    "INSERT INTO greylist (key, value, expires) VALUES (?, ?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                    " expires = excluded.expires",
+                    [(key, value, now + ttl) for key, value, ttl in items],
+                )
+                self._puts += len(items)
+                if self._puts >= self._PURGE_EVERY:
+                    self._puts = 0
+                    self._db.execute("DELETE FROM greylist WHERE expires <= ?", (now,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def journal_mode(self) -> str:
         with self._lock:
@@ -233,12 +249,14 @@ class RedisStore:
             decode_responses=True,
         )
 
-    def get(self, key: str) -> str | None:
-        value = self._client.get(key)
-        return None if value is None else str(value)
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        return [None if value is None else str(value) for value in self._client.mget(keys)]
 
-    def put(self, key: str, value: str, ttl: float) -> None:
-        self._client.set(key, value, px=max(1, int(ttl * 1000)))
+    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+        pipeline = self._client.pipeline(transaction=False)
+        for key, value, ttl in items:
+            pipeline.set(key, value, px=max(1, int(ttl * 1000)))
+        pipeline.execute()
 
     def close(self) -> None:
         self._client.close()
