@@ -527,17 +527,22 @@ def _median(values: Iterator[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def _round_ratio(
-    runs: Sequence[Run], workload: str, config: str, base: str, value: Callable[[Run], float]
-) -> float | None:
-    """Median over rounds of value(config) / value(base) within the same round."""
+def _by_round(runs: Sequence[Run], workload: str) -> list[dict[str, Run]]:
+    """A workload's runs, round by round, by configuration."""
     by_round: dict[int, dict[str, Run]] = collections.defaultdict(dict)
     for run in runs:
         if run.workload == workload:
             by_round[run.round][run.config] = run
+    return list(by_round.values())
+
+
+def _round_ratio(
+    runs: Sequence[Run], workload: str, config: str, base: str, value: Callable[[Run], float]
+) -> float | None:
+    """Median over rounds of value(config) / value(base) within the same round."""
     ratios = [
         value(r[config]) / value(r[base])
-        for r in by_round.values()
+        for r in _by_round(runs, workload)
         if config in r and base in r and value(r[base])
     ]
     return statistics.median(ratios) if ratios else None
@@ -546,12 +551,10 @@ def _round_ratio(
 def _round_difference(
     runs: Sequence[Run], workload: str, config: str, base: str, value: Callable[[Run], float]
 ) -> float | None:
-    by_round: dict[int, dict[str, Run]] = collections.defaultdict(dict)
-    for run in runs:
-        if run.workload == workload:
-            by_round[run.round][run.config] = run
     differences = [
-        value(r[config]) - value(r[base]) for r in by_round.values() if config in r and base in r
+        value(r[config]) - value(r[base])
+        for r in _by_round(runs, workload)
+        if config in r and base in r
     ]
     return statistics.median(differences) if differences else None
 

@@ -17,8 +17,6 @@ import contextlib
 import grp
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -34,11 +32,12 @@ from tests.harness.dnsproxy import DnsProxy, Fault
 from tests.harness.postfix import Listener, PostfixInstance
 from tests.harness.processes import (
     LOOPBACK,
-    HarnessError,
     ManagedProcess,
     Service,
     free_port,
+    stop_libmilter,
     tcp_accepts,
+    unix_accepts,
     wait_until,
 )
 from tests.harness.sink import SmtpSink
@@ -83,13 +82,7 @@ class Milter(Service):
     def _accepts(self) -> bool:
         family, _, rest = self.socket_spec.partition(":")
         if family == "unix":
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(0.5)
-                try:
-                    probe.connect(rest)
-                except OSError:
-                    return False
-                return True
+            return unix_accepts(rest)
         port, _, host = rest.partition("@")
         return tcp_accepts(host, int(port), timeout=0.5)
 
@@ -97,19 +90,7 @@ class Milter(Service):
         self.process.start_and_wait(self._accepts, timeout=timeout, what=f"{self.name} to listen")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.running():
-            self.process.signal_group(signal.SIGTERM)
-
-            # libmilter checks its stop flag when its accept loop wakes: connect until it exits.
-            def exited() -> bool:
-                if not self.process.running():
-                    return True
-                self._accepts()
-                return False
-
-            with contextlib.suppress(HarnessError):
-                wait_until(exited, timeout=timeout, what=f"{self.name} to exit", interval=0.05)
-        self.process.stop()
+        stop_libmilter(self.process, self._accepts, timeout, self.name)
 
 
 def _spamgate(

@@ -1,13 +1,29 @@
-"""Test doubles shared by the unit tests: a clock that stands still, a scripted resolver."""
+"""Test doubles shared by the unit tests: a clock that stands still, a scripted resolver, and
+what an MTA offers in negotiation."""
 
 from __future__ import annotations
 
 import threading
 from concurrent import futures
 
+import Milter
+
 from spamgate.answers import DnsAnswer
 
 Question = tuple[str, str]  # (qname, rdtype)
+
+# The milter protocol's "no reply" bits: an MTA offering none of them answers every event.
+NO_REPLY_BITS = (
+    Milter.P_NR_CONN
+    | Milter.P_NR_HELO
+    | Milter.P_NR_MAIL
+    | Milter.P_NR_RCPT
+    | Milter.P_NR_DATA
+    | Milter.P_NR_UNKN
+    | Milter.P_NR_EOH
+    | Milter.P_NR_BODY
+    | Milter.P_NR_HDR
+)
 
 
 class FakeClock:

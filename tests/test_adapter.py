@@ -24,6 +24,7 @@ from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.config import Policy
 from spamgate.engine import Engine
 from spamgate.session import Runtime
+from tests.fakes import NO_REPLY_BITS
 
 LISTED = DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=60)
 CLEAN = DnsAnswer(AnswerKind.NXDOMAIN, ttl=60)
@@ -95,19 +96,6 @@ class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
         assert self._body is not None, "chgheader outside eom"
         assert value == "", "spamgate only deletes headers"
         self.deleted.append((field, idx))
-
-
-NO_REPLY_BITS = (
-    Milter.P_NR_CONN
-    | Milter.P_NR_HELO
-    | Milter.P_NR_MAIL
-    | Milter.P_NR_RCPT
-    | Milter.P_NR_DATA
-    | Milter.P_NR_UNKN
-    | Milter.P_NR_EOH
-    | Milter.P_NR_BODY
-    | Milter.P_NR_HDR
-)
 
 
 def fresh_options() -> None:

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.processes import free_port, stop_milter_process, tcp_accepts, wait_until
+from tests.harness.processes import (
+    free_port,
+    stop_milter_process,
+    tcp_accepts,
+    unix_accepts,
+    wait_until,
+)
 
 
 def start(policy: Path) -> subprocess.Popen[str]:
@@ -40,16 +46,6 @@ def test_inet_listener_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert output.rstrip().endswith("INFO spamgate stopped")
 
 
-def _unix_accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as client:
-        client.settimeout(0.5)
-        try:
-            client.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.mark.parametrize("mode", ["0660", "0600"])
 def test_unix_socket_gets_the_configured_mode(tmp_path: Path, mode: str) -> None:
     path = tmp_path / "spamgate.sock"
@@ -57,10 +53,10 @@ def test_unix_socket_gets_the_configured_mode(tmp_path: Path, mode: str) -> None
     policy.write_text(f"listen: unix:{path}\nsocket_mode: '{mode}'\n")
     process = start(policy)
     try:
-        wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate to listen")
+        wait_until(lambda: unix_accepts(path), timeout=10, what="spamgate to listen")
         assert stat.S_IMODE(path.stat().st_mode) == int(mode, 8)
     finally:
-        code, output = stop_milter_process(process, lambda: _unix_accepts(path))
+        code, output = stop_milter_process(process, lambda: unix_accepts(path))
     assert code == 0, output
 
 
@@ -192,15 +188,15 @@ def test_unix_socket_mode_survives_sessions_and_reload(tmp_path: Path) -> None:
         umask=0,
     )
     try:
-        wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate to listen")
+        wait_until(lambda: unix_accepts(path), timeout=10, what="spamgate to listen")
         first = stat.S_IMODE(path.stat().st_mode)
         for _ in range(5):
-            assert _unix_accepts(path)
+            assert unix_accepts(path)
         process.send_signal(signal.SIGUSR1)
-        wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate after reload")
+        wait_until(lambda: unix_accepts(path), timeout=10, what="spamgate after reload")
         later = stat.S_IMODE(path.stat().st_mode)
     finally:
-        code, output = stop_milter_process(process, lambda: _unix_accepts(path))
+        code, output = stop_milter_process(process, lambda: unix_accepts(path))
     assert code == 0, output
     assert "reloaded policy" in output
     assert (first, later) == (0o600, 0o600)

@@ -59,7 +59,7 @@ from spamgate.config import Policy
 from spamgate.engine import Action, Engine
 from spamgate.replies import Reply
 from spamgate.session import MessageDecision, RcptDecision, RcptResult, Runtime, Session
-from tests.fakes import FakeClock
+from tests.fakes import NO_REPLY_BITS, FakeClock
 from tests.test_decisionlog import parse_line
 
 # Deterministic and bounded for CI: the same examples on every run, nothing written to a
@@ -869,17 +869,6 @@ def test_session_decides_every_hostile_dialogue(
 
 # --- ring 2: the adapter, through pymilter's TestCtx -------------------------------------------
 
-NO_REPLY_BITS = (
-    Milter.P_NR_CONN
-    | Milter.P_NR_HELO
-    | Milter.P_NR_MAIL
-    | Milter.P_NR_RCPT
-    | Milter.P_NR_DATA
-    | Milter.P_NR_UNKN
-    | Milter.P_NR_EOH
-    | Milter.P_NR_BODY
-    | Milter.P_NR_HDR
-)
 ANSWER_NAMES = {
     Milter.CONTINUE: "CONTINUE",
     Milter.ACCEPT: "ACCEPT",

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import spamgate
-from tests.harness.processes import stop_milter_process, wait_until
+from tests.harness.processes import stop_milter_process, unix_accepts, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "spamgate.service"
@@ -240,16 +239,6 @@ def test_tmpfiles_without_postfix_creates_nothing_and_says_why(tmp_path: Path) -
     assert not (tmp_path / "var").exists()
 
 
-def _unix_accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as client:
-        client.settimeout(0.5)
-        try:
-            client.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def test_socket_in_the_setgid_directory_belongs_to_its_group(tmp_path: Path) -> None:
     """What the tmpfiles design relies on: a socket the daemon creates in a setgid directory
     takes the directory's group (Linux, for every file type), and the daemon's chmod to
@@ -270,11 +259,11 @@ def test_socket_in_the_setgid_directory_belongs_to_its_group(tmp_path: Path) -> 
         text=True,
     )
     try:
-        wait_until(lambda: _unix_accepts(path), timeout=10, what="spamgate to listen")
+        wait_until(lambda: unix_accepts(path), timeout=10, what="spamgate to listen")
         info = path.stat()
     finally:
         # SIGTERM, and connections to wake libmilter's accept loop, which polls every 5 s.
-        _, output = stop_milter_process(process, lambda: _unix_accepts(path))
+        _, output = stop_milter_process(process, lambda: unix_accepts(path))
     assert process.returncode == 0, output
     assert stat.S_ISSOCK(info.st_mode)
     assert stat.S_IMODE(info.st_mode) == 0o660

@@ -95,14 +95,19 @@ class Rbldnsd(Service):
 
     def resolver(self, timeout: float = 1.0) -> dns.resolver.Resolver:
         """A dnspython resolver that asks only this server."""
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [self.address]
-        resolver.port = self.port
-        resolver.lifetime = timeout
-        return resolver
+        return resolver_for(self.address, self.port, timeout)
 
     def log_tail(self) -> str:
         return self.process.log_tail()
+
+
+def resolver_for(address: str, port: int, timeout: float) -> dns.resolver.Resolver:
+    """A dnspython resolver that asks only address:port, within `timeout` in all."""
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [address]
+    resolver.port = port
+    resolver.lifetime = timeout
+    return resolver
 
 
 def dnsbl_name(address: str, zone: str) -> str:

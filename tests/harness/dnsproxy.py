@@ -32,6 +32,7 @@ import dns.message
 import dns.query
 import dns.resolver
 
+from .dns import resolver_for
 from .dnsproxy_server import Fault
 from .processes import LOOPBACK, HarnessError, ManagedProcess, Service, free_port, wait_until
 
@@ -218,11 +219,7 @@ class DnsProxy(Service):
 
     def resolver(self, timeout: float = 1.0) -> dns.resolver.Resolver:
         """A dnspython resolver that asks only this proxy."""
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [self.address]
-        resolver.port = self.port
-        resolver.lifetime = timeout
-        return resolver
+        return resolver_for(self.address, self.port, timeout)
 
     def log_tail(self) -> str:
         return self.process.log_tail()

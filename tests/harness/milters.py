@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .processes import (
     LOOPBACK,
-    HarnessError,
     ManagedProcess,
     Service,
     free_port,
+    stop_libmilter,
     tcp_accepts,
-    wait_until,
 )
 
 NOOP_MILTER_SCRIPT = Path(__file__).with_name("noop_milter.py")
@@ -55,21 +52,9 @@ class MilterProcess(Service):
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM the milter, waking libmilter so that it exits at once, then reap it."""
-        if self.process.running():
-            self.process.signal_group(signal.SIGTERM)
-
-            # libmilter notices its stop flag only when its accept loop's select() returns,
-            # which is every 5 seconds unless a connection arrives: so connect until it exits.
-            def exited() -> bool:
-                if not self.process.running():
-                    return True
-                tcp_accepts(LOOPBACK, self.port, timeout=0.1)
-                return False
-
-            # If it does not exit, process.stop() below escalates to SIGKILL.
-            with contextlib.suppress(HarnessError):
-                wait_until(exited, timeout=timeout, what="milter to exit", interval=0.05)
-        self.process.stop()
+        stop_libmilter(
+            self.process, lambda: tcp_accepts(LOOPBACK, self.port, timeout=0.1), timeout, "milter"
+        )
 
     def log_tail(self) -> str:
         return self.process.log_tail()

@@ -92,6 +92,17 @@ def tcp_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def unix_accepts(path: Path | str, timeout: float = 0.5) -> bool:
+    """True if a connection to the unix socket at `path` succeeds right now."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        try:
+            client.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def _proc_stat(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat after the command name, or None if the process is gone."""
     try:
@@ -279,3 +290,23 @@ def stop_milter_process(
         process.kill()
     output, _ = process.communicate(timeout=timeout)
     return process.returncode, output
+
+
+def stop_libmilter(
+    process: ManagedProcess, poke: Callable[[], object], timeout: float, what: str
+) -> None:
+    """SIGTERM a libmilter daemon the harness started and reap it. libmilter notices its stop
+    flag only when its accept loop wakes (every 5 s, or at a connection), so `poke` connects
+    until it exits; if it does not, process.stop() escalates to SIGKILL."""
+    if process.running():
+        process.signal_group(signal.SIGTERM)
+
+        def exited() -> bool:
+            if not process.running():
+                return True
+            poke()
+            return False
+
+        with contextlib.suppress(HarnessError):
+            wait_until(exited, timeout=timeout, what=f"{what} to exit", interval=0.05)
+    process.stop()
