@@ -105,6 +105,56 @@ RULE_DATE = "  - {name: R, score: 1, description: d, header: {name: Date, missin
 
 BAD_DOCUMENTS = [
     pytest.param(
+        lines("greylist:", "  state: greylist.sqlite"),
+        (
+            2,
+            3,
+            "greylist.state",
+            "expected an absolute file path or a redis:// URL, got 'greylist.sqlite'",
+        ),
+        id="greylist-state-relative",
+    ),
+    pytest.param(
+        lines("greylist:", "  state: 'redis://:secret@:6379/0'"),
+        (2, 3, "greylist.state", "'redis://:***@:6379/0' names no host"),
+        id="greylist-redis-no-host-password-hidden",
+    ),
+    pytest.param(
+        lines("greylist:", "  state: redis://localhost:port/0"),
+        (2, 3, "greylist.state", "Port could not be cast to integer value as 'port'"),
+        id="greylist-redis-bad-port",
+    ),
+    pytest.param(
+        lines("greylist:", "  min_delay: 600", "  retry_window: 600"),
+        (3, 3, "greylist.retry_window", "must be longer than min_delay"),
+        id="greylist-window-not-after-delay",
+    ),
+    pytest.param(
+        lines("greylist:", "  reply: 'wait {minutes} minutes'"),
+        (
+            2,
+            3,
+            "greylist.reply",
+            "unknown field {minutes}: use client, id, reasons, retry, score",
+        ),
+        id="greylist-reply-field",
+    ),
+    pytest.param(
+        lines("thresholds: {tag: 3, greylist: 2}"),
+        (1, 22, "thresholds.greylist", "must not be below tag (3)"),
+        id="greylist-below-tag",
+    ),
+    pytest.param(
+        lines("rules:", "  - {name: R, score: 1, description: d, sender: empty, action: drop}"),
+        (
+            2,
+            64,
+            "rules[0].action",
+            "expected one of tag, greylist, quarantine, tempfail, reject, got the string 'drop'",
+        ),
+        id="rule-action-unknown",
+    ),
+    pytest.param(
         lines("resolver:", "  deadlin: 2"),
         (2, 3, "resolver.deadlin", "unknown key (did you mean 'deadline'?)"),
         id="unknown-key-suggestion",
@@ -117,9 +167,9 @@ BAD_DOCUMENTS = [
             "zzz",
             "unknown key (known keys: listen, socket_mode, mode, on_error, shutdown_grace, log, "
             "metrics, resolver, health, trusted_networks, skip_authenticated, our_names, "
-            "our_addresses, thresholds, "
-            "add_headers, exempt_recipients, replies, reverse_dns, ip_lists, domain_lists, rules, "
-            "allow, deny, recipient_policies, split_recipient_policies)",
+            "our_addresses, thresholds, add_headers, exempt_recipients, replies, greylist, "
+            "reverse_dns, ip_lists, domain_lists, rules, allow, deny, recipient_policies, "
+            "split_recipient_policies)",
         ),
         id="unknown-key-lists-known",
     ),
@@ -874,6 +924,7 @@ ALL_KEYS = [
     "our_addresses",
     "thresholds",
     "thresholds.tag",
+    "thresholds.greylist",
     "thresholds.quarantine",
     "thresholds.tempfail",
     "thresholds.reject",
@@ -882,6 +933,17 @@ ALL_KEYS = [
     "replies",
     "replies.reject",
     "replies.tempfail",
+    "greylist",
+    "greylist.state",
+    "greylist.state_timeout",
+    "greylist.min_delay",
+    "greylist.retry_window",
+    "greylist.pass_ttl",
+    "greylist.auto_allow_passes",
+    "greylist.auto_allow_ttl",
+    "greylist.ipv4_prefix",
+    "greylist.ipv6_prefix",
+    "greylist.reply",
     "reverse_dns",
     "reverse_dns.use_mta_macros",
     "reverse_dns.dynamic_patterns",
@@ -928,6 +990,7 @@ ALL_KEYS = [
     "rules[].score",
     "rules[].description",
     "rules[].mode",
+    "rules[].action",
     "rules[].helo",
     "rules[].helo_matches",
     "rules[].rdns",
@@ -969,6 +1032,7 @@ ALL_KEYS = [
     "recipient_policies[].mode",
     "recipient_policies[].thresholds",
     "recipient_policies[].thresholds.tag",
+    "recipient_policies[].thresholds.greylist",
     "recipient_policies[].thresholds.quarantine",
     "recipient_policies[].thresholds.tempfail",
     "recipient_policies[].thresholds.reject",

@@ -358,21 +358,72 @@ def test_without_observed_hits_there_is_no_trial() -> None:
 
 # --- choosing the action -----------------------------------------------------------------------
 
+T = Thresholds
+
 
 @pytest.mark.parametrize(
     ("thresholds", "score", "action"),
     [
-        pytest.param(Thresholds(5, 5, 5, 5), 5, Action.REJECT, id="four-way-tie-reject"),
-        pytest.param(Thresholds(3, 5, 5, None), 5, Action.TEMPFAIL, id="tie-tempfail"),
-        pytest.param(Thresholds(3, 5, None, None), 5, Action.QUARANTINE, id="tie-quarantine"),
-        pytest.param(Thresholds(3, 5, 6, 10), 4.999, Action.TAG, id="just-below-quarantine"),
-        pytest.param(Thresholds(3, 5, 6, 10), 5.5, Action.QUARANTINE, id="quarantine-band"),
-        pytest.param(Thresholds(3, 12, None, 10), 11, Action.REJECT, id="reject-below-q"),
-        pytest.param(Thresholds(3, 12, None, 10), 12, Action.QUARANTINE, id="quarantine-above"),
-        pytest.param(Thresholds(3, None, 10, 6), 8, Action.REJECT, id="reject-below-tempfail"),
-        pytest.param(Thresholds(3, None, 10, 6), 10, Action.TEMPFAIL, id="tempfail-above"),
-        pytest.param(Thresholds(None, None, None, 1), 0.5, Action.ACCEPT, id="nothing-reached"),
-        pytest.param(Thresholds(-5, None, None, None), -4, Action.TAG, id="negative-tag"),
+        pytest.param(
+            T(tag=5, greylist=5, quarantine=5, tempfail=5, reject=5),
+            5,
+            Action.REJECT,
+            id="five-way-tie-reject",
+        ),
+        pytest.param(
+            T(tag=3, quarantine=5, tempfail=5, reject=None), 5, Action.TEMPFAIL, id="tie-tempfail"
+        ),
+        pytest.param(
+            T(tag=3, greylist=5, quarantine=5, reject=None),
+            5,
+            Action.QUARANTINE,
+            id="tie-quarantine",
+        ),
+        pytest.param(
+            T(tag=3, greylist=5, tempfail=None, reject=None), 5, Action.GREYLIST, id="tie-greylist"
+        ),
+        pytest.param(
+            T(tag=3, greylist=4, tempfail=6, reject=10), 3.999, Action.TAG, id="just-below-greylist"
+        ),
+        pytest.param(
+            T(tag=3, greylist=4, tempfail=6, reject=10), 5.9, Action.GREYLIST, id="greylist-band"
+        ),
+        pytest.param(
+            T(tag=3, greylist=4, tempfail=6, reject=10),
+            6,
+            Action.TEMPFAIL,
+            id="tempfail-above-greylist",
+        ),
+        pytest.param(
+            T(tag=3, quarantine=5, tempfail=6, reject=10),
+            4.999,
+            Action.TAG,
+            id="just-below-quarantine",
+        ),
+        pytest.param(
+            T(tag=3, quarantine=5, tempfail=6, reject=10),
+            5.5,
+            Action.QUARANTINE,
+            id="quarantine-band",
+        ),
+        pytest.param(
+            T(tag=3, quarantine=12, tempfail=None, reject=10),
+            11,
+            Action.REJECT,
+            id="reject-below-q",
+        ),
+        pytest.param(
+            T(tag=3, quarantine=12, tempfail=None, reject=10),
+            12,
+            Action.QUARANTINE,
+            id="quarantine-above",
+        ),
+        pytest.param(T(tag=3, tempfail=10, reject=6), 8, Action.REJECT, id="reject-below-tempfail"),
+        pytest.param(T(tag=3, tempfail=10, reject=6), 10, Action.TEMPFAIL, id="tempfail-above"),
+        pytest.param(
+            T(tag=None, tempfail=None, reject=1), 0.5, Action.ACCEPT, id="nothing-reached"
+        ),
+        pytest.param(T(tag=-5, tempfail=None, reject=None), -4, Action.TAG, id="negative-tag"),
     ],
 )
 def test_the_highest_threshold_reached_wins(

@@ -181,13 +181,44 @@ def test_auto_allow_can_be_turned_off(store: SqliteStore, clock: FakeClock) -> N
     assert outcome(grey, sender="new@example.org") == "new"
 
 
-def test_a_failing_store_fails_open(store: SqliteStore, clock: FakeClock) -> None:
+def test_a_store_that_cannot_be_opened_fails_open_and_is_tried_again_later(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    store = SqliteStore(blocker / "greylist.sqlite", clock=clock)
     grey = greylister(store, clock)
-    store.close()
     verdict = grey.check(CLIENT, SENDER, RECIPIENT)
     assert verdict.outcome is GreylistOutcome.FAILED_OPEN
     assert not verdict.outcome.tempfails
-    assert verdict.error.startswith("ProgrammingError: ")
+    assert verdict.error.startswith(("FileExistsError", "NotADirectoryError"))
+    blocker.unlink()
+    clock.now += 1  # the same second: not tried again yet
+    assert "trying again in" in grey.check(CLIENT, SENDER, RECIPIENT).error
+    monkeypatch.setattr(SqliteStore, "REOPEN_AFTER", 0.0)
+    store._next_open = 0.0
+    assert outcome(grey) == "new"  # the directory can be made now
+    store.close()
+
+
+def test_a_store_failing_again_and_again_is_left_alone_for_a_while(clock: FakeClock) -> None:
+    class Broken:
+        calls = 0
+
+        def get_many(self, keys: Sequence[str]) -> list[str | None]:
+            Broken.calls += 1
+            raise ConnectionError("down")
+
+        def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+            raise AssertionError("never reached")
+
+    grey = greylister(Broken(), clock)
+    errors = [grey.check(CLIENT, SENDER, RECIPIENT).error for _ in range(5)]
+    assert Broken.calls == Greylister.FAILURES_BEFORE_PAUSE
+    assert errors[-1] == "not asked for 5 s after 3 failures in a row"
+    clock.now += Greylister.PAUSE
+    assert grey.check(CLIENT, SENDER, RECIPIENT).error == "ConnectionError: down"
+    assert Broken.calls == Greylister.FAILURES_BEFORE_PAUSE + 1
 
 
 def test_a_value_it_cannot_read_starts_afresh(store: SqliteStore, clock: FakeClock) -> None:

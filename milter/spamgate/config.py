@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import re
 import string
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,6 +292,12 @@ class Thresholds:
     tag: float | None = setting(
         "Score from which mail is tagged `X-Spam-Status: Yes`; null never tags.", 3.0
     )
+    greylist: float | None = setting(
+        "Score from which a (client network, sender, recipient) triplet must retry once: its "
+        "first attempt gets `451 4.7.1`, a retry after `greylist.min_delay` passes tagged; null "
+        "disables greylisting.",
+        None,
+    )
     quarantine: float | None = setting(
         "Score from which mail is accepted into Postfix's hold queue (`postsuper -r` releases "
         "it); null disables quarantine.",
@@ -306,7 +313,7 @@ class Thresholds:
     def check(self) -> None:
         if self.tag is None:
             return
-        for key in ("quarantine", "tempfail", "reject"):
+        for key in ("greylist", "quarantine", "tempfail", "reject"):
             value = getattr(self, key)
             if value is not None and value < self.tag:
                 raise FieldError(key, f"must not be below tag ({self.tag:g})")
@@ -617,6 +624,16 @@ class FromCheck(enum.Enum):
     NOT_SENDER_DOMAIN = "not_sender_domain"
 
 
+class RuleAction(enum.Enum):
+    """The least a rule's hit makes the action, whatever the score (engine.Action by name)."""
+
+    TAG = "tag"
+    GREYLIST = "greylist"
+    QUARANTINE = "quarantine"
+    TEMPFAIL = "tempfail"
+    REJECT = "reject"
+
+
 @dataclass(frozen=True)
 class Composite:
     all: tuple[str, ...] = setting("Fires only if every one of these hits fired.", ())
@@ -641,6 +658,12 @@ class Rule:
         "`observe` logs the rule's hits without letting them count, to trial one rule while "
         "the rest enforce.",
         Mode.ENFORCE,
+    )
+    action: RuleAction | None = setting(
+        "When the rule fires, the action is at least this (`tag`, `greylist`, `quarantine`, "
+        "`tempfail`, `reject`), whatever the score; a higher score can still choose a more "
+        "severe one.",
+        None,
     )
     helo: HeloCheck | None = setting(
         "HELO is `bare_ip`, `not_fqdn`, `ours` (our host name or address), `unresolvable` (no "
@@ -825,6 +848,114 @@ def _check_template(template: str, key: str, known: set[str]) -> None:
             raise FieldError(key, f"unknown field {{{name}}}: use {', '.join(sorted(known))}")
 
 
+DAY = 86400
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class GreylistSettings:
+    state: str = setting(
+        "Where triplets are remembered: a file path (SQLite in WAL mode, made on first use) or "
+        "`redis://[:PASSWORD@]HOST:PORT/DB` (also `rediss://`, `unix://`), shared by every MX "
+        "host of a domain.",
+        "/var/lib/spamgate/greylist.sqlite",
+    )
+    state_timeout: float = setting(
+        "Seconds a greylist check may wait for its state at most; a store that is down or slower "
+        "fails open (the mail is accepted, logged `greylist=failed-open` and counted).",
+        0.2,
+        minimum=0.01,
+        maximum=5,
+    )
+    min_delay: float = setting(
+        "Seconds after a triplet's first attempt before a retry passes; an earlier retry is told "
+        "to wait for the rest.",
+        300,
+        minimum=1,
+        maximum=DAY,
+    )
+    retry_window: float = setting(
+        "Seconds after the first attempt within which the retry must come; a later one starts "
+        "over.",
+        4 * 3600,
+        minimum=2,
+        maximum=7 * DAY,
+    )
+    pass_ttl: float = setting(
+        "Seconds a triplet that passed is remembered (renewed by each message), so it is never "
+        "delayed again.",
+        36 * DAY,
+        minimum=60,
+        maximum=400 * DAY,
+    )
+    auto_allow_passes: int = setting(
+        "Passed retries from one client network that exempt the network from greylisting for "
+        "`auto_allow_ttl`; 0 never does.",
+        5,
+        minimum=0,
+        maximum=10000,
+    )
+    auto_allow_ttl: float = setting(
+        "Seconds a client network stays exempt after `auto_allow_passes`.",
+        7 * DAY,
+        minimum=60,
+        maximum=400 * DAY,
+    )
+    ipv4_prefix: int = setting(
+        "IPv4 clients in one network of this prefix length count as one client, so a pool of "
+        "outbound servers can retry from another address.",
+        24,
+        minimum=8,
+        maximum=32,
+    )
+    ipv6_prefix: int = setting("The same for IPv6 clients.", 64, minimum=16, maximum=128)
+    reply: str = setting(
+        "Text after `451 4.7.1` for a triplet that must retry: `{retry}` (seconds until a retry "
+        "passes), `{id}`, `{reasons}`, `{score}`, `{client}`.",
+        "Greylisted: please try again in {retry} seconds (id {id})",
+    )
+
+    def check(self) -> None:
+        if self.retry_window <= self.min_delay:
+            raise FieldError("retry_window", "must be longer than min_delay")
+        _check_template(self.reply, "reply", {"retry", "reasons", "id", "score", "client"})
+        if self.uses_redis:
+            try:
+                self.redis_url_parts()
+            except ValueError as error:
+                raise FieldError("state", str(error)) from None
+        elif not self.state.startswith("/"):
+            raise FieldError(
+                "state", f"expected an absolute file path or a redis:// URL, got {self.state!r}"
+            )
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.state.startswith(REDIS_SCHEMES)
+
+    def redis_url_parts(self) -> urllib.parse.SplitResult:
+        parts = urllib.parse.urlsplit(self.state)
+        if parts.scheme != "unix":
+            _ = parts.port  # raises ValueError for a port that is not a number
+            if not parts.hostname:
+                raise ValueError(f"{self.state_shown!r} names no host")
+        elif not parts.path:
+            raise ValueError(f"{self.state_shown!r} names no socket path")
+        return parts
+
+    @property
+    def state_shown(self) -> str:
+        """The state location without a Redis password, for logs and error messages."""
+        if not self.uses_redis:
+            return self.state
+        parts = urllib.parse.urlsplit(self.state)
+        if parts.password is None:
+            return self.state
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 @dataclass(frozen=True)
 class RecipientPolicy:
     name: str = setting("Shown as `policy_group=` in the decision log.")
@@ -914,6 +1045,10 @@ class Policy:
         ("postmaster", "abuse"),
     )
     replies: Replies = setting("Reply texts.", factory=Replies)
+    greylist: GreylistSettings = setting(
+        "Greylisting for `thresholds.greylist` and rules with `action: greylist`.",
+        factory=GreylistSettings,
+    )
     reverse_dns: ReverseDnsSettings = setting(
         "Reverse DNS of the client.", factory=ReverseDnsSettings
     )
@@ -999,6 +1134,14 @@ class Policy:
                     raise FieldError(
                         ("recipient_policies", i, "scores", name), f"no hit is named {name}"
                     )
+
+    @property
+    def uses_greylist(self) -> bool:
+        """Whether any threshold or rule can greylist, so the state store is needed."""
+        thresholds = [self.thresholds, *(g.thresholds for g in self.recipient_policies)]
+        return any(t is not None and t.greylist is not None for t in thresholds) or any(
+            rule.action is RuleAction.GREYLIST for rule in self.rules
+        )
 
     @property
     def dns_lists(self) -> tuple[DnsList, ...]:

@@ -35,6 +35,7 @@ from spamgate.config import (
     load_policy,
 )
 from spamgate.engine import Engine
+from spamgate.greylist import Greylister, GreylistStore, GreylistTiming, open_store
 from spamgate.listhealth import ListMonitor, probe_lists
 from spamgate.metrics import DaemonState, Metrics
 from spamgate.resolver import Resolver
@@ -126,6 +127,7 @@ class Daemon:
         lists = (*policy.ip_lists, *policy.domain_lists)
         self.monitor = ListMonitor(lists, policy.health, time.monotonic)
         self.metrics = Metrics()
+        self._greylist_store: tuple[tuple[str, float], GreylistStore] | None = None
         self.runtime = Runtime(
             Engine(policy),
             self.resolver,
@@ -133,6 +135,7 @@ class Daemon:
             metrics=self.metrics,
             log=decisions.info,
             generation=self.generation,
+            greylister=self._greylister_for(policy),
         )
         self.metrics.watch(self._state)
         self.stopping = threading.Event()
@@ -245,6 +248,7 @@ class Daemon:
                 "(systemd/spamgate.service has User=spamgate)"
             )
         self._warn_exposed_secrets(policy)
+        self._log_greylist_state(policy)
         for listener in beyond_loopback(policy):
             log.warning(
                 "%s listens beyond loopback: any host that reaches it may use it, and spamgate "
@@ -259,6 +263,42 @@ class Daemon:
                 "local caching resolver (resolver.nameservers)",
                 ", ".join(public),
             )
+
+    def _greylister_for(self, policy: Policy) -> Greylister | None:
+        """A greylister for `policy`, on the store already open if its location is unchanged
+        (a reload keeps the connections and the state; sessions of the old policy share it)."""
+        if not policy.uses_greylist:
+            return None
+        settings = policy.greylist
+        where = (settings.state, settings.state_timeout)
+        if self._greylist_store is None or self._greylist_store[0] != where:
+            self._greylist_store = (where, open_store(settings))
+        timing = GreylistTiming.from_settings(settings)
+        return Greylister(self._greylist_store[1], timing, time.time)
+
+    def _log_greylist_state(self, policy: Policy) -> None:
+        """Say where greylisting keeps its state, and whether that answers now."""
+        greylister = self.runtime.greylister
+        if greylister is None:
+            return
+        settings = policy.greylist
+        try:
+            greylister.store.get_many(["probe"])
+        except Exception as error:
+            log.warning(
+                "greylist state %s does not answer: %s: %s; greylisting fails open (mail "
+                "accepted) until it does",
+                settings.state_shown,
+                type(error).__name__,
+                error,
+            )
+            return
+        log.info(
+            "greylisting: state %s, min_delay %gs, retry_window %gs",
+            settings.state_shown,
+            settings.min_delay,
+            settings.retry_window,
+        )
 
     def _warn_exposed_secrets(self, policy: Policy) -> None:
         for warning in exposed_secret_files(policy, self.config_path):
@@ -312,14 +352,20 @@ class Daemon:
         if new.resolver != old.resolver:
             self._swap_resolver(new)
         self.monitor.reconfigure((*new.ip_lists, *new.domain_lists), new.health)
+        greylist_changed = (new.uses_greylist, new.greylist) != (old.uses_greylist, old.greylist)
         self.generation += 1
         self.policy = new
+        # A session reads the greylister when it starts: one that starts between these two
+        # assignments greylists by the new settings under the old policy, which is harmless.
+        self.runtime.greylister = self._greylister_for(new)
         # One assignment: a connection reads `engine` once when it starts and keeps it.
         self.runtime.engine = Engine(new)
         self.runtime.generation = self.generation
         log.info(
             "reloaded policy %s (%s), generation %d", self.config_path, new.digest, self.generation
         )
+        if greylist_changed:
+            self._log_greylist_state(new)
         return True
 
     def _swap_resolver(self, new: Policy) -> None:

@@ -43,6 +43,7 @@ class Decision:
     rdns: str = ""
     allowed_by: str = ""
     denied_by: str = ""
+    greylist: str = ""  # the outcome of each triplet asked, once each
 
 
 def quote(value: str) -> str:
@@ -96,6 +97,7 @@ def format_decision(decision: Decision) -> str:
         ("action", verdict.action.label),
         ("enforced", decision.enforced.action.label),
         ("waived_by", decision.enforced.waived_by),
+        ("greylist", decision.greylist),
         ("allowed_by", decision.allowed_by),
         ("denied_by", decision.denied_by),
         ("mode", decision.mode.value),

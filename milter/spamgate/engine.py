@@ -11,11 +11,12 @@ always for one group.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from spamgate import replies
-from spamgate.config import AddHeaders, Mode, Policy, Rule, Thresholds
+from spamgate.config import AddHeaders, Mode, Policy, Rule, RuleAction, Thresholds
 from spamgate.dnslists import ListOutcome, ListStatus
 from spamgate.replies import Reply
 from spamgate.rules import RuleBook
@@ -27,13 +28,15 @@ DEFAULT_GROUP = "default"
 
 
 class Action(enum.IntEnum):
-    """In order of severity: a threshold tie goes to the more severe action."""
+    """In order of severity: a threshold tie goes to the more severe action. GREYLIST only asks
+    for a retry, once per triplet, so it is milder than holding or refusing the mail."""
 
     ACCEPT = 0
     TAG = 1
-    QUARANTINE = 2
-    TEMPFAIL = 3
-    REJECT = 4
+    GREYLIST = 2
+    QUARANTINE = 3
+    TEMPFAIL = 4
+    REJECT = 5
 
     @property
     def refuses(self) -> bool:
@@ -132,11 +135,14 @@ class Engine:
             hits.setdefault(hit.name, Hit(hit.name, score, hit.description, hit.observe))
         counted = [h.score for h in hits.values() if not h.observe]
         score = float(round(sum(counted), 3))
-        action = choose_action(score, group.thresholds)
+        # Rules with an `action` set a floor under it; an observed rule's only on trial.
+        floors = [(r.mode, _RULE_ACTIONS[r.action]) for r in evidence.rules if r.action]
+        counted_floors = [floor for mode, floor in floors if mode is not Mode.OBSERVE]
+        action = max([choose_action(score, group.thresholds), *counted_floors])
         if len(counted) == len(hits):
             return Verdict(score, tuple(hits.values()), action, group.name)
         trial_score = float(round(sum(h.score for h in hits.values()), 3))
-        trial_action = choose_action(trial_score, group.thresholds)
+        trial_action = max([choose_action(trial_score, group.thresholds), *(f for _, f in floors)])
         return Verdict(score, tuple(hits.values()), action, group.name, trial_score, trial_action)
 
     @staticmethod
@@ -168,11 +174,14 @@ class Engine:
         group = group or self.default_group
         tag = group.thresholds.tag
         tagged = tag is not None and verdict.score >= tag
-        if not verdict.action.refuses and verdict.action is not Action.QUARANTINE:
+        if verdict.action <= Action.TAG:
             return Enforcement(verdict.action)
         waived_by = "observe" if group.mode is Mode.OBSERVE else "exempt" if exempt else ""
         if waived_by:
             return Enforcement(Action.TAG if tagged else Action.ACCEPT, waived_by=waived_by)
+        if verdict.action is Action.GREYLIST:
+            # Whether this triplet must retry is for the session to ask the greylist state.
+            return Enforcement(Action.GREYLIST)
         fields = {
             "reasons": self.reasons(verdict),
             "id": decision_id,
@@ -187,6 +196,19 @@ class Engine:
             return Enforcement(Action.REJECT, replies.rejection(text))
         text = fill(self.policy.replies.tempfail, fields)
         return Enforcement(Action.TEMPFAIL, replies.temporary_refusal(text))
+
+    def greylist_reply(
+        self, verdict: Verdict, decision_id: str, client: str, retry_after: float
+    ) -> Reply:
+        """`451 4.7.1` for a triplet that must retry, saying when a retry will pass."""
+        fields = {
+            "reasons": self.reasons(verdict),
+            "id": decision_id,
+            "score": f"{verdict.score:.1f}",
+            "client": client,
+            "retry": str(max(1, math.ceil(retry_after))),
+        }
+        return replies.temporary_refusal(fill(self.policy.greylist.reply, fields))
 
     def deny(self, decision_id: str, client: str) -> Enforcement:
         text = fill(self.policy.deny.reply, {"id": decision_id, "client": client})
@@ -236,6 +258,7 @@ def choose_action(score: float, thresholds: Thresholds) -> Action:
         (value, action)
         for value, action in (
             (thresholds.tag, Action.TAG),
+            (thresholds.greylist, Action.GREYLIST),
             (thresholds.quarantine, Action.QUARANTINE),
             (thresholds.tempfail, Action.TEMPFAIL),
             (thresholds.reject, Action.REJECT),
@@ -243,3 +266,6 @@ def choose_action(score: float, thresholds: Thresholds) -> Action:
         if value is not None and score >= value
     ]
     return max(reached)[1] if reached else Action.ACCEPT
+
+
+_RULE_ACTIONS = {rule_action: Action[rule_action.name] for rule_action in RuleAction}

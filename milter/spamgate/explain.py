@@ -28,6 +28,7 @@ EXIT_BY_ACTION = {
     Action.QUARANTINE: 2,
     Action.TEMPFAIL: 3,
     Action.REJECT: 4,
+    Action.GREYLIST: 5,  # explain keeps no greylist state: what a first attempt gets
 }
 
 

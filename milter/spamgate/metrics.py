@@ -67,6 +67,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.greylist = Counter(
+            "spamgate_greylist",
+            "Greylist checks by outcome: new and early were told to retry; passed, known and "
+            "allowed were accepted; failed-open were accepted because the state store failed.",
+            ["outcome"],
+            registry=registry,
+        )
         self.errors = Counter(
             "spamgate_errors",
             "Internal errors, by callback (each followed on_error).",
@@ -94,6 +101,9 @@ class Metrics:
         self._labelled(self.decisions, stage, action, enforced).inc()
         for name in hits:
             self._labelled(self.hits, name).inc()
+
+    def record_greylist(self, outcome: str) -> None:
+        self._labelled(self.greylist, outcome).inc()
 
     def record_decision_latency(self, stage: str, seconds: float) -> None:
         self._labelled(self.decision_latency, stage).observe(seconds)

@@ -31,6 +31,14 @@ from spamgate.config import DomainList, DomainQuery, DomainSource, Mode, Policy
 from spamgate.decisionlog import Decision, format_decision
 from spamgate.dnslists import IPAddress, ListLookups, ListOutcome, lookup_address
 from spamgate.engine import OUR_HEADERS, Action, Enforcement, Engine, Evidence, Group, Verdict
+from spamgate.greylist import (
+    FailureReport,
+    Greylister,
+    GreylistOutcome,
+    GreylistTiming,
+    GreylistVerdict,
+    MemoryStore,
+)
 from spamgate.listhealth import ListMonitor
 from spamgate.metrics import Metrics
 from spamgate.nameprobes import PendingResolution
@@ -65,6 +73,9 @@ class Runtime:
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     new_id: Callable[[], str] = field(default=lambda: f"{_DECISION_IDS.getrandbits(40):010x}")
     monitor: ListMonitor | None = None  # None: one for the engine's lists is made
+    # None: when the policy greylists, one that keeps its state in memory (explain, tests).
+    greylister: Greylister | None = None
+    greylist_failures: FailureReport = field(default_factory=FailureReport)
     metrics: Metrics | None = None  # None: nothing counted (explain)
     log: Callable[[str], None] = logging.getLogger("spamgate.decision").info
     dns: bool = True  # False (explain --no-dns): no lookups; lists logged as ignored
@@ -89,6 +100,10 @@ class Runtime:
             policy = self.engine.policy
             lists = (*policy.ip_lists, *policy.domain_lists)
             self.monitor = ListMonitor(lists, policy.health, self.clock)
+        policy = self.engine.policy
+        if self.greylister is None and policy.uses_greylist:
+            timing = GreylistTiming.from_settings(policy.greylist)
+            self.greylister = Greylister(MemoryStore(), timing, time.time)
 
 
 class RcptResult(enum.Enum):
@@ -151,6 +166,7 @@ class Transaction:
     from_domains: list[str] = field(default_factory=list)
     our_headers: dict[str, int] = field(default_factory=dict)
     parsed_counts: dict[str, int] = field(default_factory=dict)
+    greylist: dict[str, GreylistVerdict] = field(default_factory=dict)  # by recipient
     logged: bool = False
 
 
@@ -159,6 +175,7 @@ class Session:
         self.runtime = runtime
         self.engine = runtime.engine  # read once: the policy this connection keeps
         self.resolver = runtime.resolver  # likewise, should a reload replace it
+        self.greylister = runtime.greylister
         self.policy: Policy = runtime.engine.policy
         self.address: IPAddress | None = None
         self.address_text = "unknown"
@@ -367,6 +384,8 @@ class Session:
                 why=f"split: policy {group.name}, transaction {transaction.group.name}",
             )
         judged = self._verdict_now(transaction, group, Stage.ENVELOPE)
+        if judged.enforcement.action is Action.GREYLIST:
+            judged = self._greylist(transaction, (bare,), judged)
         transaction.last = judged
         verdict, enforcement = judged.verdict, judged.enforcement
         if enforcement.reply is not None:
@@ -466,6 +485,10 @@ class Session:
         # Without splitting, recipients of several policies share one answer: the mildest,
         # so that nobody loses mail their own policy would accept (README: per-recipient).
         judged = min(candidates, key=lambda j: j.enforcement.action)
+        if judged.enforcement.action is Action.GREYLIST:
+            # Header rules raised the score into the band: every recipient's triplet must have
+            # retried once, or the whole message gets 451 at end of data.
+            judged = self._greylist(transaction, tuple(transaction.accepted), judged)
         transaction.last = judged
         self._log(transaction, judged, "eom", queue_id)
         verdict, enforcement = judged.verdict, judged.enforcement
@@ -475,9 +498,56 @@ class Session:
             enforcement.action,
             verdict,
             delete_headers=self._foreign_headers(transaction),
-            add_headers=engine.spam_headers(verdict, enforcement.action),
+            add_headers=engine.spam_headers(verdict, enforcement.action)
+            + _greylist_headers(transaction),
             quarantine_reason=enforcement.quarantine_reason,
         )
+
+    def _greylist(
+        self, transaction: Transaction, recipients: tuple[str, ...], judged: Judgement
+    ) -> Judgement:
+        """The verdict says greylist: ask the state whether these triplets retried in time.
+        A retry that passed, a triplet or network known to retry, and a store that failed
+        all accept the mail, tagged; the rest get `451 4.7.1` saying when to retry."""
+        waived_by = self._greylist_waiver(transaction)
+        if waived_by:
+            return dataclasses.replace(
+                judged, enforcement=Enforcement(Action.TAG, waived_by=waived_by)
+            )
+        verdicts = [
+            transaction.greylist.get(r) or self._check_triplet(transaction, r) for r in recipients
+        ]
+        waiting = [v.retry_after for v in verdicts if v.outcome.tempfails]
+        if not waiting:
+            return dataclasses.replace(judged, enforcement=Enforcement(Action.TAG))
+        reply = self.engine.greylist_reply(
+            judged.verdict, transaction.decision_id, self.address_text, max(waiting)
+        )
+        return dataclasses.replace(judged, enforcement=Enforcement(Action.GREYLIST, reply))
+
+    def _greylist_waiver(self, transaction: Transaction) -> str:
+        """Why this client is never greylisted, if it is not: it authenticated, or it is one
+        of ours, or there is no address to remember it by."""
+        if transaction.authenticated:
+            return "authenticated"
+        if self.lists_ignored in ("trusted", "no-address"):
+            return self.lists_ignored
+        if self.greylister is None or self.address is None:
+            return "no-state"
+        return ""
+
+    def _check_triplet(self, transaction: Transaction, recipient: str) -> GreylistVerdict:
+        assert self.greylister is not None and self.address is not None
+        verdict = self.greylister.check(self.address, transaction.bare_sender, recipient)
+        transaction.greylist[recipient] = verdict
+        if verdict.outcome is GreylistOutcome.FAILED_OPEN:
+            self.runtime.greylist_failures.note(
+                self.policy.greylist.state_shown, verdict.error or "unknown error"
+            )
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            metrics.record_greylist(verdict.outcome.value)
+        return verdict
 
     @staticmethod
     def _foreign_headers(transaction: Transaction) -> tuple[tuple[str, int], ...]:
@@ -603,6 +673,9 @@ class Session:
                 )
             ),
             policy_digest=self.policy.digest,
+            greylist=",".join(
+                dict.fromkeys(v.outcome.value for v in transaction.greylist.values())
+            ),
         )
         self.runtime.log(format_decision(decision))
         metrics = self.runtime.metrics
@@ -647,6 +720,16 @@ class _Recorders:
 
     def is_suspended(self, name: str) -> bool:
         return self._monitor.is_suspended(name)
+
+
+def _greylist_headers(transaction: Transaction) -> tuple[tuple[str, str], ...]:
+    """The delay a greylisted message suffered, as postgrey and milter-greylist report it."""
+    delays = [
+        v.delayed for v in transaction.greylist.values() if v.outcome is GreylistOutcome.PASSED
+    ]
+    if not delays:
+        return ()
+    return (("X-Greylist", f"delayed {max(delays):.0f} seconds by spamgate"),)
 
 
 def _render_rdns(rdns: ReverseDns | None) -> str:
