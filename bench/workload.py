@@ -393,11 +393,13 @@ def bench_policy(
     status_file: Path,
 ) -> str:
     """The shipped policy (config/spamgate.yaml) pointed at the benchmark's DNS, plus
-    EXTRA_RULES: the same lists, reverse DNS and rules an admin starts from."""
+    EXTRA_RULES: the same lists, reverse DNS and rules an admin starts from. Greylisting
+    keeps its state next to the status file."""
     policy = yaml.safe_load(SHIPPED_POLICY.read_text())
     policy["listen"] = listen
     policy["resolver"]["nameservers"] = [f"127.0.0.1:{dns_port}"]
     policy["health"]["status_file"] = str(status_file)
+    policy["greylist"]["state"] = str(status_file.with_suffix(".greylist.sqlite"))
     policy["metrics"]["listen"] = f"127.0.0.1:{metrics_port}"
     policy["shutdown_grace"] = 2
     for dns_list in [*policy["ip_lists"], *policy["domain_lists"]]:
