@@ -123,7 +123,10 @@ def measure(count: int, profile: str | None = None) -> dict[str, float]:
         with Rbldnsd(workdir, build_zones(population)) as dns:
             config = workdir / "policy.yaml"
             text = bench_policy(
-                listen="inet:1@127.0.0.1", dns_port=dns.port, metrics_port=1, status_file=workdir / "status.json"
+                listen="inet:1@127.0.0.1",
+                dns_port=dns.port,
+                metrics_port=1,
+                status_file=workdir / "status.json",
             )
             config.write_text(text.replace("listen: 127.0.0.1:1", 'listen: ""'))
             policy = load_policy(str(config))

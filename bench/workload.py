@@ -399,7 +399,7 @@ def bench_policy(
     policy["listen"] = listen
     policy["resolver"]["nameservers"] = [f"127.0.0.1:{dns_port}"]
     policy["health"]["status_file"] = str(status_file)
-    policy["greylist"]["state"] = str(status_file.with_suffix(".greylist.sqlite"))
+    policy["state"]["store"] = str(status_file.with_suffix(".state.sqlite"))
     policy["metrics"]["listen"] = f"127.0.0.1:{metrics_port}"
     policy["shutdown_grace"] = 2
     for dns_list in [*policy["ip_lists"], *policy["domain_lists"]]:

@@ -105,23 +105,23 @@ RULE_DATE = "  - {name: R, score: 1, description: d, header: {name: Date, missin
 
 BAD_DOCUMENTS = [
     pytest.param(
-        lines("greylist:", "  state: greylist.sqlite"),
+        lines("state:", "  store: state.sqlite"),
         (
             2,
             3,
-            "greylist.state",
-            "expected an absolute file path or a redis:// URL, got 'greylist.sqlite'",
+            "state.store",
+            "expected an absolute file path or a redis:// URL, got 'state.sqlite'",
         ),
         id="greylist-state-relative",
     ),
     pytest.param(
-        lines("greylist:", "  state: 'redis://:secret@:6379/0'"),
-        (2, 3, "greylist.state", "'redis://:***@:6379/0' names no host"),
+        lines("state:", "  store: 'redis://:secret@:6379/0'"),
+        (2, 3, "state.store", "'redis://:***@:6379/0' names no host"),
         id="greylist-redis-no-host-password-hidden",
     ),
     pytest.param(
-        lines("greylist:", "  state: redis://localhost:port/0"),
-        (2, 3, "greylist.state", "Port could not be cast to integer value as 'port'"),
+        lines("state:", "  store: redis://localhost:port/0"),
+        (2, 3, "state.store", "Port could not be cast to integer value as 'port'"),
         id="greylist-redis-bad-port",
     ),
     pytest.param(
@@ -167,7 +167,7 @@ BAD_DOCUMENTS = [
             "zzz",
             "unknown key (known keys: listen, socket_mode, mode, on_error, shutdown_grace, log, "
             "metrics, resolver, health, trusted_networks, skip_authenticated, our_names, "
-            "our_addresses, thresholds, add_headers, exempt_recipients, replies, greylist, "
+            "our_addresses, thresholds, add_headers, exempt_recipients, replies, greylist, state, "
             "reverse_dns, ip_lists, domain_lists, rules, allow, deny, recipient_policies, "
             "split_recipient_policies)",
         ),
@@ -934,8 +934,6 @@ ALL_KEYS = [
     "replies.reject",
     "replies.tempfail",
     "greylist",
-    "greylist.state",
-    "greylist.state_timeout",
     "greylist.min_delay",
     "greylist.retry_window",
     "greylist.pass_ttl",
@@ -944,6 +942,10 @@ ALL_KEYS = [
     "greylist.ipv4_prefix",
     "greylist.ipv6_prefix",
     "greylist.reply",
+    "state",
+    "state.store",
+    "state.timeout",
+    "state.remember_rejects",
     "reverse_dns",
     "reverse_dns.use_mta_macros",
     "reverse_dns.dynamic_patterns",

@@ -14,15 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.greylist import (
-    Greylister,
-    GreylistOutcome,
-    GreylistStore,
-    GreylistTiming,
-    RedisStore,
-    SqliteStore,
-    client_network,
-)
+from spamgate.greylist import Greylister, GreylistOutcome, GreylistTiming, client_network
+from spamgate.state import PausingStore, RedisStore, SqliteStore, StateStore
 from tests.fakes import FakeClock
 from tests.harness.redis import RedisServer
 
@@ -59,9 +52,7 @@ def redis_store(redis_server: RedisServer) -> Iterator[RedisStore]:
     store.close()
 
 
-def greylister(
-    store: GreylistStore, clock: FakeClock, timing: GreylistTiming = TIMING
-) -> Greylister:
+def greylister(store: StateStore, clock: FakeClock, timing: GreylistTiming = TIMING) -> Greylister:
     return Greylister(store, timing, clock)
 
 
@@ -212,13 +203,13 @@ def test_a_store_failing_again_and_again_is_left_alone_for_a_while(clock: FakeCl
         def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
             raise AssertionError("never reached")
 
-    grey = greylister(Broken(), clock)
+    grey = greylister(PausingStore(Broken(), clock), clock)
     errors = [grey.check(CLIENT, SENDER, RECIPIENT).error for _ in range(5)]
-    assert Broken.calls == Greylister.FAILURES_BEFORE_PAUSE
-    assert errors[-1] == "not asked for 5 s after 3 failures in a row"
-    clock.now += Greylister.PAUSE
+    assert Broken.calls == PausingStore.FAILURES_BEFORE_PAUSE
+    assert errors[-1] == "StatePausedError: not asked for 5 s after 3 failures in a row"
+    clock.now += PausingStore.PAUSE
     assert grey.check(CLIENT, SENDER, RECIPIENT).error == "ConnectionError: down"
-    assert Broken.calls == Greylister.FAILURES_BEFORE_PAUSE + 1
+    assert Broken.calls == PausingStore.FAILURES_BEFORE_PAUSE + 1
 
 
 def test_a_value_it_cannot_read_starts_afresh(store: SqliteStore, clock: FakeClock) -> None:
@@ -257,7 +248,7 @@ def test_expired_rows_are_purged(tmp_path: Path, clock: FakeClock) -> None:
     store.put_many([("last", "{}", 10)])  # the 1000th write deletes what expired
     store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT key FROM greylist").fetchall() == [("last",)]
+        assert db.execute("SELECT key FROM state").fetchall() == [("last",)]
 
 
 # --- Redis: shared by several MX hosts ---------------------------------------------------------

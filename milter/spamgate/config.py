@@ -853,20 +853,68 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
-class GreylistSettings:
-    state: str = setting(
-        "Where triplets are remembered: a file path (SQLite in WAL mode, made on first use) or "
-        "`redis://[:PASSWORD@]HOST:PORT/DB` (also `rediss://`, `unix://`), shared by every MX "
-        "host of a domain.",
-        "/var/lib/spamgate/greylist.sqlite",
+class StateSettings:
+    store: str = setting(
+        "Where greylist triplets and recently rejected clients are remembered: a file path "
+        "(SQLite in WAL mode, made on first use) or `redis://[:PASSWORD@]HOST:PORT/DB` (also "
+        "`rediss://`, `unix://`), shared by every MX host of a domain.",
+        "/var/lib/spamgate/state.sqlite",
     )
-    state_timeout: float = setting(
-        "Seconds a greylist check may wait for its state at most; a store that is down or slower "
-        "fails open (the mail is accepted, logged `greylist=failed-open` and counted).",
+    timeout: float = setting(
+        "Seconds one greylist check or reject-memory lookup may wait for the store at most; a "
+        "store that is down or slower fails open (mail accepted, logged, counted).",
         0.2,
         minimum=0.01,
         maximum=5,
     )
+    remember_rejects: float = setting(
+        "Seconds a client refused at RCPT for its IP list listings alone is remembered, so "
+        "its next connections are refused at once, without DNS queries; 0: never.",
+        0,
+        minimum=0,
+        maximum=DAY,
+    )
+
+    def check(self) -> None:
+        if self.uses_redis:
+            try:
+                self.redis_url_parts()
+            except ValueError as error:
+                raise FieldError("store", str(error)) from None
+        elif not self.store.startswith("/"):
+            raise FieldError(
+                "store", f"expected an absolute file path or a redis:// URL, got {self.store!r}"
+            )
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.store.startswith(REDIS_SCHEMES)
+
+    def redis_url_parts(self) -> urllib.parse.SplitResult:
+        parts = urllib.parse.urlsplit(self.store)
+        if parts.scheme != "unix":
+            _ = parts.port  # raises ValueError for a port that is not a number
+            if not parts.hostname:
+                raise ValueError(f"{self.store_shown!r} names no host")
+        elif not parts.path:
+            raise ValueError(f"{self.store_shown!r} names no socket path")
+        return parts
+
+    @property
+    def store_shown(self) -> str:
+        """The store's location without a Redis password, for logs and error messages."""
+        if not self.uses_redis:
+            return self.store
+        parts = urllib.parse.urlsplit(self.store)
+        if parts.password is None:
+            return self.store
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True)
+class GreylistSettings:
     min_delay: float = setting(
         "Seconds after a triplet's first attempt before a retry passes; an earlier retry is told "
         "to wait for the rest.",
@@ -919,41 +967,6 @@ class GreylistSettings:
         if self.retry_window <= self.min_delay:
             raise FieldError("retry_window", "must be longer than min_delay")
         _check_template(self.reply, "reply", {"retry", "reasons", "id", "score", "client"})
-        if self.uses_redis:
-            try:
-                self.redis_url_parts()
-            except ValueError as error:
-                raise FieldError("state", str(error)) from None
-        elif not self.state.startswith("/"):
-            raise FieldError(
-                "state", f"expected an absolute file path or a redis:// URL, got {self.state!r}"
-            )
-
-    @property
-    def uses_redis(self) -> bool:
-        return self.state.startswith(REDIS_SCHEMES)
-
-    def redis_url_parts(self) -> urllib.parse.SplitResult:
-        parts = urllib.parse.urlsplit(self.state)
-        if parts.scheme != "unix":
-            _ = parts.port  # raises ValueError for a port that is not a number
-            if not parts.hostname:
-                raise ValueError(f"{self.state_shown!r} names no host")
-        elif not parts.path:
-            raise ValueError(f"{self.state_shown!r} names no socket path")
-        return parts
-
-    @property
-    def state_shown(self) -> str:
-        """The state location without a Redis password, for logs and error messages."""
-        if not self.uses_redis:
-            return self.state
-        parts = urllib.parse.urlsplit(self.state)
-        if parts.password is None:
-            return self.state
-        host = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 @dataclass(frozen=True)
@@ -1049,6 +1062,10 @@ class Policy:
         "Greylisting for `thresholds.greylist` and rules with `action: greylist`.",
         factory=GreylistSettings,
     )
+    state: StateSettings = setting(
+        "What spamgate remembers between connections (greylisting, recent rejects).",
+        factory=StateSettings,
+    )
     reverse_dns: ReverseDnsSettings = setting(
         "Reverse DNS of the client.", factory=ReverseDnsSettings
     )
@@ -1137,11 +1154,16 @@ class Policy:
 
     @property
     def uses_greylist(self) -> bool:
-        """Whether any threshold or rule can greylist, so the state store is needed."""
+        """Whether any threshold or rule can greylist."""
         thresholds = [self.thresholds, *(g.thresholds for g in self.recipient_policies)]
         return any(t is not None and t.greylist is not None for t in thresholds) or any(
             rule.action is RuleAction.GREYLIST for rule in self.rules
         )
+
+    @property
+    def uses_state(self) -> bool:
+        """Whether the state store is needed at all."""
+        return self.uses_greylist or self.state.remember_rejects > 0
 
     @property
     def dns_lists(self) -> tuple[DnsList, ...]:

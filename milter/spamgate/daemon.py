@@ -35,12 +35,14 @@ from spamgate.config import (
     load_policy,
 )
 from spamgate.engine import Engine
-from spamgate.greylist import Greylister, GreylistStore, GreylistTiming, open_store
+from spamgate.greylist import Greylister, GreylistTiming
 from spamgate.listhealth import ListMonitor, probe_lists
 from spamgate.metrics import DaemonState, Metrics
+from spamgate.recentrejects import RecentRejects
 from spamgate.resolver import Resolver
 from spamgate.schema import ConfigError
 from spamgate.session import Runtime
+from spamgate.state import PausingStore, open_store
 
 log = logging.getLogger("spamgate")
 decisions = logging.getLogger("spamgate.decision")
@@ -127,7 +129,7 @@ class Daemon:
         lists = (*policy.ip_lists, *policy.domain_lists)
         self.monitor = ListMonitor(lists, policy.health, time.monotonic)
         self.metrics = Metrics()
-        self._greylist_store: tuple[tuple[str, float], GreylistStore] | None = None
+        self._state_store: tuple[tuple[str, float], PausingStore] | None = None
         self.runtime = Runtime(
             Engine(policy),
             self.resolver,
@@ -135,8 +137,8 @@ class Daemon:
             metrics=self.metrics,
             log=decisions.info,
             generation=self.generation,
-            greylister=self._greylister_for(policy),
         )
+        self._use_state(policy)
         self.metrics.watch(self._state)
         self.stopping = threading.Event()
         self._reload_lock = threading.Lock()
@@ -248,7 +250,7 @@ class Daemon:
                 "(systemd/spamgate.service has User=spamgate)"
             )
         self._warn_exposed_secrets(policy)
-        self._log_greylist_state(policy)
+        self._log_state(policy)
         for listener in beyond_loopback(policy):
             log.warning(
                 "%s listens beyond loopback: any host that reaches it may use it, and spamgate "
@@ -264,41 +266,52 @@ class Daemon:
                 ", ".join(public),
             )
 
-    def _greylister_for(self, policy: Policy) -> Greylister | None:
-        """A greylister for `policy`, on the store already open if its location is unchanged
-        (a reload keeps the connections and the state; sessions of the old policy share it)."""
-        if not policy.uses_greylist:
-            return None
-        settings = policy.greylist
-        where = (settings.state, settings.state_timeout)
-        if self._greylist_store is None or self._greylist_store[0] != where:
-            self._greylist_store = (where, open_store(settings))
-        timing = GreylistTiming.from_settings(settings)
-        return Greylister(self._greylist_store[1], timing, time.time)
+    def _use_state(self, policy: Policy) -> None:
+        """Greylisting and the reject memory for `policy`, on the store already open if its
+        location is unchanged: a reload keeps the connections, and sessions of the old policy
+        share the store with the new."""
+        greylister, recent = None, None
+        if policy.uses_state:
+            settings = policy.state
+            where = (settings.store, settings.timeout)
+            if self._state_store is None or self._state_store[0] != where:
+                self._state_store = (where, PausingStore(open_store(settings)))
+            store = self._state_store[1]
+            if policy.uses_greylist:
+                timing = GreylistTiming.from_settings(policy.greylist)
+                greylister = Greylister(store, timing, time.time)
+            if settings.remember_rejects:
+                recent = RecentRejects(store, settings.remember_rejects)
+        # A session reads these when it starts: one that starts between these assignments and
+        # the engine's uses the new state settings under the old policy, which is harmless.
+        self.runtime.greylister = greylister
+        self.runtime.recent_rejects = recent
 
-    def _log_greylist_state(self, policy: Policy) -> None:
-        """Say where greylisting keeps its state, and whether that answers now."""
-        greylister = self.runtime.greylister
-        if greylister is None:
+    def _log_state(self, policy: Policy) -> None:
+        """Say where the state is kept and what uses it, and whether it answers now."""
+        if self._state_store is None or not policy.uses_state:
             return
-        settings = policy.greylist
+        settings = policy.state
+        uses = [
+            *(["greylisting"] if policy.uses_greylist else []),
+            *(
+                [f"reject memory {settings.remember_rejects:g}s"]
+                if settings.remember_rejects
+                else []
+            ),
+        ]
         try:
-            greylister.store.get_many(["probe"])
+            self._state_store[1].inner.get_many(["probe"])
         except Exception as error:
             log.warning(
-                "greylist state %s does not answer: %s: %s; greylisting fails open (mail "
-                "accepted) until it does",
-                settings.state_shown,
+                "state %s does not answer: %s: %s; %s fail(s) open (mail accepted) until it does",
+                settings.store_shown,
                 type(error).__name__,
                 error,
+                " and ".join(uses),
             )
             return
-        log.info(
-            "greylisting: state %s, min_delay %gs, retry_window %gs",
-            settings.state_shown,
-            settings.min_delay,
-            settings.retry_window,
-        )
+        log.info("state %s for %s", settings.store_shown, " and ".join(uses))
 
     def _warn_exposed_secrets(self, policy: Policy) -> None:
         for warning in exposed_secret_files(policy, self.config_path):
@@ -352,20 +365,22 @@ class Daemon:
         if new.resolver != old.resolver:
             self._swap_resolver(new)
         self.monitor.reconfigure((*new.ip_lists, *new.domain_lists), new.health)
-        greylist_changed = (new.uses_greylist, new.greylist) != (old.uses_greylist, old.greylist)
+        state_changed = (new.uses_state, new.uses_greylist, new.state) != (
+            old.uses_state,
+            old.uses_greylist,
+            old.state,
+        )
         self.generation += 1
         self.policy = new
-        # A session reads the greylister when it starts: one that starts between these two
-        # assignments greylists by the new settings under the old policy, which is harmless.
-        self.runtime.greylister = self._greylister_for(new)
+        self._use_state(new)
         # One assignment: a connection reads `engine` once when it starts and keeps it.
         self.runtime.engine = Engine(new)
         self.runtime.generation = self.generation
         log.info(
             "reloaded policy %s (%s), generation %d", self.config_path, new.digest, self.generation
         )
-        if greylist_changed:
-            self._log_greylist_state(new)
+        if state_changed:
+            self._log_state(new)
         return True
 
     def _swap_resolver(self, new: Policy) -> None:

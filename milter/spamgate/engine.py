@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from spamgate import replies
-from spamgate.config import AddHeaders, Mode, Policy, Rule, RuleAction, Thresholds
+from spamgate.config import AddHeaders, IpList, Mode, Policy, Rule, RuleAction, Thresholds
 from spamgate.dnslists import ListOutcome, ListStatus
 from spamgate.replies import Reply
 from spamgate.rules import RuleBook
@@ -62,6 +62,8 @@ class Evidence:
     lists: tuple[ListOutcome, ...] = ()
     lists_ignored: str = ""
     rules: tuple[Rule, ...] = ()
+    # IP list hits the client was refused for lately (recentrejects), replayed by name.
+    remembered: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,12 @@ class Engine:
         self._exempt_locals = {e.lower() for e in policy.exempt_recipients if "@" not in e}
         self._exempt_addresses = {e.lower() for e in policy.exempt_recipients if "@" in e}
         self.default_group = Group(DEFAULT_GROUP, policy.mode, policy.thresholds, {})
+        self._ip_list_hits = {
+            hit.name: Hit(hit.name, hit.score, dns_list.description_of(hit))
+            for dns_list in policy.ip_lists
+            if dns_list.mode is Mode.ENFORCE
+            for hit in dns_list.scored_hits
+        }
         self._groups = [
             (
                 entry.recipient_set,
@@ -129,7 +137,8 @@ class Engine:
     def evaluate(self, evidence: Evidence, group: Group | None = None) -> Verdict:
         group = group or self.default_group
         hits: dict[str, Hit] = {}
-        for hit in [*self._list_hits(evidence), *self._rule_hits(evidence)]:
+        remembered = [self._ip_list_hits[n] for n in evidence.remembered if n in self._ip_list_hits]
+        for hit in [*self._list_hits(evidence), *remembered, *self._rule_hits(evidence)]:
             score = group.scores.get(hit.name, hit.score)
             # One name scores once, however many names or headers a list or rule matched.
             hits.setdefault(hit.name, Hit(hit.name, score, hit.description, hit.observe))
@@ -209,6 +218,24 @@ class Engine:
             "retry": str(max(1, math.ceil(retry_after))),
         }
         return replies.temporary_refusal(fill(self.policy.greylist.reply, fields))
+
+    @staticmethod
+    def listings_to_remember(verdict: Verdict, evidence: Evidence, group: Group) -> tuple[str, ...]:
+        """The client's IP list hits, when they alone reach the reject threshold: a refusal
+        worth remembering for the client's address (recentrejects); else ()."""
+        reject = group.thresholds.reject
+        if reject is None or verdict.action is not Action.REJECT or evidence.lists_ignored:
+            return ()
+        names = {
+            hit.name
+            for outcome in evidence.lists
+            if outcome.status is ListStatus.LISTED and isinstance(outcome.dns_list, IpList)
+            for hit in outcome.hits
+        }
+        listed = [h for h in verdict.hits if h.name in names and not h.observe]
+        if not listed or sum(h.score for h in listed) < reject:
+            return ()
+        return tuple(h.name for h in listed)
 
     def deny(self, decision_id: str, client: str) -> Enforcement:
         text = fill(self.policy.deny.reply, {"id": decision_id, "client": client})

@@ -31,20 +31,15 @@ from spamgate.config import DomainList, DomainQuery, DomainSource, Mode, Policy
 from spamgate.decisionlog import Decision, format_decision
 from spamgate.dnslists import IPAddress, ListLookups, ListOutcome, lookup_address
 from spamgate.engine import OUR_HEADERS, Action, Enforcement, Engine, Evidence, Group, Verdict
-from spamgate.greylist import (
-    FailureReport,
-    Greylister,
-    GreylistOutcome,
-    GreylistTiming,
-    GreylistVerdict,
-    MemoryStore,
-)
+from spamgate.greylist import Greylister, GreylistOutcome, GreylistTiming, GreylistVerdict
 from spamgate.listhealth import ListMonitor
 from spamgate.metrics import Metrics
 from spamgate.nameprobes import PendingResolution
 from spamgate.rdns import PendingReverse, RdnsStatus, ReverseDns, from_mta_macros
+from spamgate.recentrejects import RecentRejects
 from spamgate.replies import Reply
 from spamgate.rules import ConnectionFacts, EnvelopeFacts, Facts, MessageFacts, Stage
+from spamgate.state import FailureReport, MemoryStore
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -75,7 +70,8 @@ class Runtime:
     monitor: ListMonitor | None = None  # None: one for the engine's lists is made
     # None: when the policy greylists, one that keeps its state in memory (explain, tests).
     greylister: Greylister | None = None
-    greylist_failures: FailureReport = field(default_factory=FailureReport)
+    recent_rejects: RecentRejects | None = None  # None: no memory of refused clients
+    state_failures: FailureReport = field(default_factory=FailureReport)
     metrics: Metrics | None = None  # None: nothing counted (explain)
     log: Callable[[str], None] = logging.getLogger("spamgate.decision").info
     dns: bool = True  # False (explain --no-dns): no lookups; lists logged as ignored
@@ -176,6 +172,9 @@ class Session:
         self.engine = runtime.engine  # read once: the policy this connection keeps
         self.resolver = runtime.resolver  # likewise, should a reload replace it
         self.greylister = runtime.greylister
+        self.recent_rejects = runtime.recent_rejects
+        self.remembered: tuple[str, ...] = ()  # hits it was refused for lately, if any
+        self._rejection_noted = False
         self.policy: Policy = runtime.engine.policy
         self.address: IPAddress | None = None
         self.address_text = "unknown"
@@ -230,7 +229,7 @@ class Session:
             self.lists_ignored = "allowed"
         elif not self.runtime.dns:
             self.lists_ignored = "no-dns"
-        if self.lists_ignored or address is None:
+        if self.lists_ignored or address is None or self._recalls_rejection(address):
             return
         # Start now, so the lookups overlap HELO, MAIL and the rest of the dialogue.
         self.lookups.start_ip_lists(address, policy.ip_lists)
@@ -248,6 +247,37 @@ class Session:
                 self.reverse = pending
                 # Runs on the resolver's thread as soon as the name is known.
                 pending.add_done_callback(self._start_ptr_lists)
+
+    def _recalls_rejection(self, address: IPAddress) -> bool:
+        """Whether the client was refused for its listings lately: then its hits are replayed
+        from memory, and nothing is looked up (no lists, no reverse DNS, no HELO checks)."""
+        memory = self.recent_rejects
+        if memory is None:
+            return False
+        try:
+            self.remembered = memory.recall(address)
+        except Exception as error:  # the store failed: ask the lists as if it had said nothing
+            self._note_state_failure(f"{type(error).__name__}: {error}")
+            return False
+        if self.remembered:
+            self.lists_ignored = "remembered"
+        return bool(self.remembered)
+
+    def _remember_rejection(self, judged: Judgement, group: Group) -> None:
+        memory = self.recent_rejects
+        if memory is None or self._rejection_noted or self.address is None:
+            return
+        names = self.engine.listings_to_remember(judged.verdict, judged.evidence, group)
+        if not names:
+            return
+        self._rejection_noted = True
+        try:
+            memory.remember(self.address, names)
+        except Exception as error:
+            self._note_state_failure(f"{type(error).__name__}: {error}")
+
+    def _note_state_failure(self, error: str) -> None:
+        self.runtime.state_failures.note(self.policy.state.store_shown, error)
 
     def _start_ptr_lists(self, rdns: ReverseDns) -> None:
         """Domain lists for the client's name. Their deadline counts from connect, like the
@@ -390,6 +420,8 @@ class Session:
         verdict, enforcement = judged.verdict, judged.enforcement
         if enforcement.reply is not None:
             transaction.refused.append(bare)
+            if enforcement.action is Action.REJECT:
+                self._remember_rejection(judged, group)
             return RcptDecision(RcptResult.REFUSE, enforcement.reply, verdict, enforcement.action)
         transaction.group = transaction.group or group
         transaction.groups[group.name] = group
@@ -541,9 +573,7 @@ class Session:
         verdict = self.greylister.check(self.address, transaction.bare_sender, recipient)
         transaction.greylist[recipient] = verdict
         if verdict.outcome is GreylistOutcome.FAILED_OPEN:
-            self.runtime.greylist_failures.note(
-                self.policy.greylist.state_shown, verdict.error or "unknown error"
-            )
+            self._note_state_failure(verdict.error or "unknown error")
         metrics = self.runtime.metrics
         if metrics is not None:
             metrics.record_greylist(verdict.outcome.value)
@@ -570,15 +600,19 @@ class Session:
 
     def _judge(self, transaction: Transaction, group: Group, stage: Stage) -> Judgement:
         policy = self.policy
-        ignored = self.lists_ignored
-        if not ignored and transaction.authenticated and policy.skip_authenticated:
-            ignored = "authenticated"
+        ignored, remembered = self.lists_ignored, self.remembered
+        if (
+            ignored in ("", "remembered")
+            and transaction.authenticated
+            and policy.skip_authenticated
+        ):
+            ignored, remembered = "authenticated", ()
         outcomes = self.lookups.collect(policy.resolver.deadline, stage)
         list_hits = [] if ignored else [h.name for o in outcomes for h in o.hits]
         # Trusted, allowed and authenticated clients are not judged by HELO or reverse DNS.
         facts = self._facts(transaction, stage, connection_rules=ignored in ("", "no-dns"))
         rules = self.engine.rulebook.fire(stage, facts, list_hits)
-        evidence = Evidence(outcomes, ignored, rules)
+        evidence = Evidence(outcomes, ignored, rules, remembered)
         verdict = self.engine.evaluate(evidence, group)
         enforcement = self.engine.enforce(
             verdict,

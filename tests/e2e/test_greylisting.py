@@ -2,6 +2,8 @@
 retry, a valid retry and one after the retry window, with state in SQLite; two spamgate
 daemons (two MX hosts) sharing a real redis-server, where a retry at the other MX passes;
 and a Redis that stops, or hangs, mid-run: greylisting fails open within its time bound.
+The same state remembers a client refused for its listing (`state.remember_rejects`): its next
+connection is refused with its DNS server gone.
 
 One Postfix with a listener per spamgate daemon stands in for the MX hosts. The client is
 listed in the test PBL (score 7), inside the greylist band (6 up to 10). Every test uses
@@ -42,11 +44,8 @@ trusted_networks: [127.0.0.0/8]
 health: {{status_file: "{workdir}/status-{port}.json"}}
 log: {{stats_interval: 0}}
 thresholds: {{tag: 3, greylist: 6, tempfail: null, reject: 10}}
-greylist:
-  state: "{state}"
-  state_timeout: 0.3
-  min_delay: {min_delay}
-  retry_window: {retry_window}
+state: {{store: "{state}", timeout: 0.3, remember_rejects: {remember}}}
+greylist: {{min_delay: {min_delay}, retry_window: {retry_window}}}
 ip_lists:
   - name: ZEN
     display: Example ZEN
@@ -63,6 +62,7 @@ class Greylisting:
     sink: SmtpSink
     redis: RedisServer
     milters: dict[str, SpamgateDaemon]
+    memory_dns: Rbldnsd  # the DNS of the "memory" daemon only
 
     def send(
         self, mx: str, rcpt: str, *, client: str = GREYLISTED_CLIENT, subject: str = ""
@@ -88,13 +88,16 @@ class Greylisting:
         ]
 
 
-def daemon(workdir: Path, dns_port: int, state: str, retry_window: float) -> SpamgateDaemon:
+def daemon(
+    workdir: Path, dns_port: int, state: str, retry_window: float, remember: float = 0
+) -> SpamgateDaemon:
     port = free_port()
     text = POLICY.format(
         port=port,
         dns_port=dns_port,
         workdir=workdir,
         state=state,
+        remember=remember,
         min_delay=MIN_DELAY,
         retry_window=retry_window,
         zen_zone=ZEN_ZONE,
@@ -107,6 +110,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Greylisting]:
     workdir = tmp_path_factory.mktemp("greylisting")
     with ExitStack() as stack:
         dns = stack.enter_context(Rbldnsd(workdir, ZONES))
+        memory_dns = stack.enter_context(Rbldnsd(workdir, ZONES))
         sink = stack.enter_context(SmtpSink(workdir))
         redis = stack.enter_context(RedisServer(workdir))
         # A port that accepts connections and never answers: a hung Redis.
@@ -119,6 +123,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Greylisting]:
             "mx1": daemon(workdir, dns.port, redis.url, 600),
             "mx2": daemon(workdir, dns.port, redis.url, 600),
             "hung": daemon(workdir, dns.port, hung_url, 600),
+            "memory": daemon(
+                workdir, memory_dns.port, str(workdir / "memory.sqlite"), 600, remember=60
+            ),
         }
         for milter in milters.values():
             stack.enter_context(milter)
@@ -126,7 +133,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Greylisting]:
         postfix = stack.enter_context(
             PostfixInstance(workdir, relay_port=sink.port, listeners=listeners)
         )
-        yield Greylisting(postfix, sink, redis, milters)
+        yield Greylisting(postfix, sink, redis, milters, memory_dns)
 
 
 def rcpt_reply(result: SendResult) -> tuple[int, str]:
@@ -202,8 +209,8 @@ def test_a_hung_redis_costs_at_most_the_state_timeout_and_fails_open(stack: Grey
     assert result.elapsed < 2.0
     assert stack.outcome("hung", "dave@example.com") == ["failed-open"]
     log = stack.milters["hung"].log_text()
-    assert "greylist state redis://127.0.0.1:" in log
-    assert "greylisting fails open (mail accepted): TimeoutError" in log
+    assert "state redis://127.0.0.1:" in log
+    assert "fail open (mail accepted): TimeoutError" in log
 
 
 def test_redis_stopped_mid_run_fails_open_and_recovers(stack: Greylisting) -> None:
@@ -220,12 +227,29 @@ def test_redis_stopped_mid_run_fails_open_and_recovers(stack: Greylisting) -> No
         stack.redis.start()
     assert stack.outcome("mx2", "erin@example.com") == ["failed-open"]
     assert stack.outcome("mx1", "frank@example.com") == ["failed-open"]
-    assert "greylisting fails open (mail accepted): ConnectionError" in (
-        stack.milters["mx2"].log_text()
-    )
+    assert "fail open (mail accepted): ConnectionError" in (stack.milters["mx2"].log_text())
     # Back (and empty, as it keeps nothing on disk): greylisting works again at once.
     wait_until(
         lambda: rcpt_reply(stack.send("mx1", "grace@example.com"))[0] == 451,
         timeout=10,
         what="greylisting to resume once Redis is back",
     )
+
+
+def test_a_client_refused_for_its_listing_is_refused_again_without_dns(
+    stack: Greylisting,
+) -> None:
+    listed = "192.0.2.2"  # ZEN_SBL, score 10
+    first = rcpt_reply(stack.send("memory", "henry@example.com", client=listed))
+    assert first[0] == 550
+    stack.memory_dns.stop()  # no DNS any more: only the memory can refuse it now
+    again = rcpt_reply(stack.send("memory", "henry@example.com", client=listed))
+    assert (again[0], again[1].split(" (id ")[0]) == (
+        550,
+        "5.7.1 Message refused: listed in the Example SBL",
+    )
+    remembered = stack.milters["memory"].wait_for_decision(lists_ignored="remembered")
+    assert (remembered["hits"], remembered["client"]) == ("ZEN_SBL:10", listed)
+    # Another client is judged as usual: with its DNS gone, the list is unusable, not a hit.
+    other = stack.send("memory", "henry@example.com", client=CLEAN_CLIENT)
+    assert rcpt_reply(other)[0] == 250

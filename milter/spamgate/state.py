@@ -1,0 +1,274 @@
+"""Where spamgate keeps what it remembers between connections: greylist triplets and recently
+rejected clients. Keys with small JSON values that expire by themselves, behind one small
+interface (`StateStore`) with two backends: `SqliteStore`, a local file that survives restarts
+and needs no server, and `RedisStore`, a server every MX host of a domain shares.
+
+This is the only module that touches SQLite or Redis. Every operation is bounded by the
+configured `state.timeout`; callers treat any exception as "the state did not answer" and fail
+open. `PausingStore` stops asking a store that failed several times in a row for a few seconds,
+so a dead server does not cost every session its timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from spamgate.config import StateSettings
+
+log = logging.getLogger("spamgate")
+_Result = TypeVar("_Result")
+
+
+class StateStore(Protocol):
+    """Keys with small JSON values that expire by themselves. A check reads once and writes
+    at most once (each a single round trip to a server), so its cost is bounded by two."""
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]: ...
+
+    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+        """(key, value, seconds to live) each."""
+
+
+class SqliteStore:
+    """The embedded default: one SQLite file in WAL mode, which survives restarts, needs no
+    server and lets several processes on one host share it. One connection per store, used
+    under a lock (each statement takes microseconds). `timeout` bounds a whole read or write:
+    half for this process's lock, half for another process's write (SQLite's busy timeout).
+
+    The file (and its directory) is made on first use, and opening it again is tried at most
+    every `REOPEN_AFTER` seconds while it fails, so a missing or unwritable directory makes
+    greylisting fail open instead of stopping the daemon."""
+
+    _PURGE_EVERY = 1000  # puts between deletions of expired rows
+    REOPEN_AFTER = 10.0
+
+    def __init__(
+        self, path: Path, timeout: float = 0.2, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path = path
+        self._timeout = timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._puts = 0
+        self._db: sqlite3.Connection | None = None
+        self._next_open = 0.0
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open database; the caller holds the lock."""
+        if self._db is not None:
+            return self._db
+        now = time.monotonic()
+        if now < self._next_open:
+            raise OSError(f"cannot open {self.path}; trying again in {self._next_open - now:.0f} s")
+        self._next_open = now + self.REOPEN_AFTER
+        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            self.path, timeout=self._timeout / 2, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS state"
+                " (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL)"
+            )
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return db
+
+    def _locked(self) -> _Held:
+        if not self._lock.acquire(timeout=self._timeout / 2):
+            raise TimeoutError(f"{self.path} busy for {self._timeout / 2:g} s in this process")
+        return _Held(self._lock)
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        now = self._clock()
+        with self._locked():
+            found = dict(
+                self._connection()
+                .execute(
+                    f"SELECT key, value FROM state WHERE expires > ?"
+                    f" AND key IN ({', '.join('?' * len(keys))})",
+                    (now, *keys),
+                )
+                .fetchall()
+            )
+        return [found.get(key) for key in keys]
+
+    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+        now = self._clock()
+        with self._locked():
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")  # one transaction: one lock, one WAL commit
+            try:
+                db.executemany(
+                    "INSERT INTO state (key, value, expires) VALUES (?, ?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                    " expires = excluded.expires",
+                    [(key, value, now + ttl) for key, value, ttl in items],
+                )
+                self._puts += len(items)
+                if self._puts >= self._PURGE_EVERY:
+                    self._puts = 0
+                    db.execute("DELETE FROM state WHERE expires <= ?", (now,))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def journal_mode(self) -> str:
+        with self._locked():
+            return str(self._connection().execute("PRAGMA journal_mode").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class _Held:
+    """A lock already acquired (with a timeout), released at the end of a with block."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
+class RedisStore:
+    """Shared state for several MX hosts: each key expires by itself (PX). A read is one MGET
+    and a write one pipeline, each tried once (redis-py would retry three times by default)
+    with connecting and answering bounded by a quarter of `timeout` each, so a check's two
+    round trips cost a session at most about `timeout` before it fails open."""
+
+    def __init__(self, url: str, timeout: float = 0.2) -> None:
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout / 4,
+            socket_connect_timeout=timeout / 4,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        return [None if value is None else str(value) for value in self._client.mget(keys)]
+
+    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+        pipeline = self._client.pipeline(transaction=False)
+        for key, value, ttl in items:
+            pipeline.set(key, value, px=max(1, int(ttl * 1000)))
+        pipeline.execute()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class MemoryStore:
+    """State in a dict, for `spamgate explain` (which keeps none between runs) and tests."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._items: dict[str, tuple[str, float]] = {}
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        now = self._clock()
+        found = [self._items.get(key) for key in keys]
+        return [item[0] if item is not None and item[1] > now else None for item in found]
+
+    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+        now = self._clock()
+        self._items.update((key, (value, now + ttl)) for key, value, ttl in items)
+
+
+def open_store(settings: StateSettings) -> SqliteStore | RedisStore:
+    """The store `settings.state` names. Neither connects here: a store that is down when
+    the daemon starts fails open until it is up."""
+    if settings.uses_redis:
+        return RedisStore(settings.store, settings.timeout)
+    return SqliteStore(Path(settings.store), settings.timeout)
+
+
+class FailureReport:
+    """One WARNING per `interval` while a store fails, with how many uses failed since the
+    last one: a dead Redis under load must not write a line per message."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._unreported = 0
+        self._next = 0.0
+
+    def note(self, where: str, error: str) -> None:
+        with self._lock:
+            self._unreported += 1
+            now = self._clock()
+            if now < self._next:
+                return
+            count, self._unreported = self._unreported, 0
+            self._next = now + self._interval
+        log.warning(
+            "state %s failed, greylisting and the reject memory fail open (mail accepted): %s "
+            "(%d failure(s) since the last report)",
+            where,
+            error,
+            count,
+        )
+
+
+class StatePausedError(Exception):
+    """The store failed too often lately and is not asked for a while."""
+
+
+class PausingStore:
+    """A store that is left alone for `PAUSE` seconds after `FAILURES_BEFORE_PAUSE` failures
+    in a row: while Redis is down, sessions fail open at once instead of each waiting out
+    its timeout. Races between sessions only blur the count."""
+
+    FAILURES_BEFORE_PAUSE = 3
+    PAUSE = 5.0
+
+    def __init__(self, store: StateStore, clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = store
+        self._clock = clock
+        self._failures = 0
+        self._paused_until = 0.0
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        return self._guarded(lambda: self.inner.get_many(keys))
+
+    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+        self._guarded(lambda: self.inner.put_many(items))
+
+    def _guarded(self, operation: Callable[[], _Result]) -> _Result:
+        now = self._clock()
+        if now < self._paused_until:
+            raise StatePausedError(
+                f"not asked for {self.PAUSE:g} s after {self._failures} failures in a row"
+            )
+        try:
+            result = operation()
+        except Exception:
+            self._failures += 1
+            if self._failures >= self.FAILURES_BEFORE_PAUSE:
+                self._paused_until = now + self.PAUSE
+            raise
+        self._failures = 0
+        return result
