@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--probe",
                 action="store_true",
-                help="also ask every DNS list its RFC 5782 test entries; exit 69 if one fails",
+                help="also ask every DNS list its RFC 5782 test entries, and a Redis state "
+                "a read; exit 69 if one fails",
             )
         command.add_argument(
             "-c",

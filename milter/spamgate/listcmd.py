@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from spamgate.config import Policy
 from spamgate.listhealth import probe_lists
 from spamgate.resolver import Resolver
+from spamgate.state import RedisStore
 
 EX_UNAVAILABLE = 69
 STALE_AFTER = 60.0  # the daemon writes every 10 s
@@ -36,10 +37,33 @@ def probe(policy: Policy, out: TextIO = sys.stdout) -> int:
         print(f"{dns_list.name}: {'UNHEALTHY: ' + problem if problem else 'ok'}", file=out)
         if problem:
             unhealthy.append(dns_list.name)
+    if not _state_answers(policy, out):
+        unhealthy.append("state")
     if unhealthy:
         print(f"unhealthy: {', '.join(unhealthy)}", file=sys.stderr)
         return EX_UNAVAILABLE
     return 0
+
+
+def _state_answers(policy: Policy, out: TextIO) -> bool:
+    """Whether a shared (Redis) state answers a read within its timeout. A local SQLite file
+    is left alone: opening it as root here would make a file the daemon's user cannot write."""
+    settings = policy.state
+    if not policy.uses_state:
+        return True
+    if not settings.uses_redis:
+        print(f"state {settings.store_shown}: not probed (a local file)", file=out)
+        return True
+    store = RedisStore(settings.store, settings.timeout)
+    try:
+        store.get_many(["probe"])
+    except Exception as error:
+        print(f"state {settings.store_shown}: UNHEALTHY: {type(error).__name__}: {error}", file=out)
+        return False
+    finally:
+        store.close()
+    print(f"state {settings.store_shown}: ok", file=out)
+    return True
 
 
 def show(policy: Policy, out: TextIO = sys.stdout) -> int:

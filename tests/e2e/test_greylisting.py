@@ -13,6 +13,8 @@ triplets of its own (its own recipients), so they do not depend on each other's 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -253,3 +255,35 @@ def test_a_client_refused_for_its_listing_is_refused_again_without_dns(
     # Another client is judged as usual: with its DNS gone, the list is unusable, not a hit.
     other = stack.send("memory", "henry@example.com", client=CLEAN_CLIENT)
     assert rcpt_reply(other)[0] == 250
+
+
+@pytest.mark.parametrize(
+    ("mx", "status", "state_line"),
+    [
+        pytest.param("mx1", 0, ": ok", id="redis-up"),
+        pytest.param("hung", 69, ": UNHEALTHY: TimeoutError: Timeout ", id="redis-hung"),
+        pytest.param("sqlite", 0, ": not probed (a local file)", id="sqlite"),
+    ],
+)
+def test_check_config_probe_asks_a_redis_state(
+    stack: Greylisting, mx: str, status: int, state_line: str
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spamgate",
+            "check-config",
+            "--probe",
+            "-c",
+            str(stack.milters[mx].config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == status, result.stdout + result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("state ")]
+    assert state_line in line
+    assert ("unhealthy: state" in result.stderr) == (status == 69)
