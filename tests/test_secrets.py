@@ -274,6 +274,20 @@ def test_policy_file_with_a_key_written_in_warns(tmp_path: Path) -> None:
     assert exposed_secret_files(load_policy(policy), policy) == []
 
 
+def test_policy_file_with_a_redis_password_warns(tmp_path: Path) -> None:
+    policy = tmp_path / "spamgate.yaml"
+    policy.write_text(
+        "thresholds: {greylist: 6}\nstate: {store: 'redis://:s3cret@10.0.0.5:6379/0'}\n"
+    )
+    policy.chmod(0o644)
+    assert exposed_secret_files(load_policy(policy), policy) == [
+        f"secret file {policy} has mode 0644: other users can read it, and it holds the Redis "
+        "password of state.store (chmod 0640, group spamgate)"
+    ]
+    policy.write_text("thresholds: {greylist: 6}\nstate: {store: 'redis://10.0.0.5:6379/0'}\n")
+    assert exposed_secret_files(load_policy(policy), policy) == []
+
+
 def test_policy_file_without_a_key_may_be_world_readable(tmp_path: Path) -> None:
     policy = tmp_path / "spamgate.yaml"
     policy.write_text("ip_lists: [{name: ZEN, zone: zen.dq.spamhaus.net, score: 1}]\n")

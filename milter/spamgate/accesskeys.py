@@ -90,6 +90,9 @@ def exposed_secret_files(policy: Policy, source: str | Path) -> list[str]:
             holders.setdefault(dns_list.key_path, []).append(dns_list.name)
         elif dns_list.access_key:
             holders.setdefault(Path(source), []).append(dns_list.name)
+    state_password = policy.uses_state and policy.state.store_shown != policy.state.store
+    if state_password:
+        holders.setdefault(Path(source), [])
     warnings = []
     for path, names in holders.items():
         try:
@@ -104,11 +107,14 @@ def exposed_secret_files(policy: Policy, source: str | Path) -> list[str]:
         if not problems:
             continue
         advice = "chmod 0640, group spamgate"
-        if path == Path(source):
+        if path == Path(source) and names:
             advice += ", or move the key to a key_file"
+        held = [f"the access key of {', '.join(names)}"] if names else []
+        if path == Path(source) and state_password:
+            held.append("the Redis password of state.store")
         warnings.append(
             f"secret file {path} has mode {mode:04o}: {' and '.join(problems)}, and it holds "
-            f"the access key of {', '.join(names)} ({advice})"
+            f"{' and '.join(held)} ({advice})"
         )
     return warnings
 
