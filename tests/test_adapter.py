@@ -221,13 +221,27 @@ def test_mid_score_client_is_tempfailed() -> None:
     lookups = FakeLookups(
         {"1.2.0.192.s3cr3tkey.zen.test": DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10",), ttl=60)}
     )
-    session = Session(make_policy(), lookups)
+    policy = make_policy("thresholds: {tag: 3, greylist: null, tempfail: 6, reject: 10}\n")
+    session = Session(policy, lookups)
     session.connect("192.0.2.1")
     session.mail()
     assert session.rcpt("<user@example.com>") == Milter.TEMPFAIL
     assert session.reply is not None
     assert session.reply[:2] == ("451", "4.7.1")
     assert "listed by Example ZEN" in session.reply[2]
+
+
+def test_mid_score_client_is_greylisted_by_default() -> None:
+    lookups = FakeLookups(
+        {"1.2.0.192.s3cr3tkey.zen.test": DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10",), ttl=60)}
+    )
+    session = Session(make_policy(), lookups)
+    session.connect("192.0.2.1")
+    session.mail()
+    assert session.rcpt("<user@example.com>") == Milter.TEMPFAIL
+    assert session.reply is not None
+    assert session.reply[:2] == ("451", "4.7.1")
+    assert session.reply[2].startswith("Greylisted: please try again in 300 seconds (id ")
 
 
 def test_postmaster_reachable_from_listed_client_and_tagged(
@@ -354,7 +368,8 @@ def test_header_rules_add_to_list_score_and_reject_at_end_of_message(
     lookups = FakeLookups(
         {"1.2.0.192.s3cr3tkey.zen.test": DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10",), 60)}
     )
-    session = Session(make_policy("thresholds: {tag: 3, tempfail: null, reject: 10}\n"), lookups)
+    thresholds = "thresholds: {tag: 3, greylist: null, reject: 10}\n"
+    session = Session(make_policy(thresholds), lookups)
     session.connect("192.0.2.1")
     session.mail()
     assert session.rcpt("<user@example.com>") == Milter.CONTINUE

@@ -644,9 +644,11 @@ def test_empty_file_means_all_defaults(tmp_path: Path, text: str) -> None:
     assert policy.listen == ListenAddress("inet", host="127.0.0.1", port=8894)
     assert policy.socket_mode == SocketMode(0o660)
     assert (policy.resolver.query_timeout, policy.resolver.deadline) == (1.0, 2.0)
-    assert (policy.thresholds.tag, policy.thresholds.tempfail, policy.thresholds.reject) == (
+    thresholds = policy.thresholds
+    assert (thresholds.tag, thresholds.greylist, thresholds.tempfail, thresholds.reject) == (
         3.0,
         6.0,
+        None,
         10.0,
     )
     assert policy.exempt_recipients == ("postmaster", "abuse")
@@ -745,7 +747,7 @@ GOOD_VALUES = [
     pytest.param("log: {level: debug}", lambda p: p.log.level, LogLevel.DEBUG, id="log-level"),
     pytest.param(
         "thresholds: {tag: 2, reject: null}",
-        lambda p: (p.thresholds.tag, p.thresholds.tempfail, p.thresholds.reject),
+        lambda p: (p.thresholds.tag, p.thresholds.greylist, p.thresholds.reject),
         (2.0, 6.0, None),
         id="thresholds-null",
     ),

@@ -20,6 +20,15 @@ from tests.harness.processes import (
 )
 
 
+# For daemons that log their start-up but have no directory of their own for the state.
+NO_GREYLISTING = "thresholds: {greylist: null}\n"
+
+
+def local_state(tmp_path: Path) -> str:
+    """Greylisting (on by default) keeps its state in the test's directory, not /var/lib."""
+    return f"state: {{store: '{tmp_path}/state.sqlite'}}\n"
+
+
 def start(policy: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
@@ -32,7 +41,7 @@ def start(policy: Path) -> subprocess.Popen[str]:
 def test_inet_listener_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     policy = tmp_path / "p.yaml"
-    policy.write_text(f"listen: inet:{port}@127.0.0.1\n")
+    policy.write_text(f"listen: inet:{port}@127.0.0.1\n" + local_state(tmp_path))
     process = start(policy)
     try:
         wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
@@ -50,7 +59,7 @@ def test_inet_listener_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 def test_unix_socket_gets_the_configured_mode(tmp_path: Path, mode: str) -> None:
     path = tmp_path / "spamgate.sock"
     policy = tmp_path / "p.yaml"
-    policy.write_text(f"listen: unix:{path}\nsocket_mode: '{mode}'\n")
+    policy.write_text(f"listen: unix:{path}\nsocket_mode: '{mode}'\n" + local_state(tmp_path))
     process = start(policy)
     try:
         wait_until(lambda: unix_accepts(path), timeout=10, what="spamgate to listen")
@@ -66,7 +75,7 @@ def test_port_in_use_is_an_error_exit(tmp_path: Path) -> None:
         holder.listen()
         port = holder.getsockname()[1]
         policy = tmp_path / "p.yaml"
-        policy.write_text(f"listen: inet:{port}@127.0.0.1\n")
+        policy.write_text(f"listen: inet:{port}@127.0.0.1\n" + local_state(tmp_path))
         result = subprocess.run(
             [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
             capture_output=True,
@@ -83,7 +92,9 @@ def test_log_to_a_file(tmp_path: Path) -> None:
     port = free_port()
     log_file = tmp_path / "spamgate.log"
     policy = tmp_path / "p.yaml"
-    policy.write_text(f"listen: inet:{port}@127.0.0.1\nlog: {{target: {log_file}}}\n")
+    policy.write_text(
+        f"listen: inet:{port}@127.0.0.1\nlog: {{target: {log_file}}}\n" + local_state(tmp_path)
+    )
     process = start(policy)
     try:
         wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
@@ -122,7 +133,7 @@ def test_public_resolver_gets_a_warning(caplog: pytest.LogCaptureFixture) -> Non
 
     text = (
         'resolver: {nameservers: ["8.8.8.8", "127.0.0.1:5353", "[2606:4700:4700::1111]:53"]}\n'
-        "ip_lists: [{name: ZEN, zone: zen.test, score: 10}]\n"
+        "ip_lists: [{name: ZEN, zone: zen.test, score: 10}]\n" + NO_GREYLISTING
     )
     policy = schema.load(Policy, text, "t.yaml")
     daemon = Daemon(policy, "t.yaml")  # constructed, never started: nothing is sent
@@ -179,7 +190,10 @@ def test_unix_socket_mode_survives_sessions_and_reload(tmp_path: Path) -> None:
     """libmilter accepts and serves connections on the socket without widening its mode."""
     path = tmp_path / "spamgate.sock"
     policy = tmp_path / "p.yaml"
-    policy.write_text(f"listen: unix:{path}\nsocket_mode: '0600'\nhealth: {{status_file: ''}}\n")
+    policy.write_text(
+        f"listen: unix:{path}\nsocket_mode: '0600'\nhealth: {{status_file: ''}}\n"
+        + local_state(tmp_path)
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
         stdout=subprocess.PIPE,
@@ -210,7 +224,8 @@ def test_running_as_root_gets_one_warning(
     from spamgate import schema  # noqa: PLC0415
     from spamgate.config import Policy  # noqa: PLC0415
 
-    policy = schema.load(Policy, "resolver: {nameservers: ['127.0.0.1:53']}\n", "t.yaml")
+    text = "resolver: {nameservers: ['127.0.0.1:53']}\n" + NO_GREYLISTING
+    policy = schema.load(Policy, text, "t.yaml")
     daemon = daemon_module.Daemon(policy, "t.yaml")  # constructed, never started
     monkeypatch.setattr(daemon_module.os, "geteuid", lambda: euid)
     caplog.set_level("WARNING", logger="spamgate")
@@ -263,7 +278,8 @@ def test_listeners_beyond_loopback_get_a_warning_each(
     from spamgate import schema  # noqa: PLC0415
     from spamgate.config import Policy  # noqa: PLC0415
 
-    policy = schema.load(Policy, text + "resolver: {nameservers: ['127.0.0.1']}\n", "t.yaml")
+    text += "resolver: {nameservers: ['127.0.0.1']}\n" + NO_GREYLISTING
+    policy = schema.load(Policy, text, "t.yaml")
     daemon = daemon_module.Daemon(policy, "t.yaml")  # constructed, never started
     monkeypatch.setattr(daemon_module.os, "geteuid", lambda: 1000)
     caplog.set_level("WARNING", logger="spamgate")

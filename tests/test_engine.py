@@ -37,8 +37,14 @@ rules:
 """
 
 
+# Most tests here score into a tempfail band, which is off by default (greylisting is on).
+TEMPFAIL_BAND = "thresholds: {tag: 3, greylist: null, tempfail: 6, reject: 10}\n"
+
+
 def engine(extra: str = "") -> Engine:
-    return Engine(schema.load(Policy, POLICY + extra, "t.yaml"))
+    top_level = extra.startswith("thresholds:") or "\nthresholds:" in extra
+    band = "" if top_level else TEMPFAIL_BAND
+    return Engine(schema.load(Policy, band + POLICY + extra, "t.yaml"))
 
 
 def evidence(eng: Engine, bl: tuple[str, ...] = (), wl: bool = False, rules: str = "") -> Evidence:
@@ -80,7 +86,14 @@ def test_score_and_action(
 @pytest.mark.parametrize(
     ("thresholds", "score", "action"),
     [
-        pytest.param("{tag: null, tempfail: null, reject: null}", 100, Action.ACCEPT, id="never"),
+        pytest.param(
+            "{tag: null, greylist: null, tempfail: null, reject: null}",
+            100,
+            Action.ACCEPT,
+            id="never",
+        ),
+        pytest.param("{tag: 3}", 6, Action.GREYLIST, id="default-greylist-band"),
+        pytest.param("{tag: 3}", 9.9, Action.GREYLIST, id="default-greylist-band-top"),
         pytest.param("{tag: 1, tempfail: null, reject: 5}", 4, Action.TAG, id="no-tempfail-band"),
         pytest.param("{tag: 1, tempfail: 5, reject: 5}", 5, Action.REJECT, id="reject-wins-tie"),
         pytest.param("{tag: 0, tempfail: 5, reject: 9}", 0, Action.TAG, id="tag-everything"),
@@ -449,7 +462,7 @@ def test_a_hit_scores_once_however_many_names_matched() -> None:
     outcomes = tuple(classify(dbl, listed) for _ in range(3))  # HELO, sender and From names
     verdict = eng.evaluate(Evidence(outcomes))
     assert verdict.hits == (Hit("DBL_SPAM", 6.0, "a spam domain"),)
-    assert (verdict.score, verdict.action) == (6.0, Action.TEMPFAIL)
+    assert (verdict.score, verdict.action) == (6.0, Action.GREYLIST)  # the default band
 
 
 def test_a_rule_and_a_list_hit_each_score_once() -> None:

@@ -28,6 +28,8 @@ rules:
   - {name: SPAMTRAP, score: 10, description: mail to a spam trap, recipient_matches: '^trap@'}
   - {name: BULK, score: 3, description: a bulk sender, sender_matches: '^bulk-'}
   - {name: HELO_BARE, score: 1, description: the HELO name is a bare IP address, helo: bare_ip}
+  - {name: HELO_DYNAMIC, score: 0, description: a dynamic HELO, helo_matches: '^dyn-',
+     action: greylist}
   - {name: NO_DATE, score: 5, description: the message has no Date header,
      header: {name: Date, missing: true}}
   - {name: SUBJECT_SPAM, score: 10, description: the Subject says spam,
@@ -41,7 +43,7 @@ allow:
 recipient_policies:
   - name: lenient
     recipients: ["@example.net"]
-    thresholds: {tag: 3, tempfail: null, reject: 100}
+    thresholds: {tag: 3, greylist: null, tempfail: null, reject: 100}
 """
 DIGEST = hashlib.sha256(POLICY.encode()).hexdigest()[:12]
 BAD_POLICY = "rules:\n  - {name: R, score: 1, description: d, helo: maybe}\n"
@@ -80,6 +82,7 @@ CASES = {
     "tag": Case(BULK, DATED),
     "quarantine": Case(BULK, UNDATED),
     "tempfail": Case((*BULK, "--helo", "192.0.2.9"), UNDATED),
+    "greylist": Case(("--helo", "dyn-7.example"), DATED),
     "reject-at-eom": Case((), SPAM),
     "reject-at-rcpt": Case(("--rcpt", "trap@example.com"), DATED),
     "trap-poisons-the-transaction": Case(
@@ -218,6 +221,12 @@ def test_split_recipient_is_printed_with_its_452(runs: dict[str, Explained]) -> 
         pytest.param("quarantine", 2, "message: quarantine", id="quarantine"),
         pytest.param("tempfail", 3, "message: tempfail", id="tempfail"),
         pytest.param("reject-at-eom", 4, "message: reject", id="reject-at-eom"),
+        pytest.param(
+            "greylist",
+            5,
+            "  -> 451 4.7.1 Greylisted: please try again in 300 seconds (id ID)",
+            id="greylist-first-attempt",
+        ),
         pytest.param("recipient-policy-thresholds", 1, "message: tag", id="recipient-policy"),
     ],
 )

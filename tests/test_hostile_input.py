@@ -77,7 +77,7 @@ NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
 POLICY = r"""
 resolver: {deadline: 0.05}
 on_error: tempfail
-thresholds: {tag: 2, quarantine: 5, tempfail: 8, reject: 12}
+thresholds: {tag: 2, quarantine: 5, greylist: 6, tempfail: 8, reject: 12}
 our_names: [mx.example.net]
 our_addresses: [198.51.100.25/32]
 replies:
@@ -173,11 +173,12 @@ REPLY_OPENINGS = (
     "Refused by local policy (",
     "Too many recipients: ",
     "Temporary local problem",
+    "Greylisted: ",
 )
 # The keys format_decision writes (spelt out: a new key should be a deliberate change here).
 _KEYS = (
     "id client client_name helo from rcpt refused deferred stage action enforced waived_by "
-    "allowed_by denied_by mode policy_group score hits trial_action fails rdns lists "
+    "greylist allowed_by denied_by mode policy_group score hits trial_action fails rdns lists "
     "lists_ignored policy"
 )
 DECISION_KEYS = frozenset(_KEYS.split())
@@ -757,6 +758,10 @@ def check_reply_text(text: str) -> None:
         assert secret not in lowered, f"reply shows a DNS list zone: {text!r}"
 
 
+# Actions that come with a reply: greylisting's only on a triplet's first attempts.
+REFUSING = (Action.GREYLIST, Action.TEMPFAIL, Action.REJECT)
+
+
 def check_reply(reply: Reply, action: Action) -> None:
     assert reply.code // 100 == (5 if action is Action.REJECT else 4), (reply, action)
     assert reply.status[0] == str(reply.code)[0], reply
@@ -775,7 +780,7 @@ def check_rcpt(decision: RcptDecision) -> None:
     note(f"rcpt: {decision.result.value} {decision.action.label}")
     if decision.result is RcptResult.REFUSE:
         assert decision.reply is not None, decision
-        assert decision.action.refuses, decision
+        assert decision.action in REFUSING, decision
         check_reply(decision.reply, decision.action)
     else:
         assert decision.reply is None, decision
@@ -795,7 +800,7 @@ def check_message(decision: MessageDecision) -> None:
     note(f"eom: {decision.action.label}")
     assert math.isfinite(decision.verdict.score), decision.verdict
     if decision.reply is not None:
-        assert decision.action.refuses, decision
+        assert decision.action in REFUSING, decision
         check_reply(decision.reply, decision.action)
         assert not decision.add_headers and not decision.delete_headers, decision
         return

@@ -100,6 +100,10 @@ def shipped_policy(listen: str, metrics: str, nameserver: str, status_file: Path
         ('  listen: ""\n', f'  listen: "{metrics}"\n'),
         ("  nameservers: []\n", f'  nameservers: ["{nameserver}"]\n'),
         ("  status_file: /run/spamgate/status.json\n", f"  status_file: {status_file}\n"),
+        (
+            "  store: /var/lib/spamgate/state.sqlite\n",
+            f"  store: {status_file.with_suffix('.state.sqlite')}\n",
+        ),
     ):
         assert text.count(old) == 1, f"the shipped policy no longer has {old!r}"
         text = text.replace(old, new)

@@ -28,7 +28,7 @@ TTL = 600
 
 POLICY = f"""
 resolver: {{deadline: 0.5}}
-thresholds: {{tag: 3, tempfail: null, reject: 10}}
+thresholds: {{tag: 3, greylist: null, reject: 10}}
 state: {{remember_rejects: {TTL}}}
 ip_lists:
   - name: ZEN

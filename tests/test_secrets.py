@@ -380,6 +380,7 @@ def test_daemon_warns_at_start_and_reload_and_never_logs_the_key(tmp_path: Path)
             f"listen: inet:{port}@127.0.0.1\n"
             f"log: {{target: {log_file}}}\n"
             "health: {status_file: ''}\n"
+            f"state: {{store: '{tmp_path}/state.sqlite'}}\n"
             f"resolver: {{nameservers: ['127.0.0.1:{silent.getsockname()[1]}'], "
             "query_timeout: 0.1, deadline: 0.3}\n"
         )

@@ -62,6 +62,9 @@ NO_DATE = """
      header: {name: Date, missing: true}}
 """
 
+# The tests here score into a tempfail band (off by default: greylisting is on), except where
+# a test sets thresholds of its own; tests/test_greylist_session.py covers greylisting.
+TEMPFAIL_BAND = "thresholds: {tag: 3, greylist: null, tempfail: 6, reject: 10}\n"
 BASE = "resolver: {deadline: 0.5}\n" + ZEN + "rules:\n" + PHARMA
 
 
@@ -143,6 +146,8 @@ def start(
     clock = FakeClock()
     ids = (f"id{n:04d}" for n in itertools.count(1))
     log: list[str] = []
+    if not policy.startswith("thresholds:") and "\nthresholds:" not in policy:
+        policy = TEMPFAIL_BAND + policy
     runtime = Runtime(
         Engine(schema.load(Policy, policy, "test.yaml")),
         resolver,
@@ -591,7 +596,8 @@ MILDEST_POLICY = (
     + NO_DATE
     + GROUPS
     + SOFT
-    + "thresholds: {tag: 3, tempfail: null, reject: 5}\nsplit_recipient_policies: false\n"
+    + "thresholds: {tag: 3, greylist: null, tempfail: null, reject: 5}\n"
+    + "split_recipient_policies: false\n"
 )
 
 
@@ -649,7 +655,7 @@ def test_without_split_the_mildest_group_decides_at_end_of_message(
 
 
 def test_quarantine_band_holds_the_message_with_a_reason_and_headers() -> None:
-    policy = BASE + NO_DATE + "thresholds: {tag: 3, quarantine: 8, tempfail: null, reject: 10}\n"
+    policy = BASE + NO_DATE + "thresholds: {tag: 3, greylist: null, quarantine: 8, reject: 10}\n"
     harness = start(policy, {ZEN_Q: PBL})
     harness.envelope()
     decision = harness.session.rcpt("<user@example.com>")
@@ -1016,7 +1022,7 @@ def test_foreign_spam_headers_are_deleted_highest_index_first() -> None:
 
 
 def test_refused_message_deletes_and_adds_nothing() -> None:
-    harness = start(BASE + "thresholds: {tag: 1, tempfail: null, reject: 4}\n")
+    harness = start(BASE + "thresholds: {tag: 1, greylist: null, reject: 4}\n")
     harness.envelope()
     harness.session.rcpt("<user@example.com>")
     outcome = harness.message([("X-Spam-Score", "-10"), ("Subject", "cheap viagra")])

@@ -251,7 +251,10 @@ def test_socket_in_the_setgid_directory_belongs_to_its_group(tmp_path: Path) -> 
     directory.chmod(0o2750)
     path = directory / "spamgate.sock"
     policy = tmp_path / "p.yaml"
-    policy.write_text(f"listen: unix:{path}\nsocket_mode: '0660'\nhealth: {{status_file: ''}}\n")
+    policy.write_text(
+        f"listen: unix:{path}\nsocket_mode: '0660'\nhealth: {{status_file: ''}}\n"
+        f"state: {{store: '{tmp_path}/state.sqlite'}}\n"
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
         stdout=subprocess.PIPE,

@@ -296,7 +296,7 @@ class Thresholds:
         "Score from which a (client network, sender, recipient) triplet must retry once: its "
         "first attempt gets `451 4.7.1`, a retry after `greylist.min_delay` passes tagged; null "
         "disables greylisting.",
-        None,
+        6.0,
     )
     quarantine: float | None = setting(
         "Score from which mail is accepted into Postfix's hold queue (`postsuper -r` releases "
@@ -304,11 +304,23 @@ class Thresholds:
         None,
     )
     tempfail: float | None = setting(
-        "Score from which mail gets `451 4.7.1`; null disables the tempfail band.", 6.0
+        "Score from which every attempt gets `451 4.7.1`, retry or not, until the sender "
+        "gives up; null (the default) disables this band: prefer `greylist`.",
+        None,
     )
     reject: float | None = setting(
         "Score from which mail gets `550 5.7.1`; null never rejects.", 10.0
     )
+
+    @property
+    def greylists(self) -> bool:
+        """Whether some score lands in the greylist band: a more severe threshold at or below
+        it (a tie goes to the more severe action) leaves none."""
+        greylist = self.greylist
+        if greylist is None:
+            return False
+        severe = (self.quarantine, self.tempfail, self.reject)
+        return not any(value is not None and value <= greylist for value in severe)
 
     def check(self) -> None:
         if self.tag is None:
@@ -1156,7 +1168,7 @@ class Policy:
     def uses_greylist(self) -> bool:
         """Whether any threshold or rule can greylist."""
         thresholds = [self.thresholds, *(g.thresholds for g in self.recipient_policies)]
-        return any(t is not None and t.greylist is not None for t in thresholds) or any(
+        return any(t is not None and t.greylists for t in thresholds) or any(
             rule.action is RuleAction.GREYLIST for rule in self.rules
         )
 

@@ -52,7 +52,6 @@ def _state_answers(policy: Policy, out: TextIO) -> bool:
     if not policy.uses_state:
         return True
     if not settings.uses_redis:
-        print(f"state {settings.store_shown}: not probed (a local file)", file=out)
         return True
     store = RedisStore(settings.store, settings.timeout)
     try:

@@ -41,7 +41,7 @@ trusted_networks: [127.0.0.0/8]
 health: {{status_file: "{status}"}}
 metrics: {{listen: "127.0.0.1:{metrics}"}}
 log: {{stats_interval: 0}}
-thresholds: {{tag: 3, tempfail: null, reject: 10}}
+thresholds: {{tag: 3, greylist: null, tempfail: null, reject: 10}}
 ip_lists:
   - name: SPAMHAUS_ZEN
     display: Spamhaus ZEN

@@ -44,6 +44,7 @@ trusted_networks: [127.0.0.0/8]
 shutdown_grace: 10
 log: {{stats_interval: 0}}
 health: {{status_file: "{status}", min_checks: 5, window: 60, max_hit_ratio: 0.5}}
+state: {{store: "{status}.state.sqlite"}}
 metrics: {{listen: "127.0.0.1:{metrics}"}}
 """
 
@@ -158,7 +159,7 @@ def test_broken_policy_on_reload_keeps_the_old_one(ops: Ops) -> None:
     ops.reload()
     log = ops.spamgate.log_text()
     assert "ERROR reload failed, still using policy " in log
-    assert f"{ops.spamgate.config_path}:8:28: rules[0].score: expected a number" in log
+    assert f"{ops.spamgate.config_path}:9:28: rules[0].score: expected a number" in log
     result = ops.send("198.51.100.9", "reload me")
     assert result.end_of_data is not None and result.end_of_data.code == 550
 
@@ -245,7 +246,7 @@ def test_list_gone_bad_is_suspended_by_its_probes(ops: Ops) -> None:
 def test_circuit_breaker_suspends_a_list_that_lists_everyone(ops: Ops) -> None:
     # Probes off: only the breaker can catch this list (it lists 0.0.0.0/0, 127.0.0.1 too).
     ops.write_policy(
-        "thresholds: {tag: 3, tempfail: null, reject: 10}\n"
+        "thresholds: {tag: 3, greylist: null, tempfail: null, reject: 10}\n"
         "ip_lists:\n"
         "  - {name: BROKEN, zone: broken.test, score: 10, probe: {enabled: false}}\n"
     )

@@ -49,7 +49,7 @@ listen: inet:{port}@127.0.0.1
 resolver: {{nameservers: ["127.0.0.1:{dns}"], query_timeout: 0.3, deadline: 1.0}}
 trusted_networks: [127.0.0.0/8]
 health: {{status_file: ""}}
-thresholds: {{tag: 3, quarantine: 8, tempfail: null, reject: 10}}
+thresholds: {{tag: 3, greylist: null, quarantine: 8, tempfail: null, reject: 10}}
 replies:
   reject: "Go away: {{reasons}} [{{id}}]"
 ip_lists:
@@ -113,7 +113,7 @@ deny:
 recipient_policies:
   - name: lenient
     recipients: ["@example.net"]
-    thresholds: {{tag: 3, quarantine: null, tempfail: null, reject: 100}}
+    thresholds: {{tag: 3, greylist: null, quarantine: null, tempfail: null, reject: 100}}
 """
 
 CLEAN = "192.0.2.60"

@@ -38,6 +38,7 @@ resolver:
   nameservers: ["127.0.0.1:{dns_port}"]
   deadline: 0.5
 health: {{status_file: ""}}
+thresholds: {{greylist: null}}  # greylisting is tests/e2e/test_greylisting.py's
 rules:
   - name: SUBJECT_BAD
     score: 20

@@ -370,6 +370,15 @@ def dns_fault(stack: SoakStack, scale: Scale, case: DnsFault) -> ScenarioResult:
     decisions = parse_decisions(result.log_text)
     result.expect(len(decisions) >= ledger.sent, f"{len(decisions)} decision lines")
     list_hits = _list_hit_names(stack)
+    # Clients refused for a listing before the fault are refused from the state's memory
+    # (state.remember_rejects), without DNS: their lines name hits but ask no list.
+    remembered = [d for d in decisions if d.get("lists_ignored") == "remembered"]
+    decisions = [d for d in decisions if d.get("lists_ignored") != "remembered"]
+    result.expect(
+        all(d.get("action") == "reject" for d in remembered), "a remembered client not refused"
+    )
+    if remembered:
+        result.notes.append(f"{len(remembered)} refused from memory, without DNS")
     _check_lists(result, decisions, case)
     # With no DNS answer at all, a name is not "unresolvable" either: only NXDOMAIN says so.
     forbidden = {
