@@ -4,6 +4,7 @@ what an MTA offers in negotiation."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 
 import Milter
@@ -60,3 +61,13 @@ class ScriptedLookups:
         with self._lock:
             future = self.pending.pop((qname, rdtype))
         future.set_result(answer)
+
+
+class BrokenStore:
+    """A state store that is down: every read and write fails, as a stopped Redis does."""
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        raise ConnectionError("Connection refused")
+
+    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
+        raise ConnectionError("Connection refused")

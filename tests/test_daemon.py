@@ -19,7 +19,6 @@ from tests.harness.processes import (
     wait_until,
 )
 
-
 # For daemons that log their start-up but have no directory of their own for the state.
 NO_GREYLISTING = "thresholds: {greylist: null}\n"
 

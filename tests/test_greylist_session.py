@@ -8,7 +8,6 @@ import ipaddress
 import itertools
 import logging
 import re
-from collections.abc import Sequence
 
 import pytest
 
@@ -20,7 +19,7 @@ from spamgate.greylist import Greylister, GreylistTiming
 from spamgate.metrics import Metrics
 from spamgate.session import RcptResult, Runtime, Session
 from spamgate.state import MemoryStore, StateStore
-from tests.fakes import FakeClock, ScriptedLookups
+from tests.fakes import BrokenStore, FakeClock, ScriptedLookups
 
 CLIENT = "192.0.2.1"
 PBL_Q = ("1.2.0.192.zen.test", "A")
@@ -237,14 +236,6 @@ def test_header_evidence_greylists_the_whole_message_at_end_of_data() -> None:
     code, added = deliver()
     assert code is None
     assert ("X-Greylist", "delayed 300 seconds by spamgate") in added
-
-
-class BrokenStore:
-    def get_many(self, keys: Sequence[str]) -> list[str | None]:
-        raise ConnectionError("Connection refused")
-
-    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
-        raise ConnectionError("Connection refused")
 
 
 def test_a_failing_state_fails_open_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:

@@ -8,7 +8,6 @@ import ipaddress
 import itertools
 import logging
 import re
-from collections.abc import Sequence
 
 import pytest
 
@@ -19,7 +18,7 @@ from spamgate.engine import Engine
 from spamgate.recentrejects import RecentRejects
 from spamgate.session import Runtime, Session
 from spamgate.state import MemoryStore, StateStore
-from tests.fakes import FakeClock, ScriptedLookups
+from tests.fakes import BrokenStore, FakeClock, ScriptedLookups
 
 LISTED = "192.0.2.2"
 SBL = DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=60)
@@ -149,14 +148,6 @@ def test_off_by_default() -> None:
     policy = schema.load(Policy, POLICY.replace(f"remember_rejects: {TTL}", "timeout: 0.2"), "t")
     assert policy.state.remember_rejects == 0
     assert not policy.uses_state
-
-
-class BrokenStore:
-    def get_many(self, keys: Sequence[str]) -> list[str | None]:
-        raise ConnectionError("Connection refused")
-
-    def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
-        raise ConnectionError("Connection refused")
 
 
 def test_a_failing_store_means_asking_the_lists(caplog: pytest.LogCaptureFixture) -> None:

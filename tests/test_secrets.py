@@ -23,6 +23,7 @@ from spamgate.config import load_policy
 from spamgate.listhealth import probe_names
 from spamgate.schema import ConfigError
 from tests.harness.processes import free_port, stop_milter_process, tcp_accepts, wait_until
+from tests.test_cli import spamgate
 
 # Shaped like a Spamhaus DQS key: 26 lower-case letters and digits.
 KEY = "abcdefghij0123456789klmnop"
@@ -300,13 +301,7 @@ def test_policy_file_without_a_key_may_be_world_readable(tmp_path: Path) -> None
 
 
 def check_config(policy: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "spamgate", "check-config", "-c", str(policy), *extra],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return spamgate("check-config", "-c", str(policy), *extra)
 
 
 def test_check_config_warns_about_an_exposed_key_file_and_passes(tmp_path: Path) -> None:

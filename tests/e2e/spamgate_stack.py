@@ -91,19 +91,23 @@ class SpamgateDaemon(MilterProcess):
         super().__init__(argv, self.log_path, port)
 
     @classmethod
+    def from_template(cls, workdir: Path, template: str, **fields: object) -> SpamgateDaemon:
+        """A daemon on a free port, its policy `template` filled with `fields` and {port}."""
+        port = free_port()
+        return cls(workdir, template.format(port=port, **fields), port)
+
+    @classmethod
     def for_dns(
         cls, workdir: Path, dns_port: int, *, mode: str = "enforce", deadline: float = 1.0
     ) -> SpamgateDaemon:
-        port = free_port()
-        text = POLICY.format(
-            port=port,
+        return cls.from_template(
+            workdir,
+            POLICY.replace("{status_file}", f"{workdir}/status-{{port}}.json"),
             mode=mode,
             dns_port=dns_port,
             deadline=deadline,
             zen_zone=ZEN_ZONE,
-            status_file=workdir / f"status-{port}.json",
         )
-        return cls(workdir, text, port)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -191,10 +195,15 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
             "dns-stopped": SpamgateDaemon.for_dns(workdir, spare_dns.port),
             "dns-silent": SpamgateDaemon.for_dns(workdir, silent.getsockname()[1]),
         }
-        for milter in milters.values():
-            stack.enter_context(milter)
-        listeners = {name: Listener(milters=m.postfix_address) for name, m in milters.items()}
-        postfix = stack.enter_context(
-            PostfixInstance(workdir, relay_port=sink.port, listeners=listeners)
-        )
+        postfix = start_behind_postfix(stack, workdir, sink, milters)
         yield Stack(dns, sink, postfix, milters, spare_dns)
+
+
+def start_behind_postfix(
+    stack: ExitStack, workdir: Path, sink: SmtpSink, milters: dict[str, SpamgateDaemon]
+) -> PostfixInstance:
+    """Start each daemon, and one Postfix with a listener of the same name for each."""
+    for milter in milters.values():
+        stack.enter_context(milter)
+    listeners = {name: Listener(milters=m.postfix_address) for name, m in milters.items()}
+    return stack.enter_context(PostfixInstance(workdir, relay_port=sink.port, listeners=listeners))

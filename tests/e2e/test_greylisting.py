@@ -13,8 +13,6 @@ triplets of its own (its own recipients), so they do not depend on each other's 
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -23,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.spamgate_stack import ZEN_ZONE, ZONES, SpamgateDaemon
+from tests.e2e.spamgate_stack import ZEN_ZONE, ZONES, SpamgateDaemon, start_behind_postfix
 from tests.harness.dns import Rbldnsd
-from tests.harness.postfix import Listener, PostfixInstance
-from tests.harness.processes import LOOPBACK, free_port, wait_until
+from tests.harness.postfix import PostfixInstance
+from tests.harness.processes import LOOPBACK, wait_until
 from tests.harness.redis import RedisServer
 from tests.harness.sink import SmtpSink
 from tests.harness.smtp import SendResult, build_message, send
+from tests.test_cli import spamgate
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +42,7 @@ POLICY = """\
 listen: inet:{port}@127.0.0.1
 resolver: {{nameservers: ["127.0.0.1:{dns_port}"], query_timeout: 0.3, deadline: 1.0}}
 trusted_networks: [127.0.0.0/8]
-health: {{status_file: "{workdir}/status-{port}.json"}}
+health: {{status_file: "{dir}/status-{port}.json"}}
 log: {{stats_interval: 0}}
 thresholds: {{tag: 3, greylist: 6, tempfail: null, reject: 10}}
 state: {{store: "{state}", timeout: 0.3, remember_rejects: {remember}}}
@@ -93,18 +92,17 @@ class Greylisting:
 def daemon(
     workdir: Path, dns_port: int, state: str, retry_window: float, remember: float = 0
 ) -> SpamgateDaemon:
-    port = free_port()
-    text = POLICY.format(
-        port=port,
+    return SpamgateDaemon.from_template(
+        workdir,
+        POLICY,
         dns_port=dns_port,
-        workdir=workdir,
+        dir=workdir,
         state=state,
         remember=remember,
         min_delay=MIN_DELAY,
         retry_window=retry_window,
         zen_zone=ZEN_ZONE,
     )
-    return SpamgateDaemon(workdir, text, port)
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +127,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Greylisting]:
                 workdir, memory_dns.port, str(workdir / "memory.sqlite"), 600, remember=60
             ),
         }
-        for milter in milters.values():
-            stack.enter_context(milter)
-        listeners = {name: Listener(milters=m.postfix_address) for name, m in milters.items()}
-        postfix = stack.enter_context(
-            PostfixInstance(workdir, relay_port=sink.port, listeners=listeners)
-        )
+        postfix = start_behind_postfix(stack, workdir, sink, milters)
         yield Greylisting(postfix, sink, redis, milters, memory_dns)
 
 
@@ -268,21 +261,7 @@ def test_a_client_refused_for_its_listing_is_refused_again_without_dns(
 def test_check_config_probe_asks_a_redis_state(
     stack: Greylisting, mx: str, status: int, state_line: str
 ) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "spamgate",
-            "check-config",
-            "--probe",
-            "-c",
-            str(stack.milters[mx].config_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = spamgate("check-config", "--probe", "-c", str(stack.milters[mx].config_path))
     assert result.returncode == status, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("state ")]
     if not state_line:  # a local file: opening it as root would leave it root's

@@ -25,6 +25,7 @@ from tests.harness.postfix import Listener, PostfixInstance
 from tests.harness.processes import free_port, wait_until
 from tests.harness.sink import SmtpSink
 from tests.harness.smtp import SendResult, build_message, send
+from tests.test_cli import spamgate
 
 pytestmark = pytest.mark.e2e
 
@@ -270,21 +271,7 @@ def test_check_config_probe_names_each_unhealthy_list(ops: Ops) -> None:
         "  - {name: NOTEST, zone: notest.test, score: 10}\n"
         "  - {name: TRUSTED, zone: notest.test, score: 1, probe: {enabled: false}}\n"
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "spamgate",
-            "check-config",
-            "--probe",
-            "-c",
-            str(ops.spamgate.config_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = spamgate("check-config", "--probe", "-c", str(ops.spamgate.config_path), timeout=60)
     assert result.returncode == 69
     assert result.stdout.splitlines()[1:] == [
         "ZEN: ok",
