@@ -103,7 +103,7 @@ def plan(quick: bool, rounds: int | None) -> Plan:
             dynamic=20,
             allowlisted=20,
             listed_reject=20,
-            listed_tempfail=10,
+            listed_greylist=10,
             listed_tag=10,
             ipv6=20,
             domains=60,
@@ -611,7 +611,7 @@ def _population_sizes(sizes: Sizes) -> dict[str, int]:
             "dynamic",
             "allowlisted",
             "listed_reject",
-            "listed_tempfail",
+            "listed_greylist",
             "listed_tag",
             "ipv6",
         )
