@@ -9,6 +9,13 @@ has a listener per configuration under test:
     noop-unix       the no-op milter on a unix socket       } for the latency-trap check:
     spamgate-unix   spamgate on a unix socket               } inet and unix side by side
     spamgate-cold   spamgate whose DNS goes through a proxy that delays every answer by 50 ms
+
+and three more spamgate daemons for the cost of greylisting, each with one more rule that
+fires on every message (bench/workload.py, GREYLIST_RULE):
+
+    spamgate-nogreylist       greylisting off; the rule scores 0 and does nothing else
+    spamgate-greylist-sqlite  the rule greylists every message; state in an SQLite file
+    spamgate-greylist-redis   the same, state in a private redis-server on loopback
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.workload import REPOSITORY, Population, bench_policy, build_zones
+from bench.workload import REPOSITORY, Greylisting, Population, bench_policy, build_zones
 from tests.harness.dns import Rbldnsd
 from tests.harness.dnsproxy import DnsProxy, Fault
 from tests.harness.postfix import Listener, PostfixInstance
@@ -40,6 +47,7 @@ from tests.harness.processes import (
     unix_accepts,
     wait_until,
 )
+from tests.harness.redis import RedisServer
 from tests.harness.sink import SmtpSink
 
 NOOP_MILTER = Path(__file__).with_name("noop_milter.py")
@@ -62,6 +70,9 @@ class Milter(Service):
     ) -> None:
         self.name = name
         self.metrics_port = metrics_port  # spamgate's Prometheus port
+        # The server that keeps this milter's greylisting state, whose work is part of the
+        # milter's cost: the benchmark measures its CPU time alongside.
+        self.state_server: RedisServer | None = None
         self.socket_spec = socket_spec
         self.log_path = log_path
         self.process = ManagedProcess(argv, log_path)
@@ -101,6 +112,8 @@ def _spamgate(
     *,
     source: Path | None = None,
     env: Mapping[str, str] | None = None,
+    greylisting: Greylisting = Greylisting.SHIPPED,
+    state_store: str | None = None,
 ) -> Milter:
     metrics_port = free_port()
     policy = bench_policy(
@@ -108,6 +121,8 @@ def _spamgate(
         dns_port=dns_port,
         metrics_port=metrics_port,
         status_file=workdir / f"{name}-status.json",
+        greylisting=greylisting,
+        state_store=state_store,
     )
     if socket_spec.startswith("unix:"):
         # smtpd runs as the postfix user, the benchmark's spamgate as root. As in production
@@ -161,6 +176,7 @@ class Stack:
     dns: Rbldnsd
     cold_dns: DnsProxy
     sink: SmtpSink
+    redis: RedisServer
     postfix: PostfixInstance
     milters: dict[str, Milter]  # by listener name
 
@@ -168,9 +184,10 @@ class Stack:
         return self.postfix.ports[listener]
 
     def helper_pids(self) -> list[int]:
-        """Every process of the benchmark besides Postfix and this one: milters, sink, DNS."""
+        """Every process of the benchmark besides Postfix and this one: milters, sink, DNS,
+        Redis."""
         pids = [milter.pid for milter in self.milters.values()]
-        return [*pids, self.sink.pid, self.dns.pid, self.cold_dns.pid]
+        return [*pids, self.sink.pid, self.dns.pid, self.cold_dns.pid, self.redis.pid]
 
     def clear_sink(self) -> None:
         for path in self.sink.dump_dir.iterdir():
@@ -214,6 +231,8 @@ def running_stack(
                 DnsProxy(workdir, dns.port, fault=Fault(delay=COLD_DNS_DELAY))
             )
             sink = stack.enter_context(SmtpSink(workdir))
+            # Before the milters that use it, so that their first check finds it up.
+            redis = stack.enter_context(RedisServer(workdir))
             milters = {
                 "noop": _noop(workdir, "noop", f"inet:{free_port()}@{LOOPBACK}"),
                 "noop-unix": _noop(workdir, "noop-unix", f"unix:{workdir}/noop.sock"),
@@ -229,7 +248,30 @@ def running_stack(
                 "spamgate-cold": _spamgate(
                     workdir, "spamgate-cold", f"inet:{free_port()}@{LOOPBACK}", cold_dns.port
                 ),
+                "spamgate-nogreylist": _spamgate(
+                    workdir,
+                    "spamgate-nogreylist",
+                    f"inet:{free_port()}@{LOOPBACK}",
+                    dns.port,
+                    greylisting=Greylisting.OFF,
+                ),
+                "spamgate-greylist-sqlite": _spamgate(
+                    workdir,
+                    "spamgate-greylist-sqlite",
+                    f"inet:{free_port()}@{LOOPBACK}",
+                    dns.port,
+                    greylisting=Greylisting.EVERY_MESSAGE,  # in a file in the workdir
+                ),
+                "spamgate-greylist-redis": _spamgate(
+                    workdir,
+                    "spamgate-greylist-redis",
+                    f"inet:{free_port()}@{LOOPBACK}",
+                    dns.port,
+                    greylisting=Greylisting.EVERY_MESSAGE,
+                    state_store=redis.url,
+                ),
             }
+            milters["spamgate-greylist-redis"].state_server = redis
             if before is not None:
                 milters["spamgate-before"] = _spamgate(
                     workdir,
@@ -264,7 +306,7 @@ def running_stack(
                     },
                 )
             )
-            yield Stack(workdir, on_tmpfs, dns, cold_dns, sink, postfix, milters)
+            yield Stack(workdir, on_tmpfs, dns, cold_dns, sink, redis, postfix, milters)
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
