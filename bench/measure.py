@@ -106,3 +106,17 @@ class DnsCounters:
             self.merged - earlier.merged,
             self.queries - earlier.queries,
         )
+
+
+_GREYLIST = re.compile(r'^spamgate_greylist_total\{outcome="([^"]+)"\}$')
+
+
+def greylist_outcomes(port: int) -> dict[str, float]:
+    """spamgate's greylist checks so far, by outcome (new, early, passed, known, allowed,
+    failed-open); an outcome not seen yet is not there."""
+    outcomes = {}
+    for sample, value in scrape(port).items():
+        match = _GREYLIST.match(sample)
+        if match:
+            outcomes[match.group(1)] = value
+    return outcomes

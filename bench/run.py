@@ -12,6 +12,10 @@ Workloads:
     c50        50 concurrent sessions, the realistic mix, warm DNS cache
     c50-clean  50 concurrent sessions, only mail that every configuration accepts
     cold       one session at a time, clients never seen before, 50 ms on every DNS answer
+    c50-greylist
+               50 concurrent sessions, mail every configuration accepts, each message the
+               retry of a triplet greylisted a moment before: the cost of greylisting, with
+               its state in SQLite and in Redis, against the same daemon without it
 and then 500 sessions held open at once (memory per session) and a long run (memory over
 time), and a py-spy profile of spamgate under c50 load.
 """
@@ -43,6 +47,8 @@ from bench.stack import Stack, running_stack
 from bench.workload import (
     CLEAN_ONLY_MIX,
     EXTRA_RULES,
+    GREYLIST_MIN_DELAY,
+    GREYLIST_STATE_TIMEOUT,
     REALISTIC_MIX,
     REPOSITORY,
     Kind,
@@ -61,6 +67,8 @@ from tests.harness.processes import HarnessError, wait_until
 RESULTS = REPOSITORY / "bench" / "RESULTS.md"
 _TAGGED = re.compile(rb"^X-Spam-Status: ", re.MULTILINE)
 SPAMGATE_CONFIGS = ("spamgate", "spamgate-unix", "spamgate-cold", "spamgate-before")
+# The greylisting comparison: the same daemon without greylisting, then with each store.
+GREYLIST_CONFIGS = ("spamgate-nogreylist", "spamgate-greylist-sqlite", "spamgate-greylist-redis")
 
 
 @dataclass(frozen=True)
@@ -71,17 +79,25 @@ class Workload:
     messages: int
     configs: tuple[str, ...]
     mix: dict[Kind, float] | None  # None: cold clients
+    # Configurations that greylist every message: before each round's runs, each is sent the
+    # round's messages once as first attempts (451; measured too, as the `first_attempts`
+    # workload), so that every message of the runs proper is a retry that passes.
+    greylisted: tuple[str, ...] = ()
 
     def with_before(self) -> Workload:
         if "spamgate" not in self.configs:
             return self
-        return Workload(
-            self.name,
-            self.title,
-            self.concurrency,
-            self.messages,
-            (*self.configs, "spamgate-before"),
-            self.mix,
+        return dataclasses.replace(self, configs=(*self.configs, "spamgate-before"))
+
+    @property
+    def first_attempts(self) -> Workload:
+        """The first-attempt runs of a greylisting workload, as a workload of their own."""
+        return dataclasses.replace(
+            self,
+            name=f"{self.name}-first",
+            title=f"{self.title}: the first attempts, each told to retry",
+            configs=self.greylisted,
+            greylisted=(),
         )
 
 
@@ -109,12 +125,12 @@ def plan(quick: bool, rounds: int | None) -> Plan:
             domains=60,
             cold=40,
         )
-        counts = {"c1": 20, "c50": 150, "c50-clean": 150, "cold": 8}
+        counts = {"c1": 20, "c50": 150, "c50-clean": 150, "cold": 8, "c50-greylist": 150}
         held, batches, batch, profile = 60, 2, 150, 0.0
         rounds = rounds or 1
     else:
         sizes = Sizes()
-        counts = {"c1": 300, "c50": 2000, "c50-clean": 2000, "cold": 60}
+        counts = {"c1": 300, "c50": 2000, "c50-clean": 2000, "cold": 60, "c50-greylist": 2000}
         held, batches, batch, profile = 500, 10, 2500, 15.0
         rounds = rounds or 5
     workloads = (
@@ -150,6 +166,15 @@ def plan(quick: bool, rounds: int | None) -> Plan:
             ("noop", "spamgate-cold"),
             None,
         ),
+        Workload(
+            "c50-greylist",
+            "Concurrency 50, greylisting every message, each a retry that passes, warm cache",
+            50,
+            counts["c50-greylist"],
+            GREYLIST_CONFIGS,
+            CLEAN_ONLY_MIX,
+            greylisted=GREYLIST_CONFIGS[1:],
+        ),
     )
     return Plan(rounds, sizes, workloads, held, batches, batch, profile)
 
@@ -177,10 +202,23 @@ class Run:
     dns_queries: float | None  # per message
     cache_hit_rate: float | None
     other_load: float  # cores busy with processes not ours, on average over the run
+    state_cpu_ms: float | None = None  # per message: the milter's greylisting server (Redis)
+    greylist: dict[str, float] = field(default_factory=dict)  # checks during the run by outcome
 
     @property
     def rate(self) -> float:
         return self.sent / self.seconds
+
+    @property
+    def total_cpu_ms(self) -> float | None:
+        """The milter's CPU per message and its state server's, if it has one."""
+        if self.milter_cpu_ms is None:
+            return None
+        return self.milter_cpu_ms + (self.state_cpu_ms or 0.0)
+
+    def greylisted(self, *outcomes: str) -> int:
+        """Greylist checks during the run with these outcomes."""
+        return round(sum(self.greylist.get(outcome, 0.0) for outcome in outcomes))
 
     @property
     def milter_cpu_ms(self) -> float | None:
@@ -240,10 +278,14 @@ def measure_run(
     milter = stack.milters.get(config)
     stack.clear_sink()
     dns_before = None
+    greylist_before: dict[str, float] = {}
+    server = milter.state_server if milter is not None else None
     if milter is not None:
         measure.reset_peak_rss(milter.pid)
         if milter.metrics_port:
             dns_before = measure.DnsCounters.read(milter.metrics_port)
+            greylist_before = measure.greylist_outcomes(milter.metrics_port)
+    state_before = measure.process_cpu(server.pid) if server is not None else 0.0
     before = _Snapshot.take(stack, milter.pid if milter else None)
 
     result = loadgen.send_all(stack.port(config), batch, workload.concurrency)
@@ -259,7 +301,11 @@ def measure_run(
         wait_until(all_delivered, timeout=120, what="delivery to the sink", interval=0.1)
     after = _Snapshot.take(stack, milter.pid if milter else None)
     sent = len(result.sent)
+    state_cpu_ms = None
+    if server is not None:
+        state_cpu_ms = (measure.process_cpu(server.pid) - state_before) * 1000 / sent
     milter_user_ms = milter_system_ms = peak_mb = queries = hit_rate = None
+    greylist: dict[str, float] = {}
     if milter is not None:
         milter_user_ms = (after.milter_user - before.milter_user) * 1000 / sent
         milter_system_ms = (after.milter_system - before.milter_system) * 1000 / sent
@@ -268,6 +314,12 @@ def measure_run(
         dns = measure.DnsCounters.read(milter.metrics_port) - dns_before
         queries = dns.queries / sent
         hit_rate = dns.cache_hits / dns.lookups if dns.lookups else None
+        greylist_after = measure.greylist_outcomes(milter.metrics_port)
+        greylist = {
+            outcome: count - greylist_before.get(outcome, 0.0)
+            for outcome, count in greylist_after.items()
+            if count > greylist_before.get(outcome, 0.0)
+        }
     times = [s.seconds * 1000 for s in result.sent if s.outcome is not Outcome.FAILED]
     untagged = 0
     if _is_spamgate(config):
@@ -293,6 +345,8 @@ def measure_run(
         dns_queries=queries,
         cache_hit_rate=hit_rate,
         other_load=max(0.0, others / (after.at - before.at)),
+        state_cpu_ms=state_cpu_ms,
+        greylist=greylist,
     )
 
 
@@ -371,18 +425,57 @@ def run_rounds(stack: Stack, population: Population, report: Report) -> None:
                     workload.messages,
                     f"r{round_number}.{workload.name}",
                     seed=round_number * 100 + len(workload.name),
+                    new_triplets=bool(workload.greylisted),
+                )
+            if workload.greylisted:
+                greylisted = [c for c in configs if c in workload.greylisted]
+                send_first_attempts(
+                    stack, report, workload, base, configs=greylisted, round_number=round_number
                 )
             for config in configs:
                 batch = [retag(m, f"{m.token}.{config}") for m in base]
                 run = measure_run(stack, workload, config, round_number, batch)
                 report.runs.append(run)
-                log(
-                    f"round {round_number + 1}/{report.plan.rounds} {workload.name:9} "
-                    f"{config:15} {run.rate:7.1f} msg/s  p50 {run.p50_ms:6.2f} ms  "
-                    f"p99 {run.p99_ms:7.2f} ms  milter {_fmt(run.milter_cpu_ms)} ms/msg  "
-                    f"postfix {run.postfix_cpu_ms:5.2f} ms/msg  refused {run.refused}  "
-                    f"failed {run.failed}  lost {run.lost}"
-                )
+                _log_run(report, run)
+
+
+def send_first_attempts(
+    stack: Stack,
+    report: Report,
+    workload: Workload,
+    base: Sequence[Message],
+    *,
+    configs: Sequence[str],
+    round_number: int,
+) -> None:
+    """The round's messages once through each greylisting configuration: every one is a
+    first attempt, told to retry (451, greylist=new) and remembered. Then greylist.min_delay
+    goes by, so that the same messages sent again are retries that pass (greylist=passed),
+    each one read and one write of the state, and delivered."""
+    first = workload.first_attempts
+    for config in configs:
+        batch = [retag(m, f"{m.token}.{config}.first") for m in base]
+        run = measure_run(stack, first, config, round_number, batch)
+        report.runs.append(run)
+        _log_run(report, run)
+    # The earlier configurations' first attempts are older still.
+    time.sleep(GREYLIST_MIN_DELAY + 0.5)
+
+
+def _log_run(report: Report, run: Run) -> None:
+    state = "" if run.state_cpu_ms is None else f"  state server {run.state_cpu_ms:.2f} ms/msg"
+    extra = ""
+    if run.greylist:
+        extra = "  greylist " + ",".join(f"{k}={v:.0f}" for k, v in sorted(run.greylist.items()))
+    if run.dns_queries:  # a warm cache asks nothing
+        extra += f"  DNS queries {run.dns_queries:.2f}/msg"
+    log(
+        f"round {run.round + 1}/{report.plan.rounds} {run.workload:9} "
+        f"{run.config:15} {run.rate:7.1f} msg/s  p50 {run.p50_ms:6.2f} ms  "
+        f"p99 {run.p99_ms:7.2f} ms  milter {_fmt(run.milter_cpu_ms)} ms/msg{state}  "
+        f"postfix {run.postfix_cpu_ms:5.2f} ms/msg  refused {run.refused}  "
+        f"failed {run.failed}  lost {run.lost}{extra}"
+    )
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -585,12 +678,15 @@ def render(report: Report) -> str:
     if report.before:
         lines += [f"- `spamgate-before`: the same daemon at commit {report.before}.", ""]
     for workload in report.plan.workloads:
-        lines += _workload_table(runs, workload)
+        if workload.greylisted:
+            lines += _greylist_tables(runs, workload, report.on_tmpfs)
+        else:
+            lines += _workload_table(runs, workload)
     lines += _targets(report)
     lines += _memory(report)
     lines += _phases(report)
     lines += _profile(report)
-    notes = list(report.notes)
+    notes = list(report.notes) + greylist_problems(report)
     busy = [r for r in report.runs if r.other_load > 0.25]
     if busy:
         notes.append(
@@ -652,6 +748,135 @@ def _workload_table(runs: Sequence[Run], workload: Workload) -> list[str]:
         )
     lines.append("")
     return lines
+
+
+def _greylist_tables(runs: Sequence[Run], workload: Workload, on_tmpfs: bool) -> list[str]:
+    """The cost of greylisting: each store against the same daemon without greylisting, and
+    the first attempts that made every measured message a retry."""
+    own = [r for r in runs if r.workload == workload.name]
+    if not own:
+        return []
+    base = workload.configs[0]
+    where = "on tmpfs, like Postfix's queue" if on_tmpfs else "on disk"
+    lines = [
+        f"## {workload.title} (`{workload.name}`, {workload.messages} messages per run)",
+        "",
+        "The `c50-clean` mix, each message to a recipient of its own. Every spamgate here has"
+        " one more rule, BENCH_GREYLIST, that fires on every message and scores 0, and"
+        " `state.remember_rejects: 0`, so that only greylisting uses the state store."
+        f" `{base}` does not greylist (no greylisting: the baseline); the others give the rule"
+        " `action: greylist`, with their state in an SQLite file in the benchmark's work"
+        f" directory ({where}) or in a private redis-server on loopback, and"
+        f" `greylist.min_delay: {GREYLIST_MIN_DELAY:g}`, `greylist.auto_allow_passes: 0` and"
+        f" `state.timeout: {GREYLIST_STATE_TIMEOUT:g}` (shipped: 0.2; this table measures what"
+        " a check costs, not when it gives up). Before each round's runs the greylisting"
+        " configurations were sent the round's messages once (the first attempts, next"
+        " table) and more than `min_delay` went by: here every message is a retry that passes"
+        " (one read and one write of the state) and is delivered. The columns"
+        ' "- no greylisting" are the median over rounds of the difference from the baseline'
+        " within a round: the cost of greylisting. CPU: the milter's, plus the redis-server's"
+        " for the Redis state.",
+        "",
+        "| configuration | msg/s | vs no greylisting | p50 ms | p99 ms"
+        " | p50 - no greylisting ms | p99 - no greylisting ms | milter CPU ms/msg (user + sys)"
+        " | redis-server CPU ms/msg | CPU - no greylisting ms/msg | Postfix CPU ms/msg"
+        " | greylist passed + known | failed open | refused | failed | lost | other load |",
+        "|---|" + "---:|" * 16,
+    ]
+    for config in workload.configs:
+        mine = [r for r in own if r.config == config]
+        if not mine:
+            continue
+
+        def difference(value: Callable[[Run], float], config: str = config) -> str:
+            return _fmt(_round_difference(runs, workload.name, config, base, value))
+
+        rate_ratio = _round_ratio(runs, workload.name, config, base, lambda r: r.rate)
+        retries = sum(r.greylisted("passed", "known") for r in mine)
+        greylisted = str(retries) if config in workload.greylisted else "-"
+        lines.append(
+            f"| {config} | {_median(r.rate for r in mine):.1f}"
+            f" | {_fmt(rate_ratio and rate_ratio * 100, 1)}%"
+            f" | {_median(r.p50_ms for r in mine):.2f} | {_median(r.p99_ms for r in mine):.2f}"
+            f" | {difference(lambda r: r.p50_ms)} | {difference(lambda r: r.p99_ms)}"
+            f" | {_cpu(mine)} | {_fmt(_median(r.state_cpu_ms for r in mine))}"
+            f" | {difference(lambda r: r.total_cpu_ms or 0.0)}"
+            f" | {_median(r.postfix_cpu_ms for r in mine):.2f} | {greylisted}"
+            f" | {sum(r.greylisted('failed-open') for r in mine)}"
+            f" | {sum(r.refused for r in mine)} | {sum(r.failed for r in mine)}"
+            f" | {sum(r.lost for r in mine)} | {_median(r.other_load for r in mine):.2f} |"
+        )
+    lines.append("")
+    first = workload.first_attempts
+    mine_first = [r for r in runs if r.workload == first.name]
+    if not mine_first:
+        return lines
+    lines += [
+        f"## {first.title} (`{first.name}`, {first.messages} messages per run)",
+        "",
+        "The same messages' first attempts, sent before each round's runs above: every"
+        " triplet is new, so each costs one read and one write of the state and is told"
+        " `451 4.7.1` at RCPT (no DATA follows).",
+        "",
+        "| configuration | msg/s | p50 ms | p99 ms | milter CPU ms/msg (user + sys)"
+        " | redis-server CPU ms/msg | Postfix CPU ms/msg | greylist new + early | failed open"
+        " | accepted | failed | other load |",
+        "|---|" + "---:|" * 11,
+    ]
+    for config in first.configs:
+        mine = [r for r in mine_first if r.config == config]
+        if not mine:
+            continue
+        lines.append(
+            f"| {config} | {_median(r.rate for r in mine):.1f}"
+            f" | {_median(r.p50_ms for r in mine):.2f} | {_median(r.p99_ms for r in mine):.2f}"
+            f" | {_cpu(mine)} | {_fmt(_median(r.state_cpu_ms for r in mine))}"
+            f" | {_median(r.postfix_cpu_ms for r in mine):.2f}"
+            f" | {sum(r.greylisted('new', 'early') for r in mine)}"
+            f" | {sum(r.greylisted('failed-open') for r in mine)}"
+            f" | {sum(r.accepted for r in mine)} | {sum(r.failed for r in mine)}"
+            f" | {_median(r.other_load for r in mine):.2f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def greylist_problems(report: Report) -> list[str]:
+    """What makes a greylisting workload's numbers meaningless: a measured message that was
+    not a retry passing greylisting (or was not delivered), a first attempt that was not
+    told to retry, a store that failed open."""
+    problems = []
+    for workload in report.plan.workloads:
+        if not workload.greylisted:
+            continue
+        first = workload.first_attempts.name
+        for run in report.runs:
+            where = f"`{run.workload}` {run.config} round {run.round + 1}"
+            if run.workload == workload.name:
+                if run.refused:
+                    problems.append(f"{where}: {run.refused} of {run.sent} messages refused")
+                if run.config not in workload.greylisted:
+                    if run.greylist:
+                        problems.append(f"{where}: greylisted though it should not: {run.greylist}")
+                    continue
+                retries = run.greylisted("passed", "known")
+                others = {
+                    k: round(v) for k, v in run.greylist.items() if k not in ("passed", "known")
+                }
+                if retries != run.sent or others:
+                    problems.append(
+                        f"{where}: {retries} of {run.sent} messages were greylisting retries"
+                        f" that passed; other greylist outcomes: {others or 'none'}"
+                    )
+            elif run.workload == first:
+                told = run.greylisted("new", "early")
+                others = {k: round(v) for k, v in run.greylist.items() if k not in ("new", "early")}
+                if told != run.sent or others or run.accepted:
+                    problems.append(
+                        f"{where}: {told} of {run.sent} first attempts were told to retry,"
+                        f" {run.accepted} accepted; other greylist outcomes: {others or 'none'}"
+                    )
+    return problems
 
 
 def _cpu(runs: Sequence[Run]) -> str:
@@ -902,16 +1127,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _verdict(report: Report) -> int:
-    """1 if any message was lost, any session failed or spamgate let a message through
-    untagged: the numbers of such a run mean nothing."""
+    """1 if any message was lost, any session failed, spamgate let a message through
+    untagged, or a greylisting run did not measure what it says (greylist_problems): the
+    numbers of such a run mean nothing."""
     lost = sum(r.lost for r in report.runs)
     failed = sum(r.failed for r in report.runs)
     untagged = sum(r.untagged for r in report.runs)
-    if lost or failed or untagged:
+    greylisting = greylist_problems(report)
+    if lost or failed or untagged or greylisting:
         log(
             f"FAILED: {lost} messages lost, {failed} sessions failed, {untagged} messages"
-            " delivered through spamgate without its X-Spam-Status header"
+            " delivered through spamgate without its X-Spam-Status header,"
+            f" {len(greylisting)} greylisting runs that did not measure greylisting"
         )
+        for problem in greylisting[:10]:
+            log(f"  {problem}")
         return 1
     return 0
 
