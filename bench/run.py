@@ -95,7 +95,7 @@ class Workload:
         return dataclasses.replace(
             self,
             name=f"{self.name}-first",
-            title=f"{self.title}: the first attempts, each told to retry",
+            title=f"The first attempts of `{self.name}`, each told to retry",
             configs=self.greylisted,
             greylisted=(),
         )
