@@ -873,9 +873,10 @@ class StateSettings:
         "/var/lib/spamgate/state.sqlite",
     )
     timeout: float = setting(
-        "Seconds one greylist check or reject-memory lookup may wait for the store at most; a "
-        "store that is down or slower fails open (mail accepted, logged, counted).",
-        0.2,
+        "Seconds one read or one write of the store may take at most (a greylist check makes "
+        "one of each at most); a store that is down or slower fails open (mail accepted, "
+        "logged, counted).",
+        0.5,
         minimum=0.01,
         maximum=5,
     )

@@ -42,8 +42,9 @@ class StateStore(Protocol):
 class SqliteStore:
     """The embedded default: one SQLite file in WAL mode, which survives restarts, needs no
     server and lets several processes on one host share it. One connection per store, used
-    under a lock (each statement takes microseconds). `timeout` bounds a whole read or write:
-    half for this process's lock, half for another process's write (SQLite's busy timeout).
+    under a lock (each statement takes microseconds, but under load the thread holding the
+    lock waits for the GIL too). `timeout` bounds a whole read or write: half for this
+    process's lock, half for another process's write (SQLite's busy timeout).
 
     The file (and its directory) is made on first use, and opening it again is tried at most
     every `REOPEN_AFTER` seconds while it fails, so a missing or unwritable directory makes
@@ -53,7 +54,7 @@ class SqliteStore:
     REOPEN_AFTER = 10.0
 
     def __init__(
-        self, path: Path, timeout: float = 0.2, clock: Callable[[], float] = time.time
+        self, path: Path, timeout: float = 0.5, clock: Callable[[], float] = time.time
     ) -> None:
         self.path = path
         self._timeout = timeout
@@ -155,14 +156,14 @@ class _Held:
 class RedisStore:
     """Shared state for several MX hosts: each key expires by itself (PX). A read is one MGET
     and a write one pipeline, each tried once (redis-py would retry three times by default)
-    with connecting and answering bounded by a quarter of `timeout` each, so a check's two
-    round trips cost a session at most about `timeout` before it fails open."""
+    with connecting and answering bounded by half of `timeout` each, so each costs a session
+    at most `timeout` before it fails open."""
 
-    def __init__(self, url: str, timeout: float = 0.2) -> None:
+    def __init__(self, url: str, timeout: float = 0.5) -> None:
         self._client = redis.Redis.from_url(
             url,
-            socket_timeout=timeout / 4,
-            socket_connect_timeout=timeout / 4,
+            socket_timeout=timeout / 2,
+            socket_connect_timeout=timeout / 2,
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
