@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -342,3 +343,26 @@ def test_a_check_reads_once_and_writes_at_most_once(store: SqliteStore, clock: F
         seen.append((outcome(grey), counting.reads, counting.writes))
         counting.reads = counting.writes = 0
     assert seen == [("new", 1, 1), ("early", 1, 0), ("passed", 1, 1), ("known", 1, 1)]
+
+
+def test_fifty_concurrent_sessions_share_one_sqlite_store(tmp_path: Path) -> None:
+    """Safe under concurrent sessions: 50 threads checking at once, none fails open, and every
+    triplet is remembered once."""
+    store = SqliteStore(tmp_path / "greylist.sqlite", timeout=0.5)
+    grey = Greylister(store, TIMING, time.time)
+    outcomes: list[str] = []
+
+    def session(n: int) -> None:
+        for attempt in range(10):
+            verdict = grey.check(CLIENT, f"s{n}@example.org", f"r{attempt}@example.com")
+            outcomes.append(verdict.outcome.value + verdict.error)
+
+    threads = [threading.Thread(target=session, args=(n,)) for n in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(set(outcomes)) == ["new"] and len(outcomes) == 500
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        assert db.execute("SELECT count(*) FROM state").fetchone() == (500,)
+    store.close()

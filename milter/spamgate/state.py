@@ -11,11 +11,13 @@ so a dead server does not cost every session its timeout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -41,10 +43,15 @@ class StateStore(Protocol):
 
 class SqliteStore:
     """The embedded default: one SQLite file in WAL mode, which survives restarts, needs no
-    server and lets several processes on one host share it. One connection per store, used
-    under a lock (each statement takes microseconds, but under load the thread holding the
-    lock waits for the GIL too). `timeout` bounds a whole read or write: half for this
-    process's lock, half for another process's write (SQLite's busy timeout).
+    server and lets several processes on one host share it.
+
+    A read is one SELECT and a write one INSERT .. ON CONFLICT statement, its own transaction,
+    so SQLite's write lock is held only inside one call, which runs without the GIL. Sessions
+    take a connection from a small pool for each statement: with a single connection under a
+    lock, the thread holding the lock waited for the GIL between statements while 49 others
+    queued behind it, and at 50 sessions most checks timed out (bench/RESULTS.md). `timeout`
+    bounds a whole read or write: half for a free connection, half for another connection's
+    write (SQLite's busy timeout).
 
     The file (and its directory) is made on first use, and opening it again is tried at most
     every `REOPEN_AFTER` seconds while it fails, so a missing or unwritable directory makes
@@ -52,6 +59,7 @@ class SqliteStore:
 
     _PURGE_EVERY = 1000  # puts between deletions of expired rows
     REOPEN_AFTER = 10.0
+    POOL = 8  # connections at most
 
     def __init__(
         self, path: Path, timeout: float = 0.5, clock: Callable[[], float] = time.time
@@ -59,98 +67,102 @@ class SqliteStore:
         self.path = path
         self._timeout = timeout
         self._clock = clock
-        self._lock = threading.Lock()
-        self._puts = 0
-        self._db: sqlite3.Connection | None = None
+        self._opening = threading.Lock()
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._opened = 0
+        self._prepared = False
         self._next_open = 0.0
+        self._puts = 0  # shared by the sessions without a lock: a lost count only delays a purge
 
-    def _connection(self) -> sqlite3.Connection:
-        """The open database; the caller holds the lock."""
-        if self._db is not None:
-            return self._db
-        now = time.monotonic()
-        if now < self._next_open:
-            raise OSError(f"cannot open {self.path}; trying again in {self._next_open - now:.0f} s")
-        self._next_open = now + self.REOPEN_AFTER
-        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        db = self._borrow()
+        try:
+            yield db
+        finally:
+            self._idle.put(db)
+
+    def _borrow(self) -> sqlite3.Connection:
+        with contextlib.suppress(queue.Empty):
+            return self._idle.get_nowait()
+        with self._opening:
+            if self._opened < self.POOL:
+                db = self._open()
+                self._opened += 1
+                return db
+        try:
+            return self._idle.get(timeout=self._timeout / 2)
+        except queue.Empty:
+            raise TimeoutError(
+                f"all {self.POOL} connections to {self.path} busy for {self._timeout / 2:g} s"
+            ) from None
+
+    def _open(self) -> sqlite3.Connection:
+        """A new connection; the first makes the file, its directory and its table. The
+        caller holds `_opening`."""
+        if not self._prepared:
+            now = time.monotonic()
+            if now < self._next_open:
+                wait = self._next_open - now
+                raise OSError(f"cannot open {self.path}; trying again in {wait:.0f} s")
+            self._next_open = now + self.REOPEN_AFTER
+            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         db = sqlite3.connect(
             self.path, timeout=self._timeout / 2, isolation_level=None, check_same_thread=False
         )
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            if not self._prepared:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS state"
+                    " (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL)"
+                )
+            # In WAL mode, NORMAL syncs at checkpoints only: a crash may forget the last
+            # commits (a retry greylisted once more), never corrupt the file.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS state"
-                " (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL)"
-            )
         except BaseException:
             db.close()
             raise
-        self._db = db
+        self._prepared = True
         return db
-
-    def _locked(self) -> _Held:
-        if not self._lock.acquire(timeout=self._timeout / 2):
-            raise TimeoutError(f"{self.path} busy for {self._timeout / 2:g} s in this process")
-        return _Held(self._lock)
 
     def get_many(self, keys: Sequence[str]) -> list[str | None]:
         now = self._clock()
-        with self._locked():
+        with self._connection() as db:
             found = dict(
-                self._connection()
-                .execute(
+                db.execute(
                     f"SELECT key, value FROM state WHERE expires > ?"
                     f" AND key IN ({', '.join('?' * len(keys))})",
                     (now, *keys),
-                )
-                .fetchall()
+                ).fetchall()
             )
         return [found.get(key) for key in keys]
 
     def put_many(self, items: Sequence[tuple[str, str, float]]) -> None:
         now = self._clock()
-        with self._locked():
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")  # one transaction: one lock, one WAL commit
-            try:
-                db.executemany(
-                    "INSERT INTO state (key, value, expires) VALUES (?, ?, ?)"
-                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
-                    " expires = excluded.expires",
-                    [(key, value, now + ttl) for key, value, ttl in items],
-                )
-                self._puts += len(items)
-                if self._puts >= self._PURGE_EVERY:
-                    self._puts = 0
-                    db.execute("DELETE FROM state WHERE expires <= ?", (now,))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        rows = ", ".join("(?, ?, ?)" for _ in items)
+        values = [field for key, value, ttl in items for field in (key, value, now + ttl)]
+        with self._connection() as db:
+            db.execute(
+                f"INSERT INTO state (key, value, expires) VALUES {rows}"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " expires = excluded.expires",
+                values,
+            )
+            self._puts += len(items)
+            if self._puts >= self._PURGE_EVERY:
+                self._puts = 0
+                db.execute("DELETE FROM state WHERE expires <= ?", (now,))
 
     def journal_mode(self) -> str:
-        with self._locked():
-            return str(self._connection().execute("PRAGMA journal_mode").fetchone()[0])
+        with self._connection() as db:
+            return str(db.execute("PRAGMA journal_mode").fetchone()[0])
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-
-class _Held:
-    """A lock already acquired (with a timeout), released at the end of a with block."""
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        self._lock.release()
+        with self._opening:
+            while self._opened:
+                self._idle.get(timeout=5).close()
+                self._opened -= 1
 
 
 class RedisStore:
