@@ -47,11 +47,12 @@ class SqliteStore:
 
     A read is one SELECT and a write one INSERT .. ON CONFLICT statement, its own transaction,
     so SQLite's write lock is held only inside one call, which runs without the GIL. Sessions
-    take a connection from a small pool for each statement: with a single connection under a
-    lock, the thread holding the lock waited for the GIL between statements while 49 others
-    queued behind it, and at 50 sessions most checks timed out (bench/RESULTS.md). `timeout`
-    bounds a whole read or write: half for a free connection, half for another connection's
-    write (SQLite's busy timeout).
+    take a connection from a pool for each statement. A connection is held until its thread
+    has the GIL back after the statement, which under 50 busy sessions takes tens of
+    milliseconds: with one connection under a lock, most checks timed out at 50 sessions, and
+    with a pool of 8, some still did (bench). So the pool grows to `POOL`, with a small page
+    cache each. `timeout` bounds a whole read or write: half for a free connection, half for
+    another connection's write (SQLite's busy timeout).
 
     The file (and its directory) is made on first use, and opening it again is tried at most
     every `REOPEN_AFTER` seconds while it fails, so a missing or unwritable directory makes
@@ -59,7 +60,8 @@ class SqliteStore:
 
     _PURGE_EVERY = 1000  # puts between deletions of expired rows
     REOPEN_AFTER = 10.0
-    POOL = 8  # connections at most
+    POOL = 64  # connections at most
+    CACHE_KIB = 256  # page cache per connection
 
     def __init__(
         self, path: Path, timeout: float = 0.5, clock: Callable[[], float] = time.time
@@ -120,6 +122,7 @@ class SqliteStore:
             # In WAL mode, NORMAL syncs at checkpoints only: a crash may forget the last
             # commits (a retry greylisted once more), never corrupt the file.
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA cache_size=-{self.CACHE_KIB}")
         except BaseException:
             db.close()
             raise
