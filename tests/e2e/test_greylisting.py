@@ -79,14 +79,23 @@ class Greylisting:
             timeout=30,
         )
 
-    def outcome(self, mx: str, rcpt: str) -> list[str]:
-        """The greylist= field of each decision line for `rcpt`, in order."""
+    def outcome(self, mx: str, rcpt: str, count: int) -> list[str]:
+        """The greylist= field of each decision line for `rcpt`, in order, once there are
+        `count` of them: a transaction refused at RCPT is logged when it ends, which may be
+        a moment after the client's QUIT."""
         wanted = f"<{rcpt}>"
-        return [
-            d.get("greylist", "")
-            for d in self.milters[mx].decisions()
-            if wanted in (d["rcpt"], d["refused"])
-        ]
+        found: list[str] = []
+
+        def logged() -> bool:
+            found[:] = [
+                d.get("greylist", "")
+                for d in self.milters[mx].decisions()
+                if wanted in (d["rcpt"], d["refused"])
+            ]
+            return len(found) >= count
+
+        wait_until(logged, timeout=5, what=f"{count} decision lines for {rcpt} at {mx}")
+        return found
 
 
 def daemon(
@@ -164,8 +173,8 @@ def test_first_attempt_early_retry_valid_retry_and_expired_with_sqlite(
     assert rcpt_reply(stack.send("sqlite", "alice@example.com"))[0] == 250
     time.sleep(max(0.0, started + SQLITE_WINDOW + 0.5 - time.monotonic()))
     assert rcpt_reply(stack.send("sqlite", "stale@example.com"))[0] == 451
-    assert stack.outcome("sqlite", "alice@example.com") == ["new", "early", "passed", "known"]
-    assert stack.outcome("sqlite", "stale@example.com") == ["new", "new"]
+    assert stack.outcome("sqlite", "alice@example.com", 4) == ["new", "early", "passed", "known"]
+    assert stack.outcome("sqlite", "stale@example.com", 2) == ["new", "new"]
 
 
 @pytest.mark.parametrize(
@@ -180,7 +189,7 @@ def test_who_is_not_greylisted(stack: Greylisting, client: str, rcpt: str) -> No
     result = stack.send("sqlite", rcpt, client=client)
     assert rcpt_reply(result)[0] == 250
     assert result.end_of_data is not None and result.end_of_data.code == 250
-    assert stack.outcome("sqlite", rcpt) == [""]
+    assert stack.outcome("sqlite", rcpt, 1) == [""]
 
 
 def test_a_retry_at_the_other_mx_passes_with_shared_redis(stack: Greylisting) -> None:
@@ -192,8 +201,8 @@ def test_a_retry_at_the_other_mx_passes_with_shared_redis(stack: Greylisting) ->
     assert rcpt_reply(retry)[0] == 250
     assert retry.end_of_data is not None and retry.end_of_data.code == 250
     assert rcpt_reply(stack.send("mx1", "carol@example.com"))[0] == 250  # known at mx1
-    assert stack.outcome("mx1", "carol@example.com") == ["new", "known"]
-    assert stack.outcome("mx2", "carol@example.com") == ["early", "passed"]
+    assert stack.outcome("mx1", "carol@example.com", 2) == ["new", "known"]
+    assert stack.outcome("mx2", "carol@example.com", 2) == ["early", "passed"]
 
 
 def test_a_hung_redis_costs_at_most_the_state_timeout_and_fails_open(stack: Greylisting) -> None:
@@ -202,7 +211,7 @@ def test_a_hung_redis_costs_at_most_the_state_timeout_and_fails_open(stack: Grey
     assert result.end_of_data is not None and result.end_of_data.code == 250
     # The bound (0.3 s) plus Postfix and DNS; a TCP or libmilter timeout would be many seconds.
     assert result.elapsed < 2.0
-    assert stack.outcome("hung", "dave@example.com") == ["failed-open"]
+    assert stack.outcome("hung", "dave@example.com", 1) == ["failed-open"]
     log = stack.milters["hung"].log_text()
     assert "state redis://127.0.0.1:" in log
     assert "fail open (mail accepted): TimeoutError" in log
@@ -220,8 +229,8 @@ def test_redis_stopped_mid_run_fails_open_and_recovers(stack: Greylisting) -> No
         assert rcpt_reply(stack.send("mx1", "frank@example.com"))[0] == 250
     finally:
         stack.redis.start()
-    assert stack.outcome("mx2", "erin@example.com") == ["failed-open"]
-    assert stack.outcome("mx1", "frank@example.com") == ["failed-open"]
+    assert stack.outcome("mx2", "erin@example.com", 1) == ["failed-open"]
+    assert stack.outcome("mx1", "frank@example.com", 1) == ["failed-open"]
     assert "fail open (mail accepted): ConnectionError" in (stack.milters["mx2"].log_text())
     # Back (and empty, as it keeps nothing on disk): greylisting works again at once.
     wait_until(
