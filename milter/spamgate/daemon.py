@@ -292,14 +292,9 @@ class Daemon:
         if self._state_store is None or not policy.uses_state:
             return
         settings = policy.state
-        uses = [
-            *(["greylisting"] if policy.uses_greylist else []),
-            *(
-                [f"reject memory {settings.remember_rejects:g}s"]
-                if settings.remember_rejects
-                else []
-            ),
-        ]
+        uses = ["greylisting"] if policy.uses_greylist else []
+        if settings.remember_rejects:
+            uses.append(f"reject memory {settings.remember_rejects:g}s")
         try:
             self._state_store[1].inner.get_many(["probe"])
         except Exception as error:
@@ -365,11 +360,7 @@ class Daemon:
         if new.resolver != old.resolver:
             self._swap_resolver(new)
         self.monitor.reconfigure((*new.ip_lists, *new.domain_lists), new.health)
-        state_changed = (new.uses_state, new.uses_greylist, new.state) != (
-            old.uses_state,
-            old.uses_greylist,
-            old.state,
-        )
+        state_changed = (new.uses_greylist, new.state) != (old.uses_greylist, old.state)
         self.generation += 1
         self.policy = new
         self._use_state(new)

@@ -191,12 +191,7 @@ class Engine:
         if verdict.action is Action.GREYLIST:
             # Whether this triplet must retry is for the session to ask the greylist state.
             return Enforcement(Action.GREYLIST)
-        fields = {
-            "reasons": self.reasons(verdict),
-            "id": decision_id,
-            "score": f"{verdict.score:.1f}",
-            "client": client,
-        }
+        fields = self._reply_fields(verdict, decision_id, client)
         if verdict.action is Action.QUARANTINE:
             reason = f"spamgate: score {fields['score']}: {fields['reasons']} (id {decision_id})"
             return Enforcement(Action.QUARANTINE, quarantine_reason=replies.clean_text(reason))
@@ -210,14 +205,18 @@ class Engine:
         self, verdict: Verdict, decision_id: str, client: str, retry_after: float
     ) -> Reply:
         """`451 4.7.1` for a triplet that must retry, saying when a retry will pass."""
-        fields = {
+        fields = self._reply_fields(verdict, decision_id, client)
+        fields["retry"] = str(max(1, math.ceil(retry_after)))
+        return replies.temporary_refusal(fill(self.policy.greylist.reply, fields))
+
+    def _reply_fields(self, verdict: Verdict, decision_id: str, client: str) -> dict[str, str]:
+        """What reply templates may name (config: `_check_template`)."""
+        return {
             "reasons": self.reasons(verdict),
             "id": decision_id,
             "score": f"{verdict.score:.1f}",
             "client": client,
-            "retry": str(max(1, math.ceil(retry_after))),
         }
-        return replies.temporary_refusal(fill(self.policy.greylist.reply, fields))
 
     @staticmethod
     def listings_to_remember(verdict: Verdict, evidence: Evidence, group: Group) -> tuple[str, ...]:

@@ -35,7 +35,18 @@ ZONES = [
     Zone("wl.test", "ip4set", "127.0.0.2\n192.0.2.21 :127.0.10.3:\n"),
 ]
 
-POLICY = """\
+# The test ZEN as an `ip_lists` entry, for policy templates that fill in {zen_zone}.
+ZEN_LIST = """\
+  - name: ZEN
+    display: Example ZEN
+    zone: {zen_zone}
+    hits:
+      - {{name: ZEN_SBL, codes: [127.0.0.2], score: 10, description: listed in the Example SBL}}
+      - {{name: ZEN_PBL, codes: [127.0.0.10, 127.0.0.11], score: 7,
+          description: listed in the Example PBL}}"""
+
+POLICY = (
+    """\
 listen: inet:{port}@127.0.0.1
 mode: {mode}
 resolver:
@@ -46,13 +57,9 @@ trusted_networks: [127.0.0.0/8, "::1/128"]
 health: {{status_file: "{status_file}"}}
 thresholds: {{tag: 3, tempfail: 6, reject: 10}}
 ip_lists:
-  - name: ZEN
-    display: Example ZEN
-    zone: {zen_zone}
-    hits:
-      - {{name: ZEN_SBL, codes: [127.0.0.2], score: 10, description: listed in the Example SBL}}
-      - {{name: ZEN_PBL, codes: [127.0.0.10, 127.0.0.11], score: 7,
-          description: listed in the Example PBL}}
+"""
+    + ZEN_LIST
+    + """
   - name: WL
     display: Example WL
     zone: wl.test
@@ -64,6 +71,7 @@ rules:
     description: the Subject advertises pharmacy products
     header: {{name: Subject, matches: '(?i)\\bv[i1]agra\\b'}}
 """
+)
 
 _DECISION = re.compile(r"(?P<queue>\S+): decision (?P<fields>.*)")
 

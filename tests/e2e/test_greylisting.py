@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.spamgate_stack import ZEN_ZONE, ZONES, SpamgateDaemon, start_behind_postfix
+from tests.e2e.spamgate_stack import (
+    ZEN_LIST,
+    ZEN_ZONE,
+    ZONES,
+    SpamgateDaemon,
+    start_behind_postfix,
+)
 from tests.harness.dns import Rbldnsd
 from tests.harness.postfix import PostfixInstance
 from tests.harness.processes import LOOPBACK, wait_until
@@ -38,7 +44,8 @@ GREYLISTED_CLIENT = "192.0.2.10"  # ZEN_PBL, score 7
 CLEAN_CLIENT = "192.0.2.99"
 SENDER = "news@client.example"
 
-POLICY = """\
+POLICY = (
+    """\
 listen: inet:{port}@127.0.0.1
 resolver: {{nameservers: ["127.0.0.1:{dns_port}"], query_timeout: 0.3, deadline: 1.0}}
 trusted_networks: [127.0.0.0/8]
@@ -48,13 +55,9 @@ thresholds: {{tag: 3, greylist: 6, tempfail: null, reject: 10}}
 state: {{store: "{state}", timeout: 0.3, remember_rejects: {remember}}}
 greylist: {{min_delay: {min_delay}, retry_window: {retry_window}}}
 ip_lists:
-  - name: ZEN
-    display: Example ZEN
-    zone: {zen_zone}
-    hits:
-      - {{name: ZEN_SBL, codes: [127.0.0.2], score: 10, description: listed in the Example SBL}}
-      - {{name: ZEN_PBL, codes: [127.0.0.10], score: 7, description: listed in the Example PBL}}
 """
+    + ZEN_LIST
+)
 
 
 @dataclass
