@@ -20,6 +20,7 @@ from spamgate.config import (
     Mode,
     Nameserver,
     OnError,
+    OnUnusable,
     Policy,
     Rule,
     SocketMode,
@@ -772,6 +773,19 @@ GOOD_VALUES = [
         ("BL", (ListHit(name="BL", score=2.5),), False),
         id="list-score-shorthand",
     ),
+    pytest.param(
+        "ip_lists: [{name: BL, zone: bl.example, score: 2}]\n"
+        "domain_lists: [{name: DBL, zone: dbl.example, score: 2, on_unusable: tempfail}]",
+        lambda p: (p.ip_lists[0].on_unusable, p.domain_lists[0].on_unusable),
+        (OnUnusable.JUDGE, OnUnusable.TEMPFAIL),
+        id="on-unusable-judge-by-default",
+    ),
+    pytest.param(
+        "replies: {unusable: 'No {lists} now, {client} (id {id})'}",
+        lambda p: p.replies.unusable,
+        "No {lists} now, {client} (id {id})",
+        id="unusable-template",
+    ),
 ]
 
 
@@ -935,6 +949,7 @@ ALL_KEYS = [
     "replies",
     "replies.reject",
     "replies.tempfail",
+    "replies.unusable",
     "greylist",
     "greylist.min_delay",
     "greylist.retry_window",
@@ -964,6 +979,7 @@ ALL_KEYS = [
     "ip_lists[].hits[].description",
     "ip_lists[].error_codes",
     "ip_lists[].mode",
+    "ip_lists[].on_unusable",
     "ip_lists[].probe",
     "ip_lists[].probe.enabled",
     "ip_lists[].probe.listed",
@@ -983,6 +999,7 @@ ALL_KEYS = [
     "domain_lists[].hits[].description",
     "domain_lists[].error_codes",
     "domain_lists[].mode",
+    "domain_lists[].on_unusable",
     "domain_lists[].probe",
     "domain_lists[].probe.enabled",
     "domain_lists[].probe.listed",
@@ -1272,6 +1289,37 @@ LANGUAGE_ERRORS = [
             "expected one of helo, ptr, sender, from, reply_to, got the string 'body'",
         ),
         id="domain-list-unknown-check-name",
+    ),
+    pytest.param(
+        lines("ip_lists:", "  - {name: BL, zone: bl.example, score: 2, on_unusable: defer}"),
+        (
+            2,
+            57,
+            "ip_lists[0].on_unusable",
+            "expected one of judge, tempfail, got the string 'defer'",
+        ),
+        id="on-unusable-unknown-value",
+    ),
+    pytest.param(
+        lines(
+            "domain_lists:",
+            "  - name: DBL",
+            "    zone: dbl.example",
+            "    score: 6",
+            "    on_unusable: true",
+        ),
+        (
+            5,
+            18,
+            "domain_lists[0].on_unusable",
+            "expected one of judge, tempfail, got the boolean true",
+        ),
+        id="on-unusable-boolean",
+    ),
+    pytest.param(
+        lines("replies:", "  unusable: 'Later: {reasons} (id {id})'"),
+        (2, 3, "replies.unusable", "unknown field {reasons}: use client, id, lists"),
+        id="unusable-template-unknown-field",
     ),
 ]
 

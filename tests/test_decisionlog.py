@@ -1,16 +1,24 @@
-"""The decision log line: one line, stable keys, and no field an SMTP client can forge."""
+"""The decision log line: one line, stable keys, and no field an SMTP client can forge; and
+what a deferral by a list that could not be asked leaves in the log and the metrics."""
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import re
 
 import pytest
 
-from spamgate.config import IpList, Mode
+from spamgate import schema
+from spamgate.answers import AnswerKind, DnsAnswer
+from spamgate.config import IpList, Mode, Policy
 from spamgate.decisionlog import Decision, format_decision, quote, render_list
 from spamgate.dnslists import ListOutcome, ListStatus
-from spamgate.engine import Action, Enforcement, Hit, Verdict
-from spamgate.replies import rejection
+from spamgate.engine import Action, Enforcement, Engine, Hit, Verdict
+from spamgate.metrics import Metrics
+from spamgate.replies import Reply, rejection
+from spamgate.session import RcptResult, Runtime, Session
+from tests.fakes import FakeClock, ScriptedLookups
 
 _FIELD = re.compile(r' ([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "]*)')
 _ESCAPE = re.compile(r'\\(["\\rnt]|x[0-9a-f]{2}|u[0-9a-f]{4})')
@@ -322,3 +330,178 @@ def test_client_values_cannot_forge_a_field_or_a_line(value: str) -> None:
     values = dict(fields)
     assert (values["client"], values["action"]) == ("192.0.2.10", "reject")
     assert values["helo"] == values["rcpt"] == values["from"] == unescape(quote(value))
+
+
+# --- a list that could not be asked: tempfail_by -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("verdict", "rendered"),
+    [
+        pytest.param(
+            Verdict(0.0, (), Action.TEMPFAIL, tempfail_by=("SPAMHAUS_ZEN",)),
+            "unusable:SPAMHAUS_ZEN",
+            id="one",
+        ),
+        pytest.param(
+            Verdict(0.0, (), Action.TEMPFAIL, tempfail_by=("SPAMHAUS_ZEN", "DBL")),
+            "unusable:SPAMHAUS_ZEN,unusable:DBL",
+            id="several",
+        ),
+        pytest.param(
+            Verdict(
+                0.0,
+                (),
+                Action.ACCEPT,
+                trial_score=0.0,
+                trial_action=Action.TEMPFAIL,
+                trial_tempfail_by=("MAILSPIKE",),
+            ),
+            "unusable:MAILSPIKE(observe)",
+            id="list-on-trial",
+        ),
+    ],
+)
+def test_tempfail_by_names_each_list(verdict: Verdict, rendered: str) -> None:
+    values = dict(parse_line(format_decision(decision(verdict=verdict)))[1])
+    assert values["tempfail_by"] == rendered
+
+
+def test_tempfail_by_follows_what_was_enforced() -> None:
+    line = format_decision(
+        decision(
+            verdict=Verdict(0.0, (), Action.TEMPFAIL, tempfail_by=("SPAMCOP",)),
+            enforced=Enforcement(Action.ACCEPT, waived_by="observe"),
+        )
+    )
+    keys = [key for key, _ in parse_line(line)[1]]
+    assert keys[keys.index("action") :][:5] == [
+        "action",
+        "enforced",
+        "waived_by",
+        "tempfail_by",
+        "mode",
+    ]
+    assert (
+        " action=tempfail enforced=accept waived_by=observe tempfail_by=unusable:SPAMCOP " in line
+    )
+
+
+# What a session leaves behind when a list with `on_unusable: tempfail` cannot be asked: the
+# reply, the decision line and the metric, on a scripted resolver that answers SERVFAIL.
+
+OVERLOAD = """
+thresholds: {tag: 3, greylist: null, tempfail: null, reject: 10}
+ip_lists:
+  - name: ZEN
+    display: Example ZEN
+    zone: zen.test
+    on_unusable: tempfail
+    hits: [{name: ZEN_SBL, codes: [127.0.0.2], score: 10, description: listed in the SBL}]
+domain_lists:
+  - name: DBL
+    display: Example DBL
+    zone: dbl.test
+    check_names: [from]
+    on_unusable: tempfail
+    hits: [{name: DBL_SPAM, codes: [127.0.1.2], score: 10, description: a spam domain}]
+"""
+CLIENT_QUERY = ("1.2.0.192.zen.test", "A")
+FROM_QUERY = ("spam.example.dbl.test", "A")
+SERVFAIL = DnsAnswer(AnswerKind.SERVFAIL)
+NXDOMAIN = DnsAnswer(AnswerKind.NXDOMAIN)
+_LOGGED = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+class Overloaded:
+    """Sessions of one daemon whose lists answer as scripted, with their log and metrics."""
+
+    def __init__(self, script: dict[tuple[str, str], DnsAnswer]) -> None:
+        self.log: list[str] = []
+        self.metrics = Metrics()
+        ids = (f"id{n:04d}" for n in itertools.count(1))
+        self.runtime = Runtime(
+            Engine(schema.load(Policy, OVERLOAD, "t.yaml")),
+            ScriptedLookups(script),
+            clock=FakeClock(),
+            new_id=lambda: next(ids),
+            log=self.log.append,
+            metrics=self.metrics,
+        )
+
+    def session(self) -> Session:
+        session = Session(self.runtime)
+        session.connect("unknown", ipaddress.ip_address("192.0.2.1"), {})
+        session.helo("mx.example.org")
+        session.mail("<a@example.org>", False)
+        return session
+
+    def logged(self) -> dict[str, str]:
+        (line,) = self.log
+        return dict(_LOGGED.findall(line.partition(": decision ")[2]))
+
+    def deferrals(self, name: str, enforced: str) -> float:
+        labels = {"list": name, "enforced": enforced}
+        value = self.metrics.registry.get_sample_value("spamgate_unusable_tempfail_total", labels)
+        return value or 0.0
+
+
+def test_an_ip_list_that_cannot_be_asked_defers_at_rcpt() -> None:
+    daemon = Overloaded({CLIENT_QUERY: SERVFAIL})
+    session = daemon.session()
+    decision = session.rcpt("<user@example.com>")
+    session.close()
+    assert decision.result is RcptResult.REFUSE and decision.reply is not None
+    assert decision.reply == Reply(
+        451,
+        "4.7.1",
+        "Cannot check your address against Example ZEN right now, please try again later"
+        " (id id0001)",
+    )
+    line = daemon.logged()
+    assert (line["stage"], line["action"], line["enforced"]) == ("rcpt", "tempfail", "tempfail")
+    assert (line["tempfail_by"], line["fails"]) == ("unusable:ZEN", "ZEN_FAIL")
+    assert line["lists"] == "ZEN:unusable:servfail:0ms"
+    assert daemon.deferrals("ZEN", "tempfail") == 1
+
+
+def test_postmaster_is_accepted_and_the_would_be_deferral_counted_as_waived() -> None:
+    daemon = Overloaded({CLIENT_QUERY: SERVFAIL})
+    session = daemon.session()
+    assert session.rcpt("<postmaster@example.com>").result is RcptResult.CONTINUE
+    message = session.end_of_message("QID1")
+    session.close()
+    assert (message.action, message.reply) == (Action.ACCEPT, None)
+    line = daemon.logged()
+    assert (line["action"], line["enforced"], line["waived_by"]) == ("tempfail", "accept", "exempt")
+    assert line["tempfail_by"] == "unusable:ZEN"
+    assert (daemon.deferrals("ZEN", "tempfail"), daemon.deferrals("ZEN", "accept")) == (0, 1)
+
+
+def test_a_from_domain_list_that_cannot_be_asked_defers_at_end_of_message() -> None:
+    daemon = Overloaded({CLIENT_QUERY: NXDOMAIN, FROM_QUERY: SERVFAIL})
+    session = daemon.session()
+    assert session.rcpt("<user@example.com>").result is RcptResult.CONTINUE
+    session.header("From", "Someone <a@spam.example>")
+    message = session.end_of_message("QID2")
+    session.close()
+    assert message.action is Action.TEMPFAIL
+    assert message.reply is not None
+    assert (message.reply.code, message.reply.status) == (451, "4.7.1")
+    assert message.reply.text.startswith("Cannot check your address against Example DBL right")
+    line = daemon.logged()
+    assert (line["stage"], line["action"], line["tempfail_by"]) == (
+        "eom",
+        "tempfail",
+        "unusable:DBL",
+    )
+    assert daemon.deferrals("DBL", "tempfail") == 1
+
+
+def test_a_list_that_answers_defers_nothing() -> None:
+    daemon = Overloaded({CLIENT_QUERY: NXDOMAIN})
+    session = daemon.session()
+    assert session.rcpt("<user@example.com>").result is RcptResult.CONTINUE
+    session.close()
+    assert "tempfail_by" not in daemon.logged()
+    assert daemon.deferrals("ZEN", "tempfail") == 0

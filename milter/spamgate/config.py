@@ -54,6 +54,13 @@ class OnError(enum.Enum):
     TEMPFAIL = "tempfail"
 
 
+class OnUnusable(enum.Enum):
+    """What a list's unusable answer does to mail it could have changed (engine.Engine)."""
+
+    JUDGE = "judge"
+    TEMPFAIL = "tempfail"
+
+
 class AddHeaders(enum.Enum):
     ALWAYS = "always"
     TAGGED = "tagged"
@@ -443,6 +450,13 @@ class DnsList:
     mode: Mode = setting(
         "`observe` logs this list's hits without letting them count (to trial a list).",
         Mode.ENFORCE,
+    )
+    on_unusable: OnUnusable = setting(
+        "When the list's answer cannot be used (timeout, SERVFAIL, an error code, past "
+        "`resolver.deadline`, suspended): `judge` the mail without it, or `tempfail` it "
+        "(`451 4.7.1`, `replies.unusable`) when its strongest hit could have changed the "
+        "action. Only for a list whose silence means overload, such as your own mirror.",
+        OnUnusable.JUDGE,
     )
     probe: ProbeSettings = setting("Health probes of this list.", factory=ProbeSettings)
     # Filled in by __post_init__: the hits to score, whichever form the file used.
@@ -837,10 +851,17 @@ class Replies:
     tempfail: str = setting(
         "Text after `451 4.7.1`, same fields.", "Try again later: {reasons} (id {id})"
     )
+    unusable: str = setting(
+        "Text after `451 4.7.1` for mail deferred by a list with `on_unusable: tempfail`: "
+        "`{lists}` (the `display` names of the lists that could not be asked), `{id}`, "
+        "`{client}`.",
+        "Cannot check your address against {lists} right now, please try again later (id {id})",
+    )
 
     def check(self) -> None:
         for key in ("reject", "tempfail"):
             _check_template(getattr(self, key), key, {"reasons", "id", "score", "client"})
+        _check_template(self.unusable, "unusable", {"lists", "id", "client"})
 
 
 # A reply line may be 980 characters (smfi_setreply); spamgate keeps replies to 400 and the

@@ -97,6 +97,7 @@ def format_decision(decision: Decision) -> str:
         ("action", verdict.action.label),
         ("enforced", decision.enforced.action.label),
         ("waived_by", decision.enforced.waived_by),
+        ("tempfail_by", _tempfail_by(verdict)),
         ("greylist", decision.greylist),
         ("allowed_by", decision.allowed_by),
         ("denied_by", decision.denied_by),
@@ -128,6 +129,14 @@ def _queue_token(queue_id: str) -> str:
 
 def _render_hit(hit: Hit) -> str:
     return f"{hit.name}:{hit.score:g}" + ("(observe)" if hit.observe else "")
+
+
+def _tempfail_by(verdict: Verdict) -> str:
+    """The lists with `on_unusable: tempfail` that made the action a tempfail, as
+    `unusable:NAME`; `unusable:NAME(observe)` would have, had everything on trial counted."""
+    counted = [f"unusable:{name}" for name in verdict.tempfail_by]
+    trial = [f"unusable:{name}(observe)" for name in verdict.trial_tempfail_by]
+    return ",".join(counted + trial)
 
 
 def _trial(verdict: Verdict) -> str:

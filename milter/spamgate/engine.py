@@ -6,6 +6,10 @@ action reaches the sender is a second step (`enforce`), because observe mode and
 recipients change what is sent without changing what was decided. Recipients may belong to
 policy groups (`recipient_policies`) with their own thresholds, mode and scores: a verdict is
 always for one group.
+
+A list with `on_unusable: tempfail` that could not be asked turns the action into TEMPFAIL
+when its answer could have changed the action (`_defers`); the verdict names it in
+`tempfail_by`, and the reply names the list, never its zone.
 """
 
 from __future__ import annotations
@@ -16,7 +20,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from spamgate import replies
-from spamgate.config import AddHeaders, IpList, Mode, Policy, Rule, RuleAction, Thresholds
+from spamgate.config import (
+    AddHeaders,
+    DnsList,
+    IpList,
+    Mode,
+    OnUnusable,
+    Policy,
+    Rule,
+    RuleAction,
+    Thresholds,
+)
 from spamgate.dnslists import ListOutcome, ListStatus
 from spamgate.replies import Reply
 from spamgate.rules import RuleBook
@@ -45,6 +59,12 @@ class Action(enum.IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
+
+
+# Actions an allowlist hit (a negative score) could have lowered, and so an unusable allowlist
+# with `on_unusable: tempfail` defers: a refusal, or a greylist that asks for a retry anyway. A
+# quarantine is not among them: the mail is accepted, and an admin can release it.
+_LOWERABLE = frozenset({Action.GREYLIST, Action.REJECT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +105,11 @@ class Verdict:
     # With rules or lists in observe mode: what would happen if their hits counted too.
     trial_score: float | None = None
     trial_action: Action | None = None
+    # Lists with `on_unusable: tempfail` that could not be asked and whose answer could have
+    # changed the action: the action is TEMPFAIL for them. By name, in policy order.
+    tempfail_by: tuple[str, ...] = ()
+    # The same for the trial only (lists in observe mode, or observed hits counted).
+    trial_tempfail_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +137,10 @@ class Engine:
             if dns_list.mode is Mode.ENFORCE
             for hit in dns_list.scored_hits
         }
+        self._displays = {dns_list.name: dns_list.display for dns_list in policy.dns_lists}
+        self._tempfails_on_silence = any(
+            dns_list.on_unusable is OnUnusable.TEMPFAIL for dns_list in policy.dns_lists
+        )
         self._groups = [
             (
                 entry.recipient_set,
@@ -148,11 +177,91 @@ class Engine:
         floors = [(r.mode, _RULE_ACTIONS[r.action]) for r in evidence.rules if r.action]
         counted_floors = [floor for mode, floor in floors if mode is not Mode.OBSERVE]
         action = max([choose_action(score, group.thresholds), *counted_floors])
-        if len(counted) == len(hits):
-            return Verdict(score, tuple(hits.values()), action, group.name)
+        silent = self._silent_lists(evidence)
+        counted_lists = [x for x in silent if x.mode is not Mode.OBSERVE]
+        tempfail_by = self._defers(
+            counted_lists, group, hits, score=score, floors=counted_floors, action=action
+        )
+        if tempfail_by:
+            action = Action.TEMPFAIL
+        on_trial = len(counted) != len(hits) or len(counted_lists) != len(silent)
+        if not on_trial:
+            return Verdict(score, tuple(hits.values()), action, group.name, tempfail_by=tempfail_by)
         trial_score = float(round(sum(h.score for h in hits.values()), 3))
-        trial_action = max([choose_action(trial_score, group.thresholds), *(f for _, f in floors)])
-        return Verdict(score, tuple(hits.values()), action, group.name, trial_score, trial_action)
+        all_floors = [f for _, f in floors]
+        trial_action = max([choose_action(trial_score, group.thresholds), *all_floors])
+        trial_by = self._defers(
+            silent, group, hits, score=trial_score, floors=all_floors, action=trial_action
+        )
+        if trial_by:
+            trial_action = Action.TEMPFAIL
+        trial_only = tuple(name for name in trial_by if name not in tempfail_by)
+        if len(counted) == len(hits) and not trial_only:
+            # Only a list on trial was silent, and it could not have changed anything.
+            return Verdict(score, tuple(hits.values()), action, group.name, tempfail_by=tempfail_by)
+        return Verdict(
+            score,
+            tuple(hits.values()),
+            action,
+            group.name,
+            trial_score,
+            trial_action,
+            tempfail_by,
+            trial_only,
+        )
+
+    def _silent_lists(self, evidence: Evidence) -> list[DnsList]:
+        """The lists with `on_unusable: tempfail` that could not be asked, once each."""
+        if not self._tempfails_on_silence or evidence.lists_ignored:
+            return []  # not asked, or not counted: trusted, allowed, authenticated, ...
+        silent = {
+            o.dns_list.name: o.dns_list
+            for o in evidence.lists
+            if o.status is ListStatus.UNUSABLE and o.dns_list.on_unusable is OnUnusable.TEMPFAIL
+        }
+        return list(silent.values())
+
+    @staticmethod
+    def _defers(
+        silent: Iterable[DnsList],
+        group: Group,
+        hits: Mapping[str, Hit],
+        *,
+        score: float,
+        floors: Iterable[Action],
+        action: Action,
+    ) -> tuple[str, ...]:
+        """The names of the silent lists whose answer could have changed `action`, each judged
+        on its own against the verdict reached without it: a positive list when its strongest
+        hit (by the group's scores) would have made the action more severe; an allowlist when
+        its strongest negative hit could have lowered a refusal or a greylist. A hit that
+        already scored (the same list listed another name) adds nothing. An action that is
+        already TEMPFAIL stays as it is, with its own reply; REJECT can only be lowered."""
+        if action is Action.TEMPFAIL:
+            return ()
+        floors = list(floors)
+        thresholds = group.thresholds
+        names = []
+        for dns_list in silent:
+            scores = [
+                group.scores.get(hit.name, hit.score)
+                for hit in dns_list.scored_hits
+                if hit.name not in hits
+            ]
+            worst = max((s for s in scores if s > 0), default=0.0)
+            best = min((s for s in scores if s < 0), default=0.0)
+            raised = (
+                worst > 0
+                and max([choose_action(round(score + worst, 3), thresholds), *floors]) > action
+            )
+            lowered = (
+                best < 0
+                and action in _LOWERABLE
+                and max([choose_action(round(score + best, 3), thresholds), *floors]) < action
+            )
+            if raised or lowered:
+                names.append(dns_list.name)
+        return tuple(names)
 
     @staticmethod
     def _list_hits(evidence: Evidence) -> Iterable[Hit]:
@@ -191,6 +300,11 @@ class Engine:
         if verdict.action is Action.GREYLIST:
             # Whether this triplet must retry is for the session to ask the greylist state.
             return Enforcement(Action.GREYLIST)
+        if verdict.tempfail_by:
+            displays = ", ".join(dict.fromkeys(self._displays[n] for n in verdict.tempfail_by))
+            fields = {"lists": displays, "id": decision_id, "client": client}
+            text = fill(self.policy.replies.unusable, fields, cut="lists")
+            return Enforcement(Action.TEMPFAIL, replies.temporary_refusal(text))
         fields = self._reply_fields(verdict, decision_id, client)
         if verdict.action is Action.QUARANTINE:
             reason = f"spamgate: score {fields['score']}: {fields['reasons']} (id {decision_id})"
@@ -268,13 +382,14 @@ class Engine:
         return ((SCORE_HEADER, score), (STATUS_HEADER, status))
 
 
-def fill(template: str, fields: Mapping[str, str]) -> str:
-    """The template with its fields; the reasons are cut to what the reply has room for, so
-    the rest of the text (the id at the end, most of all) always survives."""
+def fill(template: str, fields: Mapping[str, str], cut: str = "reasons") -> str:
+    """The template with its fields; the field `cut` (the reasons, or the lists' names) is cut
+    to what the reply has room for, so the rest of the text (the id at the end, most of all)
+    always survives."""
     flat = {key: replies.clean_text(value, replies.MAX_TEXT) for key, value in fields.items()}
-    if "reasons" in flat:
-        room = replies.MAX_TEXT - len(template.format_map({**flat, "reasons": ""}))
-        flat["reasons"] = replies.clean_text(flat["reasons"], max(room, 0))
+    if cut in flat:
+        room = replies.MAX_TEXT - len(template.format_map({**flat, cut: ""}))
+        flat[cut] = replies.clean_text(flat[cut], max(room, 0))
     return template.format_map(flat)
 
 

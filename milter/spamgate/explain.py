@@ -164,6 +164,12 @@ def _print_verdict(verdict: Verdict, out: TextIO) -> None:
     for hit in verdict.hits:
         trial = " (observe: not counted)" if hit.observe else ""
         print(f"    {hit.score:+6.1f}  {hit.name:<28} {hit.description}{trial}", file=out)
+    # Lists with `on_unusable: tempfail` whose answer could have changed the verdict.
+    changed = "the action (on_unusable: tempfail)"
+    for name in verdict.tempfail_by:
+        print(f"  tempfail: {name} could not be asked, and could have changed {changed}", file=out)
     if verdict.trial_action is not None and verdict.trial_score is not None:
         trial = f"{verdict.trial_score:.1f} -> {verdict.trial_action.label}"
         print(f"  if the observed hits counted: {trial}", file=out)
+    for name in verdict.trial_tempfail_by:
+        print(f"  on trial: {name} could not be asked, and could have changed {changed}", file=out)

@@ -53,6 +53,14 @@ class Metrics:
             ["list", "kind"],
             registry=registry,
         )
+        self.unusable_tempfails = Counter(
+            "spamgate_unusable_tempfail",
+            "Decisions made a tempfail by a list with `on_unusable: tempfail` that could not be "
+            "asked, by list and what was enforced (tempfail; accept or tag when observe mode or "
+            "an exempt recipient waived it).",
+            ["list", "enforced"],
+            registry=registry,
+        )
         self.list_latency = Histogram(
             "spamgate_list_latency_seconds",
             "Time from a list lookup's start to its answer.",
@@ -97,10 +105,19 @@ class Metrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def record_decision(self, stage: str, action: str, enforced: str, hits: Iterable[str]) -> None:
+    def record_decision(
+        self,
+        stage: str,
+        action: str,
+        enforced: str,
+        hits: Iterable[str],
+        tempfail_by: Iterable[str] = (),
+    ) -> None:
         self._labelled(self.decisions, stage, action, enforced).inc()
         for name in hits:
             self._labelled(self.hits, name).inc()
+        for name in tempfail_by:
+            self._labelled(self.unusable_tempfails, name, enforced).inc()
 
     def record_greylist(self, outcome: str) -> None:
         self._labelled(self.greylist, outcome).inc()

@@ -716,7 +716,11 @@ class Session:
         if metrics is not None:
             counted = [hit.name for hit in verdict.hits if not hit.observe]
             metrics.record_decision(
-                stage, verdict.action.label, judged.enforcement.action.label, counted
+                stage,
+                verdict.action.label,
+                judged.enforcement.action.label,
+                counted,
+                verdict.tempfail_by,
             )
 
 
