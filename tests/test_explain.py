@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,6 +48,17 @@ recipient_policies:
 """
 DIGEST = hashlib.sha256(POLICY.encode()).hexdigest()[:12]
 BAD_POLICY = "rules:\n  - {name: R, score: 1, description: d, helo: maybe}\n"
+# DNS is asked here, of a nameserver that never answers ({dns}: a socket the fixture holds).
+SILENT_LIST = """
+resolver: {{nameservers: ["127.0.0.1:{dns}"], query_timeout: 0.1, deadline: 0.3}}
+thresholds: {{tag: 3, reject: 10}}
+ip_lists:
+  - name: ZEN
+    display: Example ZEN
+    zone: zen.test
+    on_unusable: {on_unusable}
+    hits: [{{name: ZEN_SBL, codes: [127.0.0.2], score: 10, description: listed in the SBL}}]
+"""
 
 DATED = b"From: a@example.org\r\nDate: Wed, 01 May 2024 12:00:00 +0000\r\nSubject: hello\r\n"
 UNDATED = b"From: a@example.org\r\nSubject: hello\r\n"
@@ -61,6 +73,7 @@ class Case:
     args: tuple[str, ...] = ()
     message: bytes | None = None  # the headers of a message file to score
     policy: str = POLICY
+    dns: bool = False  # ask DNS (the policy's nameserver) instead of --no-dns
 
 
 CASES = {
@@ -100,6 +113,21 @@ CASES = {
     "ip-is-a-name": Case(("--ip", "mx.example")),
     "unknown-option": Case(("--helo-name", "x")),
     "missing-message": Case((MISSING,)),
+    "list-silent-tempfail": Case(
+        ("--rcpt", "user@example.com"),
+        policy=SILENT_LIST.replace("{on_unusable}", "tempfail"),
+        dns=True,
+    ),
+    "list-silent-judge": Case(
+        ("--rcpt", "user@example.com"),
+        policy=SILENT_LIST.replace("{on_unusable}", "judge"),
+        dns=True,
+    ),
+    "list-silent-postmaster": Case(
+        ("--rcpt", "postmaster@example.com"),
+        policy=SILENT_LIST.replace("{on_unusable}", "tempfail"),
+        dns=True,
+    ),
 }
 
 
@@ -115,11 +143,14 @@ class Explained:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Explained]]:
     workdir = tmp_path_factory.mktemp("explain")
     started: dict[str, tuple[subprocess.Popen[str], Path]] = {}
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a nameserver that never answers
+    silent.bind(("127.0.0.1", 0))
     try:
         for name, case in CASES.items():
             policy = workdir / f"{name}.yaml"
-            policy.write_text(case.policy, encoding="utf-8")
-            argv = ["explain", "-c", str(policy), "--no-dns"]
+            text = case.policy.format(dns=silent.getsockname()[1]) if case.dns else case.policy
+            policy.write_text(text, encoding="utf-8")
+            argv = ["explain", "-c", str(policy)] + ([] if case.dns else ["--no-dns"])
             argv += [str(workdir / arg) if arg == MISSING else arg for arg in case.args]
             if case.message is not None:
                 message = workdir / f"{name}.eml"
@@ -142,6 +173,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Explain
             results[name] = Explained(process.returncode, stdout.splitlines(), stderr, policy)
         yield results
     finally:
+        silent.close()
         for process, _ in started.values():
             if process.poll() is None:
                 process.kill()
@@ -368,3 +400,39 @@ def test_read_headers_keeps_folding_and_raw_bytes_and_ignores_the_body(newline: 
 def test_read_headers_of_mixed_line_ends_and_no_body() -> None:
     data = b"A: 1\r\nB: 2\n C\r\nD: 3"
     assert read_headers(data) == [("A", "1"), ("B", "2\n C"), ("D", "3")]
+
+
+# --- a list that cannot be asked ---------------------------------------------------------------
+
+
+def test_a_silent_list_with_on_unusable_tempfail_exits_with_the_tempfail_status(
+    runs: dict[str, Explained],
+) -> None:
+    result = runs["list-silent-tempfail"]
+    assert (result.status, result.stderr) == (3, "")
+    assert result.lines[1:5] == [
+        "recipient user@example.com: tempfail",
+        "  score 0.0 -> tempfail",
+        "  tempfail: ZEN could not be asked, and could have changed the action"
+        " (on_unusable: tempfail)",
+        "  -> 451 4.7.1 Cannot check your address against Example ZEN right now,"
+        " please try again later (id ID)",
+    ]
+    log = result.lines[-1]
+    assert " action=tempfail enforced=tempfail tempfail_by=unusable:ZEN " in log
+    assert " fails=ZEN_FAIL lists=ZEN:unusable:" in log
+    assert "zen.test" not in "\n".join(result.lines)
+
+
+def test_a_silent_list_judged_without_it_by_default(runs: dict[str, Explained]) -> None:
+    result = runs["list-silent-judge"]
+    assert (result.status, result.stderr) == (0, "")
+    assert result.lines[1:3] == ["recipient user@example.com: accept", "  score 0.0 -> accept"]
+    assert "tempfail_by" not in result.lines[-1]
+    assert " fails=ZEN_FAIL " in result.lines[-1]
+
+
+def test_a_silent_list_never_defers_postmaster(runs: dict[str, Explained]) -> None:
+    result = runs["list-silent-postmaster"]
+    assert (result.status, result.stderr) == (0, "")
+    assert "recipient postmaster@example.com: accept (exempt)" in result.lines
