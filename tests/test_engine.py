@@ -881,3 +881,19 @@ def test_unusable_reply_template_and_cut_list_names_keep_the_id() -> None:
     assert len(reply.text) == MAX_TEXT
     assert reply.text.startswith("192.0.2.9: " + "x" * 150 + "0, " + "x" * 150 + "1, x")
     assert reply.text.endswith("... unreachable, retry (ref abc123)")
+
+
+def test_lists_that_could_only_together_have_changed_the_action_do_not_defer() -> None:
+    text = (
+        "thresholds: {tag: null, greylist: null, reject: 10}\n"
+        "ip_lists:\n"
+        "  - {name: ONE, zone: one.test, on_unusable: tempfail, score: 6}\n"
+        "  - {name: TWO, zone: two.test, on_unusable: tempfail, score: 6}\n"
+    )
+    eng = Engine(schema.load(Policy, text, "t.yaml"))
+    silent = tuple(
+        ListOutcome(dns_list, ListStatus.UNUSABLE, failure="timeout")
+        for dns_list in eng.policy.ip_lists
+    )
+    verdict = eng.evaluate(Evidence(silent))
+    assert (verdict.action, verdict.tempfail_by) == (Action.ACCEPT, ())
