@@ -23,13 +23,13 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from spamgate import dnswire
 from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.config import Nameserver, ResolverSettings
 from spamgate.resolver import (
     AnswerCache,
     Question,
     Resolver,
-    interpret,
     system_nameservers,
 )
 from tests.fakes import FakeClock
@@ -38,7 +38,18 @@ QNAME = "2.0.0.127.zen.test"
 SOA = "ns.zen.test. hostmaster.zen.test. 1 3600 600 86400 {minimum}"
 
 
-# --- interpret ---------------------------------------------------------------------------------
+# --- reading a response (dnswire) -------------------------------------------------------------
+
+
+def interpret(
+    message: dns.message.Message, qname: str = QNAME, qtype: str = "A"
+) -> DnsAnswer | None:
+    """What the resolver makes of `message` on the wire, as the response to (qname, qtype)
+    with the message's ID; None: it is not that response, and the question keeps waiting."""
+    question = dnswire.question_for(qname, qtype)
+    assert question is not None
+    response = dnswire.parse_response(message.to_wire(), message.id, question)
+    return None if response is None else response.answer
 
 
 def response(
@@ -119,21 +130,84 @@ def soa(minimum: int, ttl: int = 3600) -> tuple[str, int, str, tuple[str, ...]]:
             DnsAnswer(AnswerKind.MALFORMED, detail="AnswerForNXDOMAIN"),
             id="nxdomain-with-answer",
         ),
-        pytest.param(
-            dns.message.Message(),
-            DnsAnswer(AnswerKind.MALFORMED, detail="not a query response"),
-            id="not-a-query-message",
-        ),
+        pytest.param(dns.message.Message(), None, id="not-a-response-is-ignored"),
     ],
 )
-def test_interpret(message: dns.message.Message, expected: DnsAnswer) -> None:
+def test_interpret(message: dns.message.Message, expected: DnsAnswer | None) -> None:
     assert interpret(message) == expected
 
 
-def test_interpret_response_without_question_is_malformed() -> None:
+def test_a_response_without_the_question_is_ignored() -> None:
     message = dns.message.make_response(dns.message.make_query(QNAME, dns.rdatatype.A))
     message.question = []
-    assert interpret(message) == DnsAnswer(AnswerKind.MALFORMED, detail="FormError")
+    assert interpret(message) is None
+
+
+def test_a_servfail_need_not_repeat_the_question() -> None:
+    """As dnspython's Message.is_response: FORMERR, SERVFAIL, NOTIMP and REFUSED answers
+    may come with an empty question section."""
+    message = dns.message.make_response(dns.message.make_query(QNAME, dns.rdatatype.A))
+    message.question = []
+    message.set_rcode(dns.rcode.SERVFAIL)
+    assert interpret(message) == DnsAnswer(AnswerKind.SERVFAIL)
+
+
+@pytest.mark.parametrize(
+    ("qname", "qtype", "response_id_delta"),
+    [
+        pytest.param(QNAME, "A", 1, id="another-id"),
+        pytest.param("3.0.0.127.zen.test", "A", 0, id="another-name"),
+        pytest.param(QNAME, "TXT", 0, id="another-type"),
+    ],
+)
+def test_a_response_to_another_question_is_ignored(
+    qname: str, qtype: str, response_id_delta: int
+) -> None:
+    """A stray or forged datagram never answers a question: the question keeps waiting."""
+    message = response(answer=((QNAME, 600, "A", ("127.0.0.2",)),))
+    question = dnswire.question_for(qname, qtype)
+    assert question is not None
+    wire = message.to_wire()
+    assert dnswire.parse_response(wire, message.id + response_id_delta, question) is None
+
+
+def test_names_compare_without_regard_to_case() -> None:
+    message = response(answer=((QNAME.upper(), 600, "A", ("127.0.0.2",)),), qname=QNAME.upper())
+    assert interpret(message) == DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=600)
+
+
+def test_truncated_response_asks_for_tcp() -> None:
+    message = response(answer=((QNAME, 600, "A", ("127.0.0.2",)),))
+    message.flags |= dns.flags.TC
+    question = dnswire.question_for(QNAME, "A")
+    assert question is not None
+    parsed = dnswire.parse_response(message.to_wire(), message.id, question)
+    assert parsed is not None and parsed.truncated
+
+
+def _answer_owner_points_at_itself(wire: bytes) -> bytes:
+    owner = 12 + len(dns.name.from_text(QNAME).to_wire() or b"") + 4
+    return wire[:owner] + bytes((0xC0 | owner >> 8, owner & 0xFF)) + wire[owner + 2 :]
+
+
+def _one_more_answer_than_there_is(wire: bytes) -> bytes:
+    return wire[:6] + (int.from_bytes(wire[6:8], "big") + 1).to_bytes(2, "big") + wire[8:]
+
+
+@pytest.mark.parametrize(
+    ("wire_edit", "detail"),
+    [
+        pytest.param(lambda w: w[:-3], "FormError", id="cut-short"),
+        pytest.param(_answer_owner_points_at_itself, "BadPointer", id="pointer-loop"),
+        pytest.param(_one_more_answer_than_there_is, "FormError", id="count-beyond-the-data"),
+    ],
+)
+def test_a_broken_response_is_malformed(wire_edit: Callable[[bytes], bytes], detail: str) -> None:
+    message = response(answer=((QNAME, 600, "A", ("127.0.0.2",)),))
+    question = dnswire.question_for(QNAME, "A")
+    assert question is not None
+    parsed = dnswire.parse_response(wire_edit(message.to_wire()), message.id, question)
+    assert parsed == dnswire.Response(DnsAnswer(AnswerKind.MALFORMED, detail=detail))
 
 
 PTR_QNAME = "1.2.0.192.in-addr.arpa"
@@ -249,7 +323,9 @@ DOMAIN = "example.test"
     ],
 )
 def test_interpret_other_types(message: dns.message.Message, expected: DnsAnswer) -> None:
-    assert interpret(message) == expected
+    question = message.question[0]
+    qname = question.name.to_text(omit_final_dot=True)
+    assert interpret(message, qname, dns.rdatatype.to_text(question.rdtype)) == expected
 
 
 # --- AnswerCache -------------------------------------------------------------------------------
@@ -333,6 +409,9 @@ class Behaviour:
     rcode: dns.rcode.Rcode = dns.rcode.NOERROR
     delay: float = 0.0
     drop: bool = False
+    truncate: bool = False  # over UDP, TC and no records; the answer over TCP
+    forge_first: bool = False  # first, at once, a "listed" answer with another query ID
+    delay_only_first: bool = False  # `delay` applies to the first query for the name only
 
 
 NXDOMAIN = Behaviour(rcode=dns.rcode.NXDOMAIN, ttl=900)
@@ -347,6 +426,8 @@ class FakeDnsServer:
         self.default = default
         self.script: dict[tuple[str, str], Behaviour] = {}
         self.received: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.source_ports: set[int] = set()
+        self.tcp_queries = 0
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.bind(("127.0.0.1", 0))
         self._socket.settimeout(0.01)
@@ -390,9 +471,26 @@ class FakeDnsServer:
         rdtype = dns.rdatatype.to_text(query.question[0].rdtype)
         with self._lock:
             self.received[qname, rdtype] += 1
+            self.source_ports.add(peer[1])
+            first = self.received[qname, rdtype] == 1
         behaviour = self.script.get((qname, rdtype), self.default)
         if behaviour.drop:
             return
+        delay = behaviour.delay if first or not behaviour.delay_only_first else 0.0
+        if behaviour.forge_first and first:
+            forged = dns.message.make_response(query)
+            forged.id = (query.id + 1) % 65536
+            forged.answer.append(dns.rrset.from_text(qname + ".", 60, "IN", "A", "127.0.0.2"))
+            self._outbox.append((time.monotonic(), forged.to_wire(), peer))
+        reply = self._reply(query, behaviour)
+        if behaviour.truncate:
+            reply.answer.clear()
+            reply.flags |= dns.flags.TC
+        self._outbox.append((time.monotonic() + delay, reply.to_wire(), peer))
+
+    def _reply(self, query: dns.message.Message, behaviour: Behaviour) -> dns.message.Message:
+        qname = query.question[0].name.to_text(omit_final_dot=True)
+        rdtype = dns.rdatatype.to_text(query.question[0].rdtype)
         reply = dns.message.make_response(query)
         reply.set_rcode(behaviour.rcode)
         if behaviour.records:
@@ -403,7 +501,34 @@ class FakeDnsServer:
             zone = dns.name.from_text(qname).parent().to_text()
             record = SOA.format(minimum=behaviour.ttl)
             reply.authority.append(dns.rrset.from_text(zone, 3600, "IN", "SOA", record))
-        self._outbox.append((time.monotonic() + behaviour.delay, reply.to_wire(), peer))
+        return reply
+
+    def serve_tcp(self) -> None:
+        """Answer queries over TCP too, on the same port (for truncated answers)."""
+        listener = socket.create_server(("127.0.0.1", self.port))
+        listener.settimeout(0.05)
+
+        def accept() -> None:
+            with listener:
+                give_up_at = time.monotonic() + _SERVER_LIFETIME
+                while not self._stop.is_set() and time.monotonic() < give_up_at:
+                    try:
+                        conn, _ = listener.accept()
+                    except TimeoutError:
+                        continue
+                    with conn:
+                        conn.settimeout(2)
+                        size = int.from_bytes(conn.recv(2), "big")
+                        query = dns.message.from_wire(conn.recv(size))
+                        qname = query.question[0].name.to_text(omit_final_dot=True)
+                        rdtype = dns.rdatatype.to_text(query.question[0].rdtype)
+                        behaviour = self.script.get((qname, rdtype), self.default)
+                        wire = self._reply(query, behaviour).to_wire()
+                        with self._lock:
+                            self.tcp_queries += 1
+                        conn.sendall(len(wire).to_bytes(2, "big") + wire)
+
+        threading.Thread(target=accept, name="fake-dns-tcp", daemon=True).start()
 
     def _send_due(self) -> None:
         now = time.monotonic()
@@ -687,6 +812,62 @@ def test_lookup_before_start_is_a_network_failure() -> None:
     future = resolver.lookup(QNAME)
     assert future.done()
     assert future.result() == DnsAnswer(AnswerKind.NETWORK, detail="resolver not running")
+
+
+def test_truncated_answer_is_asked_again_over_tcp(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    server.script[DOMAIN, "TXT"] = Behaviour(records=('"v=spf1 -all"',), truncate=True)
+    server.serve_tcp()
+    resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
+    answer, _ = timed(resolver.lookup(DOMAIN, "TXT"))
+    assert answer == DnsAnswer(AnswerKind.RECORDS, ("v=spf1 -all",), ttl=300)
+    assert (server.packets(DOMAIN, "TXT"), server.tcp_queries) == (1, 1)
+
+
+def test_truncated_answer_without_tcp_fails_promptly(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    server.script[DOMAIN, "TXT"] = Behaviour(records=('"x"',), truncate=True)
+    resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
+    answer, elapsed = timed(resolver.lookup(DOMAIN, "TXT"))
+    assert (answer.kind, answer.detail) == (AnswerKind.NETWORK, "Connection refused")
+    assert elapsed < 0.5
+
+
+def test_a_forged_answer_with_another_id_is_ignored(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    """A datagram that is not the response to the question in flight never answers it."""
+    server.script[QNAME, "A"] = Behaviour(rcode=dns.rcode.NXDOMAIN, forge_first=True, delay=0.1)
+    resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
+    answer, _ = timed(resolver.lookup(QNAME))
+    assert answer.kind is AnswerKind.NXDOMAIN
+
+
+def test_a_late_answer_to_the_first_attempt_is_taken(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    """The first answer comes after the query timeout: it still answers the question, while
+    the second attempt is under way."""
+    server.script[QNAME, "A"] = Behaviour(records=("127.0.0.2",), delay=0.3, delay_only_first=False)
+    resolver = resolvers(server.nameserver, query_timeout=0.2, deadline=1.0)
+    answer, elapsed = timed(resolver.lookup(QNAME))
+    assert answer == DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=300)
+    assert server.packets(QNAME) == 2
+    assert 0.25 <= elapsed < 0.45  # the first answer, not the second (0.5 s)
+
+
+def test_sockets_are_replaced_so_source_ports_vary(
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
+) -> None:
+    resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
+    asked: list[futures.Future[DnsAnswer]] = []
+    for batch in range(6):  # in batches the scripted server (Python) keeps up with
+        asked += [resolver.lookup(f"{batch}-{n}.example.test") for n in range(100)]
+        futures.wait(asked[-100:], timeout=3)
+    assert {f.result(timeout=0).kind for f in asked} == {AnswerKind.NXDOMAIN}
+    assert len(server.source_ports) >= 3  # a new socket every 256 queries
 
 
 def lookup_then_stop(server: FakeDnsServer) -> futures.Future[DnsAnswer]:

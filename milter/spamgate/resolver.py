@@ -1,16 +1,39 @@
 """The only module that talks DNS: a small stub resolver for list, reverse and domain queries.
 
-Milter callbacks run on libmilter's threads; the queries run on one asyncio loop in a thread
-of its own, so every list for every connection is in flight at once without a thread each.
+Milter callbacks run on libmilter's threads, one per SMTP session, and every one of them shares
+the interpreter lock with this resolver. Under a flood of new clients the resolver must ask
+thousands of questions a second while hundreds of sessions want the same lock, so it is built
+to need the lock as briefly and as seldom as possible (issue 13; bench/dnsload.py measures it):
+
+- A caller's thread encodes its question (dnswire: a few microseconds, not dnspython's
+  ~330 us) and sends it itself, on a long-lived UDP socket: no socket, event-loop task or
+  cross-thread hand-off per query.
+- One receiver thread sleeps in epoll until answers or a timeout are due, then reads every
+  answer that is waiting, matches each to its question by socket and query ID, caches it and
+  completes the callers' futures. A caller waiting for several answers is woken once.
+- Timeouts and retries (the next server, another round) are timers on the receiver thread.
+
+Sockets are connected to their nameserver, so the kernel delivers only that server's
+datagrams and reports a closed port (ECONNREFUSED) at once; each is replaced after a few
+hundred queries, so an off-path forger must guess the source port as well as the 16-bit
+query ID, which comes from os.urandom. A datagram that is not the response to a question in
+flight (unknown ID, another question) is ignored, and the question keeps waiting.
+
 Callers get a concurrent Future that always ends in a DnsAnswer — failures are answers of a
 failed kind, never exceptions — and they decide themselves how long to wait for it.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import errno
+import heapq
+import itertools
 import logging
+import os
+import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,34 +42,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import dns.asyncbackend
-import dns.asyncquery
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdata
-import dns.rdatatype
-import dns.rdtypes.ANY.MX
-import dns.rdtypes.ANY.PTR
-import dns.rdtypes.ANY.TXT
-import dns.rdtypes.IN.A
-import dns.rdtypes.IN.AAAA
-
+from spamgate import dnswire
 from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.config import Nameserver, ResolverSettings
 
 log = logging.getLogger("spamgate.resolver")
 
-_FAILED_RCODES = {dns.rcode.SERVFAIL: AnswerKind.SERVFAIL, dns.rcode.REFUSED: AnswerKind.REFUSED}
 # Rounds over the server list when every attempt times out; the deadline usually ends it first.
 _MAX_ROUNDS = 4
+# Queries a socket sends before a new one (a new random source port) takes its place.
+_QUERIES_PER_SOCKET = 256
+# Query IDs drawn from os.urandom at a time (one system call per this many queries).
+_IDS_PER_DRAW = 512
 
-_ASYNCIO = dns.asyncbackend.get_backend("asyncio")
+# The record types callers may ask for, and how dnswire writes each as text.
+RDTYPES = frozenset(dnswire.RDTYPE_CODES)
 
-# The record types callers may ask for, and how interpret() writes each as text.
-RDTYPES = frozenset({"A", "AAAA", "PTR", "MX", "TXT"})
+_STOPPED = DnsAnswer(AnswerKind.NETWORK, detail="resolver stopped")
+_NOT_RUNNING = DnsAnswer(AnswerKind.NETWORK, detail="resolver not running")
+_BAD_NAME = DnsAnswer(AnswerKind.MALFORMED, detail="bad query name")
+_TIMEOUT = DnsAnswer(AnswerKind.TIMEOUT)
 
 
 class Question(NamedTuple):
@@ -123,6 +138,62 @@ class ResolverStats:
     queries_sent: int = 0
 
 
+class _Channel:
+    """One connected UDP socket to one nameserver, and the questions waiting on it by ID."""
+
+    __slots__ = ("fd", "pending", "retired", "sent", "sock")
+
+    def __init__(self, server: Nameserver) -> None:
+        family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            # Connected: the kernel picks the source address by route (127.0.0.1 for a local
+            # resolver), delivers only this server's datagrams, and reports a closed port.
+            self.sock.connect((server.host, server.port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.fd = self.sock.fileno()
+        # By query ID: the question, and which of its attempts used that ID.
+        self.pending: dict[int, tuple[_Query, int]] = {}
+        self.sent = 0
+        self.retired = False
+
+
+class _Query:
+    """One question in flight, shared by every caller who asked it meanwhile."""
+
+    __slots__ = (
+        "attempt",
+        "attempt_ends",
+        "done",
+        "give_up_at",
+        "key",
+        "last",
+        "question",
+        "round",
+        "sent_on",
+        "server",
+        "timed_out",
+        "waiters",
+    )
+
+    def __init__(self, key: Question, question: dnswire.Question, give_up_at: float) -> None:
+        self.key = key
+        self.question = question
+        self.waiters: list[futures.Future[DnsAnswer]] = []
+        self.give_up_at = give_up_at
+        self.server = 0  # index into the nameservers, this round
+        self.round = 0
+        self.timed_out = False  # an attempt of this round timed out
+        self.last = _TIMEOUT  # what to answer if nothing better comes
+        self.attempt = 0  # a timer or TCP exchange of an earlier attempt is stale
+        self.attempt_ends = 0.0
+        self.sent_on: list[tuple[_Channel, int]] = []  # every (socket, ID) it was sent with
+        self.done = False
+
+
 class Resolver:
     def __init__(
         self,
@@ -137,11 +208,22 @@ class Resolver:
             settings.cache_min_ttl, settings.cache_max_ttl, settings.cache_entries, clock
         )
         self.stats = ResolverStats()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Guards everything below; held for dictionary work only, never across a system call
+        # other than opening a socket when one is replaced.
+        self._lock = threading.Lock()
+        self._running = False
         self._thread: threading.Thread | None = None
-        # Owned by the loop thread only: callers waiting on each query in flight.
-        self._inflight: dict[Question, list[futures.Future[DnsAnswer]]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._epoll: select.epoll | None = None
+        self._wake_read = self._wake_write = -1
+        self._inflight: dict[Question, _Query] = {}
+        self._active: list[_Channel | None] = [None] * len(self._nameservers)
+        self._channels: dict[int, _Channel] = {}  # by file descriptor, for the receiver
+        self._retired: list[_Channel] = []
+        # (when, sequence, query, attempt): the receiver's timers, earliest first.
+        self._timers: list[tuple[float, int, _Query, int]] = []
+        self._sequence = itertools.count()
+        self._sleep_until = 0.0  # when the receiver wakes by itself at the latest
+        self._ids: list[int] = []
 
     @property
     def nameservers(self) -> tuple[Nameserver, ...]:
@@ -154,52 +236,42 @@ class Resolver:
     @property
     def running(self) -> bool:
         thread = self._thread
-        return self._loop is not None and thread is not None and thread.is_alive()
+        return self._running and thread is not None and thread.is_alive()
 
     def start(self) -> None:
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(ready,), name="spamgate-dns", daemon=True
-        )
+        self._epoll = select.epoll()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_read, select.EPOLLIN)
+        self._running = True
+        self._thread = threading.Thread(target=self._receive, name="spamgate-dns", daemon=True)
         self._thread.start()
-        if not ready.wait(timeout=10):
-            raise RuntimeError("DNS resolver thread did not start")
 
     def stop(self) -> None:
-        """Stop the loop; every lookup still waiting is answered "resolver stopped"."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        # New lookups are answered at once from here on (see lookup()).
-        self._loop = None
-        try:
-            loop.call_soon_threadsafe(loop.stop)
-        except RuntimeError:  # the loop is already closed
-            return
+        """Stop the receiver; every lookup still waiting is answered "resolver stopped"."""
+        thread = self._thread
+        with self._lock:
+            if not self._running or thread is None:
+                return
+            self._running = False  # new lookups are answered at once from here on
+        self._wake()
         thread.join(timeout=5)
-
-    def _run(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        ready.set()
-        try:
-            loop.run_forever()
-            # Settle what is left: callbacks queued before stop() ran, then queries in flight.
-            loop.run_until_complete(self._settle())
-        finally:
-            loop.close()
-
-    async def _settle(self) -> None:
-        await asyncio.sleep(0)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        stopped = DnsAnswer(AnswerKind.NETWORK, detail="resolver stopped")
-        for waiters in self._inflight.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(stopped)
-        self._inflight.clear()
+        with self._lock:
+            left = list(self._inflight.values())
+        for query in left:
+            self._finish(query, _STOPPED)
+        with self._lock:
+            channels = list(self._channels.values())
+            self._channels.clear()
+            self._active = [None] * len(self._nameservers)
+            self._retired.clear()
+        for channel in channels:
+            channel.sock.close()
+        if self._epoll is not None:
+            self._epoll.close()
+        for fd in (self._wake_read, self._wake_write):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_read = self._wake_write = -1
 
     def lookup(
         self, qname: str, rdtype: str = "A", *, fresh: bool = False
@@ -208,7 +280,7 @@ class Resolver:
 
         `rdtype` is one of RDTYPES; anything else is a programming error (ValueError). A name
         that cannot be put in a query (an empty label, a label over 63 octets) is answered at
-        once as MALFORMED: such names come from clients and must not reach the loop as errors.
+        once as MALFORMED: such names come from clients and must not reach the wire as errors.
         `fresh` skips the cache (health probes must see the list as it is now).
         """
         if rdtype not in RDTYPES:
@@ -223,174 +295,293 @@ class Resolver:
             self.stats.cache_hits += 1
             future.set_result(cached)
             return future
-        if not _queryable(key.qname):
-            future.set_result(DnsAnswer(AnswerKind.MALFORMED, detail="bad query name"))
+        question = dnswire.question_for(key.qname, rdtype)
+        if question is None:
+            future.set_result(_BAD_NAME)
             return future
-        loop = self._loop
-        try:
-            if loop is None:
-                raise RuntimeError("resolver not running")
-            loop.call_soon_threadsafe(self._join_or_start, key, future, fresh)
-        except RuntimeError as error:
-            future.set_result(DnsAnswer(AnswerKind.NETWORK, detail=str(error)))
+        with self._lock:
+            if not self._running:
+                future.set_result(_NOT_RUNNING)
+                return future
+            query = self._inflight.get(key)
+            if query is not None:
+                self.stats.merged += 1
+                query.waiters.append(future)
+                return future
+            query = _Query(key, question, self._clock() + self._settings.deadline)
+            query.waiters.append(future)
+            self._inflight[key] = query
+        self._attempt(query)
         return future
 
-    def _join_or_start(
-        self, key: Question, future: futures.Future[DnsAnswer], fresh: bool = False
-    ) -> None:
-        if self._loop is None:  # stop() has begun
-            future.set_result(DnsAnswer(AnswerKind.NETWORK, detail="resolver stopped"))
-            return
-        waiting = self._inflight.get(key)
-        if waiting is not None:
-            self.stats.merged += 1
-            waiting.append(future)
-            return
-        # Another caller's query may have filled the cache since this one looked.
-        cached = None if fresh else self.cache.get(key)
-        if cached is not None:
-            future.set_result(cached)
-            return
-        self._inflight[key] = [future]
-        task = asyncio.get_running_loop().create_task(self._resolve_and_publish(key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # -- attempts: one question to one server ------------------------------------------------
 
-    async def _resolve_and_publish(self, key: Question) -> None:
+    def _attempt(self, query: _Query) -> None:
+        """Send `query` to its current server, or answer it if its time is up."""
         try:
-            answer = await self.resolve(key.qname, key.rdtype)
-        except asyncio.CancelledError:
-            answer = DnsAnswer(AnswerKind.NETWORK, detail="resolver stopped")
-        except Exception as error:  # an answer must reach every waiter, whatever happened
-            log.exception("DNS lookup of %s/%s failed unexpectedly", key.qname, key.rdtype)
-            answer = DnsAnswer(AnswerKind.NETWORK, detail=type(error).__name__)
+            with self._lock:
+                if query.done:
+                    return
+                remaining = query.give_up_at - self._clock()
+                if remaining <= 0 or not self._running:
+                    sending = None
+                else:
+                    sending = self._register(query, min(self._settings.query_timeout, remaining))
+        except OSError as error:  # no socket could be opened
+            self._failed(query, query.attempt, _network(error))
+            return
+        if sending is None:
+            self._finish(query, query.last)
+            return
+        channel, wire, attempt, wake = sending
+        if wake:
+            self._wake()
+        self.stats.queries_sent += 1
+        try:
+            channel.sock.send(wire)
+        except BlockingIOError:
+            pass  # the socket buffer is full: as if the datagram were lost; the timer runs
+        except OSError as error:
+            self._failed(query, attempt, _network(error))
+
+    def _register(self, query: _Query, timeout: float) -> tuple[_Channel, bytes, int, bool]:
+        """Under the lock: pick the socket and ID for the next attempt and set its timer."""
+        channel = self._channel(query.server)
+        query_id = self._new_id()
+        while query_id in channel.pending:
+            query_id = self._new_id()
+        query.attempt += 1
+        channel.pending[query_id] = (query, query.attempt)
+        query.sent_on.append((channel, query_id))
+        now = self._clock()
+        query.attempt_ends = now + timeout
+        heapq.heappush(self._timers, (now + timeout, next(self._sequence), query, query.attempt))
+        wake = now + timeout < self._sleep_until
+        if wake:
+            self._sleep_until = now + timeout
+        return channel, dnswire.encode_query(query_id, query.question), query.attempt, wake
+
+    def _channel(self, server: int) -> _Channel:
+        channel = self._active[server]
+        if channel is None or channel.sent >= _QUERIES_PER_SOCKET:
+            if channel is not None:
+                channel.retired = True
+                self._retired.append(channel)
+            channel = _Channel(self._nameservers[server])
+            self._active[server] = channel
+            self._channels[channel.fd] = channel
+            assert self._epoll is not None
+            self._epoll.register(channel.fd, select.EPOLLIN)
+        channel.sent += 1
+        return channel
+
+    def _new_id(self) -> int:
+        if not self._ids:
+            self._ids = list(struct.unpack(f"!{_IDS_PER_DRAW}H", os.urandom(2 * _IDS_PER_DRAW)))
+        return self._ids.pop()
+
+    def _failed(self, query: _Query, attempt: int, answer: DnsAnswer) -> None:
+        """Attempt number `attempt` of `query` ended without a definitive answer: ask the next
+        server, or the first again in a new round, as long as it is worth it."""
+        with self._lock:
+            if query.done or query.attempt != attempt:
+                return  # a later attempt is under way, or an answer came
+            query.attempt += 1  # its timer, if it was not what fired, is stale now
+            query.last = answer
+            if answer.kind is AnswerKind.TIMEOUT:
+                query.timed_out = True
+            query.server += 1
+            finished = False
+            if query.server >= len(self._nameservers):
+                # Every server answered, badly: asking again at once would get the same answers.
+                if not query.timed_out or query.round + 1 >= _MAX_ROUNDS:
+                    finished = True
+                query.round += 1
+                query.server = 0
+                query.timed_out = False
+        if finished:
+            self._finish(query, query.last)
+        else:
+            self._attempt(query)
+
+    def _finish(self, query: _Query, answer: DnsAnswer) -> None:
+        with self._lock:
+            if query.done:
+                return
+            query.done = True
+            if self._inflight.get(query.key) is query:
+                del self._inflight[query.key]
+            for channel, query_id in query.sent_on:
+                if channel.pending.get(query_id, (None,))[0] is query:
+                    del channel.pending[query_id]
         if answer.kind.is_definitive:
-            self.cache.put(key, answer)
-        for waiter in self._inflight.pop(key, []):
+            self.cache.put(query.key, answer)
+        for waiter in query.waiters:
             if not waiter.done():
                 waiter.set_result(answer)
 
-    async def resolve(self, qname: str, rdtype: str = "A") -> DnsAnswer:
-        """Ask the nameservers in turn until one answers or the deadline passes."""
-        query = dns.message.make_query(qname, dns.rdatatype.from_text(rdtype))
-        give_up_at = self._clock() + self._settings.deadline
-        last = DnsAnswer(AnswerKind.TIMEOUT)
-        for _ in range(_MAX_ROUNDS):
-            timed_out = False
-            for server in self._nameservers:
-                remaining = give_up_at - self._clock()
-                if remaining <= 0:
-                    return last
-                timeout = min(self._settings.query_timeout, remaining)
-                try:
-                    response = await self._exchange(query, server, timeout)
-                except dns.exception.Timeout:
-                    timed_out, last = True, DnsAnswer(AnswerKind.TIMEOUT)
-                    continue
-                except OSError as error:
-                    last = DnsAnswer(AnswerKind.NETWORK, detail=error.strerror or str(error))
-                    continue
-                except dns.exception.DNSException as error:
-                    last = DnsAnswer(AnswerKind.MALFORMED, detail=type(error).__name__)
-                    continue
-                answer = interpret(response)
-                if answer.kind.is_definitive:
-                    return answer
-                last = answer
-            # Every server answered, badly: asking again at once would get the same answers.
-            if not timed_out:
-                return last
-        return last
+    def _answered(self, query: _Query, attempt: int, response: dnswire.Response) -> None:
+        if response.answer.kind.is_definitive:
+            self._finish(query, response.answer)
+        elif response.truncated:
+            self._ask_over_tcp(query)
+        else:
+            self._failed(query, attempt, response.answer)
 
-    async def _exchange(
-        self, query: dns.message.Message, server: Nameserver, timeout: float
-    ) -> dns.message.Message:
+    # -- the receiver thread ----------------------------------------------------------------
+
+    def _wake(self) -> None:
+        # Full (it is awake anyway) or closed (stopping): either way nothing to do.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"!")
+
+    def _receive(self) -> None:
+        epoll = self._epoll
+        assert epoll is not None
+        while True:
+            with self._lock:
+                if not self._running:
+                    return
+                timeout = self._timers[0][0] - self._clock() if self._timers else 3600.0
+                self._sleep_until = self._clock() + timeout
+            try:
+                events = epoll.poll(max(0.0, timeout))
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self._wake_read:
+                    _drain_pipe(fd)
+                    continue
+                channel = self._channels.get(fd)
+                if channel is not None:
+                    self._read(channel)
+            self._expire()
+            self._close_retired()
+
+    def _read(self, channel: _Channel) -> None:
+        """Every datagram waiting on `channel`: each answer is matched to its question."""
+        while True:
+            try:
+                data = channel.sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                # A connected UDP socket reports an ICMP error of an earlier datagram here
+                # (ECONNREFUSED: nothing listens on the server's port): none of the questions
+                # waiting on it will be answered by that server.
+                if error.errno in (errno.EBADF, errno.ENOTSOCK):
+                    return
+                with self._lock:
+                    waiting = list(channel.pending.values())
+                for query, attempt in waiting:
+                    self._failed(query, attempt, _network(error))
+                continue
+            query_id = dnswire.query_id_of(data)
+            sent = channel.pending.get(query_id) if query_id is not None else None
+            if sent is None or query_id is None:
+                continue  # late (already answered or given up) or forged
+            query, attempt = sent
+            response = dnswire.parse_response(data, query_id, query.question)
+            if response is None:
+                continue  # not the answer to that question: keep waiting for it
+            # A late answer to an earlier attempt is as good as the current one's if it is
+            # definitive; a failure it reports is that attempt's, long since given up.
+            self._answered(query, attempt, response)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        due = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                _, _, query, attempt = heapq.heappop(self._timers)
+                if not query.done and query.attempt == attempt:
+                    due.append((query, attempt))
+        for query, attempt in due:
+            self._failed(query, attempt, _TIMEOUT)
+
+    def _close_retired(self) -> None:
+        with self._lock:
+            idle = [c for c in self._retired if not c.pending]
+            if not idle:
+                return
+            self._retired = [c for c in self._retired if c.pending]
+            for channel in idle:
+                del self._channels[channel.fd]
+        assert self._epoll is not None
+        for channel in idle:
+            self._epoll.unregister(channel.fd)
+            channel.sock.close()
+
+    # -- TCP, for an answer too large for UDP (TC set) -------------------------------------
+
+    def _ask_over_tcp(self, query: _Query) -> None:
+        """Ask the same server again over TCP, on a thread of its own (it is rare: list
+        answers are small), within what is left of the attempt's timeout."""
+        with self._lock:
+            if query.done:
+                return
+            query.attempt += 1  # the UDP timer is stale: the TCP exchange keeps its own time
+            attempt = query.attempt
+            server = self._nameservers[query.server]
+            timeout = query.attempt_ends - self._clock()
+        if timeout <= 0:
+            self._failed(query, attempt, _TIMEOUT)
+            return
+        threading.Thread(
+            target=self._tcp_exchange,
+            args=(query, attempt, server, timeout),
+            name="spamgate-dns-tcp",
+            daemon=True,
+        ).start()
+
+    def _tcp_exchange(
+        self, query: _Query, attempt: int, server: Nameserver, timeout: float
+    ) -> None:
+        query_id = self._tcp_id()
+        ends = time.monotonic() + timeout
+        try:
+            with socket.create_connection((server.host, server.port), timeout=timeout) as conn:
+                wire = dnswire.encode_query(query_id, query.question)
+                conn.sendall(len(wire).to_bytes(2, "big") + wire)
+                size = int.from_bytes(_read_exactly(conn, 2, ends), "big")
+                data = _read_exactly(conn, size, ends)
+        except TimeoutError:
+            self._failed(query, attempt, _TIMEOUT)
+            return
+        except OSError as error:
+            self._failed(query, attempt, _network(error))
+            return
         self.stats.queries_sent += 1
-        started = self._clock()
-        # A connected socket of our own: dnspython's asyncio backend would bind 0.0.0.0 and
-        # not connect (dns/asyncquery.py, udp()), which makes every query in flight a UDP
-        # listener on all interfaces. Connected, the kernel picks the source by route
-        # (127.0.0.1 for a local resolver) and delivers only the nameserver's datagrams; a
-        # closed port is reported at once (ECONNREFUSED) instead of timing out.
-        family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
-        # dnspython leaves its backends' make_socket unannotated; it returns a DatagramSocket.
-        connected = await _ASYNCIO.make_socket(  # type: ignore[no-untyped-call]
-            family, socket.SOCK_DGRAM, 0, None, (server.host, server.port)
-        )
-        async with connected:
-            response = await dns.asyncquery.udp(
-                query,
-                server.host,
-                timeout=timeout,
-                port=server.port,
-                ignore_unexpected=True,
-                sock=connected,
-            )
-        if response.flags & dns.flags.TC:
-            remaining = timeout - (self._clock() - started)
-            if remaining <= 0:
-                raise dns.exception.Timeout
-            response = await dns.asyncquery.tcp(
-                query, server.host, timeout=remaining, port=server.port
-            )
-        return response
+        response = dnswire.parse_response(data, query_id, query.question)
+        if response is None or response.truncated:
+            self._failed(query, attempt, DnsAnswer(AnswerKind.MALFORMED, detail="BadResponse"))
+            return
+        self._answered(query, attempt, response)
+
+    def _tcp_id(self) -> int:
+        with self._lock:
+            return self._new_id()
 
 
-def _queryable(qname: str) -> bool:
-    """True when `qname` makes a valid DNS name (dnspython's rules: labels of 1..63 octets,
-    255 in all; non-ASCII goes through its IDNA codec)."""
+def _read_exactly(conn: socket.socket, size: int, ends: float) -> bytes:
+    chunks = []
+    while size:
+        conn.settimeout(max(0.001, ends - time.monotonic()))
+        chunk = conn.recv(size)
+        if not chunk:
+            raise ConnectionResetError(errno.ECONNRESET, "connection closed by the server")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _drain_pipe(fd: int) -> None:
     try:
-        dns.name.from_text(qname)
-    except (dns.exception.DNSException, UnicodeError, ValueError):
-        return False
-    return True
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
-def interpret(response: dns.message.Message) -> DnsAnswer:
-    """Reduce a DNS response to a DnsAnswer, its records written as text by their type.
-
-    The type is the question's: dnspython's resolve_chaining() follows CNAMEs to the RRset of
-    the type asked and ignores records of any other type.
-    """
-    if not isinstance(response, dns.message.QueryMessage):
-        return DnsAnswer(AnswerKind.MALFORMED, detail="not a query response")
-    rcode = response.rcode()
-    if rcode in _FAILED_RCODES:
-        return DnsAnswer(_FAILED_RCODES[rcode])
-    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-        return DnsAnswer(AnswerKind.OTHER_RCODE, detail=dns.rcode.to_text(rcode))
-    try:
-        chain = response.resolve_chaining()
-    except dns.exception.DNSException as error:
-        return DnsAnswer(AnswerKind.MALFORMED, detail=type(error).__name__)
-    if rcode == dns.rcode.NXDOMAIN:
-        return DnsAnswer(AnswerKind.NXDOMAIN, ttl=chain.minimum_ttl)
-    if chain.answer is None:
-        return DnsAnswer(AnswerKind.NODATA, ttl=chain.minimum_ttl)
-    records = tuple(sorted({_record_text(rdata) for rdata in chain.answer}))
-    return DnsAnswer(AnswerKind.RECORDS, records, ttl=chain.minimum_ttl)
-
-
-def _record_text(rdata: dns.rdata.Rdata) -> str:
-    """One record as callers read it.
-
-    A: dotted quad. AAAA: dnspython's compressed form (`2001:db8::1`). PTR: the target,
-    lower-cased, without the final dot. MX: `PREFERENCE exchange`, the exchange written like a
-    PTR target, so RFC 7505's null MX stays `0 .`. TXT: the character-strings joined and
-    decoded as UTF-8 with replacement characters. Other types: dnspython's presentation form.
-    """
-    if isinstance(rdata, dns.rdtypes.IN.A.A | dns.rdtypes.IN.AAAA.AAAA):
-        return str(rdata.address)
-    if isinstance(rdata, dns.rdtypes.ANY.PTR.PTR):
-        return _name_text(rdata.target)
-    if isinstance(rdata, dns.rdtypes.ANY.MX.MX):
-        return f"{rdata.preference} {_name_text(rdata.exchange)}"
-    if isinstance(rdata, dns.rdtypes.ANY.TXT.TXT):
-        return b"".join(rdata.strings).decode("utf-8", errors="replace")
-    return rdata.to_text()
-
-
-def _name_text(name: dns.name.Name) -> str:
-    # to_text() escapes dots inside labels and unprintable octets (`\032`), so the text is
-    # printable ASCII whatever a hostile zone put in the name; the root stays ".".
-    return name.to_text(omit_final_dot=True).lower()
+def _network(error: OSError) -> DnsAnswer:
+    return DnsAnswer(AnswerKind.NETWORK, detail=error.strerror or str(error))
