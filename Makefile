@@ -10,7 +10,8 @@ CONFIG ?= config/spamgate.yaml
 RUN_PACKAGES := libmilter-dev gcc
 # systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files.
 # redis-server: the greylisting tests start their own on loopback (shared state of many MX hosts).
-TEST_PACKAGES := $(RUN_PACKAGES) postfix rbldnsd swaks systemd redis-server
+# rspamd: the benchmark's baseline, a private proxy worker in milter mode (bench/rspamd.py).
+TEST_PACKAGES := $(RUN_PACKAGES) postfix rbldnsd swaks systemd redis-server rspamd
 
 .PHONY: run test lint typecheck unit e2e bench soak system-run system-test venv clean install uninstall
 
@@ -71,7 +72,7 @@ python_packages = $(shell $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || e
 # Install the named Debian packages that are not installed yet, non-interactively. Postfix is
 # preseeded to "No configuration" so the system MTA is neither configured nor started, and a
 # policy-rc.d that refuses every start (if the machine has none) keeps the packages' services
-# (redis-server) from starting: the tests run their own private instances.
+# (redis-server, rspamd) from starting: the tests run their own private instances.
 define ensure_packages
 missing=""; for p in $(1); do \
   dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
