@@ -29,10 +29,9 @@ import statistics
 import tempfile
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 
-from spamgate.answers import AnswerKind, DnsAnswer
+from spamgate.answers import AnswerKind, DnsAnswer, Promise, wait_all
 from spamgate.config import Nameserver, ResolverSettings
 from spamgate.resolver import Resolver
 from tests.harness.dns import Rbldnsd, Zone
@@ -120,21 +119,20 @@ def _drive(  # noqa: PLR0917
             for zone in ZONES[:lists]:
                 future = resolver.lookup(f"{reversed_}.{zone}")
 
-                def stamp(_: futures.Future[DnsAnswer], into: list[float] = answered) -> None:
+                def stamp(_: Promise[DnsAnswer], into: list[float] = answered) -> None:
                     into.append(time.monotonic())
 
                 future.add_done_callback(stamp)
                 pending.append(future)
             _busy(work_us)
-            done, not_done = futures.wait(
-                pending, timeout=max(0.0, asked + deadline - time.monotonic())
-            )
+            wait_all(pending, asked + deadline - time.monotonic())
+            done = [f for f in pending if f.done()]
             failed = sum(
                 1 for f in done if f.result().kind not in (AnswerKind.RECORDS, AnswerKind.NXDOMAIN)
             )
             with lock:
                 latencies.extend((t - asked) * 1000 for t in answered)
-                late[0] += len(not_done) + failed
+                late[0] += len(pending) - len(done) + failed
                 counted[0] += len(pending)
 
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from concurrent import futures
 
 import Milter
 
-from spamgate.answers import DnsAnswer
+from spamgate.answers import DnsAnswer, Pending
 
 Question = tuple[str, str]  # (qname, rdtype)
 
@@ -38,21 +37,22 @@ class FakeClock:
 
 
 class ScriptedLookups:
-    """Answers scripted questions at once; leaves the others pending for the test to answer."""
+    """Answers scripted questions at once; leaves the others pending for the test to answer.
+    A question asked again while pending shares its answer, as the resolver merges them."""
 
     def __init__(self, script: dict[Question, DnsAnswer] | None = None) -> None:
         self.script = dict(script or {})
         self.calls: list[Question] = []
-        self.pending: dict[Question, futures.Future[DnsAnswer]] = {}
+        self.pending: dict[Question, Pending[DnsAnswer]] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
-        future: futures.Future[DnsAnswer] = futures.Future()
+    def lookup(self, qname: str, rdtype: str = "A") -> Pending[DnsAnswer]:
+        future: Pending[DnsAnswer] = Pending()
         with self._lock:
             self.calls.append((qname, rdtype))
             answer = self.script.get((qname, rdtype))
             if answer is None:
-                self.pending[qname, rdtype] = future
+                future = self.pending.setdefault((qname, rdtype), future)
         if answer is not None:
             future.set_result(answer)
         return future

@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import dns.rrset
 import pytest
 
 from spamgate import dnswire
-from spamgate.answers import AnswerKind, DnsAnswer
+from spamgate.answers import AnswerKind, DnsAnswer, Promise, wait_all
 from spamgate.config import Nameserver, ResolverSettings
 from spamgate.resolver import (
     AnswerCache,
@@ -583,7 +582,7 @@ def resolvers() -> Iterator[Callable[..., Resolver]]:
         resolver.stop()
 
 
-def timed(future: futures.Future[DnsAnswer], limit: float = 3.0) -> tuple[DnsAnswer, float]:
+def timed(future: Promise[DnsAnswer], limit: float = 3.0) -> tuple[DnsAnswer, float]:
     started = time.monotonic()
     answer = future.result(timeout=limit)
     return answer, time.monotonic() - started
@@ -660,7 +659,7 @@ def test_concurrent_lookups_of_one_name_share_one_query(
     server.script[QNAME, "A"] = Behaviour(records=("127.0.0.4",), ttl=300, delay=0.3)
     resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
     barrier = threading.Barrier(4)
-    asked: list[futures.Future[DnsAnswer]] = []
+    asked: list[Promise[DnsAnswer]] = []
     lock = threading.Lock()
 
     def ask_five() -> None:
@@ -675,8 +674,8 @@ def test_concurrent_lookups_of_one_name_share_one_query(
     for thread in threads:
         thread.join(timeout=2)
 
-    done, not_done = futures.wait(asked, timeout=3)
-    assert (len(done), len(not_done)) == (20, 0)
+    wait_all(asked, 3)
+    assert sum(1 for f in asked if f.done()) == 20
     assert {f.result() for f in asked} == {DnsAnswer(AnswerKind.RECORDS, ("127.0.0.4",), 300)}
     assert server.packets(QNAME) == 1
     assert (resolver.stats.lookups, resolver.stats.merged) == (20, 19)
@@ -862,15 +861,15 @@ def test_sockets_are_replaced_so_source_ports_vary(
     server: FakeDnsServer, resolvers: Callable[..., Resolver]
 ) -> None:
     resolver = resolvers(server.nameserver, query_timeout=1.0, deadline=2.0)
-    asked: list[futures.Future[DnsAnswer]] = []
+    asked: list[Promise[DnsAnswer]] = []
     for batch in range(6):  # in batches the scripted server (Python) keeps up with
         asked += [resolver.lookup(f"{batch}-{n}.example.test") for n in range(100)]
-        futures.wait(asked[-100:], timeout=3)
+        wait_all(asked[-100:], 3)
     assert {f.result(timeout=0).kind for f in asked} == {AnswerKind.NXDOMAIN}
     assert len(server.source_ports) >= 3  # a new socket every 256 queries
 
 
-def lookup_then_stop(server: FakeDnsServer) -> futures.Future[DnsAnswer]:
+def lookup_then_stop(server: FakeDnsServer) -> Promise[DnsAnswer]:
     """Start a lookup the server never answers and stop the resolver while it is in flight."""
     settings = ResolverSettings(nameservers=(server.nameserver,), query_timeout=5, deadline=10)
     resolver = Resolver(settings)

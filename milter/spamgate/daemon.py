@@ -9,6 +9,7 @@ lines). Every loop of ours is bounded by the `stopping` event or a timeout.
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import json
 import logging
@@ -23,7 +24,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from spamgate import __version__, sdnotify
+from spamgate import __version__, domains, sdnotify
 from spamgate.accesskeys import KeyMaskingFormatter, exposed_secret_files
 from spamgate.adapter import ListenError, poke, serve, stop_milter
 from spamgate.config import (
@@ -103,6 +104,26 @@ def configure_logging(settings: LogSettings, secrets: Iterable[str] = ()) -> Non
         stale.close()
 
 
+# Tracked allocations between two collections of the youngest generation (Python's default is
+# 700). Sessions hold a few hundred objects each and most die by reference counting when the
+# session ends; collecting every 700 allocations, with 200 sessions open, meant walking the
+# live sessions' objects hundreds of times a second and promoting them into older generations
+# whose collections then walked them again (issue 13: 0.2-0.3 ms of CPU per message, and
+# pauses of 70-100 ms with every thread stopped, at 200 sessions; bench/RESULTS.md).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_memory() -> None:
+    """Before the first session: build what is built lazily, then take every object made so
+    far (modules, the policy, the Public Suffix List) out of the garbage collector's sight
+    (gc.freeze), so that its full collections walk only what sessions and caches made."""
+    domains.organizational_domain("example.com")  # parses the Public Suffix List
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def public_resolvers(nameservers: tuple[Nameserver, ...]) -> list[str]:
     return [str(ns) for ns in nameservers if ipaddress.ip_address(ns.host) in PUBLIC_RESOLVERS]
 
@@ -172,6 +193,7 @@ class Daemon:
         ]
         for thread in helpers:
             thread.start()
+        settle_memory()
         milter = MilterThread(self.runtime, self.policy, self._ready)
         milter.start()
         try:

@@ -13,11 +13,10 @@ import ipaddress
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Protocol
 
-from spamgate.answers import AnswerKind, DnsAnswer, Lookups
+from spamgate.answers import AnswerKind, DnsAnswer, Lookups, Pending, Promise, wait_all
 from spamgate.config import DnsList, IpList, ListHit
 from spamgate.returncodes import BLOCKED_CODES, LOOPBACK_NET
 
@@ -147,7 +146,7 @@ class _Lookup:
     qname: str
     subject: str
     stage: int
-    future: futures.Future[DnsAnswer]
+    future: Promise[DnsAnswer]
     started_at: float
     answered_at: float | None = None
     outcome: ListOutcome | None = None
@@ -201,8 +200,7 @@ class ListLookups:
             # A list gone bad is not asked at all: its outcome is known.
             outcome = _unusable(dns_list, "suspended", (), None, subject)
             recorder.record([outcome])
-            done: futures.Future[DnsAnswer] = futures.Future()
-            done.set_result(DnsAnswer(AnswerKind.NETWORK, detail="suspended"))
+            done = Pending.of(DnsAnswer(AnswerKind.NETWORK, detail="suspended"))
             with self._lock:
                 self._lookups.append(
                     _Lookup(dns_list, qname, subject, stage, done, 0.0, 0.0, outcome)
@@ -217,7 +215,7 @@ class ListLookups:
             lookup.answered_at = now  # from the cache: answered as it was asked
             return
 
-        def stamp(_: futures.Future[DnsAnswer]) -> None:
+        def stamp(_: Promise[DnsAnswer]) -> None:
             lookup.answered_at = self._clock()
             if recorder is not None:
                 recorder.answered(self._outcome(lookup, 0.0))
@@ -257,14 +255,14 @@ class ListLookups:
         recorder = self._recorder
         pending = [x for x in open_ if not x.future.done()]
         if recorder is None:
-            futures.wait([x.future for x in pending], timeout=remaining)
+            wait_all([x.future for x in pending], remaining)
             return
         ends = time.monotonic() + remaining
         wake = threading.Event()
         count = [len(pending)]
         count_lock = threading.Lock()
 
-        def one_done(_: futures.Future[DnsAnswer]) -> None:
+        def one_done(_: Promise[DnsAnswer]) -> None:
             with count_lock:
                 count[0] -= 1
                 last = count[0] == 0

@@ -201,6 +201,11 @@ _psl_lock = threading.Lock()
 def _public_suffixes() -> PublicSuffixList:
     """The Public Suffix List, parsed once on first use (parsing takes tens of milliseconds)."""
     global _psl  # noqa: PLW0603 -- one parsed list per process, built lazily
+    psl = _psl
+    if psl is not None:
+        # Every lookup of a new name comes here: no lock once the list is built, or the
+        # sessions of a flood queue up on it behind one that waits for the interpreter lock.
+        return psl
     with _psl_lock:
         if _psl is None:
             _psl = PublicSuffixList()

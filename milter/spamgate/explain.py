@@ -11,11 +11,10 @@ import argparse
 import ipaddress
 import sys
 from collections.abc import Sequence
-from concurrent import futures
 from pathlib import Path
 from typing import TextIO
 
-from spamgate.answers import AnswerKind, DnsAnswer
+from spamgate.answers import AnswerKind, DnsAnswer, Pending
 from spamgate.config import Policy
 from spamgate.engine import DEFAULT_GROUP, Action, Engine, Verdict
 from spamgate.resolver import Resolver
@@ -35,10 +34,8 @@ EXIT_BY_ACTION = {
 class NoDns:
     """--no-dns: every lookup fails at once, which spamgate treats as no evidence at all."""
 
-    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
-        future: futures.Future[DnsAnswer] = futures.Future()
-        future.set_result(DnsAnswer(AnswerKind.NETWORK, detail="--no-dns"))
-        return future
+    def lookup(self, qname: str, rdtype: str = "A") -> Pending[DnsAnswer]:
+        return Pending.of(DnsAnswer(AnswerKind.NETWORK, detail="--no-dns"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

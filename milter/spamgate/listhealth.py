@@ -24,10 +24,9 @@ import logging
 import statistics
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent import futures
 from dataclasses import dataclass, field
 
-from spamgate.answers import DnsAnswer
+from spamgate.answers import DnsAnswer, Promise, wait_all
 from spamgate.config import DnsList, DomainList, HealthSettings, IpList
 from spamgate.dnslists import ListOutcome, ListStatus, classify, query_name
 
@@ -383,7 +382,7 @@ class ListMonitor:
 
 def probe_lists(
     lists: Sequence[DnsList],
-    lookup: Callable[[str], futures.Future[DnsAnswer]],
+    lookup: Callable[[str], Promise[DnsAnswer]],
     timeout: float,
 ) -> dict[str, str]:
     """Ask each list its two test questions, all at once; what is wrong with each ("" if
@@ -393,7 +392,7 @@ def probe_lists(
         names = probe_names(dns_list)
         if names is not None:
             asked.append((dns_list, lookup(names.listed), lookup(names.unlisted)))
-    futures.wait([f for _, *pair in asked for f in pair], timeout=timeout)
+    wait_all([f for _, *pair in asked for f in pair], timeout)
     problems = {}
     for dns_list, listed, unlisted in asked:
         if not (listed.done() and unlisted.done()):

@@ -2,17 +2,15 @@
 
 A HELO name resolves if it has an A or AAAA record. A mail domain can receive mail (and so
 bounces) if it has MX records other than a null MX (RFC 7505 `0 .`), or else an A or AAAA
-record (RFC 5321 5.1 implicit MX). Lookups chain through future callbacks on the resolver's
+record (RFC 5321 5.1 implicit MX). Lookups chain through callbacks on the resolver's
 thread, so no milter thread blocks until the verdict needs the answer.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from concurrent import futures
 
-from spamgate.answers import AnswerKind, DnsAnswer, Lookups
+from spamgate.answers import AnswerKind, DnsAnswer, Lookups, Pending, Promise
 
 NULL_MX = "0 ."
 
@@ -27,15 +25,14 @@ class PendingResolution:
         self._name = name
         self._clock = clock
         self.started_at = clock()
-        self._result: futures.Future[bool | None] = futures.Future()
-        self._lock = threading.Lock()
+        self._result: Pending[bool | None] = Pending()
         steps: Sequence[str] = ("MX", "A", "AAAA") if mail_domain else ("A", "AAAA")
         self._ask(list(steps))
 
     def _ask(self, steps: list[str]) -> None:
         rdtype, rest = steps[0], steps[1:]
 
-        def answered(future: futures.Future[DnsAnswer]) -> None:
+        def answered(future: Promise[DnsAnswer]) -> None:
             self._settle_or_continue(rdtype, future, rest)
 
         try:
@@ -43,12 +40,11 @@ class PendingResolution:
         except Exception:  # a resolver that breaks its promise: no evidence, not a crash
             self._settle(None)
 
-    def _settle_or_continue(
-        self, rdtype: str, future: futures.Future[DnsAnswer], rest: list[str]
-    ) -> None:
-        answer = None
-        if not future.cancelled() and future.exception() is None:
-            answer = future.result()
+    def _settle_or_continue(self, rdtype: str, future: Promise[DnsAnswer], rest: list[str]) -> None:
+        try:
+            answer: DnsAnswer | None = future.result(timeout=0)
+        except Exception:  # a resolver that breaks its promise: no evidence, not a crash
+            answer = None
         if answer is None or not answer.kind.is_definitive:
             self._settle(None)
         elif answer.kind is AnswerKind.RECORDS:
@@ -62,13 +58,11 @@ class PendingResolution:
             self._settle(False)
 
     def _settle(self, value: bool | None) -> None:
-        with self._lock:
-            if not self._result.done():
-                self._result.set_result(value)
+        self._result.set_result(value)  # the first value wins
 
     def collect(self, deadline: float) -> bool | None:
         remaining = self.started_at + deadline - self._clock()
         try:
             return self._result.result(timeout=max(0.0, remaining))
-        except futures.TimeoutError:
+        except TimeoutError:
             return None

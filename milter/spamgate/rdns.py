@@ -17,10 +17,9 @@ import ipaddress
 import re
 import threading
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 
-from spamgate.answers import AnswerKind, DnsAnswer, Lookups
+from spamgate.answers import AnswerKind, DnsAnswer, Lookups, Pending, Promise
 from spamgate.dnslists import lookup_address
 from spamgate.domains import is_ip_literal, normalize_domain
 
@@ -122,15 +121,13 @@ def conclude(
     return ReverseDns(RdnsStatus.UNCONFIRMED, names)
 
 
-def _answer_of(future: futures.Future[DnsAnswer]) -> DnsAnswer:
-    """A finished future's answer; a resolver breaking its promise never to raise is a
+def _answer_of(future: Promise[DnsAnswer]) -> DnsAnswer:
+    """A finished lookup's answer; a resolver breaking its promise never to raise is a
     network failure, not an exception in a callback."""
-    if future.cancelled():
-        return DnsAnswer(AnswerKind.NETWORK, detail="cancelled")
-    error = future.exception()
-    if error is not None:
+    try:
+        return future.result(timeout=0)
+    except Exception as error:
         return DnsAnswer(AnswerKind.NETWORK, detail=type(error).__name__)
-    return future.result()
 
 
 class PendingReverse:
@@ -168,16 +165,16 @@ class PendingReverse:
             callback(result)
 
     def _start(
-        self, qname: str, rdtype: str, callback: Callable[[futures.Future[DnsAnswer]], None]
+        self, qname: str, rdtype: str, callback: Callable[[Promise[DnsAnswer]], None]
     ) -> None:
+        future: Promise[DnsAnswer]
         try:
             future = self._resolver.lookup(qname, rdtype)
         except Exception as error:  # the Lookups promise is broken: fail this lookup only
-            future = futures.Future()
-            future.set_exception(error)
+            future = Pending.of(DnsAnswer(AnswerKind.NETWORK, detail=type(error).__name__))
         future.add_done_callback(callback)
 
-    def _on_ptr(self, future: futures.Future[DnsAnswer]) -> None:
+    def _on_ptr(self, future: Promise[DnsAnswer]) -> None:
         answer = _answer_of(future)
         if answer.kind in (AnswerKind.NXDOMAIN, AnswerKind.NODATA):
             self._finish(ReverseDns(RdnsStatus.MISSING))
@@ -194,8 +191,8 @@ class PendingReverse:
         for name in names:
             self._start(name, self._forward_type, self._forward_callback(name))
 
-    def _forward_callback(self, name: str) -> Callable[[futures.Future[DnsAnswer]], None]:
-        def record(future: futures.Future[DnsAnswer]) -> None:
+    def _forward_callback(self, name: str) -> Callable[[Promise[DnsAnswer]], None]:
+        def record(future: Promise[DnsAnswer]) -> None:
             answer = _answer_of(future)
             with self._lock:
                 self._forward[name] = answer

@@ -19,7 +19,7 @@ hundred queries, so an off-path forger must guess the source port as well as the
 query ID, which comes from os.urandom. A datagram that is not the response to a question in
 flight (unknown ID, another question) is ignored, and the question keeps waiting.
 
-Callers get a concurrent Future that always ends in a DnsAnswer — failures are answers of a
+Callers get a Pending (answers.py) that always ends in a DnsAnswer — failures are answers of a
 failed kind, never exceptions — and they decide themselves how long to wait for it.
 """
 
@@ -37,13 +37,12 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from spamgate import dnswire
-from spamgate.answers import AnswerKind, DnsAnswer
+from spamgate.answers import AnswerKind, DnsAnswer, Pending
 from spamgate.config import Nameserver, ResolverSettings
 
 log = logging.getLogger("spamgate.resolver")
@@ -182,7 +181,7 @@ class _Query:
     def __init__(self, key: Question, question: dnswire.Question, give_up_at: float) -> None:
         self.key = key
         self.question = question
-        self.waiters: list[futures.Future[DnsAnswer]] = []
+        self.waiters: list[Pending[DnsAnswer]] = []
         self.give_up_at = give_up_at
         self.server = 0  # index into the nameservers, this round
         self.round = 0
@@ -273,9 +272,7 @@ class Resolver:
                 os.close(fd)
         self._wake_read = self._wake_write = -1
 
-    def lookup(
-        self, qname: str, rdtype: str = "A", *, fresh: bool = False
-    ) -> futures.Future[DnsAnswer]:
+    def lookup(self, qname: str, rdtype: str = "A", *, fresh: bool = False) -> Pending[DnsAnswer]:
         """Start (or join) the lookup of `qname`'s `rdtype` records; safe from any thread.
 
         `rdtype` is one of RDTYPES; anything else is a programming error (ValueError). A name
@@ -287,22 +284,19 @@ class Resolver:
             raise ValueError(f"unsupported record type {rdtype!r}")
         key = Question(qname.lower(), rdtype)
         self.stats.lookups += 1
-        future: futures.Future[DnsAnswer] = futures.Future()
         # The hot path on a busy MX: a cached answer, with no further checks (only names that
         # passed them were ever asked, so only they are in the cache).
         cached = None if fresh else self.cache.get(key)
         if cached is not None:
             self.stats.cache_hits += 1
-            future.set_result(cached)
-            return future
+            return Pending.of(cached)
         question = dnswire.question_for(key.qname, rdtype)
         if question is None:
-            future.set_result(_BAD_NAME)
-            return future
+            return Pending.of(_BAD_NAME)
+        future: Pending[DnsAnswer] = Pending()
         with self._lock:
             if not self._running:
-                future.set_result(_NOT_RUNNING)
-                return future
+                return Pending.of(_NOT_RUNNING)
             query = self._inflight.get(key)
             if query is not None:
                 self.stats.merged += 1
@@ -417,8 +411,7 @@ class Resolver:
         if answer.kind.is_definitive:
             self.cache.put(query.key, answer)
         for waiter in query.waiters:
-            if not waiter.done():
-                waiter.set_result(answer)
+            waiter.set_result(answer)  # the first answer wins: a second one is ignored
 
     def _answered(self, query: _Query, attempt: int, response: dnswire.Response) -> None:
         if response.answer.kind.is_definitive:
