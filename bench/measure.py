@@ -57,6 +57,44 @@ def group_cpu(leader: int) -> float:
     return total / _TICKS
 
 
+def group_times(leader: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process group that keeps its children (rspamd's main
+    process and its workers): the leader, its children alive now and those it has reaped."""
+    fields = _stat_fields(leader)
+    user = int(fields[11]) + int(fields[13])
+    system = int(fields[12]) + int(fields[14])
+    for pid in group_members(leader):
+        if pid != leader:
+            try:
+                child = _stat_fields(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            user += int(child[11])
+            system += int(child[12])
+    return user / _TICKS, system / _TICKS
+
+
+def group_rss_kib(leader: int) -> tuple[int, int]:
+    """(current, peak) RSS of every process of a group, added up."""
+    current = peak = 0
+    for pid in {leader, *group_members(leader)}:
+        try:
+            now, most = rss_kib(pid)
+        except (FileNotFoundError, ProcessLookupError, KeyError):
+            continue
+        current += now
+        peak += most
+    return current, peak
+
+
+def reset_group_peak_rss(leader: int) -> None:
+    for pid in {leader, *group_members(leader)}:
+        try:
+            reset_peak_rss(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     """(current RSS, peak RSS since start or the last reset_peak_rss) in KiB."""
     values = {}

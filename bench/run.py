@@ -16,6 +16,12 @@ Workloads:
                50 concurrent sessions, mail every configuration accepts, each message the
                retry of a triplet greylisted a moment before: the cost of greylisting, with
                its state in SQLite and in Redis, against the same daemon without it
+    c50-real, c200-real
+               50 and 200 concurrent sessions, the realistic mix with a realistic cache: the
+               filters are restarted at the start of each round (nothing cached), and the
+               clients are drawn from a population larger than a run, so most of them are
+               seen once; Postfix alone, the no-op milter, spamgate and rspamd (its proxy in
+               milter mode, its rbl module on the same lists: bench/rspamd.py)
 and then 500 sessions held open at once (memory per session) and a long run (memory over
 time), and a py-spy profile of spamgate under c50 load.
 """
@@ -43,7 +49,7 @@ from pathlib import Path
 
 from bench import loadgen, measure, phases
 from bench.loadgen import LoadResult, Outcome
-from bench.stack import Stack, running_stack
+from bench.stack import Milter, Stack, running_stack
 from bench.workload import (
     CLEAN_ONLY_MIX,
     EXTRA_RULES,
@@ -61,13 +67,23 @@ from bench.workload import (
     one_per_client,
     retag,
 )
+from tests.e2e.spamgate_stack import parse_decisions
 from tests.harness.processes import HarnessError, wait_until
 
 RESULTS = REPOSITORY / "bench" / "RESULTS.md"
+# In a decision line's lists=: a list that was unusable because its answer came too late (or
+# because it was suspended, which a run of late answers does), and each list answer's time.
+_LATE = re.compile(r":unusable:(?:deadline|suspended)\b")
+_ANSWER_MS = re.compile(r":(?:listed|clean|unusable)(?::[^:,\s\"]+)*?:([0-9]+)ms")
 _TAGGED = re.compile(rb"^X-Spam-Status: ", re.MULTILINE)
 SPAMGATE_CONFIGS = ("spamgate", "spamgate-unix", "spamgate-cold", "spamgate-before")
 # The greylisting comparison: the same daemon without greylisting, then with each store.
 GREYLIST_CONFIGS = ("spamgate-nogreylist", "spamgate-greylist-sqlite", "spamgate-greylist-redis")
+# Issue 13's comparison: the filters an admin would choose between, with a realistic cache.
+REAL_CONFIGS = ("plain", "noop", "spamgate", "rspamd")
+# Configurations whose process is a filter that keeps state (a cache): restarted for a cold
+# start. The no-op milter keeps none.
+STATEFUL = ("spamgate", "rspamd")
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,9 @@ class Workload:
     # round's messages once as first attempts (451; measured too, as the `first_attempts`
     # workload), so that every message of the runs proper is a retry that passes.
     greylisted: tuple[str, ...] = ()
+    # The filters are restarted before each round's runs: their caches start empty, as after
+    # a restart, and fill only with what the round's own traffic brings (a realistic cache).
+    cold_start: bool = False
 
     def with_before(self) -> Workload:
         if "spamgate" not in self.configs:
@@ -124,12 +143,28 @@ def plan(quick: bool, rounds: int | None) -> Plan:
             domains=60,
             cold=40,
         )
-        counts = {"c1": 20, "c50": 150, "c50-clean": 150, "cold": 8, "c50-greylist": 150}
+        counts = {
+            "c1": 20,
+            "c50": 150,
+            "c50-clean": 150,
+            "cold": 8,
+            "c50-greylist": 150,
+            "c50-real": 150,
+            "c200-real": 300,
+        }
         held, batches, batch, profile = 60, 2, 150, 0.0
         rounds = rounds or 1
     else:
         sizes = Sizes()
-        counts = {"c1": 300, "c50": 2000, "c50-clean": 2000, "cold": 60, "c50-greylist": 2000}
+        counts = {
+            "c1": 300,
+            "c50": 2000,
+            "c50-clean": 2000,
+            "cold": 60,
+            "c50-greylist": 2000,
+            "c50-real": 2000,
+            "c200-real": 3000,
+        }
         held, batches, batch, profile = 500, 10, 2500, 15.0
         rounds = rounds or 5
     workloads = (
@@ -174,6 +209,19 @@ def plan(quick: bool, rounds: int | None) -> Plan:
             CLEAN_ONLY_MIX,
             greylisted=GREYLIST_CONFIGS[1:],
         ),
+        *(
+            Workload(
+                f"c{concurrency}-real",
+                f"Concurrency {concurrency}, realistic mix, realistic cache (filters restarted"
+                " each round, most clients seen once)",
+                concurrency,
+                counts[f"c{concurrency}-real"],
+                REAL_CONFIGS,
+                REALISTIC_MIX,
+                cold_start=True,
+            )
+            for concurrency in (50, 200)
+        ),
     )
     return Plan(rounds, sizes, workloads, held, batches, batch, profile)
 
@@ -203,6 +251,12 @@ class Run:
     other_load: float  # cores busy with processes not ours, on average over the run
     state_cpu_ms: float | None = None  # per message: the milter's greylisting server (Redis)
     greylist: dict[str, float] = field(default_factory=dict)  # checks during the run by outcome
+    listed_sent: int = 0  # messages from clients on Spamhaus ZEN (every filter must refuse)
+    listed_accepted: int = 0  # ... that were accepted all the same
+    # spamgate: decisions in which a list was unusable because its answer came after the
+    # deadline (or the list was suspended), and every list answer's time, from its log.
+    deadline_lost: int | None = None
+    list_answer_ms: tuple[float, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -258,10 +312,10 @@ class _Snapshot:
     at: float
 
     @classmethod
-    def take(cls, stack: Stack, milter_pid: int | None) -> _Snapshot:
+    def take(cls, stack: Stack, milter: Milter | None) -> _Snapshot:
         user = system = 0.0
-        if milter_pid is not None:
-            user, system = measure.process_times(milter_pid)
+        if milter is not None:
+            user, system = milter.times()
         postfix = measure.group_cpu(stack.postfix.pid)
         own = os.times()
         ours = postfix + own.user + own.system
@@ -279,13 +333,15 @@ def measure_run(
     dns_before = None
     greylist_before: dict[str, float] = {}
     server = milter.state_server if milter is not None else None
+    log_offset = 0
     if milter is not None:
-        measure.reset_peak_rss(milter.pid)
+        milter.reset_peak_rss()
+        log_offset = milter.log_size()
         if milter.metrics_port:
             dns_before = measure.DnsCounters.read(milter.metrics_port)
             greylist_before = measure.greylist_outcomes(milter.metrics_port)
     state_before = measure.process_cpu(server.pid) if server is not None else 0.0
-    before = _Snapshot.take(stack, milter.pid if milter else None)
+    before = _Snapshot.take(stack, milter)
 
     result = loadgen.send_all(stack.port(config), batch, workload.concurrency)
 
@@ -298,7 +354,7 @@ def measure_run(
 
     with contextlib.suppress(HarnessError):
         wait_until(all_delivered, timeout=120, what="delivery to the sink", interval=0.1)
-    after = _Snapshot.take(stack, milter.pid if milter else None)
+    after = _Snapshot.take(stack, milter)
     sent = len(result.sent)
     state_cpu_ms = None
     if server is not None:
@@ -308,7 +364,7 @@ def measure_run(
     if milter is not None:
         milter_user_ms = (after.milter_user - before.milter_user) * 1000 / sent
         milter_system_ms = (after.milter_system - before.milter_system) * 1000 / sent
-        peak_mb = measure.rss_kib(milter.pid)[1] / 1024
+        peak_mb = milter.rss_kib()[1] / 1024
     if dns_before is not None and milter is not None and milter.metrics_port:
         dns = measure.DnsCounters.read(milter.metrics_port) - dns_before
         queries = dns.queries / sent
@@ -324,6 +380,15 @@ def measure_run(
     if _is_spamgate(config):
         untagged = sum(1 for token in accepted if not delivered.get(token, True))
     others = (after.machine - before.machine) - (after.ours - before.ours)
+    listed = {m.token for m in batch if m.client.kind is Kind.LISTED_REJECT}
+    deadline_lost = None
+    answer_ms: tuple[float, ...] = ()
+    if milter is not None and _is_spamgate(config):
+        decisions = parse_decisions(milter.log_since(log_offset))
+        deadline_lost = sum(1 for d in decisions if _LATE.search(d.get("lists", "")))
+        answer_ms = tuple(
+            float(ms) for d in decisions for ms in _ANSWER_MS.findall(d.get("lists", ""))
+        )
     return Run(
         workload=workload.name,
         config=config,
@@ -346,6 +411,10 @@ def measure_run(
         other_load=max(0.0, others / (after.at - before.at)),
         state_cpu_ms=state_cpu_ms,
         greylist=greylist,
+        listed_sent=len(listed),
+        listed_accepted=len(listed & accepted),
+        deadline_lost=deadline_lost,
+        list_answer_ms=answer_ms,
     )
 
 
@@ -357,6 +426,11 @@ def _wait_for_delivery(stack: Stack, result: LoadResult, what: str) -> None:
 
 def _is_spamgate(config: str) -> bool:
     return config.startswith("spamgate")
+
+
+def _is_filter(config: str) -> bool:
+    """A configuration that refuses listed clients: spamgate, and rspamd."""
+    return _is_spamgate(config) or config == "rspamd"
 
 
 def _failures(result: LoadResult) -> list[str]:
@@ -397,7 +471,7 @@ def warm_up(stack: Stack, population: Population, configs: Sequence[str]) -> Non
             f" ({result.count(Outcome.ACCEPTED)} accepted, {failed} failed)"
         )
         refused = result.count(Outcome.REFUSED)
-        if failed or (refused and not _is_spamgate(config)):
+        if failed or (refused and not _is_filter(config)):
             problems = [s.reply for s in result.sent if s.outcome is not Outcome.ACCEPTED][:5]
             raise HarnessError(f"warm-up through {config} went wrong: {problems}")
         _wait_for_delivery(stack, result, "warm-up delivery")
@@ -407,11 +481,21 @@ def warm_up(stack: Stack, population: Population, configs: Sequence[str]) -> Non
 def run_rounds(stack: Stack, population: Population, report: Report) -> None:
     workloads = report.plan.workloads
     cold_next = 0
+    restarted: set[str] = set()  # filters whose cache a cold start emptied since the warm-up
     for round_number in range(report.plan.rounds):
         for workload in workloads:
             configs = list(workload.configs)
             shift = round_number % len(configs)
             configs = configs[shift:] + configs[:shift]
+            stateful = [c for c in configs if c.startswith(STATEFUL)]
+            if workload.cold_start:
+                for config in stateful:
+                    stack.milters[config].restart()
+                restarted.update(stateful)
+            elif workload.mix is not None and restarted & set(stateful):
+                # A warm-cache workload after a cold start: warm those filters up again.
+                warm_up(stack, population, sorted(restarted & set(stateful)))
+                restarted -= set(stateful)
             if workload.mix is None:
                 base = cold_messages(
                     population, cold_next, workload.messages, f"r{round_number}.{workload.name}"
@@ -679,6 +763,8 @@ def render(report: Report) -> str:
     for workload in report.plan.workloads:
         if workload.greylisted:
             lines += _greylist_tables(runs, workload, report.on_tmpfs)
+        elif workload.cold_start:
+            lines += _real_table(runs, workload)
         else:
             lines += _workload_table(runs, workload)
     lines += _targets(report)
@@ -742,6 +828,64 @@ def _workload_table(runs: Sequence[Run], workload: Workload) -> list[str]:
             f" | {_fmt(_median(r.milter_peak_rss_mb for r in mine), 1)}"
             f" | {_fmt(_median(r.dns_queries for r in mine))}"
             f" | {_fmt(hit and hit * 100, 1)}{'%' if hit is not None else ''}"
+            f" | {sum(r.refused for r in mine)} | {sum(r.failed for r in mine)}"
+            f" | {sum(r.lost for r in mine)} | {_median(r.other_load for r in mine):.2f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _real_table(runs: Sequence[Run], workload: Workload) -> list[str]:
+    """Issue 13's comparison: every filter with a realistic cache, against the no-op milter."""
+    own = [r for r in runs if r.workload == workload.name]
+    if not own:
+        return []
+    configs = [c for c in workload.configs if any(r.config == c for r in own)]
+    lines = [
+        f"## {workload.title} (`{workload.name}`, {workload.messages} messages per run)",
+        "",
+        "Each round starts with spamgate and rspamd restarted (empty caches) and draws its"
+        " messages from the whole population, so most clients are seen once or twice. CPU:"
+        " the filter's (for rspamd, its main process and workers). List answers: the time from"
+        " a lookup's start to its answer inside spamgate, from its decision log, over all"
+        " rounds (a cached answer counts 0 ms; an answer the deadline cut off counts the"
+        " deadline). Lost to the deadline: decisions with a list unusable because its answer"
+        " came after spamgate's own deadline (or the list was suspended for that). Listed"
+        " accepted: messages from clients on Spamhaus ZEN that were accepted, of all sent.",
+        "",
+        "| configuration | msg/s | vs no-op | p50 ms | p99 ms | filter CPU ms/msg (user + sys)"
+        " | CPU vs no-op | Postfix CPU ms/msg | filter peak RSS MB | DNS queries/msg"
+        " | cache hits | list answers p50 / p99 ms | lost to the deadline | listed accepted"
+        " | refused | failed | lost | other load |",
+        "|---|" + "---:|" * 18,
+    ]
+    for config in configs:
+        mine = [r for r in own if r.config == config]
+        rate_ratio = _round_ratio(runs, workload.name, config, "noop", lambda r: r.rate)
+        cpu_ratio = _round_ratio(
+            runs, workload.name, config, "noop", lambda r: r.milter_cpu_ms or 0.0
+        )
+        if config == "plain":
+            cpu_ratio = None
+        hit = _median(r.cache_hit_rate for r in mine)
+        answers = sorted(ms for r in mine for ms in r.list_answer_ms)
+        answer_text = "-"
+        if answers:
+            answer_text = f"{_percentile(answers, 0.5):.0f} / {_percentile(answers, 0.99):.0f}"
+        lost_lists = [r.deadline_lost for r in mine if r.deadline_lost is not None]
+        lines.append(
+            f"| {config} | {_median(r.rate for r in mine):.1f}"
+            f" | {_fmt(rate_ratio and rate_ratio * 100, 1)}%"
+            f" | {_median(r.p50_ms for r in mine):.2f} | {_median(r.p99_ms for r in mine):.2f}"
+            f" | {_cpu(mine)} | {_fmt(cpu_ratio and cpu_ratio * 100, 1)}"
+            f"{'%' if cpu_ratio is not None else ''}"
+            f" | {_median(r.postfix_cpu_ms for r in mine):.2f}"
+            f" | {_fmt(_median(r.milter_peak_rss_mb for r in mine), 1)}"
+            f" | {_fmt(_median(r.dns_queries for r in mine))}"
+            f" | {_fmt(hit and hit * 100, 1)}{'%' if hit is not None else ''}"
+            f" | {answer_text}"
+            f" | {sum(lost_lists) if lost_lists else '-'}"
+            f" | {sum(r.listed_accepted for r in mine)} of {sum(r.listed_sent for r in mine)}"
             f" | {sum(r.refused for r in mine)} | {sum(r.failed for r in mine)}"
             f" | {sum(r.lost for r in mine)} | {_median(r.other_load for r in mine):.2f} |"
         )
@@ -919,6 +1063,7 @@ def _targets(report: Report) -> list[str]:
                 verdict(None if cpu is None else cpu <= 1.0),
             )
         )
+    rows += _real_targets(runs)
     cold = _round_difference(runs, "cold", "spamgate-cold", "noop", lambda r: r.p50_ms)
     lookup_ms = 50.0
     rows.append(
@@ -949,6 +1094,74 @@ def _targets(report: Report) -> list[str]:
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += ["", *_trap_lines(runs), ""]
     return lines
+
+
+def _real_targets(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
+    """Issue 13's targets, at 50 and 200 sessions with a realistic cache."""
+    rows = []
+
+    def verdict(ok: bool | None, aim: bool = False) -> str:
+        if ok is None:
+            return "-"
+        return ("met" if ok else "**not met**") + (" (aim)" if aim else "")
+
+    for workload in ("c50-real", "c200-real"):
+        mine = [r for r in runs if r.workload == workload and r.config == "spamgate"]
+        if not mine:
+            continue
+        lost = sum(r.deadline_lost or 0 for r in mine)
+        decisions = sum(r.sent for r in mine)
+        rows.append(
+            (
+                f"`{workload}`: no decision loses a list to spamgate's own deadline",
+                f"{lost} of {decisions} messages' decisions",
+                verdict(lost == 0),
+            )
+        )
+        worst = max(
+            (_percentile(r.list_answer_ms, 0.99) for r in mine if r.list_answer_ms),
+            default=None,
+        )
+        rows.append(
+            (
+                f"`{workload}`: list answers inside spamgate p99 under 50 ms (worst round)",
+                f"{_fmt(worst, 0)} ms",
+                verdict(None if worst is None else worst < 50),
+            )
+        )
+        listed = sum(r.listed_accepted for r in mine)
+        rows.append(
+            (
+                f"`{workload}`: no client listed on ZEN accepted",
+                f"{listed} of {sum(r.listed_sent for r in mine)}",
+                verdict(listed == 0),
+            )
+        )
+        rate = _round_ratio(runs, workload, "spamgate", "noop", lambda r: r.rate)
+        rows.append(
+            (
+                f"`{workload}`: spamgate throughput at least the no-op milter's",
+                f"{_fmt(rate and rate * 100, 1)}%",
+                verdict(None if rate is None else rate >= 1.0),
+            )
+        )
+        cpu = _round_ratio(runs, workload, "spamgate", "noop", lambda r: r.milter_cpu_ms or 0)
+        rows.append(
+            (
+                f"`{workload}`: spamgate CPU per message at most 1.25 times the no-op milter's",
+                f"{_fmt(cpu and cpu * 100, 1)}% of it",
+                verdict(None if cpu is None else cpu <= 1.25),
+            )
+        )
+        versus = _round_ratio(runs, workload, "spamgate", "rspamd", lambda r: r.rate)
+        rows.append(
+            (
+                f"`{workload}`: spamgate throughput at least rspamd's",
+                f"{_fmt(versus and versus * 100, 1)}%",
+                verdict(None if versus is None else versus >= 1.0, aim=True),
+            )
+        )
+    return rows
 
 
 def _long_run_growth(report: Report) -> float | None:

@@ -16,6 +16,10 @@ fires on every message (bench/workload.py, GREYLIST_RULE):
     spamgate-nogreylist       greylisting off; the rule scores 0 and does nothing else
     spamgate-greylist-sqlite  the rule greylists every message; state in an SQLite file
     spamgate-greylist-redis   the same, state in a private redis-server on loopback
+
+and the other filter an admin would weigh against spamgate (bench/rspamd.py):
+
+    rspamd          rspamd's proxy in milter mode, its rbl module on the policy's lists
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import measure
+from bench.rspamd import Rspamd, policy_from_spamgate
 from bench.workload import REPOSITORY, Greylisting, Population, bench_policy, build_zones
 from tests.harness.dns import Rbldnsd
 from tests.harness.dnsproxy import DnsProxy, Fault
@@ -102,6 +108,62 @@ class Milter(Service):
 
     def stop(self, timeout: float = 10.0) -> None:
         stop_libmilter(self.process, self._accepts, timeout, self.name)
+
+    def restart(self) -> None:
+        """Stopped and started again: everything it kept in memory (its cache) is gone."""
+        self.stop()
+        self.start()
+
+    def times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds so far."""
+        return measure.process_times(self.pid)
+
+    def rss_kib(self) -> tuple[int, int]:
+        """(current, peak) RSS."""
+        return measure.rss_kib(self.pid)
+
+    def reset_peak_rss(self) -> None:
+        measure.reset_peak_rss(self.pid)
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode("utf-8", "replace")
+
+
+class RspamdMilter(Milter):
+    """rspamd (bench/rspamd.py) as the stack's other milters are seen: its CPU and memory are
+    those of its whole process group (the main process, the proxy worker, hs_helper)."""
+
+    def __init__(self, name: str, workdir: Path, dns_port: int) -> None:
+        self.rspamd = Rspamd(workdir, dns_port, policy_from_spamgate())
+        self.name = name
+        self.metrics_port = None
+        self.state_server = None
+        self.socket_spec = f"inet:{self.rspamd.port}@{LOOPBACK}"
+        self.log_path = self.rspamd.process.log_path
+        self.process = self.rspamd.process
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.rspamd.start(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.rspamd.stop(timeout)
+
+    def times(self) -> tuple[float, float]:
+        return measure.group_times(self.pid)
+
+    def rss_kib(self) -> tuple[int, int]:
+        return measure.group_rss_kib(self.pid)
+
+    def reset_peak_rss(self) -> None:
+        measure.reset_group_peak_rss(self.pid)
 
 
 def _spamgate(
@@ -272,6 +334,7 @@ def running_stack(
                 ),
             }
             milters["spamgate-greylist-redis"].state_server = redis
+            milters["rspamd"] = RspamdMilter("rspamd", workdir, dns.port)
             if before is not None:
                 milters["spamgate-before"] = _spamgate(
                     workdir,

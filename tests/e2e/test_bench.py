@@ -32,7 +32,16 @@ def test_the_quick_benchmark_runs_loses_nothing_and_reports_every_part(tmp_path:
     text = results.read_text()
     assert "## Targets" in text and "## Memory" in text and "python -m bench.phases" in text
     tables = _tables(text)
-    assert set(tables) == {"c1", "c50", "c50-clean", "cold", "c50-greylist", "c50-greylist-first"}
+    assert set(tables) == {
+        "c1",
+        "c50",
+        "c50-clean",
+        "cold",
+        "c50-greylist",
+        "c50-greylist-first",
+        "c50-real",
+        "c200-real",
+    }
     assert set(tables["c1"]) == {"plain", "noop", "spamgate", "noop-unix", "spamgate-unix"}
     for workload, rows in tables.items():
         for config, row in rows.items():
@@ -58,6 +67,21 @@ def test_the_quick_benchmark_runs_loses_nothing_and_reports_every_part(tmp_path:
         assert (row["refused"], row["failed open"]) == ("0", "0"), config
     assert int(greylist["spamgate-greylist-sqlite"]["greylist passed + known"]) > 0
     assert float(greylist["spamgate-greylist-redis"]["redis-server CPU ms/msg"]) >= 0
+    # Issue 13's comparison: with a realistic cache, every filter next to the no-op; the filters
+    # refuse ZEN-listed clients, which the no-op milter accepts, and spamgate says how many of
+    # its decisions lost a list to its own deadline.
+    for workload in ("c50-real", "c200-real"):
+        real = tables[workload]
+        assert list(real) == ["plain", "noop", "spamgate", "rspamd"]
+        for config in ("spamgate", "rspamd"):
+            assert int(real[config]["refused"]) > 0, (workload, config)
+            assert real[config]["listed accepted"].startswith("0 of "), (workload, config)
+        listed, _, sent = real["noop"]["listed accepted"].partition(" of ")
+        assert int(listed) == int(sent) > 0, workload
+        assert real["spamgate"]["lost to the deadline"].isdigit(), workload
+        assert real["spamgate"]["cache hits"] != "100.0%", workload
+        assert float(real["rspamd"]["filter CPU ms/msg (user + sys)"].split()[0]) > 0, workload
+    assert "`c200-real`: no decision loses a list to spamgate's own deadline" in text
     first = tables["c50-greylist-first"]
     assert set(first) == {"spamgate-greylist-sqlite", "spamgate-greylist-redis"}
     for config, row in first.items():
