@@ -171,6 +171,10 @@ class ListLookups:
         self, resolver: Lookups, clock: Callable[[], float], recorder: ListRecorder | None = None
     ) -> None:
         self._resolver = resolver
+        # The resolver's answers that have arrived, read on this thread before it waits for
+        # them (Resolver.read_arrived); the scripted resolvers of the tests answer by
+        # themselves and have none.
+        self._read_arrived: Callable[[], None] | None = getattr(resolver, "read_arrived", None)
         self._clock = clock
         self._recorder = recorder
         self._lookups: list[_Lookup] = []
@@ -234,6 +238,8 @@ class ListLookups:
         with self._lock:
             wanted = [x for x in self._lookups if x.stage <= stage]
         open_ = [x for x in wanted if x.outcome is None]
+        if open_ and self._read_arrived is not None and not all(x.future.done() for x in open_):
+            self._read_arrived()
         if open_:
             remaining = max(x.started_at for x in open_) + deadline - self._clock()
             if remaining > 0:

@@ -7,16 +7,22 @@ to need the lock as briefly and as seldom as possible (issue 13; bench/dnsload.p
 
 - A caller's thread encodes its question (dnswire: a few microseconds, not dnspython's
   ~330 us) and sends it itself, on a long-lived UDP socket: no socket, event-loop task or
-  cross-thread hand-off per query.
+  cross-thread hand-off per query, and the send keeps the interpreter lock (_Datagrams).
 - One receiver thread sleeps in epoll until answers or a timeout are due, then reads every
   answer that is waiting, matches each to its question by socket and query ID, caches it and
-  completes the callers' futures. A caller waiting for several answers is woken once.
+  completes the callers' promises. A caller waiting for several answers is woken once.
+- A session about to wait for its answers first reads what has arrived itself
+  (read_arrived): under a flood the receiver may wait long for the interpreter lock, which
+  the session already holds.
 - Timeouts and retries (the next server, another round) are timers on the receiver thread.
+- The resolver's lock is never held across a system call: sockets and query IDs are made
+  ahead, outside it (_provide_for).
 
 Sockets are connected to their nameserver, so the kernel delivers only that server's
-datagrams and reports a closed port (ECONNREFUSED) at once; each is replaced after a few
-hundred queries, so an off-path forger must guess the source port as well as the 16-bit
-query ID, which comes from os.urandom. A datagram that is not the response to a question in
+datagrams and reports a closed port (ECONNREFUSED) at once; each is replaced after 64
+queries (few enough answers in flight that its receive buffer never overflows, which cost a
+1 s retry each at 200 sessions), so an off-path forger must guess the source port as well as
+the 16-bit query ID, which comes from os.urandom. A datagram that is not the response to a question in
 flight (unknown ID, another question) is ignored, and the question keeps waiting.
 
 Callers get a Pending (answers.py) that always ends in a DnsAnswer — failures are answers of a
@@ -26,6 +32,8 @@ failed kind, never exceptions — and they decide themselves how long to wait fo
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import heapq
 import itertools
@@ -50,7 +58,7 @@ log = logging.getLogger("spamgate.resolver")
 # Rounds over the server list when every attempt times out; the deadline usually ends it first.
 _MAX_ROUNDS = 4
 # Queries a socket sends before a new one (a new random source port) takes its place.
-_QUERIES_PER_SOCKET = 256
+_QUERIES_PER_SOCKET = 64
 # Query IDs drawn from os.urandom at a time (one system call per this many queries).
 _IDS_PER_DRAW = 512
 
@@ -137,6 +145,69 @@ class ResolverStats:
     queries_sent: int = 0
 
 
+class _Datagrams:
+    """send() and recv() of whole datagrams on non-blocking sockets, without letting go of
+    the interpreter lock.
+
+    Python's socket methods release the lock around every system call, even one that cannot
+    block. Under a flood that is the expensive part: another of the hundreds of session
+    threads takes the lock, and the caller waits for it to come back (a futex wait and two
+    context switches), once per query sent and once per answer read. libc's send and recv
+    called through ctypes.PyDLL keep the lock: on a non-blocking UDP socket each returns in
+    microseconds, and the receiver reads a whole batch of answers in one turn. Where libc
+    cannot be loaded, the socket methods do the same work, only with the hand-offs.
+    """
+
+    def __init__(self) -> None:
+        self._send: Callable[..., int] | None = None
+        self._recv: Callable[..., int] | None = None
+        try:
+            libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            send, recv = libc.send, libc.recv
+        except (OSError, AttributeError):
+            return
+        send.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int)
+        send.restype = ctypes.c_ssize_t
+        recv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        recv.restype = ctypes.c_ssize_t
+        self._send, self._recv = send, recv
+
+    def send(self, sock: socket.socket, data: bytes) -> None:
+        """Send one datagram; BlockingIOError if the socket's buffer is full, OSError for
+        an error the kernel reports (ECONNREFUSED for an earlier datagram's ICMP error)."""
+        send = self._send
+        if send is None:
+            sock.send(data)
+            return
+        if send(sock.fileno(), data, len(data), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL) < 0:
+            raise _os_error(ctypes.get_errno())
+
+    def receiver(self) -> Callable[[socket.socket], bytes]:
+        """A function that reads one datagram (BlockingIOError when none is waiting), with a
+        buffer of its own: for one thread at a time."""
+        recv = self._recv
+        if recv is None:
+            return lambda sock: sock.recv(65535)
+        buffer = ctypes.create_string_buffer(65535)
+
+        def read(sock: socket.socket) -> bytes:
+            size = recv(sock.fileno(), buffer, 65535, socket.MSG_DONTWAIT)
+            if size < 0:
+                raise _os_error(ctypes.get_errno())
+            return ctypes.string_at(buffer, size)
+
+        return read
+
+
+def _os_error(number: int) -> OSError:
+    """The exception Python's socket methods raise for `number` (BlockingIOError for EAGAIN,
+    ConnectionRefusedError for ECONNREFUSED, ...)."""
+    return OSError(number, os.strerror(number))
+
+
+_DATAGRAMS = _Datagrams()
+
+
 class _Channel:
     """One connected UDP socket to one nameserver, and the questions waiting on it by ID."""
 
@@ -201,6 +272,7 @@ class Resolver:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._first_timeout = min(settings.query_timeout, settings.deadline)
         self._nameservers = tuple(nameservers or settings.nameservers or system_nameservers())
         self._clock = clock
         self.cache = AnswerCache(
@@ -216,12 +288,20 @@ class Resolver:
         self._wake_read = self._wake_write = -1
         self._inflight: dict[Question, _Query] = {}
         self._active: list[_Channel | None] = [None] * len(self._nameservers)
+        # Sockets opened ahead, outside the lock, to replace each server's active one: opening
+        # a socket lets go of the interpreter lock, and with the resolver's lock held, every
+        # other session asking a question would queue behind it.
+        self._spares: list[_Channel | None] = [None] * len(self._nameservers)
         self._channels: dict[int, _Channel] = {}  # by file descriptor, for the receiver
         self._retired: list[_Channel] = []
         # (when, sequence, query, attempt): the receiver's timers, earliest first.
         self._timers: list[tuple[float, int, _Query, int]] = []
         self._sequence = itertools.count()
         self._sleep_until = 0.0  # when the receiver wakes by itself at the latest
+        # Held by whichever thread reads answers from the sockets: the receiver thread, or a
+        # session that is about to wait for its own (read_arrived).
+        self._reading = threading.Lock()
+        self._receive = _DATAGRAMS.receiver()
         self._ids: list[int] = []
 
     @property
@@ -242,7 +322,7 @@ class Resolver:
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._epoll.register(self._wake_read, select.EPOLLIN)
         self._running = True
-        self._thread = threading.Thread(target=self._receive, name="spamgate-dns", daemon=True)
+        self._thread = threading.Thread(target=self._run_receiver, name="spamgate-dns", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -262,6 +342,7 @@ class Resolver:
             channels = list(self._channels.values())
             self._channels.clear()
             self._active = [None] * len(self._nameservers)
+            self._spares = [None] * len(self._nameservers)
             self._retired.clear()
         for channel in channels:
             channel.sock.close()
@@ -294,6 +375,7 @@ class Resolver:
         if question is None:
             return Pending.of(_BAD_NAME)
         future: Pending[DnsAnswer] = Pending()
+        self._provide_for(0)
         with self._lock:
             if not self._running:
                 return Pending.of(_NOT_RUNNING)
@@ -305,7 +387,15 @@ class Resolver:
             query = _Query(key, question, self._clock() + self._settings.deadline)
             query.waiters.append(future)
             self._inflight[key] = query
-        self._attempt(query)
+            sending: tuple[_Channel, bytes, int, bool] | OSError
+            try:
+                sending = self._register(query, self._first_timeout)
+            except OSError as error:  # no socket could be opened
+                sending = error
+        if isinstance(sending, OSError):
+            self._failed(query, query.attempt, _network(sending))
+        else:
+            self._transmit(query, sending)
         return future
 
     # -- attempts: one question to one server ------------------------------------------------
@@ -313,6 +403,7 @@ class Resolver:
     def _attempt(self, query: _Query) -> None:
         """Send `query` to its current server, or answer it if its time is up."""
         try:
+            self._provide_for(query.server)
             with self._lock:
                 if query.done:
                     return
@@ -327,12 +418,16 @@ class Resolver:
         if sending is None:
             self._finish(query, query.last)
             return
+        self._transmit(query, sending)
+
+    def _transmit(self, query: _Query, sending: tuple[_Channel, bytes, int, bool]) -> None:
+        """Send what _register made ready, outside the lock."""
         channel, wire, attempt, wake = sending
         if wake:
             self._wake()
         self.stats.queries_sent += 1
         try:
-            channel.sock.send(wire)
+            _DATAGRAMS.send(channel.sock, wire)
         except BlockingIOError:
             pass  # the socket buffer is full: as if the datagram were lost; the timer runs
         except OSError as error:
@@ -356,18 +451,43 @@ class Resolver:
         return channel, dnswire.encode_query(query_id, query.question), query.attempt, wake
 
     def _channel(self, server: int) -> _Channel:
+        """Under the lock: the socket for the next query to `server`."""
         channel = self._active[server]
         if channel is None or channel.sent >= _QUERIES_PER_SOCKET:
             if channel is not None:
                 channel.retired = True
                 self._retired.append(channel)
-            channel = _Channel(self._nameservers[server])
+            channel, self._spares[server] = self._spares[server], None
+            if channel is None:  # none opened ahead (the first query, or a failed open)
+                channel = self._open(server)
             self._active[server] = channel
-            self._channels[channel.fd] = channel
-            assert self._epoll is not None
-            self._epoll.register(channel.fd, select.EPOLLIN)
         channel.sent += 1
         return channel
+
+    def _open(self, server: int) -> _Channel:
+        channel = _Channel(self._nameservers[server])
+        self._channels[channel.fd] = channel
+        assert self._epoll is not None
+        self._epoll.register(channel.fd, select.EPOLLIN)
+        return channel
+
+    def _provide_for(self, server: int) -> None:
+        """Outside the lock: a socket opened ahead for `server`, and query IDs drawn ahead,
+        so that the lock is never held across a system call."""
+        if self._spares[server] is None and self._running:
+            try:
+                spare = self._open(server)
+            except OSError:
+                return  # _channel() tries again, and reports the error to the query
+            with self._lock:
+                unused = self._spares[server] is not None  # another thread was quicker
+                if not unused:
+                    self._spares[server] = spare
+            if unused:
+                self._close(spare)
+        if len(self._ids) < _IDS_PER_DRAW // 4:
+            drawn = struct.unpack(f"!{_IDS_PER_DRAW}H", os.urandom(2 * _IDS_PER_DRAW))
+            self._ids.extend(drawn)  # one call: atomic for the interpreter lock
 
     def _new_id(self) -> int:
         if not self._ids:
@@ -428,7 +548,25 @@ class Resolver:
         with contextlib.suppress(OSError):
             os.write(self._wake_write, b"!")
 
-    def _receive(self) -> None:
+    def read_arrived(self) -> None:
+        """Read every answer that has arrived, on the caller's thread; nothing if another
+        thread is reading them just now. Sessions call this before they wait for answers.
+
+        Under a flood the receiver thread is one of hundreds that want the interpreter lock,
+        and it may get it tens of milliseconds after its answers arrived (p90 250 ms at 200
+        sessions, bench/RESULTS.md). A session that holds the lock already, and is about to
+        wait, reads them itself: what has arrived is then answered at once, without a
+        wake-up of the receiver or of the session."""
+        if not self._running or not self._reading.acquire(blocking=False):
+            return
+        try:
+            for channel in list(self._channels.values()):
+                if channel.pending:
+                    self._read(channel, self._receive)
+        finally:
+            self._reading.release()
+
+    def _run_receiver(self) -> None:
         epoll = self._epoll
         assert epoll is not None
         while True:
@@ -447,15 +585,16 @@ class Resolver:
                     continue
                 channel = self._channels.get(fd)
                 if channel is not None:
-                    self._read(channel)
+                    with self._reading:
+                        self._read(channel, self._receive)
             self._expire()
             self._close_retired()
 
-    def _read(self, channel: _Channel) -> None:
+    def _read(self, channel: _Channel, receive: Callable[[socket.socket], bytes]) -> None:
         """Every datagram waiting on `channel`: each answer is matched to its question."""
         while True:
             try:
-                data = channel.sock.recv(65535)
+                data = receive(channel.sock)
             except BlockingIOError:
                 return
             except OSError as error:
@@ -498,12 +637,17 @@ class Resolver:
             if not idle:
                 return
             self._retired = [c for c in self._retired if c.pending]
-            for channel in idle:
-                del self._channels[channel.fd]
-        assert self._epoll is not None
         for channel in idle:
-            self._epoll.unregister(channel.fd)
-            channel.sock.close()
+            self._close(channel)
+
+    def _close(self, channel: _Channel) -> None:
+        """Outside the lock: forget a socket nothing waits on, and close it."""
+        with self._lock:
+            self._channels.pop(channel.fd, None)
+        if self._epoll is not None:
+            with contextlib.suppress(OSError, ValueError):  # the resolver stopped meanwhile
+                self._epoll.unregister(channel.fd)
+        channel.sock.close()
 
     # -- TCP, for an answer too large for UDP (TC set) -------------------------------------
 
