@@ -50,6 +50,9 @@ SESSION_MARGIN = 1.5
 DEFAULT_ACTION_REPLY = re.compile(r"^4\d\d 4\.7\.1 Service unavailable", re.MULTILINE)
 _EXCEPTION = re.compile(r"^Traceback |^\S+ \S+ ERROR ", re.MULTILINE)
 _LIST_ENTRY = re.compile(r"([A-Za-z0-9_-]+)(?:\[[^\]]*\])?:(listed|clean|unusable)(?::([^:,]+))?")
+# A list entry of a decision line that the deadline cut off, or that was suspended (a run of
+# answers past the deadline suspends a list).
+_LATE_LIST = re.compile(r":unusable:(?:deadline|suspended)\b")
 # Rules that read DNS answers besides the lists: a fault must not make them fire.
 DNS_RULES = frozenset({"HELO_UNRESOLVABLE", "SENDER_UNRESOLVABLE"})
 
@@ -282,21 +285,27 @@ def _batch(stack: SoakStack, tag: str, count: int, seed: int) -> list[Message]:
 
 
 def concurrency(stack: SoakStack, scale: Scale) -> ScenarioResult:
-    """`load_concurrency` sessions at once, `load_messages` in all, DNS healthy."""
-    deadline = stack.policy()["resolver"]["deadline"]
-    stack.restart_spamgate()
-    batch = _batch(stack, "load", scale.load_messages, seed=101)
-    result = run_traffic(stack, "concurrency", batch, scale.load_concurrency)
+    """`load_concurrency` sessions at once, `load_messages` in all, DNS healthy: rbldnsd asked
+    directly (SoakStack.write_policy), with a cold cache."""
+    stack.write_policy(direct_dns=True)
+    try:
+        deadline = stack.policy()["resolver"]["deadline"]
+        stack.restart_spamgate()
+        batch = _batch(stack, "load", scale.load_messages, seed=101)
+        result = run_traffic(stack, "concurrency", batch, scale.load_concurrency)
+    finally:
+        stack.write_policy()
     ledger = result.ledger
     result.expect(ledger.default_action == 0, "Postfix fell back to its default action")
     # The realistic mix has listed clients, and spamgate refuses them.
     result.expect(ledger.refused > 0, "no message was refused: were the lists asked?")
-    # Lists that answer in time: a resolver starved under load decides without them. On two
-    # cores, 200 sessions with a cold cache lose a list to the 2 s deadline in 15-42% of the
-    # decisions (measured over six runs): dnspython's CPU per query and the GIL shared with
-    # 200 session threads. Half would mean the lists stopped working.
-    late = sum(1 for d in parse_decisions(result.log_text) if d.get("fails"))
-    result.expect(late <= ledger.sent // 2, f"{late} decisions with an unusable list")
+    # Every list answers in time: with a DNS server that answers in microseconds, a list lost
+    # to the deadline is spamgate's own doing (issue 13: with dnspython on an asyncio thread,
+    # 200 sessions lost a list in 15-80% of the decisions on two cores; the resolver was
+    # rebuilt for it). No share of them is acceptable.
+    late = [d for d in parse_decisions(result.log_text) if _LATE_LIST.search(d.get("lists", ""))]
+    example = late[0]["lists"] if late else ""
+    result.expect(not late, f"{len(late)} decisions lost a list to the deadline, e.g. {example}")
     result.notes.append(f"{scale.load_concurrency} concurrent sessions, DNS deadline {deadline} s")
     return result
 
