@@ -427,6 +427,7 @@ class FakeDnsServer:
         self.received: collections.Counter[tuple[str, str]] = collections.Counter()
         self.source_ports: set[int] = set()
         self.tcp_queries = 0
+        self._tcp_thread: threading.Thread | None = None
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.bind(("127.0.0.1", 0))
         self._socket.settimeout(0.01)
@@ -451,6 +452,9 @@ class FakeDnsServer:
         self._stop.set()
         self._thread.join(timeout=2)
         self._socket.close()
+        if self._tcp_thread is not None:
+            # Its listener closed before the next test may get the same port number.
+            self._tcp_thread.join(timeout=2)
 
     def _serve(self) -> None:
         give_up_at = time.monotonic() + _SERVER_LIFETIME
@@ -527,7 +531,8 @@ class FakeDnsServer:
                             self.tcp_queries += 1
                         conn.sendall(len(wire).to_bytes(2, "big") + wire)
 
-        threading.Thread(target=accept, name="fake-dns-tcp", daemon=True).start()
+        self._tcp_thread = threading.Thread(target=accept, name="fake-dns-tcp", daemon=True)
+        self._tcp_thread.start()
 
     def _send_due(self) -> None:
         now = time.monotonic()

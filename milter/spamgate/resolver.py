@@ -22,8 +22,8 @@ Sockets are connected to their nameserver, so the kernel delivers only that serv
 datagrams and reports a closed port (ECONNREFUSED) at once; each is replaced after 64
 queries (few enough answers in flight that its receive buffer never overflows, which cost a
 1 s retry each at 200 sessions), so an off-path forger must guess the source port as well as
-the 16-bit query ID, which comes from os.urandom. A datagram that is not the response to a question in
-flight (unknown ID, another question) is ignored, and the question keeps waiting.
+the 16-bit query ID, which comes from os.urandom. A datagram that is not the response to a
+question in flight (unknown ID, another question) is ignored, and the question keeps waiting.
 
 Callers get a Pending (answers.py) that always ends in a DnsAnswer — failures are answers of a
 failed kind, never exceptions — and they decide themselves how long to wait for it.
@@ -279,8 +279,8 @@ class Resolver:
             settings.cache_min_ttl, settings.cache_max_ttl, settings.cache_entries, clock
         )
         self.stats = ResolverStats()
-        # Guards everything below; held for dictionary work only, never across a system call
-        # other than opening a socket when one is replaced.
+        # Guards everything below; held for dictionary and list work only, never across a
+        # system call (but for opening a socket when none was opened ahead).
         self._lock = threading.Lock()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -344,8 +344,9 @@ class Resolver:
             self._active = [None] * len(self._nameservers)
             self._spares = [None] * len(self._nameservers)
             self._retired.clear()
-        for channel in channels:
-            channel.sock.close()
+        with self._reading:  # a session may be reading what had arrived (see _close)
+            for channel in channels:
+                channel.sock.close()
         if self._epoll is not None:
             self._epoll.close()
         for fd in (self._wake_read, self._wake_write):
@@ -641,13 +642,18 @@ class Resolver:
             self._close(channel)
 
     def _close(self, channel: _Channel) -> None:
-        """Outside the lock: forget a socket nothing waits on, and close it."""
+        """Outside the lock: forget a socket nothing waits on, and close it.
+
+        Never while another thread reads answers: it may have read the socket's descriptor
+        number a moment ago, and once closed the number can be given to a new socket at once
+        (libmilter accepts SMTP sessions without the interpreter lock)."""
         with self._lock:
             self._channels.pop(channel.fd, None)
-        if self._epoll is not None:
-            with contextlib.suppress(OSError, ValueError):  # the resolver stopped meanwhile
-                self._epoll.unregister(channel.fd)
-        channel.sock.close()
+        with self._reading:
+            if self._epoll is not None:
+                with contextlib.suppress(OSError, ValueError):  # the resolver stopped meanwhile
+                    self._epoll.unregister(channel.fd)
+            channel.sock.close()
 
     # -- TCP, for an answer too large for UDP (TC set) -------------------------------------
 

@@ -269,17 +269,17 @@ class SoakStack:
         variant: int = 0,
         cache_entries: int | None = None,
         dns_fault_timing: bool = False,
-        direct_dns: bool = False,
+        through_proxy: bool = False,
     ) -> None:
-        """`direct_dns`: ask rbldnsd itself, not through the fault proxy. The proxy is Python
-        (dnspython parses every query and answer, about 0.5 ms of CPU each): at 200 sessions
-        it needs most of a core of its own and answers late, which would measure the proxy,
-        not spamgate. A scenario without DNS faults asks rbldnsd, which answers in
+        """`through_proxy`: ask the fault proxy, for the DNS-fault scenarios; the others ask
+        rbldnsd itself. The proxy is Python (dnspython parses every query and answer, about
+        0.5 ms of CPU each): at 100-200 sessions it needs most of a core of its own and
+        answers late, which would measure the proxy, not spamgate. rbldnsd answers in
         microseconds, like the local caching resolver spamgate is meant to ask."""
         self.config_path.write_text(
             soak_policy(
                 listen=self.spamgate.socket_spec,
-                dns_port=self.dns.port if direct_dns else self.proxy.port,
+                dns_port=self.proxy.port if through_proxy else self.dns.port,
                 metrics_port=self.metrics_port,
                 status_file=self.workdir / "status.json",
                 variant=variant,
