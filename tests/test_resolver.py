@@ -418,6 +418,25 @@ SILENT = Behaviour(drop=True)
 _SERVER_LIFETIME = 30.0  # seconds: a server left running by a broken test stops by itself
 
 
+def _port_pair() -> tuple[socket.socket, socket.socket]:
+    """A TCP and a UDP socket bound to one free port number on 127.0.0.1. The TCP one is not
+    listening (a connection to it is refused) until serve_tcp: a TCP port of the number the
+    kernel gave the UDP socket may be in use by any connection on the machine."""
+    for _ in range(50):
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind(("127.0.0.1", 0))
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind(tcp.getsockname())
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        return tcp, udp
+    raise OSError("no port free for both TCP and UDP")
+
+
 class FakeDnsServer:
     """A UDP DNS server on 127.0.0.1 that answers by script and counts what it receives."""
 
@@ -428,8 +447,7 @@ class FakeDnsServer:
         self.source_ports: set[int] = set()
         self.tcp_queries = 0
         self._tcp_thread: threading.Thread | None = None
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.bind(("127.0.0.1", 0))
+        self._tcp, self._socket = _port_pair()
         self._socket.settimeout(0.01)
         self.port: int = self._socket.getsockname()[1]
         self._outbox: list[tuple[float, bytes, tuple[str, int]]] = []
@@ -455,6 +473,7 @@ class FakeDnsServer:
         if self._tcp_thread is not None:
             # Its listener closed before the next test may get the same port number.
             self._tcp_thread.join(timeout=2)
+        self._tcp.close()
 
     def _serve(self) -> None:
         give_up_at = time.monotonic() + _SERVER_LIFETIME
@@ -508,7 +527,8 @@ class FakeDnsServer:
 
     def serve_tcp(self) -> None:
         """Answer queries over TCP too, on the same port (for truncated answers)."""
-        listener = socket.create_server(("127.0.0.1", self.port))
+        listener = self._tcp
+        listener.listen()
         listener.settimeout(0.05)
 
         def accept() -> None:
