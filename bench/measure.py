@@ -146,6 +146,20 @@ class DnsCounters:
         )
 
 
+_RCPT_BUCKET = re.compile(r'^spamgate_decision_seconds_bucket\{le="([^"]+)",stage="rcpt"\}$')
+
+
+def rcpt_verdict_buckets(port: int) -> dict[float, float]:
+    """spamgate's RCPT verdicts so far by how long each took, DNS waits included: the
+    cumulative histogram, {upper bound in seconds: verdicts that took at most that}."""
+    buckets = {}
+    for sample, value in scrape(port).items():
+        match = _RCPT_BUCKET.match(sample)
+        if match:
+            buckets[float(match.group(1))] = value
+    return buckets
+
+
 _GREYLIST = re.compile(r'^spamgate_greylist_total\{outcome="([^"]+)"\}$')
 
 

@@ -79,6 +79,8 @@ def test_the_quick_benchmark_runs_loses_nothing_and_reports_every_part(tmp_path:
         listed, _, sent = real["noop"]["listed accepted"].partition(" of ")
         assert int(listed) == int(sent) > 0, workload
         assert real["spamgate"]["lost to the deadline"].isdigit(), workload
+        slow, _, verdicts = real["spamgate"]["RCPT verdicts over 50 ms"].partition(" of ")
+        assert int(verdicts) > 0 and 0 <= int(slow) <= int(verdicts), workload
         assert real["spamgate"]["cache hits"] != "100.0%", workload
         assert float(real["rspamd"]["filter CPU ms/msg (user + sys)"].split()[0]) > 0, workload
     assert "`c200-real`: no decision loses a list to spamgate's own deadline" in text
