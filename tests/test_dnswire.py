@@ -142,16 +142,3 @@ def test_queries_are_dnspython_queries(qname: str, qtype: str) -> None:
     theirs.id = 4660
     assert ours == theirs
     assert ours.flags == dns.flags.RD and ours.edns < 0
-
-
-@pytest.mark.parametrize(
-    "qname",
-    [
-        pytest.param("a..example", id="empty-label"),
-        pytest.param("x" * 64 + ".example", id="label-over-63"),
-        pytest.param(".".join(["x" * 60] * 5), id="name-over-255"),
-        pytest.param("bad\udcff.example", id="surrogate"),
-    ],
-)
-def test_names_that_make_no_query(qname: str) -> None:
-    assert dnswire.question_for(qname, "A") is None

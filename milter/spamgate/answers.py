@@ -126,14 +126,14 @@ class Pending(Generic[T]):
         return self._value  # type: ignore[return-value]  # done: set by set_result
 
 
-def wait_all(promises: Iterable[Promise[object]], timeout: float) -> None:
-    """Until every one of `promises` is done, or `timeout` seconds have passed: one wake-up
-    for the caller when the last one is done, not one per promise."""
+def when_all_done(promises: Iterable[Promise[object]], callback: Callable[[], object]) -> None:
+    """Call `callback` once, when the last of `promises` is done (at once if all are): a
+    waiter is woken once, not once per answer, which with hundreds of sessions waiting would
+    take the interpreter lock from whoever delivers the answers often enough to delay them."""
     open_ = [p for p in promises if not p.done()]
     if not open_:
+        callback()
         return
-    wake = allocate_lock()
-    wake.acquire()
     left = [len(open_)]
     count_lock = allocate_lock()
 
@@ -142,8 +142,15 @@ def wait_all(promises: Iterable[Promise[object]], timeout: float) -> None:
             left[0] -= 1
             last = left[0] == 0
         if last:
-            wake.release()
+            callback()
 
     for promise in open_:
         promise.add_done_callback(one_done)
+
+
+def wait_all(promises: Iterable[Promise[object]], timeout: float) -> None:
+    """Until every one of `promises` is done, or `timeout` seconds have passed."""
+    wake = allocate_lock()
+    wake.acquire()
+    when_all_done(promises, wake.release)
     wake.acquire(timeout=max(0.0, timeout))

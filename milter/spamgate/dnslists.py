@@ -16,7 +16,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from spamgate.answers import AnswerKind, DnsAnswer, Lookups, Pending, Promise, wait_all
+from spamgate.answers import (
+    AnswerKind,
+    DnsAnswer,
+    Lookups,
+    Pending,
+    Promise,
+    wait_all,
+    when_all_done,
+)
 from spamgate.config import DnsList, IpList, ListHit
 from spamgate.returncodes import BLOCKED_CODES, LOOPBACK_NET
 
@@ -255,9 +263,8 @@ class ListLookups:
         health monitor suspends meanwhile (after a run of unusable answers): the sessions
         already waiting for a silent list are let go as soon as it is known to be silent.
 
-        One wake-up when the last answer comes, or at a suspension: with hundreds of
-        sessions waiting, a wake-up per answer (or a polling loop) takes the interpreter
-        lock from the resolver thread often enough to make answers late."""
+        One wake-up when the last answer comes (answers.when_all_done), or at a
+        suspension."""
         recorder = self._recorder
         pending = [x for x in open_ if not x.future.done()]
         if recorder is None:
@@ -265,18 +272,13 @@ class ListLookups:
             return
         ends = time.monotonic() + remaining
         wake = threading.Event()
-        count = [len(pending)]
-        count_lock = threading.Lock()
+        answered: list[bool] = []  # not empty once every lookup is answered
 
-        def one_done(_: Promise[DnsAnswer]) -> None:
-            with count_lock:
-                count[0] -= 1
-                last = count[0] == 0
-            if last:
-                wake.set()
+        def all_answered() -> None:
+            answered.append(True)
+            wake.set()
 
-        for lookup in pending:
-            lookup.future.add_done_callback(one_done)
+        when_all_done([x.future for x in pending], all_answered)
         recorder.add_suspension_waiter(wake)  # before the check below: none is missed
         try:
             # Each round but the last ends with a suspension, of which there are few.
@@ -290,7 +292,7 @@ class ListLookups:
                 if not pending or left <= 0:
                     return
                 wake.clear()
-                if count[0] == 0:
+                if answered:  # set before the clear: nothing else will wake this thread
                     return
                 wake.wait(left)
         finally:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 import socket
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.dns import Rbldnsd, Zone
 from tests.harness.milters import MilterProcess
@@ -74,6 +77,44 @@ rules:
 )
 
 _DECISION = re.compile(r"(?P<queue>\S+): decision (?P<fields>.*)")
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape_metrics(port: int) -> Samples:
+    """Every sample of a daemon's /metrics, keyed by name and sorted labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def send_as_client(
+    port: int,
+    client_addr: str,
+    *,
+    rcpts: tuple[str, ...] = ("user@example.com",),
+    subject: str,
+    header_from: str = "sender@client.example",
+    extra_headers: tuple[tuple[str, str], ...] = (),
+) -> SendResult:
+    """One message from `client_addr` (through XCLIENT), sender@client.example in MAIL FROM."""
+    message = build_message(
+        mail_from=header_from, to=list(rcpts), subject=subject, extra_headers=extra_headers
+    )
+    return send(
+        port,
+        client_addr=client_addr,
+        helo="mail.client.example",
+        mail_from="sender@client.example",
+        rcpts=list(rcpts),
+        message_bytes=message,
+        timeout=30,
+    )
 
 
 def parse_decisions(log_text: str) -> list[dict[str, str]]:
@@ -160,20 +201,12 @@ class Stack:
         subject: str,
         extra_headers: tuple[tuple[str, str], ...] = (),
     ) -> SendResult:
-        message = build_message(
-            mail_from="sender@client.example",
-            to=list(rcpts),
+        return send_as_client(
+            self.postfix.ports[listener],
+            client_addr,
+            rcpts=rcpts,
             subject=subject,
             extra_headers=extra_headers,
-        )
-        return send(
-            self.postfix.ports[listener],
-            client_addr=client_addr,
-            helo="mail.client.example",
-            mail_from="sender@client.example",
-            rcpts=list(rcpts),
-            message_bytes=message,
-            timeout=30,
         )
 
     def delivered(self, subject: str) -> SinkMessage:

@@ -18,20 +18,21 @@ unusable as one that answers SERVFAIL, so the tests accept either word in the lo
 from __future__ import annotations
 
 import re
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.spamgate_stack import (
     ZEN_LIST,
     ZEN_ZONE,
     ZONES,
+    Samples,
     SpamgateDaemon,
+    scrape_metrics,
+    send_as_client,
     start_behind_postfix,
 )
 from tests.harness.dns import Rbldnsd, Zone
@@ -39,7 +40,7 @@ from tests.harness.dnsproxy import DnsProxy, Fault
 from tests.harness.postfix import PostfixInstance
 from tests.harness.processes import free_port
 from tests.harness.sink import SmtpSink
-from tests.harness.smtp import SendResult, build_message, send
+from tests.harness.smtp import SendResult
 
 pytestmark = pytest.mark.e2e
 
@@ -92,27 +93,16 @@ class Overload:
         subject: str,
         header_from: str = "sender@client.example",
     ) -> SendResult:
-        message = build_message(mail_from=header_from, to=list(rcpts), subject=subject)
-        return send(
+        return send_as_client(
             self.postfix.ports[listener],
-            client_addr=CLEAN_CLIENT,
-            helo="mail.client.example",
-            mail_from="sender@client.example",
-            rcpts=list(rcpts),
-            message_bytes=message,
-            timeout=30,
+            CLEAN_CLIENT,
+            rcpts=rcpts,
+            subject=subject,
+            header_from=header_from,
         )
 
-    def scrape(self, listener: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """Every sample of that daemon's /metrics, keyed by name and sorted labels."""
-        url = f"http://127.0.0.1:{self.metrics_ports[listener]}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
+    def scrape(self, listener: str) -> Samples:
+        return scrape_metrics(self.metrics_ports[listener])
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,13 @@ import signal
 import smtplib
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.spamgate_stack import SpamgateDaemon
+from tests.e2e.spamgate_stack import Samples, SpamgateDaemon, scrape_metrics
 from tests.harness.dns import Rbldnsd, Zone
 from tests.harness.postfix import Listener, PostfixInstance
 from tests.harness.processes import free_port, wait_until
@@ -84,16 +82,8 @@ class Ops:
         )
         return base + extra
 
-    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """Every sample of /metrics, keyed by name and sorted labels."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
+    def scrape(self) -> Samples:
+        return scrape_metrics(self.metrics_port)
 
     def reload(self) -> None:
         before = self.spamgate.log_text().count("reload")
