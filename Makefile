@@ -39,9 +39,9 @@ unit: $(VENV)/.installed
 e2e: system-test $(VENV)/.installed
 	$(VPY) -m pytest -m e2e
 
-# `make bench` (as root, like `make test`): spamgate against Postfix without a milter and with
-# a no-op pymilter milter, through a private Postfix, rbldnsd and smtp-sink on loopback;
-# writes bench/RESULTS.md in about 10 minutes. BENCH_ARGS="--quick" for a one-minute run,
+# `make bench` (as root, like `make test`): spamgate against Postfix without a milter, a no-op
+# pymilter milter and rspamd, through a private Postfix, rbldnsd and smtp-sink on loopback;
+# writes bench/RESULTS.md in about 25 minutes. BENCH_ARGS="--quick" for a one-minute run,
 # BENCH_ARGS="--before REV" to measure spamgate at another commit in the same rounds.
 BENCH_ARGS ?=
 bench: system-test $(VENV)/.installed
@@ -49,8 +49,8 @@ bench: system-test $(VENV)/.installed
 
 # `make soak` (as root, like `make test`): the fault and load suite in full -- 200 concurrent
 # sessions, DNS faults, spamgate killed, stopped and reloaded under load, a long run -- through
-# a private Postfix, rbldnsd behind a fault-injecting DNS proxy, and smtp-sink on loopback;
-# prints a ledger per scenario. About five minutes. `make test` runs the same scenarios small
+# a private Postfix, rbldnsd (behind a fault-injecting DNS proxy for the DNS faults), and
+# smtp-sink on loopback; prints a ledger per scenario. About three minutes. `make test` runs the same scenarios small
 # (tests/e2e/test_soak.py). SOAK_ARGS="--short" for that size, or name scenarios to run.
 SOAK_ARGS ?=
 soak: system-test $(VENV)/.installed
