@@ -762,6 +762,57 @@ def test_names_sharing_a_domain_share_one_lookup_logged_with_every_source() -> N
     assert line["hits"] == "DBL_SPAM:10"
 
 
+def test_a_listed_sender_domain_stays_with_its_own_transaction() -> None:
+    """The incident of issue 14: after one message from a listed domain, the next ones on the
+    same connection (after RSET or not) were refused for it."""
+    table = {("spam.example.dbl.test", "A"): records("127.0.1.2")}
+    harness = start(DOMAIN_LISTS, table)
+    harness.envelope("<news@spam.example>", helo="[192.0.2.1]")
+    session = harness.session
+    assert session.rcpt("<user@example.com>").result is RcptResult.REFUSE
+    session.finish_transaction()  # RSET
+    for sender in ("<a@clean.example>", "<b@clean.example>"):  # the second: no RSET before
+        session.mail(sender, False)
+        decision = session.rcpt("<user@example.com>")
+        assert decision.result is RcptResult.CONTINUE, sender
+        assert decision.verdict is not None and decision.verdict.score == 0.0
+        session.end_of_message("QID")
+    lines = [fields(line) for line in harness.log]
+    assert [line["action"] for line in lines] == ["reject", "accept", "accept"]
+    assert "spam.example" not in lines[1]["lists"] + lines[2]["lists"]
+
+
+def test_a_transaction_adds_its_source_to_a_connection_lookup_for_itself_only() -> None:
+    """HELO and sender share example.org: one query, logged with both sources in the first
+    transaction; the next transaction, from another domain, sees the HELO's alone."""
+    harness = start(DOMAIN_LISTS)
+    harness.envelope("<news@example.org>", helo="mx.example.org")
+    session = harness.session
+    session.rcpt("<user@example.com>")
+    session.end_of_message("QID1")
+    session.mail("<news@other.example>", False)
+    session.rcpt("<user@example.com>")
+    session.end_of_message("QID2")
+    first, second = (fields(line)["lists"] for line in harness.log)
+    assert "DBL[helo,sender:example.org]" in first
+    assert "DBL[helo:example.org]" in second and "DBL[sender:other.example]" in second
+    assert harness.resolver.asked.count(("example.org.dbl.test", "A")) == 1
+
+
+def test_many_transactions_on_one_connection_keep_their_lines_short() -> None:
+    harness = start(DOMAIN_LISTS)
+    harness.connect()
+    session = harness.session
+    session.helo("mx.example.org")
+    for number in range(300):
+        session.mail(f"<a@d{number}.example>", False)
+        session.rcpt("<user@example.com>")
+        session.header("From", f"b@f{number}.example")
+        session.end_of_message(f"QID{number}")
+    lengths = [len(line) for line in harness.log]
+    assert max(lengths[-10:]) <= max(lengths[:10]) + 10, (lengths[:3], lengths[-3:])
+
+
 def test_each_lookup_is_waited_for_until_its_own_start_plus_the_deadline() -> None:
     harness = start(DOMAIN_LISTS, {("example.org.dbl.test", "A"): None})
     harness.connect()  # at 1000.0; the deadline is 0.5
@@ -814,7 +865,9 @@ def test_a_header_with_many_addresses_gets_four_lookups_and_a_repeated_domain_no
     harness.session.header("Reply-To", "u@d0.example")  # the same query for another source
     harness.session.header("From", "v@d1.example")  # from:d1.example again
     assert harness.resolver.asked[1:] == [(f"d{n}.example.dbl.test", "A") for n in range(4)]
-    subjects = [o.subject for o in harness.session.lookups.collect(1.0) if o.subject]
+    transaction = harness.session.transaction
+    assert transaction is not None and transaction.lookups is not None
+    subjects = [o.subject for o in transaction.lookups.collect(1.0) if o.subject]
     assert subjects[:2] == ["from,reply_to:d0.example", "from:d1.example"]
 
 

@@ -161,24 +161,49 @@ class _Lookup:
 
 
 def _merge(lookup: _Lookup, subject: str, stage: int) -> None:
-    sources, _, name = lookup.subject.partition(":")
-    source = subject.partition(":")[0]
-    if source and source not in sources.split(","):
-        lookup.subject = f"{sources},{source}:{name}"
+    merged = _with_source(lookup.subject, subject.partition(":")[0])
+    if merged != lookup.subject:
+        lookup.subject = merged
         if lookup.outcome is not None:
             lookup.outcome = dataclasses.replace(lookup.outcome, subject=lookup.subject)
     lookup.stage = min(lookup.stage, stage)
 
 
+def _with_source(subject: str, source: str) -> str:
+    """ "helo:example.com" with the source "sender" is "helo,sender:example.com"."""
+    sources, _, name = subject.partition(":")
+    if not source or source in sources.split(","):
+        return subject
+    return f"{sources},{source}:{name}"
+
+
 class ListLookups:
-    """One connection's list lookups. Each starts as soon as its name is known (the client
-    address at connect, a HELO name at HELO, a header domain as the header arrives) and is
-    waited for at most `deadline` seconds from its own start."""
+    """List lookups, each started as soon as its name is known (the client address at
+    connect, a HELO name at HELO, a header domain as the header arrives) and waited for at
+    most `deadline` seconds from its own start.
+
+    Two lifetimes, as facts have (STYLE.md): a connection's lookups (the client address, its
+    reverse name, the HELO name) serve every transaction on it, and each transaction has its
+    own (the sender's and the header domains), made with `connection=` and dropped with the
+    transaction. A transaction sees the connection's outcomes and its own, never an earlier
+    transaction's: a listed sender domain must not refuse the next message on the connection.
+    A transaction's name that the connection already asked about (a HELO name and a sender
+    domain often share a domain) is not asked again; the transaction logs it with both
+    sources, "helo,sender:example.com", and the connection's lookup stays as it was."""
 
     def __init__(
-        self, resolver: Lookups, clock: Callable[[], float], recorder: ListRecorder | None = None
+        self,
+        resolver: Lookups,
+        clock: Callable[[], float],
+        recorder: ListRecorder | None = None,
+        *,
+        connection: ListLookups | None = None,
     ) -> None:
         self._resolver = resolver
+        self._connection = connection
+        # The connection's lookups this transaction asked about too, by id(): the lookup
+        # and the sources this transaction adds to its subject.
+        self._shared: dict[int, tuple[_Lookup, list[str]]] = {}
         # The resolver's answers that have arrived, read on this thread before it waits for
         # them (Resolver.read_arrived); the scripted resolvers of the tests answer by
         # themselves and have none.
@@ -202,7 +227,13 @@ class ListLookups:
         A query already started for this list (HELO, PTR and sender names often share a
         domain) is not asked again: its subject gains the new source, as in
         "helo,sender:example.com", and it is counted and logged once."""
+        connection = self._connection
+        shared = connection.find(dns_list, qname) if connection is not None else None
         with self._lock:
+            if shared is not None:
+                _, sources = self._shared.setdefault(id(shared), (shared, []))
+                sources.append(subject.partition(":")[0])
+                return
             for earlier in self._lookups:
                 if earlier.dns_list is dns_list and earlier.qname == qname:
                     _merge(earlier, subject, stage)
@@ -234,6 +265,18 @@ class ListLookups:
 
         lookup.future.add_done_callback(stamp)
 
+    @property
+    def recorder(self) -> ListRecorder | None:
+        return self._recorder
+
+    def find(self, dns_list: DnsList, qname: str) -> _Lookup | None:
+        """The lookup of `qname` on `dns_list` started here, if any."""
+        with self._lock:
+            for earlier in self._lookups:
+                if earlier.dns_list is dns_list and earlier.qname == qname:
+                    return earlier
+        return None
+
     def start_ip_lists(self, address: IPAddress, ip_lists: Sequence[IpList]) -> None:
         target = lookup_address(address)
         reversed_address = _reversed(target)
@@ -242,7 +285,27 @@ class ListLookups:
 
     def collect(self, deadline: float, stage: int = 3) -> tuple[ListOutcome, ...]:
         """The outcomes of the lookups of `stage` or earlier, waiting for the unanswered ones
-        until their own start + `deadline` at most; a list still silent then is unusable."""
+        until their own start + `deadline` at most; a list still silent then is unusable. A
+        transaction's are the connection's (first) and its own."""
+        connection = self._connection
+        outcomes = []
+        if connection is not None:
+            with self._lock:
+                shared = dict(self._shared)
+            for lookup in connection._collect(deadline, stage):
+                outcome = lookup.outcome
+                assert outcome is not None  # _collect gives every lookup an outcome
+                if id(lookup) in shared:
+                    subject = outcome.subject
+                    for source in shared[id(lookup)][1]:
+                        subject = _with_source(subject, source)
+                    outcome = dataclasses.replace(outcome, subject=subject)
+                outcomes.append(outcome)
+        outcomes += [x.outcome for x in self._collect(deadline, stage) if x.outcome is not None]
+        return tuple(outcomes)
+
+    def _collect(self, deadline: float, stage: int) -> list[_Lookup]:
+        """The lookups of `stage` or earlier, each with its outcome (see collect)."""
         with self._lock:
             wanted = [x for x in self._lookups if x.stage <= stage]
         open_ = [x for x in wanted if x.outcome is None]
@@ -256,7 +319,7 @@ class ListLookups:
                 lookup.outcome = self._outcome(lookup, deadline)
             if self._recorder is not None:
                 self._recorder.record([x.outcome for x in open_ if x.outcome is not None])
-        return tuple(x.outcome for x in wanted if x.outcome is not None)
+        return wanted
 
     def _wait(self, open_: list[_Lookup], remaining: float) -> None:
         """Wait up to `remaining` seconds for the open lookups, but not for a list that the

@@ -164,6 +164,9 @@ class Transaction:
     parsed_counts: dict[str, int] = field(default_factory=dict)
     greylist: dict[str, GreylistVerdict] = field(default_factory=dict)  # by recipient
     logged: bool = False
+    # The sender's and the header domains' list lookups, with the connection's: made at MAIL
+    # FROM, gone with the transaction (ListLookups).
+    lookups: ListLookups | None = None
 
 
 class Session:
@@ -344,7 +347,13 @@ class Session:
             return  # an IP literal, a single label, too long: no valid query exists
         stage = _SOURCE_STAGE[source]
         subject = f"{source.value}:{domain}"
-        self.lookups.start(dns_list, qname, subject=subject, stage=stage, started_at=started_at)
+        lookups = self.lookups
+        if stage is not Stage.CONNECTION:
+            # A transaction's name: its lookup goes with the transaction (ListLookups).
+            transaction = self._transaction()
+            assert transaction.lookups is not None  # made with the transaction, at MAIL
+            lookups = transaction.lookups
+        lookups.start(dns_list, qname, subject=subject, stage=stage, started_at=started_at)
 
     # -- transaction ------------------------------------------------------------------------
 
@@ -352,6 +361,9 @@ class Session:
         self.finish_transaction()
         bare = _bare(sender)
         transaction = Transaction(self.runtime.new_id(), sender, bare, authenticated)
+        transaction.lookups = ListLookups(
+            self.resolver, self.runtime.clock, self.lookups.recorder, connection=self.lookups
+        )
         allow, deny = self.policy.allow, self.policy.deny
         transaction.allowed_by = _labelled("sender", allow.sender_set.match(bare or "<>"))
         transaction.denied_by = _labelled("sender", deny.sender_set.match(bare or "<>"))
@@ -607,7 +619,8 @@ class Session:
             and policy.skip_authenticated
         ):
             ignored, remembered = "authenticated", ()
-        outcomes = self.lookups.collect(policy.resolver.deadline, stage)
+        lookups = transaction.lookups or self.lookups
+        outcomes = lookups.collect(policy.resolver.deadline, stage)
         list_hits = [] if ignored else [h.name for o in outcomes for h in o.hits]
         # Trusted, allowed and authenticated clients are not judged by HELO or reverse DNS.
         facts = self._facts(transaction, stage, connection_rules=ignored in ("", "no-dns"))
