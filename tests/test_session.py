@@ -394,6 +394,53 @@ def test_an_allowed_recipient_does_not_allow_the_next_recipients() -> None:
     )
 
 
+SPAM_SUBJECT = [("From", "a@example.org"), ("Subject", "cheap viagra"), ("Date", "today")]
+CHEAP = (
+    "  - {name: SUBJECT_CHEAP, score: 10, description: cheap,\n"
+    "     header: {name: Subject, matches: cheap}}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param("<user@example.com>", "<postmaster@example.com>", id="postmaster-second"),
+        pytest.param("<postmaster@example.com>", "<user@example.com>", id="postmaster-first"),
+        pytest.param("<user@example.com>", "<vip@example.com>", id="allowlisted-second"),
+    ],
+)
+def test_an_unrefusable_recipient_and_another_are_split(first: str, second: str) -> None:
+    """A spammer's extra RCPT TO:<postmaster> once made header-stage spam to everyone else
+    in the message delivered, tagged (issue 14): now the two kinds go in separate messages."""
+    harness = start(BASE + CHEAP + "allow: {recipients: [vip@example.com]}\n")
+    harness.envelope()
+    assert harness.session.rcpt(first).result is RcptResult.CONTINUE
+    assert harness.session.rcpt(second) == RcptDecision(
+        RcptResult.REFUSE,
+        SPLIT_REPLY,
+        action=Action.TEMPFAIL,
+        why=harness.session.rcpt(second).why,
+    )
+    decision = harness.message(SPAM_SUBJECT)
+    if first == "<user@example.com>":
+        assert decision.reply is not None and decision.reply.code == 550
+    else:  # postmaster@ alone: delivered, tagged
+        assert (decision.reply, decision.action) == (None, Action.TAG)
+
+
+def test_without_splitting_a_message_with_any_other_recipient_is_judged() -> None:
+    harness = start(BASE + CHEAP + "split_recipient_policies: false\n")
+    harness.envelope()
+    assert harness.session.rcpt("<user@example.com>").result is RcptResult.CONTINUE
+    assert harness.session.rcpt("<postmaster@example.com>").result is RcptResult.CONTINUE
+    decision = harness.message(SPAM_SUBJECT)
+    assert decision.reply is not None and decision.reply.code == 550
+    # postmaster@ alone is still delivered, tagged.
+    harness.session.mail("<a@example.org>", False)
+    harness.session.rcpt("<postmaster@example.com>")
+    assert harness.message(SPAM_SUBJECT, "QID2").action is Action.TAG
+
+
 # --- deny lists --------------------------------------------------------------------------------
 
 DENY_REPLY = 'deny: {reply: "Not from you ({client}, id {id})"}\n'

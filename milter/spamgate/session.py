@@ -151,7 +151,10 @@ class Transaction:
     accepted: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)
-    unrefusable: bool = False  # an exempt or allowlisted recipient was accepted
+    # Accepted recipients that must not be refused (postmaster@, abuse@, allow.recipients):
+    # they are in `accepted` too. A transaction with any other accepted recipient is judged as
+    # usual at end of message, whatever these are (see Session.rcpt).
+    unrefusable: list[str] = field(default_factory=list)
     group: Group | None = None
     groups: dict[str, Group] = field(default_factory=dict)
     last: Judgement | None = None
@@ -390,7 +393,7 @@ class Session:
         bare = _bare(recipient)
         transaction.recipients.append(bare)
         if engine.is_exempt(recipient):
-            return self._accept(transaction, bare, why="exempt")
+            return self._accept_unrefusable(transaction, bare)
         if self.reverse is not None:
             self.rdns()  # a confirmed client name may be on the allow or deny list
         allowed_by = self.allowed_by or transaction.allowed_by
@@ -402,8 +405,7 @@ class Session:
             return RcptDecision(RcptResult.ACCEPT_ALL, why=f"allowed_by={allowed_by}")
         allow_rcpt = _labelled("recipient", self.policy.allow.recipient_set.match(bare))
         if allow_rcpt:
-            transaction.recipients_allowed_by.append(allow_rcpt)
-            return self._accept(transaction, bare, why=f"allowed_by={allow_rcpt}")
+            return self._accept_unrefusable(transaction, bare, allowed_by=allow_rcpt)
         group = engine.group_for(bare)
         denied_by = (
             self.denied_by
@@ -417,14 +419,8 @@ class Session:
             and transaction.group is not None
             and group.name != transaction.group.name
         ):
-            transaction.recipients.pop()
-            transaction.deferred.append(bare)
-            return RcptDecision(
-                RcptResult.REFUSE,
-                SPLIT_REPLY,
-                action=Action.TEMPFAIL,
-                why=f"split: policy {group.name}, transaction {transaction.group.name}",
-            )
+            why = f"split: policy {group.name}, transaction {transaction.group.name}"
+            return self._split(transaction, bare, why)
         judged = self._verdict_now(transaction, group, Stage.ENVELOPE)
         if judged.enforcement.action is Action.GREYLIST:
             judged = self._greylist(transaction, (bare,), judged)
@@ -435,6 +431,10 @@ class Session:
             if enforcement.action is Action.REJECT:
                 self._remember_rejection(judged, group)
             return RcptDecision(RcptResult.REFUSE, enforcement.reply, verdict, enforcement.action)
+        if self.policy.split_recipient_policies and transaction.unrefusable:
+            # Accepted, it would share a message with recipients that must not be refused,
+            # and what the headers say would reach it too (_accept_unrefusable).
+            return self._split(transaction, bare, "split: transaction for exempt recipients")
         transaction.group = transaction.group or group
         transaction.groups[group.name] = group
         transaction.accepted.append(bare)
@@ -468,10 +468,30 @@ class Session:
         verdict = dataclasses.replace(self.engine.evaluate(evidence), action=action)
         return Judgement(evidence, verdict, enforcement)
 
-    def _accept(self, transaction: Transaction, bare: str, *, why: str) -> RcptDecision:
-        """Accept a recipient that must not be refused (exempt or allowlisted)."""
+    def _split(self, transaction: Transaction, bare: str, why: str) -> RcptDecision:
+        """452 4.5.3 for this recipient: the client sends it in a transaction of its own."""
+        transaction.recipients.pop()
+        transaction.deferred.append(bare)
+        return RcptDecision(RcptResult.REFUSE, SPLIT_REPLY, action=Action.TEMPFAIL, why=why)
+
+    def _accept_unrefusable(
+        self, transaction: Transaction, bare: str, *, allowed_by: str = ""
+    ) -> RcptDecision:
+        """Accept a recipient that must not be refused (exempt or allowlisted).
+
+        Such a recipient must not shield the others of its message from what the headers say:
+        with `split_recipient_policies` (the default) a transaction holds either such
+        recipients or others, and a recipient of the other kind gets 452 4.5.3 (sent again
+        in a transaction of its own, as for another policy); without splitting, a message
+        with any other recipient is judged as usual, these included (end_of_message)."""
+        why = f"allowed_by={allowed_by}" if allowed_by else "exempt"
+        judged = len(transaction.accepted) - len(transaction.unrefusable)
+        if self.policy.split_recipient_policies and judged:
+            return self._split(transaction, bare, f"split: {why}, transaction for others")
+        if allowed_by:
+            transaction.recipients_allowed_by.append(allowed_by)
         transaction.accepted.append(bare)
-        transaction.unrefusable = True
+        transaction.unrefusable.append(bare)
         if transaction.last is None:
             transaction.last = self._verdict_now(
                 transaction, transaction.group or self.engine.default_group, Stage.ENVELOPE
@@ -630,7 +650,7 @@ class Session:
         enforcement = self.engine.enforce(
             verdict,
             transaction.decision_id,
-            exempt=transaction.unrefusable and stage is Stage.MESSAGE,
+            exempt=stage is Stage.MESSAGE and _only_unrefusable(transaction),
             client=self.address_text,
             group=group,
         )
@@ -771,6 +791,14 @@ class _Recorders:
 
     def is_suspended(self, name: str) -> bool:
         return self._monitor.is_suspended(name)
+
+
+def _only_unrefusable(transaction: Transaction) -> bool:
+    """Whether every accepted recipient is one that must not be refused: then the message is
+    delivered, tagged, whatever the headers say; with any other recipient it is judged."""
+    return bool(transaction.unrefusable) and len(transaction.unrefusable) == len(
+        transaction.accepted
+    )
 
 
 def _greylist_headers(transaction: Transaction) -> tuple[tuple[str, str], ...]:

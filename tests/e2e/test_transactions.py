@@ -1,5 +1,6 @@
-"""Many messages on one SMTP connection, through a real Postfix: what one message taught
-spamgate stays with that message (issue 14, item 0).
+"""Transactions through a real Postfix: what one message taught spamgate stays with that
+message (issue 14, item 0), and a recipient that must not be refused shields no other
+(item 1).
 
 MTAs send many messages per connection (Postfix's connection cache, large providers). A
 connection's facts (the client, its name, its HELO) serve every message on it; a
@@ -59,6 +60,12 @@ domain_lists:
     zone: dbl.test
     check_names: [helo, sender, from]
     hits: [{{name: DBL_SPAM, codes: [127.0.1.2], score: 10, description: a spam domain}}]
+allow: {{recipients: [vip@example.com]}}
+rules:
+  - name: SUBJECT_PHARMA
+    score: 10
+    description: the Subject advertises pharmacy products
+    header: {{name: Subject, matches: '(?i)\\bv[i1]agra\\b'}}
 """
 )
 
@@ -187,6 +194,37 @@ def test_pipelined_transactions_keep_their_own_evidence(stack: Stack) -> None:
     assert replies[1] == (b"250", b"250", b"250"), replies
     line = _decision(stack, "pipelined@clean.example")
     assert "spam.example" not in line["lists"] and line["action"] == "accept", line
+
+
+@pytest.mark.parametrize("shield", ["postmaster@example.com", "vip@example.com"])
+def test_a_recipient_that_must_not_be_refused_shields_no_other(stack: Stack, shield: str) -> None:
+    """The bypass: header-stage spam to user@ and postmaster@ (or an allowlisted recipient)
+    reached user@, tagged. Now the second kind of recipient is told to come back in a
+    transaction of its own (452 4.5.3), and the spam is refused at end of data."""
+    tag = shield.partition("@")[0]
+    client = stack.connection()
+    try:
+        code, _ = client.mail(f"shield-{tag}@clean.example")
+        assert code == 250
+        assert client.rcpt("user@example.com")[0] == 250
+        code, text = client.rcpt(shield)
+        assert (code, text[:5]) == (452, b"4.5.3"), text
+        code, text = client.data(_message("cheap viagra"))
+        assert code == 550 and b"pharmacy" in text, text
+        # The shield alone gets the message, tagged: it must stay reachable.
+        code, _ = client.mail(f"shield-alone-{tag}@clean.example")
+        assert code == 250
+        assert client.rcpt(shield)[0] == 250
+        assert client.rcpt("user@example.com")[0] == 452
+        assert client.data(_message("cheap viagra again"))[0] == 250
+    finally:
+        client.quit()
+    delivered = stack.sink.wait_for_message(
+        lambda m: m.mail_from == f"shield-alone-{tag}@clean.example", "the shield's own message"
+    )
+    assert delivered.rcpts == (shield,)
+    assert delivered.message["X-Spam-Status"].startswith("Yes")
+    assert not [m for m in stack.sink.messages() if m.mail_from == f"shield-{tag}@clean.example"]
 
 
 def test_two_thousand_messages_on_one_connection_stay_as_cheap_as_the_first(
