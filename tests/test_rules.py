@@ -596,6 +596,67 @@ def test_composites(
     assert fired(COMPOSITE_BOOK, Stage.CONNECTION, facts, list_hits) == expected
 
 
+TRIAL_BOOK = book(
+    rule("HELO_BARE_IP", "helo: bare_ip"),
+    rule("RDNS_MISSING", "rdns: missing, mode: observe"),
+    rule("BOT", "composite: {all: [HELO_BARE_IP, RDNS_MISSING]}"),
+    rule("LISTED_BARE", "composite: {all: [ZEN_SBL, HELO_BARE_IP]}"),
+    rule("BARE_NO_RDNS_RULE", "composite: {all: [HELO_BARE_IP], not: [RDNS_MISSING]}"),
+    rule("BOT_AGAIN", "composite: {all: [BOT]}"),
+    prefix="""
+ip_lists:
+  - name: ZEN
+    zone: zen.test
+    hits:
+      - {name: ZEN_SBL, codes: [127.0.0.2], score: 10}
+""",
+)
+
+
+@pytest.mark.parametrize(
+    ("rdns", "list_hits", "trial_list_hits", "expected"),
+    [
+        pytest.param(
+            MISSING,
+            (),
+            (),
+            {
+                "HELO_BARE_IP": "enforce",
+                "RDNS_MISSING": "observe",
+                "BOT": "observe",
+                "BARE_NO_RDNS_RULE": "enforce",
+                "BOT_AGAIN": "observe",
+            },
+            id="composite-of-a-rule-on-trial-is-on-trial",
+        ),
+        pytest.param(
+            None,
+            (),
+            ("ZEN_SBL",),
+            {"HELO_BARE_IP": "enforce", "LISTED_BARE": "observe", "BARE_NO_RDNS_RULE": "enforce"},
+            id="composite-of-a-list-on-trial-is-on-trial",
+        ),
+        pytest.param(
+            None,
+            ("ZEN_SBL",),
+            (),
+            {"HELO_BARE_IP": "enforce", "LISTED_BARE": "enforce", "BARE_NO_RDNS_RULE": "enforce"},
+            id="composite-of-counted-hits-counts",
+        ),
+    ],
+)
+def test_composites_of_hits_on_trial(
+    rdns: ReverseDns | None,
+    list_hits: tuple[str, ...],
+    trial_list_hits: tuple[str, ...],
+    expected: dict[str, str],
+) -> None:
+    """A rule or list on trial is a dry run however the policy combines it (issue 14)."""
+    facts = connection("192.0.2.60", rdns=rdns)
+    rules = TRIAL_BOOK.fire(Stage.CONNECTION, facts, list_hits, trial_list_hits)
+    assert {r.name: r.mode.value for r in rules} == expected
+
+
 # -- stages --------------------------------------------------------------------------------------
 
 STAGE_BOOK = book(

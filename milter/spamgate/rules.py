@@ -9,6 +9,7 @@ arrives (`match_header`), so no header value has to be kept for later.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
 import functools
@@ -18,11 +19,13 @@ from dataclasses import dataclass, field
 
 from spamgate import domains, headers
 from spamgate.config import (
+    Composite,
     DnsList,
     DomainList,
     DomainSource,
     FromCheck,
     HeloCheck,
+    Mode,
     Policy,
     RdnsCheck,
     Rule,
@@ -153,6 +156,12 @@ class RuleBook:
             (rule, self._stage[rule.name], None if rule.composite else self._compile(rule))
             for rule in self.rules
         ]
+        # Each composite as it fires when it holds only with hits on trial: on trial itself.
+        self._on_trial = {
+            rule.name: dataclasses.replace(rule, mode=Mode.OBSERVE)
+            for rule in self.rules
+            if rule.composite is not None
+        }
         # One combined search per header (patterns.PatternGroup), naming the rules that fire.
         self._text_groups = {
             name: _pattern_group(rules, raw=False) for name, rules in self._text_rules.items()
@@ -208,27 +217,43 @@ class RuleBook:
             fired += [names[i] for i in group.matching(headers.raw_bytes(value))]
         return fired
 
-    def fire(self, stage: Stage, facts: Facts, list_hits: Iterable[str]) -> tuple[Rule, ...]:
+    def fire(
+        self,
+        stage: Stage,
+        facts: Facts,
+        list_hits: Iterable[str],
+        trial_list_hits: Iterable[str] = (),
+    ) -> tuple[Rule, ...]:
         """Every rule of `stage` or earlier that fires, in policy order: a composite sees the
-        list hits and the rules defined before it (the config checks it names no later one)."""
-        fired_names = set(list_hits)
+        list hits and the rules defined before it (the config checks it names no later one).
+
+        Hits on trial (`trial_list_hits`, from lists in observe mode, and rules in observe
+        mode) do not make a composite count: one that holds only with them fires on trial,
+        as a copy of the rule in observe mode, so a trial stays a dry run however the
+        policy combines it. (A composite that holds without them but not with them, through
+        `not:`, counts; the trial's would-be score then counts it too.)"""
+        counted = set(list_hits)
+        everything = counted | set(trial_list_hits)
         fired: list[Rule] = []
         for rule, rule_stage, check in self._checks:
             if rule_stage > stage:
                 continue
             if check is not None:
-                hit = check(facts)
-            else:
-                composite = rule.composite
-                assert composite is not None
-                hit = (
-                    all(name in fired_names for name in composite.all)
-                    and (not composite.any or any(n in fired_names for n in composite.any))
-                    and not any(name in fired_names for name in composite.not_)
-                )
-            if hit:
+                if check(facts):
+                    fired.append(rule)
+                    everything.add(rule.name)
+                    if rule.mode is not Mode.OBSERVE:
+                        counted.add(rule.name)
+                continue
+            composite = rule.composite
+            assert composite is not None
+            if rule.mode is not Mode.OBSERVE and _holds(composite, counted):
                 fired.append(rule)
-                fired_names.add(rule.name)
+                counted.add(rule.name)
+                everything.add(rule.name)
+            elif _holds(composite, everything):
+                fired.append(self._on_trial[rule.name])
+                everything.add(rule.name)
         return tuple(fired)
 
     def _compile(self, rule: Rule) -> Check:
@@ -372,3 +397,11 @@ def _from_not_sender(sender: str, from_domains: Sequence[str]) -> bool:
     if sender_domain is None or not from_domains:
         return False
     return not any(domains.same_organization(sender_domain, d) for d in from_domains)
+
+
+def _holds(composite: Composite, fired: set[str]) -> bool:
+    return (
+        all(name in fired for name in composite.all)
+        and (not composite.any or any(name in fired for name in composite.any))
+        and not any(name in fired for name in composite.not_)
+    )

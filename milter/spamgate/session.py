@@ -641,10 +641,14 @@ class Session:
             ignored, remembered = "authenticated", ()
         lookups = transaction.lookups or self.lookups
         outcomes = lookups.collect(policy.resolver.deadline, stage)
-        list_hits = [] if ignored else [h.name for o in outcomes for h in o.hits]
+        list_hits: list[str] = []
+        trial_list_hits: list[str] = []
+        for outcome in () if ignored else outcomes:
+            on_trial = outcome.dns_list.mode is Mode.OBSERVE
+            (trial_list_hits if on_trial else list_hits).extend(h.name for h in outcome.hits)
         # Trusted, allowed and authenticated clients are not judged by HELO or reverse DNS.
         facts = self._facts(transaction, stage, connection_rules=ignored in ("", "no-dns"))
-        rules = self.engine.rulebook.fire(stage, facts, list_hits)
+        rules = self.engine.rulebook.fire(stage, facts, list_hits, trial_list_hits)
         evidence = Evidence(outcomes, ignored, rules, remembered)
         verdict = self.engine.evaluate(evidence, group)
         enforcement = self.engine.enforce(

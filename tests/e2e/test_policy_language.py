@@ -104,6 +104,10 @@ rules:
       composite: {{all: [HELO_NOT_FQDN, RDNS_MISSING]}}}}
   - {{name: ON_TRIAL, score: 50, description: a rule on trial, mode: observe,
       header: {{name: Subject, matches: '(?i)trial'}}}}
+  - {{name: COMBO_WORD, score: 0, description: the word combo,
+      header: {{name: Subject, matches: '(?i)combo'}}}}
+  - {{name: TRIAL_COMBO, score: 50, description: a combination with a rule on trial,
+      composite: {{all: [ON_TRIAL, COMBO_WORD]}}}}
 allow:
   clients: [192.0.2.30/32]
   senders: ["file:{allow_file}"]
@@ -394,6 +398,17 @@ def test_rule_on_trial_is_logged_but_does_not_count(stack: PolicyStack) -> None:
     assert decision["hits"] == "ON_TRIAL:50(observe)"
     assert decision["trial_action"] == "reject:50.0"
     assert (decision["action"], decision["score"]) == ("accept", "0.0")
+
+
+def test_a_composite_of_a_rule_on_trial_is_on_trial_too(stack: PolicyStack) -> None:
+    """It counted in full before issue 14: the trial refused mail through the composite."""
+    result = stack.send(subject="a trial combo")
+    assert result.end_of_data is not None and result.end_of_data.code == 250, result
+    assert stack.hits_of(result) == {"COMBO_WORD"}
+    decision = stack.spamgate.wait_for_decision(queue=str(result.queue_id))
+    assert decision["hits"] == "ON_TRIAL:50(observe),COMBO_WORD:0,TRIAL_COMBO:50(observe)"
+    assert decision["trial_action"] == "reject:100.0"
+    assert decision["action"] == "accept"
 
 
 # -- domain lists ------------------------------------------------------------------------------
