@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from spamgate import cli
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config" / "spamgate.yaml"
@@ -51,3 +54,88 @@ def test_usage_error_exits_64() -> None:
     result = spamgate("frobnicate")
     assert result.returncode == 64  # EX_USAGE; 2 means "quarantine" to `explain`
     assert "invalid choice: 'frobnicate'" in result.stderr
+
+
+# Issue 14: policies that ended `check-config` (and `run`) with a traceback and exit 1, or never.
+BROKEN_POLICIES = [
+    pytest.param("mode: !!float x\n", "{p}:1:7: mode: cannot read 'x' as a number", id="float-tag"),
+    pytest.param("mode: !foo bar\n", "{p}:1:7: mode: the tag !foo is not allowed", id="local-tag"),
+    pytest.param(
+        "log: {target: 2024-02-30}\n",
+        "{p}:1:15: log.target: cannot read '2024-02-30' as a date",
+        id="impossible-date",
+    ),
+    pytest.param(
+        "shutdown_grace: " + "9" * 400 + "\n",
+        "{p}:1:17: shutdown_grace: 9999",
+        id="integer-too-large-for-a-float",
+    ),
+    pytest.param(
+        "mode: enforce\x00\n", "{p}:1:14: the character U+0000 is not allowed in YAML", id="nul"
+    ),
+    pytest.param(
+        "our_names: " + "[" * 500 + "]" * 500 + "\n",
+        "{p}:1:75: YAML syntax: nested deeper than 64 levels",
+        id="deep-nesting",
+    ),
+    pytest.param(
+        "allow: {clients: ['file:{fifo}']}\n",
+        "{p}:1:19: allow.clients[0]: {fifo}: cannot read: a FIFO, not a regular file",
+        id="fifo-list",
+    ),
+    pytest.param(
+        "deny: {senders: ['file:/dev/zero']}\n",
+        "{p}:1:18: deny.senders[0]: /dev/zero: cannot read: a character device, not a regular file",
+        id="dev-zero-list",
+    ),
+    pytest.param(
+        "ip_lists:\n"
+        "  - {name: DQS, zone: '{key}.zen.dq.spamhaus.net', key_file: /dev/zero, score: 5}\n",
+        "{p}:2:52: ip_lists[0].key_file: cannot read /dev/zero: a character device, not a "
+        "regular file",
+        id="dev-zero-key-file",
+    ),
+    pytest.param(
+        "mode: enforce\n" + "#" * 2**20 + "\n",
+        "{p}: larger than 1 MiB, the limit for a policy file (put long lists in file: lists)",
+        id="oversized-policy",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BROKEN_POLICIES)
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_broken_policy_is_one_line_and_exit_78(
+    tmp_path: Path, text: str, expected: str, command: str
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    bad = tmp_path / "spamgate.yaml"
+    bad.write_text(text.replace("{fifo}", str(fifo)))
+    result = spamgate(command, "-c", str(bad), timeout=20)
+    assert result.returncode == 78, result.stderr
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("spamgate: " + expected.format(p=bad, fifo=fifo))
+
+
+def test_policy_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "spamgate.yaml"
+    os.mkfifo(fifo)
+    result = spamgate("check-config", "-c", str(fifo), timeout=20)
+    assert result.returncode == 78
+    assert result.stderr == f"spamgate: {fifo}: cannot read: a FIFO, not a regular file\n"
+
+
+def test_a_bug_while_loading_is_still_one_line_and_exit_78(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(path: object) -> object:
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(cli, "load_policy", broken)
+    assert cli.main(["check-config", "-c", "/etc/x.yaml"]) == 78
+    assert capsys.readouterr().err == (
+        "spamgate: /etc/x.yaml: cannot load the policy (RuntimeError: a bug over two lines); "
+        "this is a bug in spamgate, please report it\n"
+    )

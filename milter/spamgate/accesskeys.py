@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spamgate.matchlists import UnreadableFileError, read_regular_file
 from spamgate.schema import FieldError
 
 if TYPE_CHECKING:
@@ -27,14 +28,23 @@ KEY_LABEL = "{key}"
 KEYED_SERVICES = ("dq.spamhaus.net", "mail.abusix.zone")
 KEY_MASK = "****"
 _KEY_RE = re.compile(r"(?!-)[A-Za-z0-9_-]{8,63}(?<!-)\Z")
+# A key file holds one line of at most 63 characters: 4 KiB leaves room for white space around
+# it, and nothing bigger can be a key file.
+MAX_KEY_FILE_BYTES = 4096
 
 
 def read_access_key(path: Path) -> str:
-    """The key in `path`: one line, surrounding white space ignored. Errors never quote it."""
+    """The key in `path`: one line, surrounding white space ignored. Errors never quote it.
+
+    Only a regular file of at most MAX_KEY_FILE_BYTES is read (a FIFO would block a reload
+    for ever, /dev/zero would never end: matchlists.read_regular_file)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as error:
-        raise FieldError("key_file", f"cannot read {path}: {error.strerror}") from None
+        raw = read_regular_file(path, MAX_KEY_FILE_BYTES)
+    except UnreadableFileError as problem:
+        if problem.too_large:
+            raise FieldError("key_file", f"{path} is {problem.reason}") from None
+        raise FieldError("key_file", f"cannot read {path}: {problem.reason}") from None
+    text = raw.decode("utf-8", errors="replace")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) != 1:
         raise FieldError("key_file", f"{path} must hold one line, the key; it has {len(lines)}")

@@ -65,6 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"spamgate: {error}", file=sys.stderr)
         return EX_CONFIG
+    except Exception as error:
+        # load_policy raises ConfigError only; anything else is a bug in spamgate. It is still
+        # about this policy, and restarting will not help: one line, and 78, which systemd's
+        # RestartPreventExitStatus= keeps from a restart loop.
+        print(
+            f"spamgate: {args.config}: cannot load the policy ({type(error).__name__}: "
+            f"{' '.join(str(error).splitlines())}); this is a bug in spamgate, please report it",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
     if args.command != "run":
         mask_keys_in_command_output(policy)
     if args.command == "check-config":

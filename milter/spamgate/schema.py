@@ -9,6 +9,7 @@ postconf(5) from the same tables its parser uses.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import enum
 import math
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.reader import ReaderError
 
 
 class ConfigError(Exception):
@@ -36,7 +39,9 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         # Line 0 means the problem is with the file as a whole (unreadable, not UTF-8).
         where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        # One line whatever a file name or a value holds: a reload logs it as one ERROR line.
+        return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class FieldError(ValueError):
@@ -98,6 +103,89 @@ def _position(node: yaml.Node) -> _Located:
     return _Located(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+# What a policy document may make the parser do, whatever it holds (issue 14). PyYAML composes
+# nodes recursively, so nesting is bounded far below Python's recursion limit (spamgate's schema
+# needs seven levels). An alias adds a copy of the node it names to everything that reads
+# the document (the builder walks it again each time), so "billion laughs" (aliases of nodes
+# made of aliases) could make a 1 KB file cost 10**9 values: aliases may add as many values as
+# a large policy has, no more. An alias inside the node it names would make a cycle.
+MAX_DEPTH = 64
+MAX_ALIAS_VALUES = 100_000
+# No setting needs more; Python refuses to read integers of over 4,300 digits anyway.
+MAX_INTEGER_DIGITS = 100
+
+_CORE_TAG = "tag:yaml.org,2002:"
+# The tags whose values the builder can read: the YAML core schema plus timestamp and binary,
+# which SafeLoader resolves too. Others (`!foo`, `!!python/...`, `!!set`, `!!omap`) are errors,
+# not values silently read as something else.
+_TAGS = {
+    yaml.ScalarNode: frozenset(
+        _CORE_TAG + name for name in ("null", "bool", "int", "float", "str", "timestamp", "binary")
+    ),
+    yaml.SequenceNode: frozenset({_CORE_TAG + "seq"}),
+    yaml.MappingNode: frozenset({_CORE_TAG + "map"}),
+}
+_TAG_NAMES = {
+    "bool": "a boolean",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "timestamp": "a date",
+    "binary": "base64 data",
+}
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents whose composition would cost more than their size:
+    nesting deeper than MAX_DEPTH, an alias inside the node it names, aliases that add more
+    than MAX_ALIAS_VALUES values. Each node's size with its aliases expanded is counted as it
+    is composed, so the check costs one addition per node."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._alias_values = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # stubs lack it
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(str(event.anchor))
+            if target is not None:
+                size = self._sizes.get(id(target))
+                if size is None:
+                    _refuse(f"alias *{event.anchor} is inside the node it names", event)
+                self._alias_values += size
+                if self._alias_values > MAX_ALIAS_VALUES:
+                    _refuse(f"aliases expand to more than {MAX_ALIAS_VALUES} values", event)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            _refuse(f"nested deeper than {MAX_DEPTH} levels", event)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if node is not None:
+            self._sizes[id(node)] = 1 + sum(self._sizes[id(child)] for child in _children(node))
+        return node
+
+
+def _refuse(problem: str, event: yaml.Event) -> typing.NoReturn:
+    # The stubs type a mark as either of PyYAML's two Mark classes; the error takes both.
+    mark: Any = event.start_mark
+    raise ComposerError(None, None, problem, mark)
+
+
+def _children(node: yaml.Node) -> Iterator[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        yield from node.value
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield key
+            yield value
+
+
 class _Builder:
     def __init__(self, source: str, loader: yaml.SafeLoader) -> None:
         self.source = source
@@ -108,6 +196,56 @@ class _Builder:
         return ConfigError(self.source, where.line, where.column, path, message)
 
     def build(self, hint: Any, node: yaml.Node, path: str) -> Any:
+        """The value of `node` as `hint`, or a ConfigError at `node`: whatever goes wrong below
+        (a value type's parser raising something other than ValueError, say) is reported at
+        the innermost value being read, never as another exception."""
+        try:
+            self._check_tag(node, path)
+            return self._build(hint, node, path)
+        except ConfigError:
+            raise
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            raise self.fail(node, path, f"cannot use this value ({_shorten(reason)})") from error
+
+    def _check_tag(self, node: yaml.Node, path: str) -> None:
+        if node.tag in _TAGS.get(type(node), ()):
+            return
+        if node.tag == _CORE_TAG + "merge":
+            raise self.fail(node, path, "merge keys (<<) are not supported: write the keys out")
+        raise self.fail(
+            node,
+            path,
+            f"the tag {_shown_tag(node.tag)} is not allowed here: spamgate reads the standard "
+            "YAML types only (quote a value that is text)",
+        )
+
+    def _construct(self, node: yaml.ScalarNode, path: str) -> object:
+        """A scalar's value as YAML types it (an integer, a date, ...)."""
+        self._check_tag(node, path)
+        if node.tag == _CORE_TAG + "int" and len(node.value) > MAX_INTEGER_DIGITS:
+            raise self.fail(node, path, f"{_shorten(node.value)} is too large")
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except Exception as error:
+            # A value that matches a type's pattern but is not one (2024-02-30, an integer of
+            # 5,000 digits) or an explicit tag on text that does not fit it (!!float x): PyYAML
+            # raises ValueError, KeyError or worse from its constructors.
+            kind = _TAG_NAMES.get(node.tag.removeprefix(_CORE_TAG), _shown_tag(node.tag))
+            detail = f": {_shorten(str(error))}" if type(error) is ValueError else ""
+            raise self.fail(
+                node,
+                path,
+                f"cannot read {_shorten(repr(node.value))} as {kind}{detail} (quote it if it "
+                "is text)",
+            ) from None
+
+    def _key(self, node: yaml.Node, path: str) -> object:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, path, f"keys must be names, got {_kind(node)}")
+        return self._construct(node, path)
+
+    def _build(self, hint: Any, node: yaml.Node, path: str) -> Any:
         origin = typing.get_origin(hint)
         if origin in (types.UnionType, typing.Union):
             return self._build_union(hint, node, path)
@@ -138,13 +276,16 @@ class _Builder:
     def _scalar(self, node: yaml.Node, path: str) -> object:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, path, f"expected a single value, got {_kind(node)}")
-        return self.loader.construct_object(node, deep=True)
+        return self._construct(node, path)
 
     def _build_plain(self, hint: type, node: yaml.Node, path: str) -> Any:
         value = self._scalar(node, path)
         # YAML booleans are ints in Python; never let `true` pass for a number, or 1 for a bool.
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise self.fail(node, path, f"{_shorten(str(node.value))} is too large") from None
         if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
             raise self.fail(node, path, f"expected {_PLAIN_NAMES[hint]}, got {_describe(value)}")
         if isinstance(value, float) and not math.isfinite(value):
@@ -204,7 +345,7 @@ class _Builder:
             raise self.fail(node, path, f"expected a mapping, got {_kind(node)}")
         built: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = self.loader.construct_object(key_node, deep=True)
+            key = self._key(key_node, path)
             if not isinstance(key, str):
                 raise self.fail(key_node, path, f"keys must be strings, got {_describe(key)}")
             if key in built:
@@ -221,8 +362,8 @@ class _Builder:
         known = {_yaml_key(f): f for f in dataclasses.fields(cls) if f.init}
         values: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = self.loader.construct_object(key_node, deep=True)
-            child = _join(path, str(key))
+            key = self._key(key_node, path)
+            child = _join(path, _shorten(str(key)))
             if not isinstance(key, str) or key not in known:
                 hint_text = _suggest(str(key), known)
                 raise self.fail(key_node, child, f"unknown key{hint_text}")
@@ -276,9 +417,11 @@ class _Builder:
             return
         minimum, maximum = spec.metadata.get("minimum"), spec.metadata.get("maximum")
         if minimum is not None and value < minimum:
-            raise self.fail(node, path, f"must be at least {_number(minimum)}, got {value}")
+            shown = _shorten(str(value))
+            raise self.fail(node, path, f"must be at least {_number(minimum)}, got {shown}")
         if maximum is not None and value > maximum:
-            raise self.fail(node, path, f"must be at most {_number(maximum)}, got {value}")
+            shown = _shorten(str(value))
+            raise self.fail(node, path, f"must be at most {_number(maximum)}, got {shown}")
 
 
 UNION_PARSERS: dict[Any, Callable[[object], Any]] = {}
@@ -288,7 +431,13 @@ T = typing.TypeVar("T")
 
 def load(cls: type[T], text: str, source: str) -> T:
     """Parse YAML `text` into an instance of the dataclass `cls`, or raise ConfigError."""
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader checks every character here: NUL and other control characters fail.
+        loader = _PolicyLoader(text)
+    except ReaderError as error:
+        line, column = _text_position(text, error.position)
+        message = f"the character U+{error.character:04X} is not allowed in YAML"
+        raise ConfigError(source, line, column, "", message) from None
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as error:
@@ -298,6 +447,12 @@ def load(cls: type[T], text: str, source: str) -> T:
         raise ConfigError(source, line, column, "", f"YAML syntax: {message}") from None
     except yaml.YAMLError as error:
         raise ConfigError(source, 1, 1, "", f"YAML syntax: {error}") from None
+    except Exception as error:  # none known; a parser bug must still be a located error
+        mark = loader.get_mark()
+        reason = _shorten(f"{type(error).__name__}: {error}")
+        raise ConfigError(
+            source, mark.line + 1, mark.column + 1, "", f"YAML: cannot parse ({reason})"
+        ) from error
     finally:
         loader.dispose()
     if root is None:
@@ -440,7 +595,7 @@ def _kind(node: yaml.Node) -> str:
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return f"the value {node.value!r}"
+    return f"the value {_shorten(repr(node.value))}"
 
 
 def _describe(value: object) -> str:
@@ -449,8 +604,25 @@ def _describe(value: object) -> str:
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, str):
-        return f"the string {value!r}"
-    return f"{type(value).__name__} {value!r}"
+        return f"the string {_shorten(repr(value))}"
+    if isinstance(value, datetime.date):
+        return f"the date {value.isoformat()} (quote it if it is text)"
+    return f"{type(value).__name__} {_shorten(repr(value))}"
+
+
+def _shorten(text: str, limit: int = 100) -> str:
+    """`text` cut to `limit` characters: a message quotes a value, never a whole file."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _shown_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix(_CORE_TAG) if tag.startswith(_CORE_TAG) else tag
+
+
+def _text_position(text: str, index: int) -> tuple[int, int]:
+    """Line and column (1-based) of `text[index]`."""
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
 
 
 def _suggest(key: str, known: dict[str, Any]) -> str:
