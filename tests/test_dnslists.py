@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import DomainList, IpList, ListHit
+from spamgate.config import DomainList, HealthSettings, IpList, ListHit
 from spamgate.dnslists import (
     IPAddress,
     ListLookups,
@@ -22,6 +22,8 @@ from spamgate.dnslists import (
     lookup_address,
     query_name,
 )
+from spamgate.listhealth import ListMonitor
+from spamgate.metrics import Metrics
 from spamgate.returncodes import parse_return_code
 from tests.fakes import FakeClock
 
@@ -296,7 +298,24 @@ def test_answer_already_there_at_start_has_zero_latency() -> None:
             return future
 
     (outcome,) = checks_for(Cached(), CLIENT, (ZEN,), FakeClock()).collect(2.0)
-    assert (outcome.status, outcome.latency_ms) == (ListStatus.CLEAN, 0.0)
+    assert (outcome.status, outcome.latency_ms, outcome.cached) == (ListStatus.CLEAN, 0.0, True)
+
+
+def test_cache_hits_stay_out_of_latency_figures() -> None:
+    """A cached answer's 0 ms would show the cache's hit rate, not the list's speed, in the
+    latency metric and in `spamgate lists` (issue 14)."""
+    metrics = Metrics()
+    monitor = ListMonitor((ZEN,), HealthSettings(), FakeClock())
+    cached = ListOutcome(ZEN, ListStatus.CLEAN, latency_ms=0.0, cached=True)
+    asked = ListOutcome(ZEN, ListStatus.CLEAN, latency_ms=40.0)
+    metrics.record_lists([cached, cached, asked])
+    monitor.record([cached, cached, asked])
+    count = metrics.registry.get_sample_value(
+        "spamgate_list_latency_seconds_count", {"list": ZEN.name}
+    )
+    assert count == 1
+    (report,) = monitor.reports()
+    assert report.latency_ms_p50 == 40.0
 
 
 def test_unanswered_list_is_unusable_at_the_deadline() -> None:

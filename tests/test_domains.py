@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from spamgate.domains import (
+    bare_address,
     domain_of_address,
     domain_query_name,
     is_fqdn,
@@ -332,3 +333,22 @@ def test_every_function_is_total_and_fast(function: Callable[[str], object], tex
     started = time.monotonic()
     function(text)  # must not raise
     assert time.monotonic() - started < 0.05
+
+
+@pytest.mark.parametrize(
+    ("address", "bare"),
+    [
+        pytest.param("<User@Example.COM>", "user@example.com", id="brackets-and-case"),
+        pytest.param('<"postmaster"@example.com>', "postmaster@example.com", id="quoted-atom"),
+        pytest.param('<"Abuse"@example.com>', "abuse@example.com", id="quoted-atom-case"),
+        pytest.param('<"a\\b"@example.com>', "ab@example.com", id="quoted-pair"),
+        pytest.param('<"john doe"@example.com>', '"john doe"@example.com', id="needs-quotes"),
+        pytest.param('<"a..b"@example.com>', '"a..b"@example.com', id="not-a-dot-atom"),
+        pytest.param("<>", "", id="null-sender"),
+        pytest.param(" postmaster ", "postmaster", id="no-domain"),
+    ],
+)
+def test_bare_address(address: str, bare: str) -> None:
+    """Addresses as the MTA resolves them: a quoted local part that needs no quotes is the
+    same mailbox unquoted (RFC 5321 4.1.2)."""
+    assert bare_address(address) == bare

@@ -1192,7 +1192,7 @@ def test_the_harness_reaches_every_kind_of_evidence() -> None:
         pytest.param("4XyZ1", "4XyZ1", id="postfix-id-stays-bare"),
         pytest.param(
             "QID\nNOQUEUE: decision id=forged action=accept",
-            '"QID\\nNOQUEUE:\\x20decision\\x20id=forged\\x20action=accept"',
+            '"QID\\nNOQUEUE:\\x20decision\\x20id\\x3dforged\\x20action\\x3daccept"',
             id="newline-forges-a-line",
         ),
         pytest.param("Q I D", '"Q\\x20I\\x20D"', id="blanks"),

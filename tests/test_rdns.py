@@ -377,6 +377,33 @@ def test_answers_arriving_on_another_thread_wake_collect() -> None:
     assert 0.08 <= elapsed < 1.0
 
 
+def test_collect_returns_after_the_done_callbacks_have_run() -> None:
+    """The session starts its lookups of the client's name (its domain lists) in a done
+    callback: a verdict that collects the reverse DNS must find them started, or the list
+    misses the verdict (issue 14)."""
+    lookups = FakeLookups()
+    pending = PendingReverse(lookups, ipaddress.ip_address(CLIENT_V4), time.monotonic)
+    started: list[str] = []
+
+    def start_name_lists(result: ReverseDns) -> None:
+        time.sleep(0.1)  # the callback takes a while, as a lookup's start may
+        started.append(result.name)
+
+    pending.add_done_callback(start_name_lists)
+
+    def resolve() -> None:
+        time.sleep(0.05)
+        lookups.answer(PTR_V4, "PTR", NXDOMAIN)
+
+    thread = threading.Thread(target=resolve)
+    thread.start()
+    result, _ = collect_timed(pending, deadline=2.0)
+    seen = list(started)  # before the resolving thread is waited for
+    thread.join(timeout=2)
+    assert result.status is RdnsStatus.MISSING
+    assert seen == [""]
+
+
 class BrokenLookups:
     """A resolver that breaks the promise never to raise, in both ways it could."""
 

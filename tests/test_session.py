@@ -297,6 +297,10 @@ def test_allow_by_verified_client_name(client_name: str, allowed_by: str) -> Non
     if allowed_by:
         assert decision == RcptDecision(RcptResult.ACCEPT_ALL, why=f"allowed_by={allowed_by}")
         assert harness.resolver.asked == []
+        # Logged when the message ends, with every recipient (it goes on to the end of
+        # message, where forged verdict headers are deleted).
+        assert harness.log == []
+        harness.session.end_of_message("QID1")
         assert only_line(harness)["allowed_by"] == allowed_by
     else:
         # Not a name: scored as usual, and the client's name is looked up (it is not there).
@@ -317,6 +321,7 @@ def test_allow_by_client_name_confirmed_by_our_own_reverse_lookup() -> None:
         RcptResult.ACCEPT_ALL, why="allowed_by=client_name:*.partner.example"
     )
     assert harness.resolver.asked == [ZEN_Q, PTR_Q, ("mail.partner.example", "A")]
+    harness.session.finish_transaction()  # RSET: logged as it ends
     line = only_line(harness)
     assert (line["allowed_by"], line["rdns"]) == (
         "client_name:*.partner.example",
@@ -329,6 +334,7 @@ def test_allow_by_helo_name() -> None:
     harness.envelope(helo="MX.Partner.Example")
     decision = harness.session.rcpt("<user@example.com>")
     assert decision == RcptDecision(RcptResult.ACCEPT_ALL, why="allowed_by=helo:*.partner.example")
+    harness.session.end_of_message("QID1")
     line = only_line(harness)
     assert (line["allowed_by"], line["action"], line["enforced"]) == (
         "helo:*.partner.example",
@@ -1110,7 +1116,9 @@ def test_foreign_spam_headers_are_deleted_highest_index_first() -> None:
             ("X-Spam-Score", "-10"),
             ("X-Spam-Status", "again"),
             ("X-Spam-Status", "and again"),
-            ("X-Spam-Flag", "YES"),  # not ours: left alone
+            ("X-Spam-Flag", "YES"),  # read by mail clients and sieve scripts as a verdict
+            ("X-Spam-Level", "***"),
+            ("X-Spamd-Host", "left alone: not a verdict"),
         ]
     )
     assert outcome.delete_headers == (
@@ -1118,6 +1126,24 @@ def test_foreign_spam_headers_are_deleted_highest_index_first() -> None:
         ("X-Spam-Status", 2),
         ("X-Spam-Status", 1),
         ("X-Spam-Score", 1),
+        ("X-Spam-Flag", 1),
+        ("X-Spam-Level", 1),
+    )
+
+
+def test_forged_verdict_headers_are_deleted_from_allowlisted_mail_too() -> None:
+    """Allowlisted mail was accepted at RCPT, so its forged X-Spam-* headers went through."""
+    harness = start(BASE + 'allow: {senders: ["a@example.org"]}\n')
+    harness.envelope()
+    assert harness.session.rcpt("<user@example.com>").result is RcptResult.ACCEPT_ALL
+    assert harness.session.rcpt("<other@example.com>").result is RcptResult.ACCEPT_ALL
+    outcome = harness.message([("X-Spam-Status", "No, forged"), ("X-Spam-Flag", "NO")])
+    assert (outcome.action, outcome.add_headers) == (Action.ACCEPT, ())
+    assert outcome.delete_headers == (("X-Spam-Status", 1), ("X-Spam-Flag", 1))
+    line = only_line(harness)
+    assert (line["allowed_by"], line["rcpt"]) == (
+        "sender:a@example.org",
+        "<user@example.com>,<other@example.com>",
     )
 
 

@@ -40,7 +40,7 @@ from spamgate.config import ListenAddress, OnError, SocketMode
 from spamgate.decisionlog import quote
 from spamgate.dnslists import IPAddress
 from spamgate.replies import Reply, internal_error
-from spamgate.session import RcptResult, Runtime, Session
+from spamgate.session import Runtime, Session
 
 log = logging.getLogger("spamgate")
 decisions = logging.getLogger("spamgate.decision")
@@ -194,8 +194,8 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
     @_guarded
     def envrcpt(self, to: str, *params: str) -> int:
         decision = self.session.rcpt(to)
-        if decision.result is RcptResult.ACCEPT_ALL:
-            return int(Milter.ACCEPT)
+        # An allowlisted message (RcptResult.ACCEPT_ALL) is not scored, but goes on to the end
+        # of the message all the same: only there can a forged X-Spam-* header be deleted.
         if decision.reply is not None:
             return self._refuse(decision.reply)
         return int(Milter.CONTINUE)

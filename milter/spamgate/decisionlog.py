@@ -18,8 +18,11 @@ from spamgate.config import Mode
 from spamgate.dnslists import ListOutcome, ListStatus
 from spamgate.engine import DEFAULT_GROUP, Enforcement, Hit, Verdict
 
-_PLAIN = re.compile(r"[\x21-\x7e]+\Z")
-_UNSAFE = re.compile(r'["\\]|[^\x20-\x7e]')
+# A value is bare only if printable ASCII without space, quote, backslash or "=". Anything
+# else is quoted, and a "=" in it is written \x3d: no text a client sends (a HELO, an
+# address) can then hold "key=value" for a grep to find, so a line reads one way only.
+_PLAIN = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
+_UNSAFE = re.compile(r'["\\=]|[^\x20-\x7e]')
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ def _escape(match: re.Match[str]) -> str:
     char = match.group()
     if char in '"\\':
         return "\\" + char
+    if char == "=":
+        return "\\x3d"
     if char in "\r\n\t":
         return {"\r": "\\r", "\n": "\\n", "\t": "\\t"}[char]
     code = ord(char)

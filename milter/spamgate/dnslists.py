@@ -48,6 +48,9 @@ class ListOutcome:
     failure: str = ""
     latency_ms: float | None = None
     subject: str = ""  # for domain lists: which name, as "sender:example.com"
+    # Answered from the resolver's cache (its latency_ms is 0): left out of latency figures,
+    # which would otherwise show the cache's hit rate instead of the list's speed.
+    cached: bool = False
 
     @property
     def fail_marker(self) -> str:
@@ -158,6 +161,7 @@ class _Lookup:
     started_at: float
     answered_at: float | None = None
     outcome: ListOutcome | None = None
+    cached: bool = False
 
 
 def _merge(lookup: _Lookup, subject: str, stage: int) -> None:
@@ -256,6 +260,7 @@ class ListLookups:
             self._lookups.append(lookup)
         if lookup.future.done():
             lookup.answered_at = now  # from the cache: answered as it was asked
+            lookup.cached = True
             return
 
         def stamp(_: Promise[DnsAnswer]) -> None:
@@ -375,4 +380,5 @@ class ListLookups:
             return _unusable(dns_list, "resolver-error", (), None, subject)
         answered_at = lookup.answered_at if lookup.answered_at is not None else self._clock()
         latency_ms = max(0.0, (answered_at - lookup.started_at) * 1000.0)
-        return classify(dns_list, answer, latency_ms, subject)
+        outcome = classify(dns_list, answer, latency_ms, subject)
+        return dataclasses.replace(outcome, cached=True) if lookup.cached else outcome

@@ -129,6 +129,24 @@ def is_fqdn(name: str) -> bool:
     return len(labels) >= 2 and not _ALL_DIGITS.fullmatch(labels[-1])
 
 
+# RFC 5322 3.2.3 atext: what a local part may hold without quotes.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def bare_address(address: str) -> str:
+    """An envelope address as the MTA resolves it: without `<>`, in lower case, and with a
+    quoted local part unquoted when it needs no quotes (`"postmaster"@example.com` is
+    postmaster@example.com to Postfix, RFC 5321 4.1.2); "" for the null sender."""
+    text = address.strip().removeprefix("<").removesuffix(">").strip().lower()
+    if text.startswith('"'):
+        local, at, domain = text.rpartition("@")
+        if local.endswith('"') and len(local) >= 2:
+            inner = re.sub(r"\\(.)", r"\1", local[1:-1])
+            if _DOT_ATOM.fullmatch(inner):
+                return f"{inner}{at}{domain}"
+    return text
+
+
 def domain_of_address(address: str) -> str | None:
     """The normalized domain of a mail address, or None.
 

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from spamgate import replies
+from spamgate import domains, replies
 from spamgate.config import (
     AddHeaders,
     DnsList,
@@ -37,7 +37,21 @@ from spamgate.rules import RuleBook
 
 SCORE_HEADER = "X-Spam-Score"
 STATUS_HEADER = "X-Spam-Status"
-OUR_HEADERS = frozenset({SCORE_HEADER.lower(), STATUS_HEADER.lower()})
+# Headers that spamgate writes, or that filters and mail clients downstream read as a spam
+# verdict (SpamAssassin's family, rspamd's X-Spam, spamgate's X-Greylist): a copy that comes
+# from outside would be believed, so every one is deleted from mail as it passes (issue 14).
+OUR_HEADERS = frozenset(
+    {
+        SCORE_HEADER.lower(),
+        STATUS_HEADER.lower(),
+        "x-spam-flag",
+        "x-spam-level",
+        "x-spam",
+        "x-spam-report",
+        "x-spam-checker-version",
+        "x-greylist",
+    }
+)
 DEFAULT_GROUP = "default"
 
 
@@ -365,7 +379,7 @@ class Engine:
 
     def is_exempt(self, recipient: str) -> bool:
         """postmaster@ and abuse@ (by default) must always be reachable (RFC 5321 4.5.1)."""
-        address = recipient.strip().strip("<>").lower()
+        address = domains.bare_address(recipient)
         local, at, _ = address.rpartition("@")
         if not at:
             local = address

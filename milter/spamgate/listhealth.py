@@ -210,7 +210,11 @@ class ListMonitor:
                 record.counts[outcome.status.value] += 1
                 if outcome.failure:
                     record.counts[f"unusable:{outcome.failure}"] += 1
-                if outcome.latency_ms is not None and outcome.failure != "suspended":
+                if (
+                    outcome.latency_ms is not None
+                    and outcome.failure != "suspended"
+                    and not outcome.cached
+                ):
                     record.latencies.append(outcome.latency_ms)
                 if outcome.status is ListStatus.UNUSABLE or record.state is ListState.SUSPENDED:
                     continue

@@ -131,7 +131,7 @@ class Metrics:
             self._labelled(self.list_answers, name, outcome.status.value).inc()
             if outcome.failure:
                 self._labelled(self.list_unusable, name, outcome.failure).inc()
-            elif outcome.latency_ms is not None:
+            elif outcome.latency_ms is not None and not outcome.cached:
                 self._labelled(self.list_latency, name).observe(outcome.latency_ms / 1000.0)
 
     def watch(self, state: Callable[[], DaemonState]) -> None:

@@ -208,9 +208,11 @@ class PendingReverse:
                 return
             self._result = result
             callbacks, self._when_done = self._when_done, []
-        self._finished.set()
+        # The callbacks first: they start the lookups of the client's name (its domain lists),
+        # and a verdict waiting in collect() must find them started (issue 14).
         for callback in callbacks:
             callback(result)
+        self._finished.set()
 
     def collect(self, deadline: float) -> ReverseDns:
         """Wait until `deadline` seconds after the start at most; the same answer every time.

@@ -362,7 +362,7 @@ class Session:
 
     def mail(self, sender: str, authenticated: bool) -> None:
         self.finish_transaction()
-        bare = _bare(sender)
+        bare = domains.bare_address(sender)
         transaction = Transaction(self.runtime.new_id(), sender, bare, authenticated)
         transaction.lookups = ListLookups(
             self.resolver, self.runtime.clock, self.lookups.recorder, connection=self.lookups
@@ -390,7 +390,7 @@ class Session:
     def rcpt(self, recipient: str) -> RcptDecision:
         transaction = self._transaction()
         engine = self.engine
-        bare = _bare(recipient)
+        bare = domains.bare_address(recipient)
         transaction.recipients.append(bare)
         if engine.is_exempt(recipient):
             return self._accept_unrefusable(transaction, bare)
@@ -400,8 +400,8 @@ class Session:
         if allowed_by:
             transaction.allowed_by = allowed_by
             transaction.accepted.append(bare)
-            judged = self._unscored("allowed", Action.ACCEPT, Enforcement(Action.ACCEPT))
-            self._log(transaction, judged, "rcpt", "")
+            # Logged when the transaction ends, with every recipient (end_of_message).
+            transaction.last = self._unscored("allowed", Action.ACCEPT, Enforcement(Action.ACCEPT))
             return RcptDecision(RcptResult.ACCEPT_ALL, why=f"allowed_by={allowed_by}")
         allow_rcpt = _labelled("recipient", self.policy.allow.recipient_set.match(bare))
         if allow_rcpt:
@@ -506,6 +506,8 @@ class Session:
         rulebook = self.engine.rulebook
         if lowered in OUR_HEADERS:
             transaction.our_headers[name] = transaction.our_headers.get(name, 0) + 1
+        if transaction.allowed_by:
+            return  # accepted without scoring: only forged verdict headers go
         if lowered in rulebook.counted_headers:
             transaction.header_counts[lowered] = transaction.header_counts.get(lowered, 0) + 1
         transaction.header_hits.update(rulebook.match_header(lowered, value))
@@ -544,6 +546,15 @@ class Session:
     def end_of_message(self, queue_id: str) -> MessageDecision:
         transaction = self._transaction()
         engine = self.engine
+        if transaction.allowed_by and transaction.last is not None:
+            # Allowlisted at RCPT: nothing is scored or added, but a verdict header that came
+            # from outside must not reach the recipient either.
+            self._log(transaction, transaction.last, "rcpt", queue_id)
+            return MessageDecision(
+                Action.ACCEPT,
+                transaction.last.verdict,
+                delete_headers=self._foreign_headers(transaction),
+            )
         groups = list(transaction.groups.values()) or [transaction.group or engine.default_group]
         candidates = [self._verdict_now(transaction, g, Stage.MESSAGE) for g in groups]
         # Without splitting, recipients of several policies share one answer: the mildest,
@@ -819,11 +830,6 @@ def _render_rdns(rdns: ReverseDns | None) -> str:
     if rdns is None:
         return ""
     return f"{rdns.status.value}:{rdns.name}" if rdns.name else rdns.status.value
-
-
-def _bare(address: str) -> str:
-    """An envelope address without <> and in lower case; "" for the null sender."""
-    return address.strip().removeprefix("<").removesuffix(">").strip().lower()
 
 
 def _labelled(kind: str, match: str) -> str:

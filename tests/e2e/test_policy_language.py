@@ -476,6 +476,20 @@ def test_allowlisted_client_skips_scoring(stack: PolicyStack) -> None:
     assert decision["action"] == "accept" and decision["lists_ignored"] == "allowed"
 
 
+def test_forged_verdict_headers_never_reach_the_recipient(stack: PolicyStack) -> None:
+    """From an allowlisted client (accepted at RCPT, where they went through before issue
+    14) and from any other: every header of the X-Spam family is deleted on the way."""
+    forged = b"X-Spam-Status: No, forged\r\nX-Spam-Flag: NO\r\nX-Spam-Level: \r\n"
+    for client, subject in (("192.0.2.30", "forged allowed"), (CLEAN, "forged scored")):
+        message = build(subject=subject, extra=forged)
+        result = stack.send(client=client, message=message)
+        assert result.end_of_data is not None and result.end_of_data.code == 250, result
+        delivered = stack.delivered(subject).message
+        assert delivered["X-Spam-Flag"] is None and delivered["X-Spam-Level"] is None, client
+        status = delivered.get_all("X-Spam-Status") or []
+        assert all("forged" not in value for value in status), (client, status)
+
+
 def test_allowlisted_sender_from_a_file(stack: PolicyStack) -> None:
     result = stack.send(client="192.0.2.2", sender="ceo@friend.example", subject="from friend")
     assert [r.code for _, r in result.rcpts] == [250]
@@ -492,6 +506,18 @@ def test_denied_sender_gets_the_deny_text_but_postmaster_is_reachable(stack: Pol
     (_, refused), (_, exempt) = result.rcpts
     assert refused.code == 550 and refused.text.startswith("5.7.1 Not from you (id ")
     assert exempt.code == 250
+
+
+def test_a_quoted_postmaster_is_postmaster(stack: PolicyStack) -> None:
+    """Postfix delivers <"postmaster"@example.com> to postmaster@: spamgate must let a
+    listed client reach it too (it refused it before issue 14)."""
+    result = stack.send(
+        client="192.0.2.2",  # on zen.test: every other recipient is refused
+        rcpts=('"postmaster"@example.com', '"Abuse"@example.com', "user@example.com"),
+        subject="quoted postmaster",
+    )
+    codes = [reply.code for _, reply in result.rcpts]
+    assert codes == [250, 250, 550], result.rcpts
 
 
 # -- recipient policies, quarantine ------------------------------------------------------------
