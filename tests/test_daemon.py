@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from spamgate import daemon as daemon_module
+from spamgate.config import Mode, Policy, load_policy
+from spamgate.daemon import Daemon
 from tests.harness.processes import (
     free_port,
     stop_milter_process,
@@ -284,3 +290,210 @@ def test_listeners_beyond_loopback_get_a_warning_each(
     caplog.set_level("WARNING", logger="spamgate")
     daemon._log_start()
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == expected
+
+
+# -- reload with a broken or hostile policy (issue 14) -----------------------------------------
+
+GOOD = "resolver: {nameservers: ['127.0.0.1:53']}\n" + NO_GREYLISTING
+
+
+def _broken(tmp_path: Path, kind: str) -> tuple[str, str]:
+    """A policy text of `kind` (files it names made in `tmp_path`), and what its error says."""
+    policy = tmp_path / "p.yaml"
+    if kind == "bad-tag":
+        return GOOD + "mode: !!float x\n", f"{policy}:3:7: mode: cannot read 'x' as a number"
+    if kind == "undefined-tag":
+        return GOOD + "mode: !foo x\n", f"{policy}:3:7: mode: the tag !foo is not allowed here"
+    if kind == "impossible-date":
+        return GOOD + "log: {target: 2024-02-30}\n", f"{policy}:3:15: log.target: cannot read"
+    if kind == "fifo-list":
+        fifo = tmp_path / "clients"
+        os.mkfifo(fifo)
+        return (
+            GOOD + f"allow: {{clients: ['file:{fifo}']}}\n",
+            f"{policy}:3:19: allow.clients[0]: {fifo}: cannot read: a FIFO, not a regular file",
+        )
+    if kind == "dev-zero-list":
+        return (
+            GOOD + "allow: {clients: ['file:/dev/zero']}\n",
+            f"{policy}:3:19: allow.clients[0]: /dev/zero: cannot read: a character device",
+        )
+    if kind == "dev-zero-key-file":
+        return (
+            GOOD + "ip_lists: [{name: Z, zone: '{key}.zen.test', key_file: /dev/zero, score: 1}]\n",
+            f"{policy}:3:46: ip_lists[0].key_file: cannot read /dev/zero: a character device",
+        )
+    assert kind == "oversized"
+    return GOOD + "#" * 2**20 + "\n", f"{policy}: larger than 1 MiB"
+
+
+BROKEN_KINDS = [
+    "bad-tag",
+    "undefined-tag",
+    "impossible-date",
+    "fifo-list",
+    "dev-zero-list",
+    "dev-zero-key-file",
+    "oversized",
+]
+
+
+def _daemon(tmp_path: Path) -> tuple[Daemon, Path]:
+    """A daemon on a good policy file, constructed but never started: nothing is sent."""
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD)
+    return Daemon(load_policy(path), str(path)), path
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("kind", BROKEN_KINDS)
+def test_reload_of_a_broken_policy_keeps_the_old_one_with_one_error_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    daemon, path = _daemon(tmp_path)
+    old = daemon.policy
+    text, problem = _broken(tmp_path, kind)
+    path.write_text(text)
+    caplog.set_level("INFO", logger="spamgate")
+    assert daemon.reload(timeout=10) is False
+    (error,) = _errors(caplog)
+    assert error.startswith(f"reload failed, still using policy {old.digest}: {problem}")
+    assert "\n" not in error
+    assert (daemon.policy, daemon.generation, daemon.runtime.engine.policy) == (old, 1, old)
+    path.write_text(GOOD + "mode: observe\n")  # and a good one is taken afterwards
+    assert daemon.reload(timeout=10) is True
+    assert (daemon.policy.mode, daemon.generation) == (Mode.OBSERVE, 2)
+
+
+def test_reload_survives_a_bug_in_loading(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, path = _daemon(tmp_path)
+
+    def broken(config_path: str) -> Policy:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(daemon_module, "load_policy", broken)
+    caplog.set_level("INFO", logger="spamgate")
+    assert daemon.reload(timeout=10) is False
+    (error,) = _errors(caplog)
+    assert error.startswith(
+        f"reload failed, still using policy {daemon.policy.digest}: cannot load {path}: "
+        "Traceback (most recent call last): | "
+    )
+    assert error.endswith(" | RuntimeError: a bug")
+    assert "\n" not in error
+
+
+def test_reload_survives_a_bug_in_applying(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, path = _daemon(tmp_path)
+    old = daemon.policy
+
+    def broken(policy: Policy) -> object:
+        raise RuntimeError("no engine")
+
+    monkeypatch.setattr(daemon_module, "Engine", broken)
+    path.write_text(GOOD + "mode: observe\n")
+    caplog.set_level("INFO", logger="spamgate")
+    assert daemon.reload(timeout=10) is False
+    (error,) = _errors(caplog)
+    assert error.startswith(f"reload failed, still using policy {old.digest}: cannot apply {path}")
+    assert error.endswith(" | RuntimeError: no engine")
+    assert (daemon.policy, daemon.runtime.engine.policy, daemon.generation) == (old, old, 1)
+
+
+class _BlockingLoad:
+    """load_policy that blocks until released, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+
+    def __call__(self, config_path: str) -> Policy:
+        self.calls += 1
+        self.release.wait(10)
+        return load_policy(config_path)
+
+
+def test_reload_never_waits_and_one_asked_during_a_reload_follows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, _ = _daemon(tmp_path)
+    blocking = _BlockingLoad()
+    monkeypatch.setattr(daemon_module, "load_policy", blocking)
+    started = time.monotonic()
+    thread = daemon.request_reload()
+    assert thread is not None
+    assert daemon.request_reload() is thread  # the file may change while it is read
+    assert daemon.request_reload() is thread
+    assert time.monotonic() - started < 1
+    blocking.release.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert (blocking.calls, daemon.generation) == (2, 3)
+
+
+def test_reload_that_does_not_end_is_given_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, path = _daemon(tmp_path)
+    old = daemon.policy
+    blocking = _BlockingLoad()
+    monkeypatch.setattr(daemon_module, "load_policy", blocking)
+    monkeypatch.setattr(daemon_module, "RELOAD_TIMEOUT", 0.2)
+    caplog.set_level("INFO", logger="spamgate")
+    thread = daemon.request_reload()
+    assert thread is not None
+    daemon._watch_reload()
+    assert _errors(caplog) == []
+    time.sleep(0.3)
+    daemon._watch_reload()
+    daemon._watch_reload()
+    assert _errors(caplog) == [
+        f"reload failed, still using policy {old.digest}: loading {path} did not end within 0.2 s"
+    ]
+    assert daemon.request_reload() is None  # one stuck reload at most
+    assert _errors(caplog)[1].startswith(
+        f"reload failed, still using policy {old.digest}: the reload given up "
+    )
+    blocking.release.set()  # it ends at last: too late, it changes nothing
+    thread.join(10)
+    assert (daemon.policy, daemon.generation, blocking.calls) == (old, 1, 1)
+    assert len(_errors(caplog)) == 2
+    assert daemon.reload(timeout=10) is True  # and the next reload runs
+
+
+@pytest.mark.parametrize("kind", ["bad-tag", "fifo-list", "dev-zero-key-file", "oversized"])
+def test_daemon_serves_on_after_a_broken_reload_and_stops_on_sigterm(
+    tmp_path: Path, kind: str
+) -> None:
+    port = free_port()
+    log_file = tmp_path / "spamgate.log"
+    path = tmp_path / "p.yaml"
+    served = f"listen: inet:{port}@127.0.0.1\nlog: {{target: {log_file}}}\n"
+    path.write_text(served + local_state(tmp_path))
+    process = start(path)
+    try:
+        wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
+        digest = load_policy(path).digest
+        text, problem = _broken(tmp_path, kind)
+        path.write_text(served + text)
+        process.send_signal(signal.SIGUSR1)
+        wait_until(lambda: "reload failed" in log_file.read_text(), timeout=10, what="the reload")
+        assert tcp_accepts("127.0.0.1", port)
+    finally:
+        code, _ = stop_milter_process(
+            process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1), timeout=15
+        )
+    written = log_file.read_text()
+    assert code == 0, written
+    (error,) = [line for line in written.splitlines() if " ERROR " in line]
+    assert f"ERROR reload failed, still using policy {digest}: {path}" in error
+    assert problem.split(": ", 1)[1] in error  # what is wrong, and in which file
+    assert "INFO received SIGTERM: stopping" in written
+    assert written.rstrip().endswith("INFO spamgate stopped")

@@ -2,8 +2,9 @@
 
 Threads: the main thread (takes the signals: SIGUSR1 reloads, SIGTERM/SIGINT/SIGHUP drain
 and stop), libmilter's main loop and its workers (one per SMTP session), the resolver's
-asyncio loop, health (probes lists, writes the status file) and stats (the periodic stats
-lines). Every loop of ours is bounded by the `stopping` event or a timeout.
+asyncio loop, health (probes lists, writes the status file), stats (the periodic stats
+lines) and, while a reload runs, the reload thread. Every loop of ours is bounded by the
+`stopping` event or a timeout.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -56,6 +58,13 @@ RELOAD_SIGNAL = signal.SIGUSR1
 HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT, RELOAD_SIGNAL}
 STATUS_EVERY = 10.0
 EX_CONFIG = 78
+# A reload runs on a thread of its own (Daemon.request_reload). One that has not ended after
+# RELOAD_TIMEOUT seconds is given up and logged as failed: the limits on what a load reads keep
+# it to seconds (config.MAX_POLICY_BYTES, matchlists.MAX_FILE_BYTES), so a longer one is stuck,
+# on a file of a hung network mount, say. SIGTERM waits STOP_WAITS_FOR_RELOAD seconds at most
+# for a reload in progress, so that its outcome is logged before the daemon stops.
+RELOAD_TIMEOUT = 60.0
+STOP_WAITS_FOR_RELOAD = 5.0
 
 # Resolvers that DNS list operators refuse (Spamhaus answers them 127.255.255.254): shared by
 # millions, they exceed any free query quota. A local caching resolver is the fix.
@@ -141,6 +150,12 @@ def beyond_loopback(policy: Policy) -> list[str]:
     return found
 
 
+def one_line_traceback(error: BaseException) -> str:
+    """`error` and its traceback as one log line (a reload's failure is one ERROR line)."""
+    text = "".join(traceback.format_exception(error))
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 class Daemon:
     def __init__(self, policy: Policy, config_path: str) -> None:
         self.config_path = config_path
@@ -162,7 +177,14 @@ class Daemon:
         self._use_state(policy)
         self.metrics.watch(self._state)
         self.stopping = threading.Event()
-        self._reload_lock = threading.Lock()
+        # The reload thread and what it is asked: guarded by _reload_state. An apply holds
+        # _apply_lock, and the stop takes it to set `stopping`: no apply after that.
+        self._reload_state = threading.Lock()
+        self._apply_lock = threading.Lock()
+        self._reloader: threading.Thread | None = None  # the reload in progress
+        self._reload_started = 0.0
+        self._reload_again = False  # SIGUSR1 came during a reload: load once more after it
+        self._reload_given_up = False  # it ran past RELOAD_TIMEOUT: its result is dropped
         self._status_warned = False
         self._watchdog: sdnotify.Watchdog | None = None
         # Keys of every policy loaded so far: sessions that began under an older policy may
@@ -200,7 +222,8 @@ class Daemon:
             self._wait_for_signals(milter)
             return milter.exit_status
         finally:
-            self.stopping.set()
+            with self._apply_lock:
+                self.stopping.set()
             if self._watchdog is not None:
                 self._watchdog.stop()
             for thread in helpers:
@@ -215,21 +238,28 @@ class Daemon:
         libmilter's own signal thread also waits for SIGTERM, SIGHUP and SIGINT and would stop
         at once, dropping sessions in progress. Linux hands a signal sent to the process to its
         main thread when that thread is waiting for it (complete_signal() in kernel/signal.c
-        tries the thread group leader first), so it is this loop that sees them.
+        tries the thread group leader first), so it is this loop that sees them. Only while it
+        waits, though: so it does nothing slow between waits (a reload runs on its own thread).
         """
         while milter.is_alive():
             received = signal.sigtimedwait(HANDLED_SIGNALS, 1.0)
+            self._watch_reload()
             if received is None:
                 continue
             if received.si_signo == RELOAD_SIGNAL:
-                self.reload()
+                self.request_reload()
                 continue
             log.info("received %s: stopping", signal.Signals(received.si_signo).name)
+            self._end_reload_before_stop()
             sdnotify.stopping()
             self.runtime.draining = True
             self._drain()
-            milter.stop(self.policy.listen)
+            # Where libmilter listens: a reload that changed `listen` takes effect at restart.
+            milter.stop(milter.listen)
             return
+        # libmilter stopped on its own (a signal that came while this thread was not waiting):
+        # a reload in progress still ends, and is logged, first.
+        self._end_reload_before_stop()
 
     def _ready(self) -> None:
         log.info("listening on %s", self.policy.listen)
@@ -289,25 +319,34 @@ class Daemon:
             )
 
     def _use_state(self, policy: Policy) -> None:
+        self._install_state(self._state_for(policy))
+
+    def _state_for(self, policy: Policy) -> StateParts:
         """Greylisting and the reject memory for `policy`, on the store already open if its
         location is unchanged: a reload keeps the connections, and sessions of the old policy
-        share the store with the new."""
+        share the store with the new. Made without installing anything (a reload may still
+        fail)."""
         greylister, recent = None, None
+        entry = self._state_store
         if policy.uses_state:
             settings = policy.state
             where = (settings.store, settings.timeout)
-            if self._state_store is None or self._state_store[0] != where:
-                self._state_store = (where, PausingStore(open_store(settings)))
-            store = self._state_store[1]
+            if entry is None or entry[0] != where:
+                entry = (where, PausingStore(open_store(settings)))
+            store = entry[1]
             if policy.uses_greylist:
                 timing = GreylistTiming.from_settings(policy.greylist)
                 greylister = Greylister(store, timing, time.time)
             if settings.remember_rejects:
                 recent = RecentRejects(store, settings.remember_rejects)
+        return StateParts(entry, greylister, recent)
+
+    def _install_state(self, parts: StateParts) -> None:
+        self._state_store = parts.store
         # A session reads these when it starts: one that starts between these assignments and
         # the engine's uses the new state settings under the old policy, which is harmless.
-        self.runtime.greylister = greylister
-        self.runtime.recent_rejects = recent
+        self.runtime.greylister = parts.greylister
+        self.runtime.recent_rejects = parts.recent_rejects
 
     def _log_state(self, policy: Policy) -> None:
         """Say where the state is kept and what uses it, and whether it answers now."""
@@ -351,55 +390,155 @@ class Daemon:
 
     # -- reload -----------------------------------------------------------------------------
 
-    def reload(self) -> bool:
-        """Load the policy file again and swap it in whole, or keep the old one."""
-        with self._reload_lock:
-            sdnotify.reloading()
-            try:
-                return self._swap()
-            finally:
-                sdnotify.ready(f"serving, policy {self.policy.digest}")
+    def reload(self, timeout: float = RELOAD_TIMEOUT) -> bool:
+        """Load the policy file again and swap it in whole, or keep the old one; True if the
+        new one is in use. Waits for the reload, which SIGUSR1 does not (request_reload)."""
+        generation = self.generation
+        thread = self.request_reload()
+        if thread is not None:
+            thread.join(timeout)
+        return self.generation != generation
 
-    def _swap(self) -> bool:
+    def request_reload(self) -> threading.Thread | None:
+        """Start a reload on a thread of its own, and return at once; the reload thread, or
+        None if none runs.
+
+        Not on the main thread, which takes the signals and must take SIGTERM whatever a
+        reload does. The limits on what a load reads (regular files only, each of a bounded
+        size) keep a load short, yet a policy within them still takes seconds of pure-Python
+        YAML, a read from a hung network mount can block for ever, and a bug must not reach
+        the signal loop. Also, libmilter's own signal thread takes a SIGTERM that arrives while
+        the main thread is not waiting for signals (see _wait_for_signals) and stops at once,
+        without draining: the main thread should wait for signals nearly all the time.
+        """
+        with self._reload_state:
+            thread = self._reloader
+            if thread is not None:
+                if not self._reload_given_up:
+                    # A file may have changed after this reload read it: load once more.
+                    self._reload_again = True
+                    return thread
+                # One stuck thread at most: another load would most likely get stuck too.
+                log.error(
+                    "reload failed, still using policy %s: the reload given up %.0f s ago has "
+                    "not ended yet",
+                    self.policy.digest,
+                    time.monotonic() - self._reload_started,
+                )
+                return None
+            thread = threading.Thread(target=self._reload_loop, name="spamgate-reload")
+            thread.daemon = True  # a stop does not wait for a stuck load
+            self._reloader = thread
+            self._reload_started = time.monotonic()
+            self._reload_again = False
+            self._reload_given_up = False
+        thread.start()
+        return thread
+
+    def _reload_loop(self) -> None:
+        while True:
+            sdnotify.reloading()
+            self._reload_once()
+            sdnotify.ready(f"serving, policy {self.policy.digest}")
+            with self._reload_state:
+                if not self._reload_again or self._reload_given_up or self.stopping.is_set():
+                    self._reloader = None
+                    return
+                self._reload_again = False
+                self._reload_started = time.monotonic()
+
+    def _reload_once(self) -> None:
+        """Load the policy and swap it in whole, or log in one ERROR line why the old one
+        stays. Never raises: whatever goes wrong, the daemon serves on."""
         old = self.policy
         try:
             new = load_policy(self.config_path)
         except ConfigError as error:
-            log.error("reload failed, still using policy %s: %s", old.digest, error)
-            return False
+            problem = str(error)
+        except Exception as error:  # a bug in loading, not a bad file: say where it happened
+            problem = f"cannot load {self.config_path}: {one_line_traceback(error)}"
+        else:
+            with self._apply_lock:
+                if self._reload_given_up or self.stopping.is_set():
+                    return
+                try:
+                    self._apply(new)
+                    return
+                except Exception as error:
+                    problem = f"cannot apply {self.config_path}: {one_line_traceback(error)}"
+        if not self._reload_given_up:
+            log.error("reload failed, still using policy %s: %s", old.digest, problem)
+
+    def _watch_reload(self) -> None:
+        """Give up on a reload that has run for RELOAD_TIMEOUT (main thread, every second)."""
+        with self._reload_state:
+            if self._reloader is None or self._reload_given_up:
+                return
+            if time.monotonic() - self._reload_started < RELOAD_TIMEOUT:
+                return
+            self._reload_given_up = True
+        log.error(
+            "reload failed, still using policy %s: loading %s did not end within %g s",
+            self.policy.digest,
+            self.config_path,
+            RELOAD_TIMEOUT,
+        )
+        sdnotify.ready(f"serving, policy {self.policy.digest}")
+
+    def _end_reload_before_stop(self) -> None:
+        """A reload asked for before the stop ends first (so its outcome is logged, as when
+        reloads ran on the main thread), if it ends within STOP_WAITS_FOR_RELOAD."""
+        with self._reload_state:
+            thread = None if self._reload_given_up else self._reloader
+            self._reload_again = False
+        if thread is None:
+            return
+        thread.join(STOP_WAITS_FOR_RELOAD)
+        if thread.is_alive():
+            log.warning("stopping before the reload in progress has ended")
+
+    def _apply(self, new: Policy) -> None:
+        """Swap `new` in whole, or raise and change nothing that matters: what can fail (the
+        engine, the state store, the resolver, the log) is made before anything is installed."""
+        old = self.policy
+        engine = Engine(new)
+        state = self._state_for(new)
+        fresh = None
+        if new.resolver != old.resolver:
+            fresh = Resolver(new.resolver)
+            fresh.start()
         keys = self._keys | set(new.access_keys)
         if new.log != old.log or keys != self._keys:
             try:
                 configure_logging(new.log, keys)
             except OSError as error:
+                if fresh is not None:
+                    fresh.stop()
                 log.error("reload failed, still using policy %s: log: %s", old.digest, error)
-                return False
+                return
             self._keys = keys
         self._warn_exposed_secrets(new)
         for key in ("listen", "socket_mode", "metrics"):
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; it takes effect at the next restart", key)
-        if new.resolver != old.resolver:
-            self._swap_resolver(new)
+        if fresh is not None:
+            self._swap_resolver(new, fresh)
         self.monitor.reconfigure((*new.ip_lists, *new.domain_lists), new.health)
         state_changed = (new.uses_greylist, new.state) != (old.uses_greylist, old.state)
         self.generation += 1
         self.policy = new
-        self._use_state(new)
+        self._install_state(state)
         # One assignment: a connection reads `engine` once when it starts and keeps it.
-        self.runtime.engine = Engine(new)
+        self.runtime.engine = engine
         self.runtime.generation = self.generation
         log.info(
             "reloaded policy %s (%s), generation %d", self.config_path, new.digest, self.generation
         )
         if state_changed:
             self._log_state(new)
-        return True
 
-    def _swap_resolver(self, new: Policy) -> None:
+    def _swap_resolver(self, new: Policy, fresh: Resolver) -> None:
         old = self.resolver
-        fresh = Resolver(new.resolver)
-        fresh.start()
         self.resolver = fresh
         self.runtime.resolver = fresh
         # Sessions that started before keep asking the old one until they end.
@@ -475,6 +614,16 @@ class Daemon:
         )
 
 
+@dataclass(frozen=True)
+class StateParts:
+    """What the state settings of a policy make: the open store (with the settings it was
+    opened with), greylisting and the reject memory."""
+
+    store: tuple[tuple[str, float], PausingStore] | None
+    greylister: Greylister | None
+    recent_rejects: RecentRejects | None
+
+
 class MilterThread(threading.Thread):
     """libmilter's main loop, off the main thread so that the main thread can own signals."""
 
@@ -482,6 +631,7 @@ class MilterThread(threading.Thread):
         super().__init__(name="spamgate-milter", daemon=True)
         self._runtime = runtime
         self._policy = policy
+        self.listen = policy.listen
         self._on_listening = on_listening
         self.exit_status = 0
 
