@@ -15,6 +15,7 @@ import pytest
 from spamgate import config, matchlists, schema
 from spamgate.config import (
     AddHeaders,
+    Breaker,
     IpList,
     ListenAddress,
     ListHit,
@@ -931,6 +932,7 @@ ALL_KEYS = [
     "health.probe_interval",
     "health.retry_min",
     "health.retry_max",
+    "health.breaker",
     "health.max_hit_ratio",
     "health.window",
     "health.max_failures",
@@ -986,6 +988,11 @@ ALL_KEYS = [
     "ip_lists[].probe.enabled",
     "ip_lists[].probe.listed",
     "ip_lists[].probe.unlisted",
+    "ip_lists[].health",
+    "ip_lists[].health.breaker",
+    "ip_lists[].health.max_hit_ratio",
+    "ip_lists[].health.min_checks",
+    "ip_lists[].health.window",
     "ip_lists[].ipv4",
     "ip_lists[].ipv6",
     "domain_lists",
@@ -1006,6 +1013,11 @@ ALL_KEYS = [
     "domain_lists[].probe.enabled",
     "domain_lists[].probe.listed",
     "domain_lists[].probe.unlisted",
+    "domain_lists[].health",
+    "domain_lists[].health.breaker",
+    "domain_lists[].health.max_hit_ratio",
+    "domain_lists[].health.min_checks",
+    "domain_lists[].health.window",
     "domain_lists[].check_names",
     "domain_lists[].query",
     "rules",
@@ -1796,3 +1808,93 @@ def test_key_file_that_is_no_small_regular_file_is_refused_at_once(
     )
     error = _load_within(path, unblock=fifo)
     assert str(error) == f"{path}:4:5: ip_lists[0].key_file: {message.format(**names)}"
+
+
+# --- a list's own circuit breaker settings (issue 14, item 2) ----------------------------------
+
+
+def test_a_list_may_override_the_breaker_settings(tmp_path: Path) -> None:
+    policy = load_policy(
+        write(
+            tmp_path,
+            lines(
+                "health: {max_hit_ratio: 0.8, min_checks: 50, window: 300}",
+                "ip_lists:",
+                "  - name: ZEN",
+                "    zone: zen.test",
+                "    score: 10",
+                "    health: {min_checks: 500, breaker: probe}",
+                "  - {name: DNSWL, zone: wl.test, score: -5, health: {breaker: 'off'}}",
+                "domain_lists:",
+                "  - {name: DBL, zone: dbl.test, score: 5, health: {max_hit_ratio: 0.99}}",
+            ),
+        )
+    )
+    zen, dnswl = policy.ip_lists
+    (dbl,) = policy.domain_lists
+    own = zen.health.applied_to(policy.health)
+    assert (own.breaker, own.max_hit_ratio, own.min_checks, own.window) == (
+        Breaker.PROBE,
+        0.8,
+        500,
+        300.0,
+    )
+    assert dnswl.health.applied_to(policy.health).breaker is Breaker.OFF
+    assert dbl.health.applied_to(policy.health).max_hit_ratio == 0.99
+    assert policy.health.breaker is Breaker.PROBE  # the default
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        pytest.param(
+            lines("ip_lists:", "  - {name: Z, zone: z.test, score: 1, health: {max_hit_ratio: 2}}"),
+            (2, 63, "ip_lists[0].health.max_hit_ratio", "must be at most 1, got 2.0"),
+            id="ratio-over-one",
+        ),
+        pytest.param(
+            lines(
+                "domain_lists:",
+                "  - name: DBL",
+                "    zone: dbl.test",
+                "    score: 1",
+                "    health:",
+                "      breaker: sometimes",
+            ),
+            (
+                6,
+                16,
+                "domain_lists[0].health.breaker",
+                "expected one of probe, suspend, off, got the string 'sometimes'",
+            ),
+            id="breaker-not-a-choice",
+        ),
+        pytest.param(
+            lines("ip_lists:", "  - {name: Z, zone: z.test, score: 1, health: {min_checks: 5000}}"),
+            (2, 60, "ip_lists[0].health.min_checks", "must be at most 2048, got 5000"),
+            id="min-checks-past-the-bound",
+        ),
+        pytest.param(
+            lines("ip_lists:", "  - {name: Z, zone: z.test, score: 1, health: {window: 5}}"),
+            (2, 56, "ip_lists[0].health.window", "must be at least 10, got 5.0"),
+            id="window-too-short",
+        ),
+        pytest.param(
+            lines("ip_lists:", "  - {name: Z, zone: z.test, score: 1, health: {max_failure: 5}}"),
+            (2, 48, "ip_lists[0].health.max_failure", "unknown key"),
+            id="no-per-list-max-failures",
+        ),
+        pytest.param(
+            lines("health:", "  min_checks: 3000"),
+            (2, 15, "health.min_checks", "must be at most 2048, got 3000"),
+            id="global-min-checks-past-the-bound",
+        ),
+    ],
+)
+def test_a_bad_breaker_setting_is_located(
+    tmp_path: Path, text: str, where: tuple[int, int, str, str]
+) -> None:
+    line, column, key_path, message = where
+    error = load_error(tmp_path, text)
+    assert (error.line, error.column, error.path) == (line, column, key_path)
+    assert error.message.startswith(message)

@@ -6,6 +6,7 @@ thresholds are ordered, names are unique, regexes compile, zones are valid DNS n
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import ipaddress
@@ -68,6 +69,14 @@ class OnUnusable(enum.Enum):
 class AddHeaders(enum.Enum):
     ALWAYS = "always"
     TAGGED = "tagged"
+
+
+class Breaker(enum.Enum):
+    """What a list's hit ratio over `health.max_hit_ratio` does (listhealth.ListMonitor)."""
+
+    PROBE = "probe"  # probe the list now: only a failing probe suspends it
+    SUSPEND = "suspend"  # suspend it on the ratio alone
+    OFF = "off"
 
 
 class LogLevel(enum.Enum):
@@ -362,20 +371,29 @@ class ListHit:
 @dataclass(frozen=True)
 class ProbeSettings:
     enabled: bool = setting(
-        "Probe this list (RFC 5782 test entries) and suspend it while it fails; turn off for "
-        "a list that does not follow the RFC.",
+        "Probe this list (RFC 5782 test entries; an IP list asked about both families is "
+        "probed on IPv4 and IPv6 apart, and only the family that fails is suspended) and "
+        "suspend it while it fails; turn off for a list that does not follow the RFC.",
         True,
     )
     listed: str = setting(
-        "Test entry the list must list: an address for IP lists, a name for domain lists.",
+        "Test entry the list must list: an address for IP lists (an IPv4 address is asked "
+        "on IPv6 too, as `::ffff:a.b.c.d`, the form of RFC 5782's IPv6 test points; an IPv6 "
+        "one on IPv6 only), a name for domain lists.",
         "",
-        shown_default="127.0.0.2 (::ffff:7f00:2 for IPv6-only lists, `test` for domain lists)",
+        shown_default="127.0.0.2 (on IPv6 ::ffff:7f00:2; `test` for domain lists)",
     )
     unlisted: str = setting(
         "Test entry the list must not list.",
         "",
         shown_default="127.0.0.1 (::ffff:7f00:1, `invalid`)",
     )
+
+
+# The circuit breaker keeps at most this many distinct clients (client networks, or names for
+# a domain list) per list, the least recently seen going first: its memory stays bounded
+# however many clients a flood brings (about 200 bytes each, 400 KB a list at most).
+BREAKER_MAX_CLIENTS = 2048
 
 
 @dataclass(frozen=True)
@@ -392,15 +410,29 @@ class HealthSettings:
     retry_max: float = setting(
         "Longest wait between probes of a suspended list.", 3600, minimum=1, maximum=86400
     )
+    breaker: Breaker = setting(
+        "What a hit ratio over `max_hit_ratio` does: `probe` the list at once and suspend it "
+        "only if its probes fail (it lists its must-not-list test entry: a flood of listed "
+        "clients is not a list gone bad), at most once a `window`; `suspend` it on the ratio "
+        "alone (for a list with probes off that you would rather lose than let refuse the "
+        "world); `off`: nothing.",
+        Breaker.PROBE,
+    )
     max_hit_ratio: float = setting(
-        "Suspend a list that lists more than this share of clients over `window` (a dead "
-        "list that lists the whole internet must not reject the world).",
+        "The circuit breaker goes off (see `breaker`) when a list lists more than this share "
+        "of the distinct clients it was asked about over `window` (a dead list that lists the "
+        "whole internet must not reject the world).",
         0.9,
         minimum=0.01,
         maximum=1,
     )
     window: float = setting(
-        "Seconds over which the hit ratio is measured.", 600, minimum=10, maximum=86400
+        "Seconds over which the hit ratio is measured; a client seen again in the window "
+        f"counts once, and at most the last {BREAKER_MAX_CLIENTS} distinct clients of a list "
+        "are kept.",
+        600,
+        minimum=10,
+        maximum=86400,
     )
     max_failures: int = setting(
         "Suspend a list after this many unusable answers in a row, and stop waiting for it in "
@@ -411,7 +443,11 @@ class HealthSettings:
         maximum=1000000,
     )
     min_checks: int = setting(
-        "Checks needed in the window before the hit ratio is judged.", 100, minimum=1
+        "Distinct clients needed in the window before the hit ratio is judged: client "
+        "networks (a /24 for IPv4, a /64 for IPv6) for IP lists, names asked for domain lists.",
+        100,
+        minimum=1,
+        maximum=BREAKER_MAX_CLIENTS,
     )
     status_file: str = setting(
         "Where the daemon writes list health for `spamgate lists` (every 10 s); empty: nowhere.",
@@ -421,6 +457,45 @@ class HealthSettings:
     def check(self) -> None:
         if self.retry_min > self.retry_max:
             raise FieldError("retry_min", "must not exceed retry_max")
+
+
+@dataclass(frozen=True)
+class ListHealthSettings:
+    """One list's own circuit breaker settings; a key left out (null) takes the global one."""
+
+    breaker: Breaker | None = setting(
+        "Overrides `health.breaker` for this list.", None, shown_default="`health.breaker`"
+    )
+    max_hit_ratio: float | None = setting(
+        "Overrides `health.max_hit_ratio` for this list.",
+        None,
+        minimum=0.01,
+        maximum=1,
+        shown_default="`health.max_hit_ratio`",
+    )
+    min_checks: int | None = setting(
+        "Overrides `health.min_checks` for this list.",
+        None,
+        minimum=1,
+        maximum=BREAKER_MAX_CLIENTS,
+        shown_default="`health.min_checks`",
+    )
+    window: float | None = setting(
+        "Overrides `health.window` for this list.",
+        None,
+        minimum=10,
+        maximum=86400,
+        shown_default="`health.window`",
+    )
+
+    def applied_to(self, health: HealthSettings) -> HealthSettings:
+        """The global settings with this list's own in their place."""
+        own = {
+            key: value
+            for key in ("breaker", "max_hit_ratio", "min_checks", "window")
+            if (value := getattr(self, key)) is not None
+        }
+        return dataclasses.replace(health, **own) if own else health
 
 
 @dataclass(frozen=True)
@@ -463,6 +538,11 @@ class DnsList:
         OnUnusable.JUDGE,
     )
     probe: ProbeSettings = setting("Health probes of this list.", factory=ProbeSettings)
+    health: ListHealthSettings = setting(
+        "This list's own circuit breaker settings (`breaker`, `max_hit_ratio`, `min_checks`, "
+        "`window`); each key left out is the global `health` one.",
+        factory=ListHealthSettings,
+    )
     # Filled in by __post_init__: the hits to score, whichever form the file used.
     scored_hits: tuple[ListHit, ...] = field(init=False, repr=False, compare=False)
     # The zone that queries go to, key filled in: only query names may contain it (never a

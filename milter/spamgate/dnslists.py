@@ -37,6 +37,15 @@ class ListStatus(enum.Enum):
     UNUSABLE = "unusable"
 
 
+class Family(enum.Enum):
+    """Which side of an IP list was asked: the health monitor judges and suspends an IP
+    list's IPv4 and IPv6 sides apart (a list's IPv6 side can die, or list everyone, while its
+    IPv4 side is well)."""
+
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+
 @dataclass(frozen=True, slots=True)
 class ListOutcome:
     """What one list said about the client or one of its names."""
@@ -51,6 +60,12 @@ class ListOutcome:
     # Answered from the resolver's cache (its latency_ms is 0): left out of latency figures,
     # which would otherwise show the cache's hit rate instead of the list's speed.
     cached: bool = False
+    # Who the answer was about, as the health monitor's circuit breaker counts distinct
+    # clients: the client's network (its /24 or /64) for an IP list, the name asked for a
+    # domain list; "" if not known.
+    key: str = ""
+    # The side of an IP list that was asked; None for a domain list (or if not known).
+    family: Family | None = None
 
     @property
     def fail_marker(self) -> str:
@@ -87,27 +102,68 @@ def lists_for(address: IPAddress, ip_lists: Sequence[IpList]) -> tuple[IpList, .
     return tuple(lst for lst in ip_lists if lst.ipv6)
 
 
+def network_key(address: IPAddress) -> str:
+    """The client network the health monitor counts an IP list's answer for: the /24 of an
+    IPv4 address, the /64 of an IPv6 one, as the labels of its query name ("100.51.198",
+    16 nibbles), which cost a slice of a string the lookup makes anyway."""
+    return _network_labels(_reversed(address), address.version)
+
+
+def _network_labels(reversed_address: str, version: int) -> str:
+    if version == 4:
+        return reversed_address.partition(".")[2]  # "77.100.51.198": the host octet goes
+    return reversed_address[32:]  # 32 nibbles, "x." each: the last 16 are the /64
+
+
 def classify(
-    dns_list: DnsList, answer: DnsAnswer, latency_ms: float | None = None, subject: str = ""
+    dns_list: DnsList,
+    answer: DnsAnswer,
+    latency_ms: float | None = None,
+    subject: str = "",
+    *,
+    key: str = "",
+    family: Family | None = None,
 ) -> ListOutcome:
-    """Give one list's answer its meaning (`subject`: which name a domain list was asked)."""
+    """Give one list's answer its meaning (`subject`: which name a domain list was asked;
+    `key` and `family`: whom it was about, for the health monitor, see ListOutcome)."""
     if answer.kind in (AnswerKind.NXDOMAIN, AnswerKind.NODATA):
-        return ListOutcome(dns_list, ListStatus.CLEAN, latency_ms=latency_ms, subject=subject)
+        return ListOutcome(
+            dns_list,
+            ListStatus.CLEAN,
+            latency_ms=latency_ms,
+            subject=subject,
+            key=key,
+            family=family,
+        )
     if answer.kind is not AnswerKind.RECORDS:
-        return _unusable(dns_list, answer.kind.value, answer.records, latency_ms, subject)
+        return _unusable(
+            dns_list, answer.kind.value, answer.records, latency_ms, subject, key=key, family=family
+        )
     codes = []
     for text in answer.records:
         try:
             code = ipaddress.IPv4Address(text)
         except ValueError:
-            return _unusable(dns_list, "malformed", answer.records, latency_ms, subject)
+            return _unusable(
+                dns_list, "malformed", answer.records, latency_ms, subject, key=key, family=family
+            )
         # Anything outside 127/8 is a wildcarded or hijacked zone (an expired DNSBL domain that
         # now resolves everything), not a listing.
         if code not in LOOPBACK_NET:
-            return _unusable(dns_list, "outside-127/8", answer.records, latency_ms, subject)
+            return _unusable(
+                dns_list,
+                "outside-127/8",
+                answer.records,
+                latency_ms,
+                subject,
+                key=key,
+                family=family,
+            )
         value = int(code)
         if BLOCKED_CODES.matches(value) or any(e.matches(value) for e in dns_list.error_codes):
-            return _unusable(dns_list, "error-code", answer.records, latency_ms, subject)
+            return _unusable(
+                dns_list, "error-code", answer.records, latency_ms, subject, key=key, family=family
+            )
         codes.append(value)
     hits = tuple(
         hit
@@ -115,7 +171,14 @@ def classify(
         if not hit.codes or any(spec.matches(code) for spec in hit.codes for code in codes)
     )
     return ListOutcome(
-        dns_list, ListStatus.LISTED, answer.records, hits, latency_ms=latency_ms, subject=subject
+        dns_list,
+        ListStatus.LISTED,
+        answer.records,
+        hits,
+        latency_ms=latency_ms,
+        subject=subject,
+        key=key,
+        family=family,
     )
 
 
@@ -125,6 +188,9 @@ def _unusable(
     codes: tuple[str, ...],
     latency_ms: float | None,
     subject: str = "",
+    *,
+    key: str = "",
+    family: Family | None = None,
 ) -> ListOutcome:
     return ListOutcome(
         dns_list,
@@ -133,6 +199,8 @@ def _unusable(
         failure=failure,
         latency_ms=latency_ms,
         subject=subject,
+        key=key,
+        family=family,
     )
 
 
@@ -148,7 +216,18 @@ class ListRecorder(Protocol):
 
     def remove_suspension_waiter(self, wake: threading.Event) -> None: ...
 
-    def is_suspended(self, name: str) -> bool: ...
+    def is_suspended(self, name: str) -> bool:
+        """Whether `name` is suspended: a list's name (the list as a whole), or one side of
+        an IP list, "NAME/ipv4" or "NAME/ipv6" (see side_name)."""
+
+
+def side_name(dns_list: DnsList, family: Family | None) -> str:
+    """How ListRecorder.is_suspended names one side of an IP list; "" for a domain list."""
+    return f"{dns_list.name}/{family.value}" if family is not None else ""
+
+
+def _is_suspended(recorder: ListRecorder, dns_list: DnsList, side: str) -> bool:
+    return recorder.is_suspended(dns_list.name) or (bool(side) and recorder.is_suspended(side))
 
 
 @dataclass
@@ -162,6 +241,9 @@ class _Lookup:
     answered_at: float | None = None
     outcome: ListOutcome | None = None
     cached: bool = False
+    key: str = ""  # whom it is about, for the health monitor (ListOutcome.key)
+    family: Family | None = None
+    side: str = ""  # side_name(dns_list, family)
 
 
 def _merge(lookup: _Lookup, subject: str, stage: int) -> None:
@@ -225,8 +307,12 @@ class ListLookups:
         subject: str = "",
         stage: int = 1,
         started_at: float | None = None,
+        key: str = "",
+        family: Family | None = None,
     ) -> None:
-        """Start one lookup; its deadline runs from `started_at` (default: now).
+        """Start one lookup; its deadline runs from `started_at` (default: now). `key` is
+        whom the health monitor counts the answer for (default: the query name, which names
+        the domain a domain list is asked), `family` the side of an IP list asked.
 
         A query already started for this list (HELO, PTR and sender names often share a
         domain) is not asked again: its subject gains the new source, as in
@@ -243,19 +329,36 @@ class ListLookups:
                     _merge(earlier, subject, stage)
                     return
         recorder = self._recorder
-        if recorder is not None and recorder.is_suspended(dns_list.name):
+        key = key or qname
+        side = side_name(dns_list, family)
+        if recorder is not None and _is_suspended(recorder, dns_list, side):
             # A list gone bad is not asked at all: its outcome is known.
-            outcome = _unusable(dns_list, "suspended", (), None, subject)
+            outcome = _unusable(dns_list, "suspended", (), None, subject, key=key, family=family)
             recorder.record([outcome])
             done = Pending.of(DnsAnswer(AnswerKind.NETWORK, detail="suspended"))
             with self._lock:
                 self._lookups.append(
-                    _Lookup(dns_list, qname, subject, stage, done, 0.0, 0.0, outcome)
+                    _Lookup(
+                        dns_list,
+                        qname,
+                        subject,
+                        stage,
+                        done,
+                        0.0,
+                        0.0,
+                        outcome,
+                        key=key,
+                        family=family,
+                        side=side,
+                    )
                 )
             return
         now = self._clock()
         begun = now if started_at is None else started_at
-        lookup = _Lookup(dns_list, qname, subject, stage, self._resolver.lookup(qname), begun)
+        future = self._resolver.lookup(qname)
+        lookup = _Lookup(
+            dns_list, qname, subject, stage, future, begun, key=key, family=family, side=side
+        )
         with self._lock:
             self._lookups.append(lookup)
         if lookup.future.done():
@@ -285,8 +388,15 @@ class ListLookups:
     def start_ip_lists(self, address: IPAddress, ip_lists: Sequence[IpList]) -> None:
         target = lookup_address(address)
         reversed_address = _reversed(target)
+        family = Family.IPV4 if target.version == 4 else Family.IPV6
+        key = _network_labels(reversed_address, target.version)
         for dns_list in lists_for(target, ip_lists):
-            self.start(dns_list, f"{reversed_address}.{dns_list.query_zone.rstrip('.')}")
+            self.start(
+                dns_list,
+                f"{reversed_address}.{dns_list.query_zone.rstrip('.')}",
+                key=key,
+                family=family,
+            )
 
     def collect(self, deadline: float, stage: int = 3) -> tuple[ListOutcome, ...]:
         """The outcomes of the lookups of `stage` or earlier, waiting for the unanswered ones
@@ -354,7 +464,7 @@ class ListLookups:
                 pending = [
                     x
                     for x in pending
-                    if not x.future.done() and not recorder.is_suspended(x.dns_list.name)
+                    if not x.future.done() and not _is_suspended(recorder, x.dns_list, x.side)
                 ]
                 left = ends - time.monotonic()
                 if not pending or left <= 0:
@@ -368,17 +478,20 @@ class ListLookups:
 
     def _outcome(self, lookup: _Lookup, deadline: float) -> ListOutcome:
         dns_list, subject = lookup.dns_list, lookup.subject
+        key, family = lookup.key, lookup.family
         future = lookup.future
         if not future.done():
             recorder = self._recorder
-            if recorder is not None and recorder.is_suspended(dns_list.name):
-                return _unusable(dns_list, "suspended", (), None, subject)
-            return _unusable(dns_list, "deadline", (), deadline * 1000.0, subject)
+            if recorder is not None and _is_suspended(recorder, dns_list, lookup.side):
+                return _unusable(dns_list, "suspended", (), None, subject, key=key, family=family)
+            return _unusable(
+                dns_list, "deadline", (), deadline * 1000.0, subject, key=key, family=family
+            )
         try:
             answer = future.result(timeout=0)
         except Exception:  # a resolver that broke its promise: unusable, never a crash
-            return _unusable(dns_list, "resolver-error", (), None, subject)
+            return _unusable(dns_list, "resolver-error", (), None, subject, key=key, family=family)
         answered_at = lookup.answered_at if lookup.answered_at is not None else self._clock()
         latency_ms = max(0.0, (answered_at - lookup.started_at) * 1000.0)
-        outcome = classify(dns_list, answer, latency_ms, subject)
+        outcome = classify(dns_list, answer, latency_ms, subject, key=key, family=family)
         return dataclasses.replace(outcome, cached=True) if lookup.cached else outcome

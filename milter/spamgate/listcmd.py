@@ -33,7 +33,8 @@ def probe(policy: Policy, out: TextIO = sys.stdout) -> int:
         if dns_list.name not in problems:
             print(f"{dns_list.name}: not probed (probe.enabled: false)", file=out)
             continue
-        problem = problems[dns_list.name]
+        # "UNHEALTHY: ipv6: ..." when only one family of an IP list fails.
+        problem = problems[dns_list.name].problem
         print(f"{dns_list.name}: {'UNHEALTHY: ' + problem if problem else 'ok'}", file=out)
         if problem:
             unhealthy.append(dns_list.name)

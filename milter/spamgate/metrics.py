@@ -188,7 +188,8 @@ class _StateCollector(Collector):
         )
         health = GaugeMetricFamily(
             "spamgate_list_state",
-            "1 for the state each DNS list is in (healthy, suspended, unprobed, unchecked).",
+            "1 for the state each DNS list is in (healthy, suspended, suspended:ipv4 or "
+            "suspended:ipv6 for one family of an IP list, unprobed, unchecked).",
             labels=["list", "state"],
         )
         for report in state.monitor.reports():
