@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from spamgate.config import load_policy
 from tests.e2e.spamgate_stack import Samples, SpamgateDaemon, scrape_metrics
 from tests.harness.dns import Rbldnsd, Zone
 from tests.harness.postfix import Listener, PostfixInstance
@@ -312,3 +313,104 @@ def test_metrics_count_what_happened(ops: Ops) -> None:
     assert after[("spamgate_sessions_in_progress", ())] == 0
     healthy = ("spamgate_list_state", (("list", "ZEN"), ("state", "healthy")))
     wait_until(lambda: ops.scrape().get(healthy) == 1, timeout=10, what="ZEN probed healthy")
+
+
+# -- a reload with a broken or hostile policy (issue 14) -----------------------------------------
+
+
+def _break_policy(ops: Ops, kind: str) -> tuple[str, str]:
+    """Make the daemon's policy file broken in the way `kind` says (the REJECT_SUBJECT policy
+    plus the mistake); what the error names, and the text of the line it points at ("" for a
+    problem with the file as a whole)."""
+    path = ops.spamgate.config_path
+    good = ops.policy_text(REJECT_SUBJECT)
+    if kind == "policy-is-a-fifo":
+        path.unlink()
+        os.mkfifo(path)
+        return "cannot read: a FIFO, not a regular file", ""
+    if kind == "oversized":
+        path.write_text(good + "#" * 2**20 + "\n")
+        return "larger than 1 MiB, the limit for a policy file", ""
+    fifo = ops.workdir / "allow-clients"
+    mistakes = {
+        "float-tag": ("mode: !!float x", "mode: cannot read 'x' as a number"),
+        "undefined-tag": ("mode: !foo enforce", "mode: the tag !foo is not allowed here"),
+        "impossible-date": ("log: {stats_interval: 2024-02-30}", "as a date"),
+        "fifo-as-a-list": (
+            f"allow: {{clients: ['file:{fifo}']}}",
+            f"allow.clients[0]: {fifo}: cannot read: a FIFO, not a regular file",
+        ),
+        "dev-zero-as-a-list": (
+            "deny: {senders: ['file:/dev/zero']}",
+            "deny.senders[0]: /dev/zero: cannot read: a character device, not a regular file",
+        ),
+        "dev-zero-as-a-key-file": (
+            "ip_lists: [{name: DQS, zone: '{key}.zen.test', key_file: /dev/zero, score: 5}]",
+            "ip_lists[0].key_file: cannot read /dev/zero: a character device, not a regular file",
+        ),
+    }
+    line, named = mistakes[kind]
+    if kind == "fifo-as-a-list" and not fifo.exists():
+        os.mkfifo(fifo)
+    # The log section is BASE's: a second one would be a duplicate key, not this mistake.
+    path.write_text(good.replace("log: {stats_interval: 0}\n", "") + line + "\n")
+    return named, line
+
+
+BROKEN_KINDS = [
+    "float-tag",
+    "undefined-tag",
+    "impossible-date",
+    "fifo-as-a-list",
+    "dev-zero-as-a-list",
+    "dev-zero-as-a-key-file",
+    "oversized",
+    "policy-is-a-fifo",
+]
+
+
+def test_broken_policies_on_reload_are_one_error_each_and_sigterm_still_stops(ops: Ops) -> None:
+    """One daemon through every kind of broken file in turn: a reload that blocked (a FIFO)
+    or ran out of memory (/dev/zero) would fail every step after it."""
+    path = ops.spamgate.config_path
+    ops.write_policy(REJECT_SUBJECT)
+    ops.reload()
+    digest = load_policy(path).digest
+    assert f"reloaded policy {path} ({digest}), generation 2" in ops.spamgate.log_text()
+    for number, kind in enumerate(BROKEN_KINDS):
+        named, line = _break_policy(ops, kind)
+        ops.reload()
+
+        # One more ERROR line, naming the policy file (at the mistake's line) and what is wrong.
+        errors = [row for row in ops.spamgate.log_text().splitlines() if " ERROR " in row]
+        assert len(errors) == number + 1, kind
+        where = f"{path}:{_line_of(path, line)}:" if line else f"{path}: "
+        assert f"ERROR reload failed, still using policy {digest}: {where}" in errors[-1], kind
+        assert named in errors[-1], kind
+
+        # The old policy still judges: its rule refuses this Subject, through Postfix.
+        result = ops.send(f"198.51.100.{number + 30}", "reload me")
+        assert result.end_of_data is not None and result.end_of_data.code == 550, kind
+        assert _digests(ops)[-1] == digest, kind
+
+        # check-config says the same in one line, and exits 78 (EX_CONFIG).
+        checked = spamgate("check-config", "-c", str(path), timeout=20)
+        assert (checked.returncode, checked.stdout) == (78, ""), kind
+        (shown,) = checked.stderr.splitlines()
+        assert shown.startswith(f"spamgate: {where}"), kind
+        assert named in shown, kind
+        if path.is_fifo():
+            path.unlink()
+
+    # And SIGTERM stops it as usual: drained, exit 0.
+    os.kill(ops.spamgate.pid, signal.SIGTERM)
+    assert ops.spamgate.process.wait(timeout=15) == 0
+    log = ops.spamgate.log_text()
+    assert "INFO received SIGTERM: stopping" in log
+    assert log.rstrip().endswith("INFO spamgate stopped")
+
+
+def _line_of(path: Path, text: str) -> int:
+    """The line number of the line of `path` that is `text`."""
+    rows = path.read_text().splitlines()
+    return rows.index(text) + 1
