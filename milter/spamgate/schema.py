@@ -25,6 +25,12 @@ from yaml.composer import ComposerError
 from yaml.reader import ReaderError
 
 
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+}
+
+
 class ConfigError(Exception):
     """A configuration problem, located as FILE:LINE:COL: key.path: message."""
 
@@ -40,8 +46,9 @@ class ConfigError(Exception):
         # Line 0 means the problem is with the file as a whole (unreadable, not UTF-8).
         where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
         text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-        # One line whatever a file name or a value holds: a reload logs it as one ERROR line.
-        return text.replace("\r", "\\r").replace("\n", "\\n")
+        # One line of text whatever a file name or a value holds: a reload logs it as one
+        # ERROR line, and a terminal or log reader must not take a control character from it.
+        return text.translate(_ESCAPES)
 
 
 class FieldError(ValueError):
