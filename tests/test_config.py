@@ -1905,12 +1905,12 @@ def test_a_bad_breaker_setting_is_located(
     [
         pytest.param(
             'allow: {clients: ["file:a\\0b"]}',
-            "1:19: allow.clients[0]: a\\x00b: cannot read: the path holds a NUL character",
+            "1:19: allow.clients[0]: {dir}/a\\x00b: cannot read: the path holds a NUL character",
             id="list-file",
         ),
         pytest.param(
             'ip_lists: [{name: Z, zone: "{key}.zen.test", key_file: "a\\0b", score: 1}]',
-            "1:46: ip_lists[0].key_file: cannot read a\\x00b: the path holds a NUL character",
+            "1:46: ip_lists[0].key_file: cannot read {dir}/a\\x00b: the path holds a NUL character",
             id="key-file",
         ),
     ],
@@ -1919,4 +1919,4 @@ def test_file_name_with_a_nul_is_refused_and_shown_escaped(
     tmp_path: Path, text: str, expected: str
 ) -> None:
     error = load_error(tmp_path, lines(text))
-    assert str(error) == f"{tmp_path / 'spamgate.yaml'}:{expected}"
+    assert str(error) == f"{tmp_path / 'spamgate.yaml'}:{expected.format(dir=tmp_path)}"

@@ -24,7 +24,6 @@ import yaml
 from yaml.composer import ComposerError
 from yaml.reader import ReaderError
 
-
 _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
     ord("\n"): "\\n",
     ord("\r"): "\\r",
