@@ -625,12 +625,16 @@ def test_directory_is_a_file_error(tmp_path: Path) -> None:
     assert str(raised.value) == f"{tmp_path}: cannot read: Is a directory"
 
 
-def test_non_utf8_file_is_a_file_error(tmp_path: Path) -> None:
+def test_non_utf8_file_is_located_at_the_byte(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"mode: \xe9\n")
     with pytest.raises(ConfigError) as raised:
         load_policy(path)
-    assert str(raised.value) == f"{path}: not UTF-8 (byte 6)"
+    assert str(raised.value) == f"{path}:1:7: not UTF-8 (byte 6)"
+    path.write_bytes(b"# caf\xc3\xa9\nlog: {target: caf\xc3\xa9\xff}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_policy(path)
+    assert str(raised.value) == f"{path}:2:19: not UTF-8 (byte 27)"
 
 
 @pytest.mark.parametrize(

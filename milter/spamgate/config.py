@@ -1335,7 +1335,12 @@ def load_policy(path: str | Path) -> Policy:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ConfigError(source, 0, 0, "", f"not UTF-8 (byte {error.start})") from None
+        # Where an editor shows it: the line, and the column in characters before the byte.
+        line_start = raw.rfind(b"\n", 0, error.start) + 1
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = len(raw[line_start : error.start].decode("utf-8", errors="replace")) + 1
+        message = f"not UTF-8 (byte {error.start})"
+        raise ConfigError(source, line, column, "", message) from None
     digest = hashlib.sha256(raw)
     with reading_includes(Path(path).parent) as included:
         policy = schema.load(Policy, text, source)
