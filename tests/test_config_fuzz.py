@@ -273,7 +273,7 @@ def test_mutated_policy_loads_or_is_a_config_error(workdir: Path, data: st.DataO
 
 
 def _stage(error: ConfigError) -> str:
-    if not error.line:
+    if not error.line or error.message.startswith("not UTF-8"):
         return "file check (size, kind, UTF-8)"
     if not error.path and error.message.startswith(("YAML", "the character")):
         return "YAML parser"
