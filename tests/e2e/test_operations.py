@@ -236,22 +236,41 @@ def test_list_gone_bad_is_suspended_by_its_probes(ops: Ops) -> None:
 
 
 def test_circuit_breaker_suspends_a_list_that_lists_everyone(ops: Ops) -> None:
-    # Probes off: only the breaker can catch this list (it lists 0.0.0.0/0, 127.0.0.1 too).
+    # Probes off: nothing but the ratio can catch this list (it lists 0.0.0.0/0, 127.0.0.1
+    # too), and only `breaker: suspend` lets the ratio alone suspend a list (issue 14).
+    ops.write_policy(
+        "thresholds: {tag: 3, greylist: null, tempfail: null, reject: 10}\n"
+        "ip_lists:\n"
+        "  - {name: BROKEN, zone: broken.test, score: 10, probe: {enabled: false},\n"
+        "     health: {breaker: suspend}}\n"
+    )
+    ops.reload()
+    codes = []
+    for n in range(8):
+        result = ops.send(f"198.18.{n + 1}.1", f"breaker {n}")  # eight client networks
+        codes.append(result.rcpts[0][1].code)
+    # min_checks 5, ratio 0.5: five refusals, then the list is suspended and mail flows.
+    assert codes[:5] == [550] * 5
+    assert codes[5:] == [250] * 3
+    log = ops.spamgate.log_text()
+    assert log.count("WARNING list BROKEN suspended: it listed 100% of 5 client networks") == 1
+
+
+def test_circuit_breaker_leaves_a_list_without_probes_active_by_default(ops: Ops) -> None:
+    # The same list with the default `breaker: probe`: nothing tells a list gone bad from a
+    # flood of listed clients, so it stays active, with a WARNING.
     ops.write_policy(
         "thresholds: {tag: 3, greylist: null, tempfail: null, reject: 10}\n"
         "ip_lists:\n"
         "  - {name: BROKEN, zone: broken.test, score: 10, probe: {enabled: false}}\n"
     )
     ops.reload()
-    codes = []
-    for n in range(8):
-        result = ops.send(f"203.0.113.{n + 1}", f"breaker {n}")
-        codes.append(result.rcpts[0][1].code)
-    # min_checks 5, ratio 0.5: five refusals, then the list is suspended and mail flows.
-    assert codes[:5] == [550] * 5
-    assert codes[5:] == [250] * 3
+    codes = [ops.send(f"198.18.{n + 1}.1", f"kept {n}").rcpts[0][1].code for n in range(8)]
+    assert codes == [550] * 8
     log = ops.spamgate.log_text()
-    assert log.count("WARNING list BROKEN suspended: it listed 100% of 5 clients") == 1
+    assert "list BROKEN suspended" not in log
+    assert log.count("WARNING list BROKEN: it listed 100% of 5 client networks") == 1
+    assert "and its probes are off" in log
 
 
 def test_check_config_probe_names_each_unhealthy_list(ops: Ops) -> None:

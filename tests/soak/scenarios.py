@@ -563,8 +563,8 @@ def long_run(stack: SoakStack, scale: Scale) -> ScenarioResult:
     """`long_run_messages` in batches, with a DNS cache smaller than the clients need: RSS
     after each batch, the cache's size against its bound, and no growth in the second half,
     once every bounded memory has filled."""
-    # The shipped breaker window (600 s): it counts in time slices, so it needs no shortening
-    # to stay flat.
+    # The shipped breaker window (600 s): it keeps a bounded number of client networks, so it
+    # needs no shortening to stay flat.
     stack.write_policy(cache_entries=scale.long_run_cache_entries)
     stack.restart_spamgate()
     size = scale.long_run_messages // scale.long_run_batches
