@@ -459,7 +459,7 @@ def test_reload_that_does_not_end_is_given_up(
     ]
     assert daemon.request_reload() is None  # one stuck reload at most
     assert _errors(caplog)[1].startswith(
-        f"reload failed, still using policy {old.digest}: the reload given up "
+        f"reload failed, still using policy {old.digest}: the reload started "
     )
     blocking.release.set()  # it ends at last: too late, it changes nothing
     thread.join(10)

@@ -420,8 +420,8 @@ class Daemon:
                     return thread
                 # One stuck thread at most: another load would most likely get stuck too.
                 log.error(
-                    "reload failed, still using policy %s: the reload given up %.0f s ago has "
-                    "not ended yet",
+                    "reload failed, still using policy %s: the reload started %.0f s ago, "
+                    "given up, has not ended yet",
                     self.policy.digest,
                     time.monotonic() - self._reload_started,
                 )
@@ -436,16 +436,22 @@ class Daemon:
         return thread
 
     def _reload_loop(self) -> None:
-        while True:
-            sdnotify.reloading()
-            self._reload_once()
-            sdnotify.ready(f"serving, policy {self.policy.digest}")
+        try:
+            while True:
+                sdnotify.reloading()
+                self._reload_once()
+                if not self.stopping.is_set():  # READY=1 after STOPPING=1 would confuse systemd
+                    sdnotify.ready(f"serving, policy {self.policy.digest}")
+                with self._reload_state:  # decided and cleared at once: no request is lost
+                    if not self._reload_again or self._reload_given_up or self.stopping.is_set():
+                        self._reloader = None
+                        return
+                    self._reload_again = False
+                    self._reload_started = time.monotonic()
+        except BaseException:  # _reload_once catches all; should it not, reloads go on anyway
             with self._reload_state:
-                if not self._reload_again or self._reload_given_up or self.stopping.is_set():
-                    self._reloader = None
-                    return
-                self._reload_again = False
-                self._reload_started = time.monotonic()
+                self._reloader = None
+            raise
 
     def _reload_once(self) -> None:
         """Load the policy and swap it in whole, or log in one ERROR line why the old one
