@@ -497,3 +497,51 @@ def test_daemon_serves_on_after_a_broken_reload_and_stops_on_sigterm(
     assert problem.split(": ", 1)[1] in error  # what is wrong, and in which file
     assert "INFO received SIGTERM: stopping" in written
     assert written.rstrip().endswith("INFO spamgate stopped")
+
+
+def test_log_target_that_is_a_fifo_without_a_reader_is_refused_at_start(tmp_path: Path) -> None:
+    fifo = tmp_path / "log"
+    os.mkfifo(fifo)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"listen: inet:{free_port()}@127.0.0.1\nlog: {{target: {fifo}}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
+        capture_output=True,
+        text=True,
+        timeout=20,  # opening it for writing used to wait for a reader, for ever
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"spamgate: cannot log to {fifo}: [Errno 6] No such device or address: '{fifo}'\n"
+    )
+
+
+def test_reload_to_a_fifo_log_target_keeps_the_old_policy_and_sigterm_still_stops(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    log_file = tmp_path / "spamgate.log"
+    fifo = tmp_path / "log-fifo"
+    os.mkfifo(fifo)
+    path = tmp_path / "p.yaml"
+    path.write_text(f"listen: inet:{port}@127.0.0.1\nlog: {{target: {log_file}}}\n" + GOOD)
+    process = start(path)
+    try:
+        wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
+        digest = load_policy(path).digest
+        path.write_text(f"listen: inet:{port}@127.0.0.1\nlog: {{target: {fifo}}}\n" + GOOD)
+        process.send_signal(signal.SIGUSR1)
+        wait_until(lambda: "reload failed" in log_file.read_text(), timeout=10, what="reload")
+    finally:
+        code, _ = stop_milter_process(
+            process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1), timeout=15
+        )
+    written = log_file.read_text()
+    assert code == 0, written
+    assert (
+        f"ERROR reload failed, still using policy {digest}: log: [Errno 6] No such device or "
+        f"address: '{fifo}'"
+    ) in written
+    assert "INFO received SIGTERM: stopping" in written
+    assert written.rstrip().endswith("INFO spamgate stopped")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import ipaddress
 import json
 import logging
@@ -84,6 +85,19 @@ PUBLIC_RESOLVERS = frozenset(
 )  # fmt: skip
 
 
+class LogFile(logging.FileHandler):
+    """A FileHandler that does not wait for ever on a FIFO: open(2) of a FIFO for writing
+    blocks until a reader opens it (fifo(7)), which would hang a start or a reload that names
+    one as `log.target`. Opened with O_NONBLOCK, a FIFO without a reader fails at once with
+    ENXIO; the descriptor is then made blocking again, so writes behave as in a FileHandler."""
+
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+        descriptor = os.open(self.baseFilename, flags, 0o666)
+        os.set_blocking(descriptor, True)
+        return open(descriptor, "a", encoding=self.encoding, errors=self.errors)
+
+
 def configure_logging(settings: LogSettings, secrets: Iterable[str] = ()) -> None:
     # One decision line per message: skip what the logging module would otherwise collect
     # for every record and our format never prints (the logging HOWTO, "Optimization").
@@ -102,7 +116,7 @@ def configure_logging(settings: LogSettings, secrets: Iterable[str] = ()) -> Non
         # syslog adds its own time stamp and host.
         handler.setFormatter(KeyMaskingFormatter("spamgate: %(levelname)s %(message)s", secrets))
     else:
-        handler = logging.FileHandler(settings.target)
+        handler = LogFile(settings.target)
         handler.setFormatter(KeyMaskingFormatter(_FORMAT, secrets))
     root = logging.getLogger("spamgate")
     old = root.handlers[:]
@@ -222,8 +236,12 @@ class Daemon:
             self._wait_for_signals(milter)
             return milter.exit_status
         finally:
-            with self._apply_lock:
-                self.stopping.set()
+            # No reload may apply once the teardown starts; one stuck in applying (a read or
+            # a connection that hangs) is not waited for beyond a bound.
+            locked = self._apply_lock.acquire(timeout=STOP_WAITS_FOR_RELOAD)
+            self.stopping.set()
+            if locked:
+                self._apply_lock.release()
             if self._watchdog is not None:
                 self._watchdog.stop()
             for thread in helpers:
