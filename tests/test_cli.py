@@ -100,6 +100,17 @@ BROKEN_POLICIES = [
         "{p}: larger than 1 MiB, the limit for a policy file (put long lists in file: lists)",
         id="oversized-policy",
     ),
+    # What used to pass check-config and fail only when the daemon ran.
+    pytest.param(
+        "listen: unix:/" + "s" * 304 + "\n",
+        "{p}:1:9: listen: a unix socket path is at most 107 bytes, this one has 305",
+        id="unix-socket-path-too-long",
+    ),
+    pytest.param(
+        "health: {status_file: /}\n",
+        "{p}:1:10: health.status_file: '/' is a directory, not a file name",
+        id="status-file-is-a-directory",
+    ),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from spamgate import daemon as daemon_module
-from spamgate.config import Mode, Policy, load_policy
+from spamgate.adapter import milter_answers
+from spamgate.config import ListenAddress, Mode, Policy, load_policy
 from spamgate.daemon import Daemon
 from tests.harness.processes import (
     free_port,
@@ -545,3 +547,55 @@ def test_reload_to_a_fifo_log_target_keeps_the_old_policy_and_sigterm_still_stop
     ) in written
     assert "INFO received SIGTERM: stopping" in written
     assert written.rstrip().endswith("INFO spamgate stopped")
+
+
+# --- the watchdog's question: does libmilter still hand out sessions? -----------------------
+
+
+def test_milter_answers_an_option_negotiation_through_real_libmilter(tmp_path: Path) -> None:
+    port = free_port()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"listen: inet:{port}@127.0.0.1\n" + local_state(tmp_path))
+    process = start(policy)
+    try:
+        wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
+        assert milter_answers(ListenAddress.from_config(f"inet:{port}@127.0.0.1"), 5.0)
+    finally:
+        code, output = stop_milter_process(
+            process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1)
+        )
+    assert code == 0, output
+
+
+def test_a_socket_that_accepts_but_never_answers_is_not_a_milter() -> None:
+    """What a stuck accept loop looks like from outside: the kernel completes the connection
+    (the listen backlog), and nothing answers."""
+    with socket.create_server(("127.0.0.1", 0)) as stuck:
+        port = stuck.getsockname()[1]
+        started = time.monotonic()
+        assert not milter_answers(ListenAddress.from_config(f"inet:{port}@127.0.0.1"), 0.3)
+        assert time.monotonic() - started < 2
+    assert not milter_answers(ListenAddress.from_config(f"inet:{port}@127.0.0.1"), 0.3)
+
+
+def test_watchdog_health_asks_libmilter_when_no_session_came_lately(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before issue 14 the watchdog checked only the resolver: a daemon whose libmilter had
+    stopped handing out sessions stayed "healthy" and every MTA waited."""
+    daemon, _ = _daemon(tmp_path)
+    monkeypatch.setattr(daemon_module, "WATCHDOG_PROBE_TIMEOUT", 0.3)
+    alive = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+    alive.start()
+    daemon._milter_thread = alive  # type: ignore[assignment]  # only is_alive() is asked
+    daemon.resolver.start()
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as stuck:
+            listen = ListenAddress.from_config(f"inet:{stuck.getsockname()[1]}@127.0.0.1")
+            monkeypatch.setattr(daemon, "policy", dataclasses.replace(daemon.policy, listen=listen))
+            assert not daemon._healthy()  # no session lately, and the socket does not answer
+            daemon.runtime.session_started()  # a session just came: libmilter hands them out
+            daemon.runtime.session_ended()
+            assert daemon._healthy()
+    finally:
+        daemon.resolver.stop()

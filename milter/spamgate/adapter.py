@@ -413,15 +413,46 @@ def stop_milter() -> None:
     libmilter.stop()
 
 
-def poke(listen: ListenAddress) -> None:
-    """Connect to our own socket: libmilter's accept loop checks for stop only when it wakes."""
+def _socket_for(listen: ListenAddress) -> tuple[socket.socket, Any]:
     family = socket.AF_UNIX if listen.family == "unix" else socket.AF_INET
     if listen.family == "inet6":
         family = socket.AF_INET6
     address: Any = listen.path if listen.family == "unix" else (listen.host, listen.port)
-    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as probe:
+    return socket.socket(family, socket.SOCK_STREAM), address
+
+
+def poke(listen: ListenAddress) -> None:
+    """Connect to our own socket: libmilter's accept loop checks for stop only when it wakes."""
+    probe, address = _socket_for(listen)
+    with contextlib.suppress(OSError), probe:
         probe.settimeout(0.2)
         probe.connect(address)
+
+
+# A milter protocol option negotiation (libmilter's mfdef.h: SMFIC_OPTNEG 'O', protocol
+# version 6, every action and protocol step offered), as an MTA opens a session with.
+_OPTNEG = b"O" + (6).to_bytes(4, "big") + (0x1FF).to_bytes(4, "big") + (0x1FFFFF).to_bytes(4, "big")
+
+
+def milter_answers(listen: ListenAddress, timeout: float) -> bool:
+    """Whether libmilter on `listen` answers an option negotiation within `timeout`: it
+    accepts sessions and hands them to a worker. A socket that accepts a connection proves
+    less: the kernel does that for a listener whose accept loop is stuck."""
+    probe, address = _socket_for(listen)
+    with probe:
+        try:
+            probe.settimeout(timeout)
+            probe.connect(address)
+            probe.sendall(len(_OPTNEG).to_bytes(4, "big") + _OPTNEG)
+            header = b""
+            while len(header) < 5:
+                chunk = probe.recv(5 - len(header))
+                if not chunk:
+                    return False
+                header += chunk
+        except OSError:
+            return False
+    return header[4:5] == b"O"
 
 
 class ListenError(Exception):

@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import hashlib
 import ipaddress
+import os
 import re
 import string
 import typing
@@ -86,6 +87,10 @@ class LogLevel(enum.Enum):
     ERROR = "error"
 
 
+# sockaddr_un's sun_path holds 108 bytes on Linux, the last for the NUL (unix(7)).
+UNIX_PATH_MAX = 107
+
+
 @dataclass(frozen=True)
 class ListenAddress:
     """Where the milter listens, in libmilter's notation."""
@@ -107,6 +112,12 @@ class ListenAddress:
         if family in ("unix", "local"):
             if not rest.startswith("/"):
                 raise ValueError(f"unix socket path must be absolute, got {rest!r}")
+            size = len(rest.encode("utf-8", "surrogateescape"))
+            if size > UNIX_PATH_MAX:
+                # sockaddr_un's sun_path (unix(7)): a longer path fails only at bind time.
+                raise ValueError(
+                    f"a unix socket path is at most {UNIX_PATH_MAX} bytes, this one has {size}"
+                )
             return cls("unix", path=rest)
         if family not in ("inet", "inet6"):
             raise ValueError(f"unknown socket family {family!r}: use inet, inet6 or unix")
@@ -457,6 +468,10 @@ class HealthSettings:
     def check(self) -> None:
         if self.retry_min > self.retry_max:
             raise FieldError("retry_min", "must not exceed retry_max")
+        status = self.status_file
+        if status and (status.endswith("/") or os.path.isdir(status)):
+            # Written every 10 s as a file: a directory fails at run time, every time.
+            raise FieldError("status_file", f"{status!r} is a directory, not a file name")
 
 
 @dataclass(frozen=True)

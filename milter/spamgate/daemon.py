@@ -29,7 +29,7 @@ from pathlib import Path
 
 from spamgate import __version__, domains, sdnotify
 from spamgate.accesskeys import KeyMaskingFormatter, exposed_secret_files
-from spamgate.adapter import ListenError, poke, serve, stop_milter
+from spamgate.adapter import ListenError, milter_answers, poke, serve, stop_milter
 from spamgate.config import (
     DnsList,
     ListenAddress,
@@ -69,6 +69,11 @@ STOP_WAITS_FOR_RELOAD = 5.0
 
 # Resolvers that DNS list operators refuse (Spamhaus answers them 127.255.255.254): shared by
 # millions, they exceed any free query quota. A local caching resolver is the fix.
+# The watchdog's test of libmilter: a session within this many seconds proves it hands them
+# out; otherwise an option negotiation with our own socket must be answered within the other.
+WATCHDOG_RECENT_SESSION = 30.0
+WATCHDOG_PROBE_TIMEOUT = 5.0
+
 PUBLIC_RESOLVERS = frozenset(
     ipaddress.ip_address(a)
     for a in (
@@ -201,6 +206,7 @@ class Daemon:
         self._reload_given_up = False  # it ran past RELOAD_TIMEOUT: its result is dropped
         self._status_warned = False
         self._watchdog: sdnotify.Watchdog | None = None
+        self._milter_thread: MilterThread | None = None
         # Keys of every policy loaded so far: sessions that began under an older policy may
         # still log with its key in them.
         self._keys = frozenset(policy.access_keys)
@@ -231,6 +237,7 @@ class Daemon:
             thread.start()
         settle_memory()
         milter = MilterThread(self.runtime, self.policy, self._ready)
+        self._milter_thread = milter
         milter.start()
         try:
             self._wait_for_signals(milter)
@@ -294,7 +301,18 @@ class Daemon:
         )
 
     def _healthy(self) -> bool:
-        return not self.stopping.is_set() and self.resolver.running
+        """What the systemd watchdog asks: the resolver runs, and libmilter hands out
+        sessions, as a session that started lately shows, or else an option negotiation
+        with our own socket that is answered (a stuck accept loop or worker pool would keep
+        the process alive and every MTA waiting)."""
+        if self.stopping.is_set() or not self.resolver.running:
+            return False
+        milter = self._milter_thread
+        if milter is None or not milter.is_alive():
+            return False
+        if self.runtime.clock() - self.runtime.last_session_at < WATCHDOG_RECENT_SESSION:
+            return True
+        return milter_answers(self.policy.listen, WATCHDOG_PROBE_TIMEOUT)
 
     def _log_start(self) -> None:
         policy = self.policy

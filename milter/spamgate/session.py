@@ -79,10 +79,12 @@ class Runtime:
     draining: bool = False  # stopping: new sessions are turned away
     _active: int = 0
     _active_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    last_session_at: float = -1e9  # by `clock`: when libmilter last handed us a session
 
     def session_started(self) -> None:
         with self._active_lock:
             self._active += 1
+            self.last_session_at = self.clock()
 
     def session_ended(self) -> None:
         with self._active_lock:
