@@ -1374,7 +1374,7 @@ def test_a_composite_may_name_list_hits_and_earlier_rules(tmp_path: Path) -> Non
 
 # --- the shipped policy uses every kind of rule ------------------------------------------------
 
-# README ("Rules"): config/spamgate.yaml "has a rule of every kind but `helo_matches`,
+# docs/rules.md: config/spamgate.yaml "has a rule of every kind but `helo_matches`,
 # `rdns_matches`, `sender: empty`, `sender_matches`, `recipient_matches` and `matches_raw`,
 # which only make sense with your own patterns".
 ABSENT_CONDITIONS = {"helo_matches", "rdns_matches", "sender_matches", "recipient_matches"}
