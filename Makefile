@@ -100,8 +100,8 @@ $(VENV)/.installed: pyproject.toml
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# `make install` (as root) installs spamgate as a systemd service; README.md, "Running under
-# systemd". DESTDIR stages everything under another root (for a package, or the tests): the
+# `make install` (as root) installs spamgate as a systemd service; docs/operations.md, "Running
+# under systemd". DESTDIR stages everything under another root (for a package, or the tests): the
 # files are written there and nothing else on this machine is changed.
 #
 # The program is add-on software with its own tree, so it goes to /opt/spamgate (FHS 3.13).
@@ -158,7 +158,7 @@ install: system-run
 	systemd-sysusers spamgate.conf; \
 	systemd-tmpfiles --create spamgate.conf \
 	  || echo "NOTE: the unix-socket directory was not created (no postfix group?)." \
-	    "Listening on inet: needs none; see README.md, Running under systemd."; \
+	    "Listening on inet: needs none; see docs/operations.md, Running under systemd."; \
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
 	echo "installed; start it with: systemctl enable --now spamgate"
 

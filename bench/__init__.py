@@ -1,1 +1,1 @@
-"""The spamgate benchmark: `make bench` (see bench/README.md and bench/RESULTS.md)."""
+"""The spamgate benchmark: `make bench` (see docs/performance.md and bench/RESULTS.md)."""
