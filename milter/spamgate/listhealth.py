@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from spamgate.addresses import IPAddress, normalize_address
 from spamgate.answers import DnsAnswer, Promise, wait_all
 from spamgate.config import (
     BREAKER_MAX_CLIENTS,
@@ -43,11 +44,10 @@ from spamgate.config import (
     HealthSettings,
     IpList,
 )
-from spamgate.dnslists import Family, ListOutcome, ListStatus, classify, query_name, side_name
+from spamgate.dnslists import classify, query_name, side_name
+from spamgate.evidence import Family, ListOutcome, ListStatus
 
 log = logging.getLogger("spamgate")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class ListState(enum.Enum):
@@ -106,9 +106,7 @@ def _test_point(entry: str, default: str, family: Family) -> IPAddress:
     mapped (::FFFF:7F00:2 is ::ffff:127.0.0.2), and so is an IPv4 entry of the list's own on
     IPv6; an IPv6 entry tests IPv6 only (IPv4 keeps the RFC's). Queried in nibble form with
     no mapping back to IPv4, unlike a client's address."""
-    address = ipaddress.ip_address(entry or default)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = normalize_address(ipaddress.ip_address(entry or default))
     if family is Family.IPV4:
         return address if address.version == 4 else ipaddress.IPv4Address(default)
     if address.version == 4:
