@@ -28,7 +28,6 @@ from spamgate.listhealth import (
     ProbeFault,
     ProbeProblem,
     ProbeVerdict,
-    judge_probe,
     probe_lists,
     probe_names,
     probe_points,
@@ -153,74 +152,6 @@ def test_probe_points(name: str, expected: list[tuple[Family | None, str, str]])
 def test_probes_can_be_turned_off() -> None:
     assert probe_points(lists()["NOPROBE"]) == ()
     assert probe_names(lists()["NOPROBE"]) is None
-
-
-@pytest.mark.parametrize(
-    ("listed", "unlisted", "problem", "text", "silent"),
-    [
-        pytest.param(LISTED, CLEAN, None, "", False, id="healthy"),
-        pytest.param(LISTED, LISTED, EVERYTHING, LISTS_EVERYTHING, False, id="lists-everything"),
-        pytest.param(
-            CLEAN, CLEAN, NOT_LISTED, "it does not list its test entry", False, id="no-test-entry"
-        ),
-        pytest.param(
-            DnsAnswer(AnswerKind.RECORDS, ("127.255.255.254",)),
-            CLEAN,
-            ProbeProblem(ProbeFault.LISTED_UNUSABLE, "error-code", ("127.255.255.254",)),
-            "its test entry gets an unusable answer: error-code (127.255.255.254)",
-            False,
-            id="blocked",
-        ),
-        pytest.param(
-            DnsAnswer(AnswerKind.RECORDS, ("192.0.2.1",)),
-            CLEAN,
-            ProbeProblem(ProbeFault.LISTED_UNUSABLE, "outside-127/8", ("192.0.2.1",)),
-            "its test entry gets an unusable answer: outside-127/8 (192.0.2.1)",
-            False,
-            id="parked-domain",
-        ),
-        pytest.param(
-            DnsAnswer(AnswerKind.TIMEOUT),
-            CLEAN,
-            ProbeProblem(ProbeFault.LISTED_UNUSABLE, "timeout"),
-            "its test entry gets an unusable answer: timeout",
-            True,
-            id="timeout",
-        ),
-        pytest.param(
-            LISTED,
-            DnsAnswer(AnswerKind.NETWORK),
-            ProbeProblem(ProbeFault.UNLISTED_UNUSABLE, "network"),
-            "its must-not-list test entry gets an unusable answer: network",
-            True,
-            id="unlisted-network-error",
-        ),
-        pytest.param(
-            LISTED,
-            DnsAnswer(AnswerKind.SERVFAIL),
-            ProbeProblem(ProbeFault.UNLISTED_UNUSABLE, "servfail"),
-            "its must-not-list test entry gets an unusable answer: servfail",
-            False,
-            id="servfail",
-        ),
-    ],
-)
-def test_judge_probe(
-    listed: DnsAnswer, unlisted: DnsAnswer, problem: ProbeProblem | None, text: str, silent: bool
-) -> None:
-    """A probe's problem is a value; its text is what the log and the status file show, and
-    whether it is silence (asked again before suspending) is read from the value, not the
-    text."""
-    found = judge_probe(lists()["ZEN"], listed, unlisted)
-    assert found == problem
-    assert ProbeVerdict(((None, found),)).problem == text
-    assert (found is not None and found.silent) is silent
-
-
-def test_a_probe_that_got_no_answer_is_silence() -> None:
-    no_answer = ProbeProblem(ProbeFault.NO_ANSWER)
-    assert str(no_answer) == "no answer to its test entries"
-    assert no_answer.silent
 
 
 def test_probe_lists_asks_every_family_at_once_and_judges_each() -> None:
