@@ -23,6 +23,7 @@ from spamgate.dnslists import (
     network_key,
     query_name,
 )
+from spamgate.evidence import Stage
 from spamgate.listhealth import (
     ListMonitor,
     ProbeFault,
@@ -440,12 +441,16 @@ def test_the_breaker_counts_a_domain_list_by_name() -> None:
         connection = ListLookups(resolver, clock, watch)
         for _ in range(10):
             transaction = ListLookups(resolver, clock, watch, connection=connection)
-            transaction.start(dbl, "spam.example.dbl.test", subject="sender:spam.example", stage=2)
+            transaction.start(
+                dbl, "spam.example.dbl.test", subject="sender:spam.example", stage=Stage.ENVELOPE
+            )
             transaction.collect(1.0)
     assert len(watch._records["DBL"].recent) == 1
     assert not watch.is_suspended("DBL")
     transaction = ListLookups(resolver, clock, watch)
-    transaction.start(dbl, "other.example.dbl.test", subject="sender:other.example", stage=2)
+    transaction.start(
+        dbl, "other.example.dbl.test", subject="sender:other.example", stage=Stage.ENVELOPE
+    )
     transaction.collect(1.0)
     assert len(watch._records["DBL"].recent) == 2
 

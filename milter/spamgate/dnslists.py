@@ -33,6 +33,7 @@ from spamgate.config import DnsList, IpList
 from spamgate.evidence import Family as Family  # noqa: PLC0414
 from spamgate.evidence import ListOutcome as ListOutcome  # noqa: PLC0414
 from spamgate.evidence import ListStatus as ListStatus  # noqa: PLC0414
+from spamgate.evidence import Stage
 from spamgate.returncodes import BLOCKED_CODES, LOOPBACK_NET
 
 # The name session.py knows addresses.normalize_address by.
@@ -188,7 +189,7 @@ class _Lookup:
     dns_list: DnsList
     qname: str
     subject: str
-    stage: int
+    stage: Stage
     future: Promise[DnsAnswer]
     started_at: float
     answered_at: float | None = None
@@ -199,7 +200,7 @@ class _Lookup:
     side: str = ""  # side_name(dns_list, family)
 
 
-def _merge(lookup: _Lookup, subject: str, stage: int) -> None:
+def _merge(lookup: _Lookup, subject: str, stage: Stage) -> None:
     merged = _with_source(lookup.subject, subject.partition(":")[0])
     if merged != lookup.subject:
         lookup.subject = merged
@@ -258,7 +259,7 @@ class ListLookups:
         qname: str,
         *,
         subject: str = "",
-        stage: int = 1,
+        stage: Stage = Stage.CONNECTION,
         started_at: float | None = None,
         key: str = "",
         family: Family | None = None,
@@ -351,7 +352,7 @@ class ListLookups:
                 family=family,
             )
 
-    def collect(self, deadline: float, stage: int = 3) -> tuple[ListOutcome, ...]:
+    def collect(self, deadline: float, stage: Stage = Stage.MESSAGE) -> tuple[ListOutcome, ...]:
         """The outcomes of the lookups of `stage` or earlier, waiting for the unanswered ones
         until their own start + `deadline` at most; a list still silent then is unusable. A
         transaction's are the connection's (first) and its own."""
@@ -372,7 +373,7 @@ class ListLookups:
         outcomes += [x.outcome for x in self._collect(deadline, stage) if x.outcome is not None]
         return tuple(outcomes)
 
-    def _collect(self, deadline: float, stage: int) -> list[_Lookup]:
+    def _collect(self, deadline: float, stage: Stage) -> list[_Lookup]:
         """The lookups of `stage` or earlier, each with its outcome (see collect)."""
         with self._lock:
             wanted = [x for x in self._lookups if x.stage <= stage]
