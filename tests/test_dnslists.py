@@ -22,6 +22,7 @@ from spamgate.dnslists import (
     lookup_address,
     query_name,
 )
+from spamgate.evidence import Stage
 from spamgate.listhealth import ListMonitor
 from spamgate.metrics import Metrics
 from spamgate.returncodes import parse_return_code
@@ -390,19 +391,20 @@ def test_domain_lookups_carry_their_subject_and_stage() -> None:
     dbl = DomainList(name="DBL", zone="dbl.test", score=6.0)
     lookups, clock = FakeLookups(), FakeClock()
     checks = ListLookups(lookups, clock)
-    checks.start(dbl, "example.org.dbl.test", subject="helo:example.org", stage=1)
-    checks.start(dbl, "example.net.dbl.test", subject="from:example.net", stage=3)
-    checks.start(dbl, "example.net.dbl.test", subject="from:example.net", stage=3)  # merged
+    checks.start(dbl, "example.org.dbl.test", subject="helo:example.org", stage=Stage.CONNECTION)
+    checks.start(dbl, "example.net.dbl.test", subject="from:example.net", stage=Stage.MESSAGE)
+    # The same again: merged.
+    checks.start(dbl, "example.net.dbl.test", subject="from:example.net", stage=Stage.MESSAGE)
     lookups.answer("example.org.dbl.test", addresses("127.0.1.2"))
     lookups.answer("example.net.dbl.test", DnsAnswer(AnswerKind.NXDOMAIN))
 
-    (helo,) = checks.collect(2.0, stage=2)  # the header domain is not known at RCPT
+    (helo,) = checks.collect(2.0, stage=Stage.ENVELOPE)  # the header domain is not known at RCPT
     assert (helo.subject, helo.status, names(helo)) == (
         "helo:example.org",
         ListStatus.LISTED,
         ["DBL"],
     )
-    helo_again, header = checks.collect(2.0, stage=3)
+    helo_again, header = checks.collect(2.0, stage=Stage.MESSAGE)
     assert helo_again == helo
     assert (header.subject, header.status) == ("from:example.net", ListStatus.CLEAN)
 

@@ -23,10 +23,12 @@ from spamgate.dnslists import (
     network_key,
     query_name,
 )
+from spamgate.evidence import Stage
 from spamgate.listhealth import (
     ListMonitor,
+    ProbeFault,
+    ProbeProblem,
     ProbeVerdict,
-    judge_probe,
     probe_lists,
     probe_names,
     probe_points,
@@ -61,6 +63,8 @@ SETTINGS = HealthSettings(
 LISTED = DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=60)
 CLEAN = DnsAnswer(AnswerKind.NXDOMAIN)
 LISTS_EVERYTHING = "it lists its must-not-list test entry: it answers for everything"
+EVERYTHING = ProbeProblem(ProbeFault.LISTS_EVERYTHING)  # LISTS_EVERYTHING, as a value
+NOT_LISTED = ProbeProblem(ProbeFault.NOT_LISTED)
 IPV6_NIBBLES = "0." * 20  # ::ffff:7f00:x: twenty zero nibbles above ffff
 
 
@@ -151,42 +155,6 @@ def test_probes_can_be_turned_off() -> None:
     assert probe_names(lists()["NOPROBE"]) is None
 
 
-@pytest.mark.parametrize(
-    ("listed", "unlisted", "problem"),
-    [
-        pytest.param(LISTED, CLEAN, "", id="healthy"),
-        pytest.param(LISTED, LISTED, LISTS_EVERYTHING, id="lists-everything"),
-        pytest.param(CLEAN, CLEAN, "it does not list its test entry", id="no-test-entry"),
-        pytest.param(
-            DnsAnswer(AnswerKind.RECORDS, ("127.255.255.254",)),
-            CLEAN,
-            "its test entry gets an unusable answer: error-code (127.255.255.254)",
-            id="blocked",
-        ),
-        pytest.param(
-            DnsAnswer(AnswerKind.RECORDS, ("192.0.2.1",)),
-            CLEAN,
-            "its test entry gets an unusable answer: outside-127/8 (192.0.2.1)",
-            id="parked-domain",
-        ),
-        pytest.param(
-            DnsAnswer(AnswerKind.TIMEOUT),
-            CLEAN,
-            "its test entry gets an unusable answer: timeout",
-            id="timeout",
-        ),
-        pytest.param(
-            LISTED,
-            DnsAnswer(AnswerKind.SERVFAIL),
-            "its must-not-list test entry gets an unusable answer: servfail",
-            id="servfail",
-        ),
-    ],
-)
-def test_judge_probe(listed: DnsAnswer, unlisted: DnsAnswer, problem: str) -> None:
-    assert judge_probe(lists()["ZEN"], listed, unlisted) == problem
-
-
 def test_probe_lists_asks_every_family_at_once_and_judges_each() -> None:
     every = lists()
     v6 = "0.0.0.0.f.7.f.f.f.f." + IPV6_NIBBLES + "zen.test"
@@ -205,9 +173,9 @@ def test_probe_lists_asks_every_family_at_once_and_judges_each() -> None:
         [every["ZEN"], every["DBL"], every["V6ONLY"], every["NOPROBE"]], resolver.lookup, 0.05
     )
     assert verdicts == {
-        "ZEN": ProbeVerdict(((Family.IPV4, ""), (Family.IPV6, LISTS_EVERYTHING))),
-        "DBL": ProbeVerdict(((None, ""),)),
-        "V6ONLY": ProbeVerdict(((Family.IPV6, "no answer to its test entries"),)),
+        "ZEN": ProbeVerdict(((Family.IPV4, None), (Family.IPV6, EVERYTHING))),
+        "DBL": ProbeVerdict(((None, None),)),
+        "V6ONLY": ProbeVerdict(((Family.IPV6, ProbeProblem(ProbeFault.NO_ANSWER)),)),
     }
     assert verdicts["ZEN"].problem == f"ipv6: {LISTS_EVERYTHING}"
     assert verdicts["DBL"].problem == ""
@@ -225,7 +193,7 @@ def test_a_family_that_fails_its_probe_is_suspended_alone(
     watch = monitor(clock)
     zen = lists()["ZEN"]
     caplog.set_level(logging.INFO, logger="spamgate")
-    watch.apply_probe(zen, ProbeVerdict(((Family.IPV4, ""), (Family.IPV6, LISTS_EVERYTHING))))
+    watch.apply_probe(zen, ProbeVerdict(((Family.IPV4, None), (Family.IPV6, EVERYTHING))))
     assert watch.is_suspended("ZEN/ipv6")
     assert not watch.is_suspended("ZEN") and not watch.is_suspended("ZEN/ipv4")
     (report,) = [r for r in watch.reports() if r.name == "ZEN"]
@@ -246,7 +214,7 @@ def test_a_family_that_fails_its_probe_is_suspended_alone(
 
     clock.now += 60
     assert zen in watch.due_for_probe()
-    watch.apply_probe(zen, ProbeVerdict(((Family.IPV4, ""), (Family.IPV6, ""))))
+    watch.apply_probe(zen, ProbeVerdict(((Family.IPV4, None), (Family.IPV6, None))))
     assert not watch.is_suspended("ZEN/ipv6")
     assert [r.getMessage() for r in caplog.records] == [
         f"list ZEN suspended for ipv6: probe: {LISTS_EVERYTHING}",
@@ -261,7 +229,7 @@ def test_both_families_failing_alike_suspend_the_list_in_one_line(
     with caplog.at_level(logging.WARNING, logger="spamgate"):
         watch.apply_probe(
             lists()["ZEN"],
-            ProbeVerdict(((Family.IPV4, LISTS_EVERYTHING), (Family.IPV6, LISTS_EVERYTHING))),
+            ProbeVerdict(((Family.IPV4, EVERYTHING), (Family.IPV6, EVERYTHING))),
         )
     assert watch.is_suspended("ZEN")
     assert watch.is_suspended("ZEN/ipv4") and watch.is_suspended("ZEN/ipv6")
@@ -322,7 +290,7 @@ def test_a_probe_without_answer_is_asked_again_before_the_list_is_suspended(
     clock = FakeClock(1000.0)
     watch = monitor(clock)
     zen = lists()["ZEN"]
-    problem = "its test entry gets an unusable answer: timeout"
+    problem = ProbeProblem(ProbeFault.LISTED_UNUSABLE, "timeout")
     with caplog.at_level(logging.INFO, logger="spamgate"):
         watch.apply_probe(zen, problem)
         assert not watch.is_suspended("ZEN")
@@ -339,7 +307,7 @@ def test_a_probe_without_answer_is_asked_again_before_the_list_is_suspended(
 
 def test_a_wrong_probe_answer_suspends_at_once() -> None:
     watch = monitor(FakeClock(1000.0))
-    watch.apply_probe(lists()["ZEN"], LISTS_EVERYTHING)
+    watch.apply_probe(lists()["ZEN"], EVERYTHING)
     assert watch.is_suspended("ZEN")
 
 
@@ -349,20 +317,20 @@ def test_probe_suspends_and_resumes_with_back_off(caplog: pytest.LogCaptureFixtu
     zen = lists()["ZEN"]
     assert zen in watch.due_for_probe()  # new lists are probed at once
     caplog.set_level(logging.INFO, logger="spamgate")
-    watch.apply_probe(zen, "it does not list its test entry")
+    watch.apply_probe(zen, NOT_LISTED)
     assert watch.is_suspended("ZEN")
     assert zen not in watch.due_for_probe()
     clock.now += 60
     assert zen in watch.due_for_probe()
-    watch.apply_probe(zen, "it does not list its test entry")  # still bad: 120 s now
+    watch.apply_probe(zen, NOT_LISTED)  # still bad: 120 s now
     clock.now += 119
     assert zen not in watch.due_for_probe()
     clock.now += 1
-    watch.apply_probe(zen, "it does not list its test entry")  # 240
-    watch.apply_probe(zen, "it does not list its test entry")  # capped at retry_max, 300
+    watch.apply_probe(zen, NOT_LISTED)  # 240
+    watch.apply_probe(zen, NOT_LISTED)  # capped at retry_max, 300
     clock.now += 300
     assert zen in watch.due_for_probe()
-    watch.apply_probe(zen, "")
+    watch.apply_probe(zen, None)
     assert not watch.is_suspended("ZEN")
     clock.now += 599
     assert zen not in watch.due_for_probe()  # healthy: probe_interval
@@ -377,7 +345,7 @@ def test_suspended_list_is_not_asked_and_counts_as_unusable() -> None:
     clock = FakeClock()
     watch = monitor(clock)
     zen = lists()["ZEN"]
-    watch.apply_probe(zen, LISTS_EVERYTHING)
+    watch.apply_probe(zen, EVERYTHING)
     resolver = ScriptedLookups()
     lookups = ListLookups(resolver, clock, watch)
     lookups.start(zen, "5.2.0.192.zen.test")
@@ -413,7 +381,7 @@ def test_one_client_reconnecting_cannot_switch_a_list_off_for_everyone(
     watch = monitor(clock)
     zen = lists()["ZEN"]
     assert isinstance(zen, IpList)
-    watch.apply_probe(zen, "")
+    watch.apply_probe(zen, None)
     with caplog.at_level(logging.INFO, logger="spamgate"):
         for _ in range(150):
             clock.now += 0.1
@@ -473,12 +441,16 @@ def test_the_breaker_counts_a_domain_list_by_name() -> None:
         connection = ListLookups(resolver, clock, watch)
         for _ in range(10):
             transaction = ListLookups(resolver, clock, watch, connection=connection)
-            transaction.start(dbl, "spam.example.dbl.test", subject="sender:spam.example", stage=2)
+            transaction.start(
+                dbl, "spam.example.dbl.test", subject="sender:spam.example", stage=Stage.ENVELOPE
+            )
             transaction.collect(1.0)
     assert len(watch._records["DBL"].recent) == 1
     assert not watch.is_suspended("DBL")
     transaction = ListLookups(resolver, clock, watch)
-    transaction.start(dbl, "other.example.dbl.test", subject="sender:other.example", stage=2)
+    transaction.start(
+        dbl, "other.example.dbl.test", subject="sender:other.example", stage=Stage.ENVELOPE
+    )
     transaction.collect(1.0)
     assert len(watch._records["DBL"].recent) == 2
 
@@ -524,7 +496,7 @@ def test_the_breaker_holds_at_most_its_bound_of_clients_whatever_a_flood_brings(
     assert grown < 16 * 1024  # 80,000 more clients: flat (the keys were made beforehand)
     # The bound keeps the most recent clients: a list that now lists everyone shows as soon
     # as it has listed more than half (max_hit_ratio) of the last BREAKER_MAX_CLIENTS.
-    watch.apply_probe(zen, "")
+    watch.apply_probe(zen, None)
     for n in range(BREAKER_MAX_CLIENTS // 2 + 1):
         assert zen not in watch.due_for_probe()
         watch.record([seen(zen, LISTED, f"{n}.listed")])
@@ -540,14 +512,14 @@ def test_a_high_ratio_probes_the_list_now_and_suspends_it_only_if_the_probe_fail
     clock = FakeClock()
     watch = monitor(clock)
     zen = lists()["ZEN"]
-    watch.apply_probe(zen, "")
+    watch.apply_probe(zen, None)
     assert zen not in watch.due_for_probe()  # the next regular probe is 600 s away
     caplog.set_level(logging.INFO, logger="spamgate")
     # A flood of listed clients: four networks, all listed.
     watch.record([seen(zen, LISTED, f"{n}.113.0") for n in range(4)])
     assert not watch.is_suspended("ZEN")
     assert zen in watch.due_for_probe()  # probed at once
-    watch.apply_probe(zen, "")  # the must-not-list entry is not listed: a flood, not a fault
+    watch.apply_probe(zen, None)  # the must-not-list entry is not listed: a flood, not a fault
     assert not watch.is_suspended("ZEN")
     breaker = "it listed 100% of 4 client networks in 60 s (more than 50%)"
     assert [r.getMessage() for r in caplog.records] == [
@@ -565,7 +537,7 @@ def test_a_high_ratio_probes_the_list_now_and_suspends_it_only_if_the_probe_fail
     assert zen in watch.due_for_probe()
     # This time the list does list everyone: suspended, and the reason says why it was asked.
     with caplog.at_level(logging.WARNING, logger="spamgate"):
-        watch.apply_probe(zen, LISTS_EVERYTHING)
+        watch.apply_probe(zen, EVERYTHING)
     assert watch.is_suspended("ZEN")
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         f"list ZEN suspended: probe: {LISTS_EVERYTHING} (probed because it listed 100% of 41 "
@@ -582,7 +554,7 @@ def test_a_list_with_its_own_breaker_settings_uses_them() -> None:
         SETTINGS, min_checks=2, max_hit_ratio=0.75, window=20
     )
     for dns_list in (own, zen):
-        watch.apply_probe(dns_list, "")
+        watch.apply_probe(dns_list, None)
         # Two networks, both listed: past OWN's min_checks (2) and ratio (75%), not ZEN's (4).
         watch.record([seen(dns_list, LISTED, f"{n}.113.0") for n in range(2)])
     due = watch.due_for_probe()
@@ -610,7 +582,7 @@ def test_breaker_suspend_lets_the_ratio_alone_suspend_the_list(
 def test_breaker_off_never_trips() -> None:
     watch = monitor(FakeClock())
     nobreaker = lists()["NOBREAKER"]
-    watch.apply_probe(nobreaker, "")
+    watch.apply_probe(nobreaker, None)
     watch.record([seen(nobreaker, LISTED, f"{n}.113.0") for n in range(1000)])
     assert not watch.is_suspended("NOBREAKER")
     assert nobreaker not in watch.due_for_probe()
@@ -678,7 +650,7 @@ def test_reports_and_stats_lines() -> None:
     clock = FakeClock()
     watch = monitor(clock)
     every = lists()
-    watch.apply_probe(every["ZEN"], "")
+    watch.apply_probe(every["ZEN"], None)
     watch.record([classify(every["ZEN"], LISTED, 10.0), classify(every["ZEN"], CLEAN, 30.0)])
     watch.record([classify(every["ZEN"], DnsAnswer(AnswerKind.TIMEOUT), None)])
     clock.now += 5
@@ -697,7 +669,7 @@ def test_reconfigure_keeps_the_history_of_lists_that_stay() -> None:
     watch = monitor(clock)
     every = lists()
     watch.record([classify(every["ZEN"], LISTED, 1.0)])
-    watch.apply_probe(every["ZEN"], ProbeVerdict(((Family.IPV4, ""), (Family.IPV6, "x"))))
+    watch.apply_probe(every["ZEN"], ProbeVerdict(((Family.IPV4, None), (Family.IPV6, NOT_LISTED))))
     watch.reconfigure([every["ZEN"]], SETTINGS)
     (zen,) = watch.reports()
     assert (zen.name, zen.checks, zen.state) == ("ZEN", 1, "suspended:ipv6")

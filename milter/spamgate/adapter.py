@@ -88,7 +88,7 @@ def _noreply_guarded(method: Callback) -> Callback:
             self.note_internal_error(name)
         return int(Milter.CONTINUE)
 
-    return Milter.noreply(wrapper)  # type: ignore[no-any-return]
+    return Milter.noreply(wrapper)  # type: ignore[no-any-return]  # untyped pymilter: Any
 
 
 def _guarded(method: Callback) -> Callback:
@@ -107,7 +107,7 @@ def _guarded(method: Callback) -> Callback:
             self.note_internal_error(name)
             return self.error_response()
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # wraps() keeps method's signature
 
 
 class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
@@ -468,7 +468,7 @@ def _why_not(listen: ListenAddress) -> str:
             return f"directory {parent} does not exist"
     else:
         family = socket.AF_INET if listen.family == "inet" else socket.AF_INET6
-        address = (listen.host, listen.port)  # type: ignore[assignment]
+        address = (listen.host, listen.port)  # type: ignore[assignment]  # bind(): a path or (host, port)
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -8,7 +8,6 @@ a hit, whatever addresses came back.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import ipaddress
 import threading
 import time
@@ -16,6 +15,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+# The address and evidence types live apart, so that the pure core can import them without
+# this module's threads; the `X as X` imports re-export them (PEP 484) for the modules that
+# still import them from here (session, engine, decisionlog).
+from spamgate.addresses import IPAddress as IPAddress  # noqa: PLC0414
+from spamgate.addresses import normalize_address
 from spamgate.answers import (
     AnswerKind,
     DnsAnswer,
@@ -25,65 +29,15 @@ from spamgate.answers import (
     wait_all,
     when_all_done,
 )
-from spamgate.config import DnsList, IpList, ListHit
+from spamgate.config import DnsList, IpList
+from spamgate.evidence import Family as Family  # noqa: PLC0414
+from spamgate.evidence import ListOutcome as ListOutcome  # noqa: PLC0414
+from spamgate.evidence import ListStatus as ListStatus  # noqa: PLC0414
+from spamgate.evidence import Stage
 from spamgate.returncodes import BLOCKED_CODES, LOOPBACK_NET
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class ListStatus(enum.Enum):
-    LISTED = "listed"
-    CLEAN = "clean"
-    UNUSABLE = "unusable"
-
-
-class Family(enum.Enum):
-    """Which side of an IP list was asked: the health monitor judges and suspends an IP
-    list's IPv4 and IPv6 sides apart (a list's IPv6 side can die, or list everyone, while its
-    IPv4 side is well)."""
-
-    IPV4 = "ipv4"
-    IPV6 = "ipv6"
-
-
-@dataclass(frozen=True, slots=True)
-class ListOutcome:
-    """What one list said about the client or one of its names."""
-
-    dns_list: DnsList
-    status: ListStatus
-    codes: tuple[str, ...] = ()
-    hits: tuple[ListHit, ...] = ()
-    failure: str = ""
-    latency_ms: float | None = None
-    subject: str = ""  # for domain lists: which name, as "sender:example.com"
-    # Answered from the resolver's cache (its latency_ms is 0): left out of latency figures,
-    # which would otherwise show the cache's hit rate instead of the list's speed.
-    cached: bool = False
-    # Who the answer was about, as the health monitor's circuit breaker counts distinct
-    # clients: the client's network (its /24 or /64) for an IP list, the name asked for a
-    # domain list; "" if not known.
-    key: str = ""
-    # The side of an IP list that was asked; None for a domain list (or if not known).
-    family: Family | None = None
-
-    @property
-    def fail_marker(self) -> str:
-        return f"{self.dns_list.name}_FAIL"
-
-
-def lookup_address(address: IPAddress) -> IPAddress:
-    """The address to look up: an IPv4-mapped IPv6 client is queried as the IPv4 it is, and a
-    scoped one (fe80::1%eth0) without its zone."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        if address.scope_id is not None:
-            # A zone names an interface of this host, not part of the client's address; and
-            # Python 3.11's reverse_pointer raises AddressValueError on a scoped address (it
-            # parses "1%eth0" as hex), so `explain --ip 2001:db8::1%eth0` crashed at connect.
-            return ipaddress.IPv6Address(int(address))
-    return address
+# The name session.py knows addresses.normalize_address by.
+lookup_address = normalize_address
 
 
 def query_name(address: IPAddress, zone: str) -> str:
@@ -235,7 +189,7 @@ class _Lookup:
     dns_list: DnsList
     qname: str
     subject: str
-    stage: int
+    stage: Stage
     future: Promise[DnsAnswer]
     started_at: float
     answered_at: float | None = None
@@ -246,7 +200,7 @@ class _Lookup:
     side: str = ""  # side_name(dns_list, family)
 
 
-def _merge(lookup: _Lookup, subject: str, stage: int) -> None:
+def _merge(lookup: _Lookup, subject: str, stage: Stage) -> None:
     merged = _with_source(lookup.subject, subject.partition(":")[0])
     if merged != lookup.subject:
         lookup.subject = merged
@@ -305,7 +259,7 @@ class ListLookups:
         qname: str,
         *,
         subject: str = "",
-        stage: int = 1,
+        stage: Stage = Stage.CONNECTION,
         started_at: float | None = None,
         key: str = "",
         family: Family | None = None,
@@ -386,7 +340,7 @@ class ListLookups:
         return None
 
     def start_ip_lists(self, address: IPAddress, ip_lists: Sequence[IpList]) -> None:
-        target = lookup_address(address)
+        target = normalize_address(address)
         reversed_address = _reversed(target)
         family = Family.IPV4 if target.version == 4 else Family.IPV6
         key = _network_labels(reversed_address, target.version)
@@ -398,7 +352,7 @@ class ListLookups:
                 family=family,
             )
 
-    def collect(self, deadline: float, stage: int = 3) -> tuple[ListOutcome, ...]:
+    def collect(self, deadline: float, stage: Stage = Stage.MESSAGE) -> tuple[ListOutcome, ...]:
         """The outcomes of the lookups of `stage` or earlier, waiting for the unanswered ones
         until their own start + `deadline` at most; a list still silent then is unusable. A
         transaction's are the connection's (first) and its own."""
@@ -419,7 +373,7 @@ class ListLookups:
         outcomes += [x.outcome for x in self._collect(deadline, stage) if x.outcome is not None]
         return tuple(outcomes)
 
-    def _collect(self, deadline: float, stage: int) -> list[_Lookup]:
+    def _collect(self, deadline: float, stage: Stage) -> list[_Lookup]:
         """The lookups of `stage` or earlier, each with its outcome (see collect)."""
         with self._lock:
             wanted = [x for x in self._lookups if x.stage <= stage]

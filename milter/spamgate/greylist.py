@@ -18,10 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from spamgate.addresses import IPAddress, normalize_address
 from spamgate.config import GreylistSettings
 from spamgate.state import StateStore
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,7 @@ class GreylistVerdict:
 def client_network(address: IPAddress, timing: GreylistTiming) -> str:
     """The network a client's retries may come from: pools of outbound servers share one.
     An IPv4-mapped IPv6 address counts as its IPv4 address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = normalize_address(address)
     prefix = timing.ipv4_prefix if address.version == 4 else timing.ipv6_prefix
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 

@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from spamgate.addresses import IPAddress, normalize_address
 from spamgate.answers import DnsAnswer, Promise, wait_all
 from spamgate.config import (
     BREAKER_MAX_CLIENTS,
@@ -43,11 +44,10 @@ from spamgate.config import (
     HealthSettings,
     IpList,
 )
-from spamgate.dnslists import Family, ListOutcome, ListStatus, classify, query_name, side_name
+from spamgate.dnslists import classify, query_name, side_name
+from spamgate.evidence import Family, ListOutcome, ListStatus
 
 log = logging.getLogger("spamgate")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class ListState(enum.Enum):
@@ -106,9 +106,7 @@ def _test_point(entry: str, default: str, family: Family) -> IPAddress:
     mapped (::FFFF:7F00:2 is ::ffff:127.0.0.2), and so is an IPv4 entry of the list's own on
     IPv6; an IPv6 entry tests IPv6 only (IPv4 keeps the RFC's). Queried in nibble form with
     no mapping back to IPv4, unlike a client's address."""
-    address = ipaddress.ip_address(entry or default)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = normalize_address(ipaddress.ip_address(entry or default))
     if family is Family.IPV4:
         return address if address.version == 4 else ipaddress.IPv4Address(default)
     if address.version == 4:
@@ -123,34 +121,81 @@ def probe_names(dns_list: DnsList) -> ProbeNames | None:
     return points[0] if points else None
 
 
-def judge_probe(dns_list: DnsList, listed: DnsAnswer, unlisted: DnsAnswer) -> str:
-    """What is wrong with a list, given its answers to its two test names; "" if nothing."""
+class ProbeFault(enum.Enum):
+    """What a probe can find wrong with one side of a list."""
+
+    LISTS_EVERYTHING = "lists-everything"  # its must-not-list test entry is listed
+    LISTED_UNUSABLE = "listed-unusable"  # its test entry gets an unusable answer
+    UNLISTED_UNUSABLE = "unlisted-unusable"  # so does its must-not-list one
+    NOT_LISTED = "not-listed"  # its test entry is not listed
+    NO_ANSWER = "no-answer"  # neither question was answered in time
+
+
+# The kinds of unusable answer (ListOutcome.failure) that mean no answer came, rather than a
+# wrong one.
+_SILENT_FAILURES = ("timeout", "deadline", "network")
+
+
+@dataclass(frozen=True)
+class ProbeProblem:
+    """What is wrong with one side of a list, as its probe found; its text is what the log,
+    the status file and `spamgate check-config --probe` show."""
+
+    fault: ProbeFault
+    failure: str = ""  # the unusable answer's kind, for the *_UNUSABLE faults
+    codes: tuple[str, ...] = ()  # the addresses it held, for LISTED_UNUSABLE
+
+    @property
+    def silent(self) -> bool:
+        """Whether no answer came, rather than a wrong one (silence is asked about again
+        before a list is suspended for it)."""
+        if self.fault is ProbeFault.NO_ANSWER:
+            return True
+        unusable = (ProbeFault.LISTED_UNUSABLE, ProbeFault.UNLISTED_UNUSABLE)
+        return self.fault in unusable and self.failure in _SILENT_FAILURES
+
+    def __str__(self) -> str:
+        match self.fault:
+            case ProbeFault.LISTS_EVERYTHING:
+                return "it lists its must-not-list test entry: it answers for everything"
+            case ProbeFault.LISTED_UNUSABLE:
+                codes = f" ({'+'.join(self.codes)})" if self.codes else ""
+                return f"its test entry gets an unusable answer: {self.failure}{codes}"
+            case ProbeFault.UNLISTED_UNUSABLE:
+                return f"its must-not-list test entry gets an unusable answer: {self.failure}"
+            case ProbeFault.NOT_LISTED:
+                return "it does not list its test entry"
+            case ProbeFault.NO_ANSWER:
+                return "no answer to its test entries"
+
+
+def judge_probe(dns_list: DnsList, listed: DnsAnswer, unlisted: DnsAnswer) -> ProbeProblem | None:
+    """What is wrong with a list, given its answers to its two test names; None if nothing."""
     positive = classify(dns_list, listed)
     negative = classify(dns_list, unlisted)
     if negative.status is ListStatus.LISTED:
-        return "it lists its must-not-list test entry: it answers for everything"
+        return ProbeProblem(ProbeFault.LISTS_EVERYTHING)
     if positive.status is ListStatus.UNUSABLE:
-        codes = f" ({'+'.join(positive.codes)})" if positive.codes else ""
-        return f"its test entry gets an unusable answer: {positive.failure}{codes}"
+        return ProbeProblem(ProbeFault.LISTED_UNUSABLE, positive.failure, positive.codes)
     if negative.status is ListStatus.UNUSABLE:
-        return f"its must-not-list test entry gets an unusable answer: {negative.failure}"
+        return ProbeProblem(ProbeFault.UNLISTED_UNUSABLE, negative.failure)
     if positive.status is not ListStatus.LISTED:
-        return "it does not list its test entry"
-    return ""
+        return ProbeProblem(ProbeFault.NOT_LISTED)
+    return None
 
 
 @dataclass(frozen=True)
 class ProbeVerdict:
-    """What a probe found wrong with each side of a list ("" where nothing): an IP list's
+    """What a probe found wrong with each side of a list (None where nothing): an IP list's
     IPv4 and IPv6 apart, a domain list's one side as family None."""
 
-    problems: tuple[tuple[Family | None, str], ...]
+    problems: tuple[tuple[Family | None, ProbeProblem | None], ...]
 
     @property
     def problem(self) -> str:
         """In one line: the problem alone if every side has it, else "ipv6: ..." for each
         side that has one; "" if none has."""
-        return _in_one_line(self.problems)
+        return _in_one_line([(f, "" if p is None else str(p)) for f, p in self.problems])
 
     def __str__(self) -> str:
         return self.problem
@@ -166,16 +211,6 @@ def _in_one_line(problems: Sequence[tuple[Family | None, str]]) -> str:
 
 
 _SILENT_PROBE_RETRY = 10.0  # seconds before a probe that got no answer is asked again
-_NO_ANSWER = "no answer to its test entries"
-_SILENT_FAILURES = ("timeout", "deadline", "network")
-
-
-def _is_silence(problem: str) -> bool:
-    """Whether a probe's problem is that no answer came, rather than a wrong one."""
-    if problem == _NO_ANSWER:
-        return True
-    kind = problem.rpartition("unusable answer: ")[2]
-    return kind in _SILENT_FAILURES
 
 
 class _DistinctClients:
@@ -510,18 +545,20 @@ class ListMonitor:
             log.info("list %s resumed on trial: its probes are off", name)
         return due
 
-    def apply_probe(self, dns_list: DnsList, verdict: ProbeVerdict | str) -> None:
+    def apply_probe(self, dns_list: DnsList, verdict: ProbeVerdict | ProbeProblem | None) -> None:
         """A probe's verdict: suspend (one WARNING) or resume (one INFO) each side that
-        changes. A plain string is the verdict on every side of the list."""
+        changes. A single problem is the verdict on every side of the list, and so is None
+        (nothing wrong)."""
         now = self._clock()
         with self._lock:
             record = self._records.get(dns_list.name)
             if record is None or not record.probed:
                 return
-            if isinstance(verdict, str):
-                problems = dict.fromkeys(record.sides, verdict)
-            else:
+            problems: dict[Family | None, ProbeProblem | None]
+            if isinstance(verdict, ProbeVerdict):
                 problems = {f: p for f, p in verdict.problems if f in record.sides}
+            else:
+                problems = dict.fromkeys(record.sides, verdict)
             change = _judge(record, problems, now)
             self._refresh_suspended()
             lines = change.lines(dns_list.name, record)
@@ -593,8 +630,8 @@ class ListMonitor:
 class _ProbeChange:
     """What one probe changed for a list, to be logged."""
 
-    again: dict[Family | None, str]  # silent sides, asked again before they are suspended
-    newly: dict[Family | None, str]  # sides suspended now
+    again: dict[Family | None, ProbeProblem]  # silent sides, asked again before suspending
+    newly: dict[Family | None, ProbeProblem]  # sides suspended now
     resumed: list[Family | None]
     breaker: str  # why the breaker asked for this probe, if it did
     stays_active: bool  # the breaker asked, and the probe passed
@@ -630,7 +667,9 @@ class _ProbeChange:
         return lines
 
 
-def _judge(record: _Record, problems: dict[Family | None, str], now: float) -> _ProbeChange:
+def _judge(
+    record: _Record, problems: dict[Family | None, ProbeProblem | None], now: float
+) -> _ProbeChange:
     """Apply a probe's problems, side by side, to a list's record (its monitor's lock held)."""
     record.last_probe_at = now
     settings = record.settings
@@ -643,18 +682,18 @@ def _judge(record: _Record, problems: dict[Family | None, str], now: float) -> _
     again = {
         family: problem
         for family, problem in problems.items()
-        if problem
-        and _is_silence(problem)
+        if problem is not None
+        and problem.silent
         and record.sides[family].state is not ListState.SUSPENDED
         and not record.silent_probe
     }
-    newly: dict[Family | None, str] = {}
+    newly: dict[Family | None, ProbeProblem] = {}
     resumed = []
     for family, problem in problems.items():
         side = record.sides[family]
         if family in again:
             continue
-        if problem:
+        if problem is not None:
             if side.state is not ListState.SUSPENDED:
                 newly[family] = problem
             side.state, side.reason = ListState.SUSPENDED, f"probe: {problem}{because}"
@@ -683,9 +722,11 @@ def _judge(record: _Record, problems: dict[Family | None, str], now: float) -> _
     return _ProbeChange(again, newly, resumed, breaker, stays_active)
 
 
-def _by_problem(problems: dict[Family | None, str]) -> list[tuple[str, list[Family | None]]]:
+def _by_problem(
+    problems: dict[Family | None, ProbeProblem],
+) -> list[tuple[ProbeProblem, list[Family | None]]]:
     """The sides that have each problem, in the order first seen."""
-    grouped: dict[str, list[Family | None]] = {}
+    grouped: dict[ProbeProblem, list[Family | None]] = {}
     for family, problem in problems.items():
         grouped.setdefault(problem, []).append(family)
     return list(grouped.items())
@@ -703,10 +744,11 @@ def probe_lists(
         for names in probe_points(dns_list):
             asked.append((dns_list, names.family, lookup(names.listed), lookup(names.unlisted)))
     wait_all([f for *_, listed, unlisted in asked for f in (listed, unlisted)], timeout)
-    found: dict[str, list[tuple[Family | None, str]]] = {}
+    found: dict[str, list[tuple[Family | None, ProbeProblem | None]]] = {}
     for dns_list, family, listed, unlisted in asked:
+        problem: ProbeProblem | None
         if not (listed.done() and unlisted.done()):
-            problem = _NO_ANSWER
+            problem = ProbeProblem(ProbeFault.NO_ANSWER)
         else:
             problem = judge_probe(dns_list, listed.result(), unlisted.result())
         found.setdefault(dns_list.name, []).append((family, problem))

@@ -26,11 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from spamgate.addresses import IPAddress, IPNetwork, normalize_address, normalize_network
 
 FILE_PREFIX = "file:"
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 # The directory a relative `file:` path is read from: the policy file's, while it is loaded.
 include_base: contextvars.ContextVar[Path] = contextvars.ContextVar("include_base", default=Path())
 # A list file is read whole at load; a bound keeps a mistaken path (a log, a mailbox) from
@@ -222,9 +220,58 @@ def _parse_each(entries: Iterable[str], parse: Callable[[str], T]) -> list[T]:
     return parsed
 
 
+class _PrefixIndex:
+    """The networks of one address family, for a lookup whose cost does not grow with their
+    number: per prefix length, a dict from a network's prefix bits (its address shifted right
+    past the host bits) to the position of the first entry with that network. An address is
+    looked up once per prefix length in use (at most 33 for IPv4, 129 for IPv6; a list of
+    host addresses and /24s has two), where a scan would test every entry.
+
+    Overlapping entries all stay; the entry first in the list wins, as it did in a scan. The
+    buckets are kept in the order of the first entry each holds, so that a lookup that has
+    found a match stops at the first bucket that cannot hold an earlier one."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self, width: int, networks: Iterable[tuple[int, IPNetwork]]) -> None:
+        by_length: dict[int, dict[int, int]] = {}
+        for position, network in networks:
+            shift = width - network.prefixlen
+            bucket = by_length.setdefault(shift, {})
+            bucket.setdefault(int(network.network_address) >> shift, position)
+        # (first position in the bucket, shift, bucket), earliest first.
+        self.buckets: tuple[tuple[int, int, dict[int, int]], ...] = tuple(
+            sorted((min(bucket.values()), shift, bucket) for shift, bucket in by_length.items())
+        )
+
+    def first(self, value: int) -> int | None:
+        """The position of the first entry holding the address `value`, or None."""
+        found: int | None = None
+        for earliest, shift, bucket in self.buckets:
+            if found is not None and earliest > found:
+                break
+            position = bucket.get(value >> shift)
+            if position is not None and (found is None or position < found):
+                found = position
+        return found
+
+
 @dataclass(frozen=True)
 class NetworkSet:
+    """Client networks, IPv4 and IPv6. A client address is matched as normalize_address reads
+    it (an IPv4-mapped client as IPv4), and a mapped network entry is read as the IPv4 network
+    it maps (normalize_network), so that each matches the other."""
+
     networks: tuple[IPNetwork, ...] = ()
+    _ipv4: _PrefixIndex = field(init=False, repr=False, compare=False)
+    _ipv6: _PrefixIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        numbered = list(enumerate(self.networks))
+        ipv4 = _PrefixIndex(32, ((i, n) for i, n in numbered if n.version == 4))
+        ipv6 = _PrefixIndex(128, ((i, n) for i, n in numbered if n.version == 6))
+        object.__setattr__(self, "_ipv4", ipv4)  # frozen: set once, as dataclasses do
+        object.__setattr__(self, "_ipv6", ipv6)
 
     @classmethod
     def parse(cls, entries: Iterable[str]) -> NetworkSet:
@@ -233,25 +280,19 @@ class NetworkSet:
                 parsed = ipaddress.ip_network(text, strict=True)
             except ValueError as error:
                 raise ValueError(f"invalid network {text!r}: {error}") from None
-            # Mapped clients are matched as IPv4 (see match()): so must a mapped network be.
-            if isinstance(parsed, ipaddress.IPv6Network) and parsed.subnet_of(_MAPPED):
-                base = parsed.network_address.ipv4_mapped
-                assert base is not None
-                return ipaddress.IPv4Network((base, parsed.prefixlen - 96))
-            return parsed
+            return normalize_network(parsed)
 
         return cls(tuple(_parse_each(entries, network)))
 
     def match(self, address: IPAddress | None) -> str:
-        """The matching entry as text, or "" (an IPv4-mapped IPv6 address matches as IPv4)."""
+        """The first matching entry as text, or "" (an IPv4-mapped IPv6 address matches as
+        IPv4)."""
         if address is None:
             return ""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        for network in self.networks:
-            if address in network:
-                return str(network)
-        return ""
+        address = normalize_address(address)
+        index = self._ipv4 if address.version == 4 else self._ipv6
+        position = index.first(int(address))
+        return "" if position is None else str(self.networks[position])
 
 
 def _glob(pattern: str) -> re.Pattern[str]:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from spamgate.dnslists import ListOutcome
+from spamgate.evidence import ListOutcome
 from spamgate.listhealth import ListMonitor
 
 log = logging.getLogger("spamgate")

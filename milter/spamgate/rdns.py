@@ -12,18 +12,18 @@ its result in macros; `from_mta_macros` reads them, so a caller can skip its own
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
+# RdnsStatus and ReverseDns live in evidence, for the pure core; re-exported here (PEP 484's
+# `X as X`) for the modules that import them from here (rules, session).
+from spamgate.addresses import IPAddress, normalize_address
 from spamgate.answers import AnswerKind, DnsAnswer, Lookups, Pending, Promise
-from spamgate.dnslists import lookup_address
 from spamgate.domains import is_ip_literal, normalize_domain
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from spamgate.evidence import RdnsStatus as RdnsStatus  # noqa: PLC0414
+from spamgate.evidence import ReverseDns as ReverseDns  # noqa: PLC0414
 
 _ALL_NUMERIC = re.compile(r"[0-9.]+")
 
@@ -31,36 +31,6 @@ _ALL_NUMERIC = re.compile(r"[0-9.]+")
 # (shared hosting), and each costs a query. Postfix checks only the one name getnameinfo()
 # returns; a few more let a multi-homed sender's second name confirm.
 MAX_NAMES = 5
-
-
-class RdnsStatus(enum.Enum):
-    CONFIRMED = "confirmed"  # a PTR name resolves (A or AAAA, the client's family) to the IP
-    UNCONFIRMED = "unconfirmed"  # PTR names exist, and none resolves back to the IP
-    MISSING = "missing"  # NXDOMAIN or no PTR records
-    UNKNOWN = "unknown"  # lookups failed or timed out: never evidence either way
-
-
-@dataclass(frozen=True, slots=True)
-class ReverseDns:
-    """What the client's reverse DNS says.
-
-    `ptr_names` are the PTR names examined (at most MAX_NAMES), lower-cased, without the final
-    dot, in the resolver's (sorted) order. `detail` says why the status is UNKNOWN
-    (`deadline`, `timeout`, `servfail`, `forward-servfail`, ...) for the log; "" otherwise.
-    """
-
-    status: RdnsStatus
-    ptr_names: tuple[str, ...] = ()
-    confirmed_name: str = ""
-    source: str = "lookup"
-    detail: str = ""
-
-    @property
-    def name(self) -> str:
-        """The name to show and match: the confirmed one, else the first PTR name, else ""."""
-        if self.confirmed_name:
-            return self.confirmed_name
-        return self.ptr_names[0] if self.ptr_names else ""
 
 
 def ptr_names(answer: DnsAnswer) -> tuple[str, ...]:
@@ -143,7 +113,7 @@ class PendingReverse:
         self._resolver = resolver
         self._clock = clock
         self.started_at = clock()
-        self._address = lookup_address(address)
+        self._address = normalize_address(address)
         self._forward_type = "A" if self._address.version == 4 else "AAAA"
         self._lock = threading.Lock()
         self._finished = threading.Event()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from spamgate.dnslists import IPAddress, lookup_address
+from spamgate.addresses import IPAddress, normalize_address
 from spamgate.state import StateStore
 
 
@@ -43,4 +43,4 @@ class RecentRejects:
 
 
 def _key(address: IPAddress) -> str:
-    return f"rej:{lookup_address(address)}"
+    return f"rej:{normalize_address(address)}"

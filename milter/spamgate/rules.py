@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import enum
 import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from spamgate.config import (
     Rule,
     SenderCheck,
 )
+from spamgate.evidence import Stage as Stage  # noqa: PLC0414
 from spamgate.patterns import Pattern, PatternGroup, RawPattern
 from spamgate.rdns import RdnsStatus, ReverseDns
 
@@ -42,12 +42,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # (about 3 MB at worst).
 _REMEMBERED_VALUE = 256
 _REMEMBERED_HEADERS = 8192
-
-
-class Stage(enum.IntEnum):
-    CONNECTION = 1
-    ENVELOPE = 2
-    MESSAGE = 3
 
 
 _STAGE_OF_CONDITION = {
