@@ -216,8 +216,7 @@ def _parse_network(value: object) -> IPNetwork:
         raise ValueError(f"invalid network {value!r}: {error}") from None
 
 
-_parse_network.type_name = "CIDR"  # type: ignore[attr-defined]  # read by the reference
-schema.UNION_PARSERS[IPNetwork] = _parse_network
+schema.UNION_PARSERS[IPNetwork] = schema.UnionParser("CIDR", _parse_network)
 
 
 def _check_hit_name(name: str, key: str) -> None:
