@@ -17,8 +17,10 @@ import pytest
 
 from spamgate import daemon as daemon_module
 from spamgate.adapter import milter_answers
-from spamgate.config import ListenAddress, Mode, Policy, load_policy
+from spamgate.config import load_policy
 from spamgate.daemon import Daemon
+from spamgate.policy import Mode, Policy
+from spamgate.settings import ListenAddress
 from tests.harness.processes import (
     free_port,
     stop_milter_process,
@@ -135,8 +137,8 @@ def test_unwritable_log_target_is_an_error_exit(tmp_path: Path) -> None:
 
 def test_public_resolver_gets_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     from spamgate import schema  # noqa: PLC0415
-    from spamgate.config import Policy  # noqa: PLC0415
     from spamgate.daemon import Daemon, public_resolvers  # noqa: PLC0415
+    from spamgate.policy import Policy  # noqa: PLC0415
 
     text = (
         'resolver: {nameservers: ["8.8.8.8", "127.0.0.1:5353", "[2606:4700:4700::1111]:53"]}\n'
@@ -161,7 +163,7 @@ def test_public_resolver_gets_a_warning(caplog: pytest.LogCaptureFixture) -> Non
 _BIRTH_MODE_SCRIPT = """
 import os, stat, sys
 from spamgate import adapter
-from spamgate.config import ListenAddress, SocketMode
+from spamgate.settings import ListenAddress, SocketMode
 
 path, mode = sys.argv[1], int(sys.argv[2], 8)
 opensocket = adapter.libmilter.opensocket
@@ -229,7 +231,7 @@ def test_running_as_root_gets_one_warning(
 ) -> None:
     from spamgate import daemon as daemon_module  # noqa: PLC0415
     from spamgate import schema  # noqa: PLC0415
-    from spamgate.config import Policy  # noqa: PLC0415
+    from spamgate.policy import Policy  # noqa: PLC0415
 
     text = "resolver: {nameservers: ['127.0.0.1:53']}\n" + NO_GREYLISTING
     policy = schema.load(Policy, text, "t.yaml")
@@ -283,7 +285,7 @@ def test_listeners_beyond_loopback_get_a_warning_each(
 ) -> None:
     from spamgate import daemon as daemon_module  # noqa: PLC0415
     from spamgate import schema  # noqa: PLC0415
-    from spamgate.config import Policy  # noqa: PLC0415
+    from spamgate.policy import Policy  # noqa: PLC0415
 
     text += "resolver: {nameservers: ['127.0.0.1']}\n" + NO_GREYLISTING
     policy = schema.load(Policy, text, "t.yaml")

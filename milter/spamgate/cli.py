@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from spamgate import __version__, explain, listcmd
-from spamgate.accesskeys import exposed_secret_files, mask_keys_in_command_output
 from spamgate.config import load_policy
+from spamgate.logmasking import mask_keys_in_command_output
+from spamgate.preflight import exposed_secret_files
 from spamgate.schema import ConfigError
 
 DEFAULT_CONFIG = "/etc/spamgate/spamgate.yaml"

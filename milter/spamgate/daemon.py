@@ -28,24 +28,20 @@ from functools import partial
 from pathlib import Path
 
 from spamgate import __version__, domains, sdnotify
-from spamgate.accesskeys import KeyMaskingFormatter, exposed_secret_files
 from spamgate.adapter import ListenError, milter_answers, poke, serve, stop_milter
-from spamgate.config import (
-    DnsList,
-    ListenAddress,
-    LogSettings,
-    Nameserver,
-    Policy,
-    load_policy,
-)
+from spamgate.config import load_policy
 from spamgate.engine import Engine
 from spamgate.greylist import Greylister, GreylistTiming
 from spamgate.listhealth import ListMonitor, probe_lists
+from spamgate.logmasking import KeyMaskingFormatter
 from spamgate.metrics import DaemonState, Metrics
+from spamgate.policy import DnsList, Policy
+from spamgate.preflight import exposed_secret_files
 from spamgate.recentrejects import RecentRejects
 from spamgate.resolver import Resolver
 from spamgate.schema import ConfigError
 from spamgate.session import Runtime
+from spamgate.settings import ListenAddress, LogSettings, Nameserver
 from spamgate.state import PausingStore, open_store
 
 log = logging.getLogger("spamgate")
@@ -61,7 +57,7 @@ STATUS_EVERY = 10.0
 EX_CONFIG = 78
 # A reload runs on a thread of its own (Daemon.request_reload). One that has not ended after
 # RELOAD_TIMEOUT seconds is given up and logged as failed: the limits on what a load reads keep
-# it to seconds (config.MAX_POLICY_BYTES, matchlists.MAX_FILE_BYTES), so a longer one is stuck,
+# it to seconds (config.MAX_POLICY_BYTES, config.MAX_FILE_BYTES), so a longer one is stuck,
 # on a file of a hung network mount, say. SIGTERM waits STOP_WAITS_FOR_RELOAD seconds at most
 # for a reload in progress, so that its outcome is logged before the daemon stops.
 RELOAD_TIMEOUT = 60.0

@@ -25,7 +25,7 @@ from spamgate.answers import (
     wait_all,
     when_all_done,
 )
-from spamgate.config import DnsList, IpList, ListHit
+from spamgate.policy import DnsList, IpList, ListHit
 from spamgate.returncodes import BLOCKED_CODES, LOOPBACK_NET
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

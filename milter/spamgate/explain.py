@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TextIO
 
 from spamgate.answers import AnswerKind, DnsAnswer, Pending
-from spamgate.config import Policy
 from spamgate.engine import DEFAULT_GROUP, Action, Engine, Verdict
+from spamgate.policy import Policy
 from spamgate.resolver import Resolver
 from spamgate.session import MessageDecision, RcptDecision, RcptResult, Runtime, Session
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from spamgate.config import GreylistSettings
+from spamgate.policy import GreylistSettings
 from spamgate.state import StateStore
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -9,8 +9,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from spamgate.config import Policy
 from spamgate.listhealth import probe_lists
+from spamgate.policy import Policy
 from spamgate.resolver import Resolver
 from spamgate.state import RedisStore
 

@@ -35,15 +35,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from spamgate.answers import DnsAnswer, Promise, wait_all
-from spamgate.config import (
-    BREAKER_MAX_CLIENTS,
-    Breaker,
-    DnsList,
-    DomainList,
-    HealthSettings,
-    IpList,
-)
 from spamgate.dnslists import Family, ListOutcome, ListStatus, classify, query_name, side_name
+from spamgate.policy import DnsList, DomainList, IpList
+from spamgate.settings import BREAKER_MAX_CLIENTS, Breaker, HealthSettings
 
 log = logging.getLogger("spamgate")
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from spamgate import domains, headers
-from spamgate.config import (
+from spamgate.patterns import Pattern, PatternGroup, RawPattern
+from spamgate.policy import (
     Composite,
     DnsList,
     DomainList,
@@ -31,7 +32,6 @@ from spamgate.config import (
     Rule,
     SenderCheck,
 )
-from spamgate.patterns import Pattern, PatternGroup, RawPattern
 from spamgate.rdns import RdnsStatus, ReverseDns
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
