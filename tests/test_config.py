@@ -462,12 +462,22 @@ BAD_DOCUMENTS = [
     ),
     pytest.param(
         lines("resolver:", "  nameservers: ['127.0.0.1:99999']"),
-        (2, 17, "resolver.nameservers[0]", "bad port in '127.0.0.1:99999'"),
+        (
+            2,
+            17,
+            "resolver.nameservers[0]",
+            "expected IP, IP:PORT or [IPv6]:PORT with a port 1-65535, got '127.0.0.1:99999'",
+        ),
         id="nameserver-port-too-big",
     ),
     pytest.param(
         lines("resolver:", "  nameservers: ['[::1]:x']"),
-        (2, 17, "resolver.nameservers[0]", "bad port in '[::1]:x'"),
+        (
+            2,
+            17,
+            "resolver.nameservers[0]",
+            "expected IP, IP:PORT or [IPv6]:PORT with a port 1-65535, got '[::1]:x'",
+        ),
         id="nameserver-bracketed-bad-port",
     ),
     pytest.param(

@@ -67,17 +67,12 @@ class ListenAddress:
             return cls("unix", path=rest)
         if family not in ("inet", "inet6"):
             raise ValueError(f"unknown socket family {family!r}: use inet, inet6 or unix")
-        port_text, at, host = rest.partition("@")
-        if not at or not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
-            raise ValueError(f"expected {family}:PORT@HOST with a port 1-65535, got {value!r}")
-        host = host.strip("[]")
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"listen host must be an IP address, got {host!r}") from None
-        if (family == "inet6") != (address.version == 6):
+        host, port = parse_endpoint(
+            rest, notation=f"{family}:PORT@HOST", subject="listen host", shown=value, milter=True
+        )
+        if (family == "inet6") != (ipaddress.ip_address(host).version == 6):
             raise ValueError(f"{family} needs an IPv{6 if family == 'inet6' else 4} address")
-        return cls(family, host=host, port=int(port_text))
+        return cls(family, host=host, port=port)
 
     def __str__(self) -> str:
         if self.family == "unix":
@@ -99,30 +94,64 @@ class Nameserver:
     def from_config(cls, value: object) -> Nameserver:
         if not isinstance(value, str):
             raise ValueError(f"expected an address such as 127.0.0.1:53, got {value!r}")
-        host, port = value, 53
-        if value.startswith("["):
-            host, _, tail = value[1:].partition("]")
-            if tail:
-                if not tail.startswith(":"):
-                    raise ValueError(f"expected [IPv6]:PORT, got {value!r}")
-                port = _port(tail[1:], value)
-        elif value.count(":") == 1:
-            host, _, port_text = value.partition(":")
-            port = _port(port_text, value)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"nameserver must be an IP address, got {host!r}") from None
+        host, port = parse_endpoint(
+            value, notation="IP, IP:PORT or [IPv6]:PORT", subject="nameserver", default_port=53
+        )
         return cls(host, port)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def _port(text: str, whole: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:
-        raise ValueError(f"bad port in {whole!r}")
-    return int(text)
+def parse_endpoint(
+    text: str,
+    *,
+    notation: str,
+    subject: str,
+    shown: str = "",
+    default_port: int | None = None,
+    milter: bool = False,
+) -> tuple[str, int]:
+    """The IP address and port in `text`: the one reading of an endpoint in the policy.
+
+    `HOST:PORT` or `[IPv6]:PORT` (`metrics.listen`; with a `default_port`, also a bare
+    address, as `resolver.nameservers` has them), or with `milter` libmilter's `PORT@HOST`
+    (`listen: inet:PORT@HOST`). A ValueError says what to write (`notation`) or whose host
+    is not an address (`subject`), and quotes `shown` (the whole value) or `text`.
+    """
+    wrong = ValueError(f"expected {notation} with a port 1-65535, got {shown or text!r}")
+    port_text: str | None
+    if milter:
+        port_text, at, host = text.partition("@")
+        if not at:
+            raise wrong
+        host = host.strip("[]")
+    elif text.startswith("["):
+        host, bracket, tail = text[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise wrong
+        port_text = tail[1:] if tail else None
+    elif default_port is not None and text.count(":") != 1:
+        host, port_text = text, None  # an address alone (an IPv6 one has two colons or more)
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise wrong
+    if port_text is None and default_port is not None:
+        port = default_port
+    elif (
+        port_text is not None
+        and re.fullmatch(r"[0-9]{1,5}", port_text)
+        and 0 < int(port_text) < 65536
+    ):
+        port = int(port_text)
+    else:
+        raise wrong
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{subject} must be an IP address, got {host!r}") from None
+    return host, port
 
 
 @dataclass(frozen=True)
@@ -169,15 +198,9 @@ class MetricsSettings:
                 raise FieldError("listen", str(error)) from None
 
     def address(self) -> tuple[str, int]:
-        host, sep, port = self.listen.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-            raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {self.listen!r}")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"metrics host must be an IP address, got {host!r}") from None
-        return host, int(port)
+        return parse_endpoint(
+            self.listen, notation="HOST:PORT such as 127.0.0.1:9464", subject="metrics host"
+        )
 
 
 @dataclass(frozen=True)
