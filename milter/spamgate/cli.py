@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from spamgate import __version__, explain, listcmd
-from spamgate.config import load_policy
 from spamgate.logmasking import mask_keys_in_command_output
-from spamgate.preflight import exposed_secret_files
+from spamgate.preflight import load_checked_policy
+from spamgate.resolver import system_nameservers
 from spamgate.schema import ConfigError
 
 DEFAULT_CONFIG = "/etc/spamgate/spamgate.yaml"
@@ -61,25 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Every command reads, builds and checks the policy the same way: `run` logs the
+    # pre-flight warnings, check-config prints them, and an error is exit 78 for all.
     try:
-        policy = load_policy(args.config)
+        checked = load_checked_policy(args.config, system_nameservers)
     except ConfigError as error:
         print(f"spamgate: {error}", file=sys.stderr)
         return EX_CONFIG
     except Exception as error:
-        # load_policy raises ConfigError only; anything else is a bug in spamgate. It is still
-        # about this policy, and restarting will not help: one line, and 78, which systemd's
-        # RestartPreventExitStatus= keeps from a restart loop.
+        # Loading raises ConfigError only; anything else is a bug in spamgate. It is still
+        # about this policy, and restarting will not help: one line, and 78 (EX_CONFIG),
+        # which systemd's RestartPreventExitStatus= keeps from a restart loop.
         print(
             f"spamgate: {args.config}: cannot load the policy ({type(error).__name__}: "
             f"{' '.join(str(error).splitlines())}); this is a bug in spamgate, please report it",
             file=sys.stderr,
         )
         return EX_CONFIG
+    policy = checked.policy
     if args.command != "run":
         mask_keys_in_command_output(policy)
     if args.command == "check-config":
-        for warning in exposed_secret_files(policy, args.config):
+        for warning in checked.warnings:
             print(f"spamgate: WARNING: {warning}", file=sys.stderr)
         print(
             f"{args.config}: OK ({len(policy.ip_lists)} IP lists, "
@@ -94,4 +97,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so check-config and explain work without loading libmilter.
     from spamgate.daemon import run  # noqa: PLC0415
 
-    return run(policy, args.config)
+    return run(policy, args.config, checked.warnings)

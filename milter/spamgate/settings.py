@@ -2,7 +2,8 @@
 its DNS lists. Frozen dataclasses, part of the policy (policy.Policy holds them); what they
 mean for mail is in policy.py.
 
-Pure but for one check (HealthSettings.check looks whether `status_file` is a directory).
+Pure: nothing here reads a file or the system (preflight.py checks the settings against the
+machine).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-import os
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -342,8 +342,9 @@ class HealthSettings:
         if self.retry_min > self.retry_max:
             raise FieldError("retry_min", "must not exceed retry_max")
         status = self.status_file
-        if status and (status.endswith("/") or os.path.isdir(status)):
-            # Written every 10 s as a file: a directory fails at run time, every time.
+        if status.endswith("/"):
+            # Written every 10 s as a file: a directory fails at run time, every time. (One
+            # that exists is found by the pre-flight checks, preflight.py.)
             raise FieldError("status_file", f"{status!r} is a directory, not a file name")
 
 
