@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -15,16 +16,12 @@ from spamgate.schema import ConfigError
 
 DEFAULT_CONFIG = "/etc/spamgate/spamgate.yaml"
 
-# Exit codes from sysexits(3): the policy file is bad, the command line is.
-EX_CONFIG = 78
-EX_USAGE = 64
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse would exit 2, which `explain` uses for "quarantine".
         self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checked = load_checked_policy(args.config, system_nameservers)
     except ConfigError as error:
         print(f"spamgate: {error}", file=sys.stderr)
-        return EX_CONFIG
+        return os.EX_CONFIG
     except Exception as error:
         # Loading raises ConfigError only; anything else is a bug in spamgate. It is still
         # about this policy, and restarting will not help: one line, and 78 (EX_CONFIG),
@@ -77,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{' '.join(str(error).splitlines())}); this is a bug in spamgate, please report it",
             file=sys.stderr,
         )
-        return EX_CONFIG
+        return os.EX_CONFIG
     policy = checked.policy
     if args.command != "run":
         mask_keys_in_command_output(policy)

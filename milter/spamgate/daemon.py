@@ -52,7 +52,6 @@ RELOAD_SIGNAL = signal.SIGUSR1
 # with sigtimedwait() by the main thread.
 HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT, RELOAD_SIGNAL}
 STATUS_EVERY = 10.0
-EX_CONFIG = 78
 # A reload runs on a thread of its own (Daemon.request_reload). One that has not ended after
 # RELOAD_TIMEOUT seconds is given up and logged as failed: the limits on what a load reads keep
 # it to seconds (config.MAX_POLICY_BYTES, config.MAX_FILE_BYTES), so a longer one is stuck,

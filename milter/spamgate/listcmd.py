@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from functools import partial
+from os import EX_UNAVAILABLE  # sysexits(3)
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -14,7 +15,6 @@ from spamgate.policy import Policy
 from spamgate.resolver import Resolver
 from spamgate.state import RedisStore
 
-EX_UNAVAILABLE = 69
 STALE_AFTER = 60.0  # the daemon writes every 10 s
 
 
