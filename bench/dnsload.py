@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from spamgate.answers import AnswerKind, DnsAnswer, Promise, wait_all
-from spamgate.config import Nameserver, ResolverSettings
 from spamgate.resolver import Resolver
+from spamgate.settings import Nameserver, ResolverSettings
 from tests.harness.dns import Rbldnsd, Zone
 
 ZONES = tuple(f"list{n}.dnsload.test" for n in range(8))

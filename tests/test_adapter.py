@@ -21,8 +21,8 @@ from Milter import testctx
 from spamgate import schema
 from spamgate.adapter import SpamgateMilter, report_uncaught
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import Policy
 from spamgate.engine import Engine
+from spamgate.policy import Policy
 from spamgate.session import Runtime
 from tests.fakes import NO_REPLY_BITS
 

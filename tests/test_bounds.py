@@ -16,11 +16,12 @@ import pytest
 
 from spamgate import domains, schema
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import HealthSettings, Policy
 from spamgate.dnslists import classify
 from spamgate.listhealth import ListMonitor
+from spamgate.policy import Policy
 from spamgate.resolver import AnswerCache, Question
 from spamgate.rules import RuleBook
+from spamgate.settings import HealthSettings
 from tests.fakes import FakeClock
 
 FLOOD = 10_000  # more distinct inputs than any bound below

@@ -141,10 +141,10 @@ def test_policy_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
 def test_a_bug_while_loading_is_still_one_line_and_exit_78(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def broken(path: object) -> object:
+    def broken(path: object, system_nameservers: object) -> object:
         raise RuntimeError("a bug\nover two lines")
 
-    monkeypatch.setattr(cli, "load_policy", broken)
+    monkeypatch.setattr(cli, "load_checked_policy", broken)
     assert cli.main(["check-config", "-c", "/etc/x.yaml"]) == 78
     assert capsys.readouterr().err == (
         "spamgate: /etc/x.yaml: cannot load the policy (RuntimeError: a bug over two lines); "

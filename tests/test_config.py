@@ -12,25 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from spamgate import config, matchlists, schema
-from spamgate.config import (
-    AddHeaders,
-    Breaker,
-    IpList,
-    ListenAddress,
-    ListHit,
-    LogLevel,
-    Mode,
-    Nameserver,
-    OnError,
-    OnUnusable,
-    Policy,
-    Rule,
-    SocketMode,
-    load_policy,
-)
+from spamgate import config, schema
+from spamgate.config import load_policy
 from spamgate.patterns import Pattern
+from spamgate.policy import AddHeaders, IpList, ListHit, Mode, OnError, OnUnusable, Policy, Rule
 from spamgate.schema import ConfigError
+from spamgate.settings import Breaker, ListenAddress, LogLevel, Nameserver, SocketMode
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config" / "spamgate.yaml"
 
@@ -475,12 +462,22 @@ BAD_DOCUMENTS = [
     ),
     pytest.param(
         lines("resolver:", "  nameservers: ['127.0.0.1:99999']"),
-        (2, 17, "resolver.nameservers[0]", "bad port in '127.0.0.1:99999'"),
+        (
+            2,
+            17,
+            "resolver.nameservers[0]",
+            "expected IP, IP:PORT or [IPv6]:PORT with a port 1-65535, got '127.0.0.1:99999'",
+        ),
         id="nameserver-port-too-big",
     ),
     pytest.param(
         lines("resolver:", "  nameservers: ['[::1]:x']"),
-        (2, 17, "resolver.nameservers[0]", "bad port in '[::1]:x'"),
+        (
+            2,
+            17,
+            "resolver.nameservers[0]",
+            "expected IP, IP:PORT or [IPv6]:PORT with a port 1-65535, got '[::1]:x'",
+        ),
         id="nameserver-bracketed-bad-port",
     ),
     pytest.param(
@@ -1751,7 +1748,7 @@ def test_list_file_that_is_dev_zero_is_refused_at_once(tmp_path: Path) -> None:
 def test_list_files_over_the_limit_together_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(matchlists, "MAX_INCLUDED_BYTES", 2**20)
+    monkeypatch.setattr(config, "MAX_INCLUDED_BYTES", 2**20)
     listed = tmp_path / "nets"
     listed.write_bytes(b"#" * (2**19) + b"\n10.0.0.0/8\n")
     first = f"  clients: [file:{listed}, "
@@ -1769,16 +1766,16 @@ def test_list_file_named_twice_is_read_once_and_its_bytes_make_the_digest(
     listed = tmp_path / "nets"
     listed.write_text("10.0.0.0/8\n")
     reads: list[Path] = []
-    read = matchlists.read_regular_file
+    read = config.read_regular_file
 
     def counting(path: Path, limit: int) -> bytes:
         reads.append(path)
         return read(path, limit)
 
-    monkeypatch.setattr(matchlists, "read_regular_file", counting)
+    monkeypatch.setattr(config, "read_regular_file", counting)
     text = lines("allow:", f"  clients: [file:{listed}]", f"  client_names: [file:{listed}]")
     policy = load(tmp_path, text)
-    assert reads == [listed]
+    assert reads == [tmp_path / "spamgate.yaml", listed]
     assert policy.allow.client_set.match(ipaddress.ip_address("10.1.2.3")) == "10.0.0.0/8"
 
 

@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from spamgate.config import Policy, load_policy
+from spamgate.config import load_policy
+from spamgate.policy import Policy
 from spamgate.schema import ConfigError
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"

@@ -11,14 +11,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from spamgate import daemon as daemon_module
 from spamgate.adapter import milter_answers
-from spamgate.config import ListenAddress, Mode, Policy, load_policy
+from spamgate.config import load_policy
 from spamgate.daemon import Daemon
+from spamgate.policy import Mode, Policy
+from spamgate.preflight import CheckedPolicy, load_checked_policy
+from spamgate.settings import ListenAddress, Nameserver
 from tests.harness.processes import (
     free_port,
     stop_milter_process,
@@ -133,35 +137,12 @@ def test_unwritable_log_target_is_an_error_exit(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"spamgate: cannot log to {missing_dir}/x.log: ")
 
 
-def test_public_resolver_gets_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    from spamgate import schema  # noqa: PLC0415
-    from spamgate.config import Policy  # noqa: PLC0415
-    from spamgate.daemon import Daemon, public_resolvers  # noqa: PLC0415
-
-    text = (
-        'resolver: {nameservers: ["8.8.8.8", "127.0.0.1:5353", "[2606:4700:4700::1111]:53"]}\n'
-        "ip_lists: [{name: ZEN, zone: zen.test, score: 10}]\n" + NO_GREYLISTING
-    )
-    policy = schema.load(Policy, text, "t.yaml")
-    daemon = Daemon(policy, "t.yaml")  # constructed, never started: nothing is sent
-    assert public_resolvers(daemon.resolver.nameservers) == [
-        "8.8.8.8:53",
-        "[2606:4700:4700::1111]:53",
-    ]
-    caplog.set_level("WARNING", logger="spamgate")
-    daemon._log_start()
-    (warning,) = [r.getMessage() for r in caplog.records if "resolver" in r.getMessage()]
-    assert warning.startswith(
-        "DNS lists are asked through 8.8.8.8:53, [2606:4700:4700::1111]:53, a public resolver"
-    )
-
-
 # libmilter's opensocket() binds and listens without a chmod: the script looks at the socket
 # between that call and spamgate's own chmod, under umask 000 (the worst case).
 _BIRTH_MODE_SCRIPT = """
 import os, stat, sys
 from spamgate import adapter
-from spamgate.config import ListenAddress, SocketMode
+from spamgate.settings import ListenAddress, SocketMode
 
 path, mode = sys.argv[1], int(sys.argv[2], 8)
 opensocket = adapter.libmilter.opensocket
@@ -229,7 +210,7 @@ def test_running_as_root_gets_one_warning(
 ) -> None:
     from spamgate import daemon as daemon_module  # noqa: PLC0415
     from spamgate import schema  # noqa: PLC0415
-    from spamgate.config import Policy  # noqa: PLC0415
+    from spamgate.policy import Policy  # noqa: PLC0415
 
     text = "resolver: {nameservers: ['127.0.0.1:53']}\n" + NO_GREYLISTING
     policy = schema.load(Policy, text, "t.yaml")
@@ -243,55 +224,6 @@ def test_running_as_root_gets_one_warning(
         "(systemd/spamgate.service has User=spamgate)"
     ]
     assert warnings == (expected if warned else [])
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        pytest.param(
-            "listen: inet:8894@127.0.0.1\nmetrics: {listen: '[::1]:9464'}\n", [], id="loopback"
-        ),
-        pytest.param("listen: unix:/run/spamgate/spamgate.sock\n", [], id="unix"),
-        pytest.param(
-            "listen: inet:8894@0.0.0.0\nmetrics: {listen: '192.0.2.1:9464'}\n",
-            [
-                "the milter socket inet:8894@0.0.0.0 listens beyond loopback: any host that "
-                "reaches it may use it, and spamgate authenticates no one (firewall it, or use "
-                "a loopback address)",
-                "the metrics endpoint 192.0.2.1:9464 listens beyond loopback: any host that "
-                "reaches it may use it, and spamgate authenticates no one (firewall it, or use "
-                "a loopback address)",
-            ],
-            id="wildcard-and-public",
-        ),
-        pytest.param(
-            "listen: 'inet6:8894@[::]'\n",
-            [
-                "the milter socket inet6:8894@[::] listens beyond loopback: any host that "
-                "reaches it may use it, and spamgate authenticates no one (firewall it, or use "
-                "a loopback address)"
-            ],
-            id="ipv6-wildcard",
-        ),
-    ],
-)
-def test_listeners_beyond_loopback_get_a_warning_each(
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-    text: str,
-    expected: list[str],
-) -> None:
-    from spamgate import daemon as daemon_module  # noqa: PLC0415
-    from spamgate import schema  # noqa: PLC0415
-    from spamgate.config import Policy  # noqa: PLC0415
-
-    text += "resolver: {nameservers: ['127.0.0.1']}\n" + NO_GREYLISTING
-    policy = schema.load(Policy, text, "t.yaml")
-    daemon = daemon_module.Daemon(policy, "t.yaml")  # constructed, never started
-    monkeypatch.setattr(daemon_module.os, "geteuid", lambda: 1000)
-    caplog.set_level("WARNING", logger="spamgate")
-    daemon._log_start()
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == expected
 
 
 # -- reload with a broken or hostile policy (issue 14) -----------------------------------------
@@ -375,10 +307,10 @@ def test_reload_survives_a_bug_in_loading(
 ) -> None:
     daemon, path = _daemon(tmp_path)
 
-    def broken(config_path: str) -> Policy:
+    def broken(config_path: str, system_nameservers: object) -> CheckedPolicy:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(daemon_module, "load_policy", broken)
+    monkeypatch.setattr(daemon_module, "load_checked_policy", broken)
     caplog.set_level("INFO", logger="spamgate")
     assert daemon.reload(timeout=10) is False
     (error,) = _errors(caplog)
@@ -410,16 +342,18 @@ def test_reload_survives_a_bug_in_applying(
 
 
 class _BlockingLoad:
-    """load_policy that blocks until released, counting its calls."""
+    """load_checked_policy that blocks until released, counting its calls."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.release = threading.Event()
 
-    def __call__(self, config_path: str) -> Policy:
+    def __call__(
+        self, config_path: str, system_nameservers: Callable[[], Sequence[Nameserver]]
+    ) -> CheckedPolicy:
         self.calls += 1
         self.release.wait(10)
-        return load_policy(config_path)
+        return load_checked_policy(config_path, system_nameservers)
 
 
 def test_reload_never_waits_and_one_asked_during_a_reload_follows_it(
@@ -427,7 +361,7 @@ def test_reload_never_waits_and_one_asked_during_a_reload_follows_it(
 ) -> None:
     daemon, _ = _daemon(tmp_path)
     blocking = _BlockingLoad()
-    monkeypatch.setattr(daemon_module, "load_policy", blocking)
+    monkeypatch.setattr(daemon_module, "load_checked_policy", blocking)
     started = time.monotonic()
     thread = daemon.request_reload()
     assert thread is not None
@@ -446,7 +380,7 @@ def test_reload_that_does_not_end_is_given_up(
     daemon, path = _daemon(tmp_path)
     old = daemon.policy
     blocking = _BlockingLoad()
-    monkeypatch.setattr(daemon_module, "load_policy", blocking)
+    monkeypatch.setattr(daemon_module, "load_checked_policy", blocking)
     monkeypatch.setattr(daemon_module, "RELOAD_TIMEOUT", 0.2)
     caplog.set_level("INFO", logger="spamgate")
     thread = daemon.request_reload()

@@ -11,11 +11,11 @@ import pytest
 
 from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import IpList, Mode, Policy
 from spamgate.decisionlog import Decision, format_decision, quote, render_list
 from spamgate.dnslists import ListOutcome, ListStatus
 from spamgate.engine import Action, Enforcement, Engine, Hit, Verdict
 from spamgate.metrics import Metrics
+from spamgate.policy import IpList, Mode, Policy
 from spamgate.replies import Reply, rejection
 from spamgate.session import RcptResult, Runtime, Session
 from tests.fakes import FakeClock, ScriptedLookups

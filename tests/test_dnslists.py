@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import DomainList, HealthSettings, IpList, ListHit
 from spamgate.dnslists import (
     IPAddress,
     ListLookups,
@@ -25,7 +24,9 @@ from spamgate.dnslists import (
 from spamgate.evidence import Stage
 from spamgate.listhealth import ListMonitor
 from spamgate.metrics import Metrics
+from spamgate.policy import DomainList, IpList, ListHit
 from spamgate.returncodes import parse_return_code
+from spamgate.settings import HealthSettings
 from tests.fakes import FakeClock
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import Mode, Policy, Thresholds
 from spamgate.dnslists import ListOutcome, ListStatus, classify
 from spamgate.engine import (
     DEFAULT_GROUP,
@@ -18,6 +17,7 @@ from spamgate.engine import (
     Hit,
     choose_action,
 )
+from spamgate.policy import Mode, Policy, Thresholds
 from spamgate.replies import MAX_TEXT, Reply
 
 POLICY = """

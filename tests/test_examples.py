@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spamgate.config import Policy, Rule, load_policy
+from spamgate.config import load_policy
+from spamgate.policy import Policy, Rule
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 EVERY_KIND = CONFIG / "examples" / "every-rule-kind.yaml"

@@ -13,10 +13,10 @@ import pytest
 
 from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import Policy
 from spamgate.engine import Action, Engine
 from spamgate.greylist import Greylister, GreylistTiming
 from spamgate.metrics import Metrics
+from spamgate.policy import Policy
 from spamgate.session import RcptResult, Runtime, Session
 from spamgate.state import MemoryStore, StateStore
 from tests.fakes import BrokenStore, FakeClock, ScriptedLookups

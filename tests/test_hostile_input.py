@@ -55,8 +55,8 @@ from Milter import testctx
 from spamgate import schema
 from spamgate.adapter import SpamgateMilter, client_address
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import Policy
 from spamgate.engine import Action, Engine
+from spamgate.policy import Policy
 from spamgate.replies import Reply
 from spamgate.session import MessageDecision, RcptDecision, RcptResult, Runtime, Session
 from tests.fakes import NO_REPLY_BITS, FakeClock

@@ -12,7 +12,6 @@ import pytest
 
 from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import BREAKER_MAX_CLIENTS, Breaker, DnsList, HealthSettings, IpList, Policy
 from spamgate.dnslists import (
     Family,
     ListLookups,
@@ -33,6 +32,8 @@ from spamgate.listhealth import (
     probe_names,
     probe_points,
 )
+from spamgate.policy import DnsList, IpList, Policy
+from spamgate.settings import BREAKER_MAX_CLIENTS, Breaker, HealthSettings
 from tests.fakes import FakeClock, ScriptedLookups
 
 POLICY = """

@@ -3,6 +3,7 @@ lists, and how a bad entry is reported through the policy file that names it."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Callable
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from spamgate import matchlists
-from spamgate.config import Policy, load_policy
+from spamgate import config
+from spamgate.config import load_policy
 from spamgate.matchlists import AddressPatterns, EntryError, NamePatterns, NetworkSet, expand
+from spamgate.policy import Policy
 from spamgate.schema import ConfigError
+from spamgate.sources import NamedFiles, building_with
 
 # -- NetworkSet ----------------------------------------------------------------------------------
 
@@ -233,29 +236,38 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def read_with_policy(*paths: Path) -> contextlib.AbstractContextManager[None]:
+    """As while a policy naming `paths` is built: their bytes were read before the build
+    (config.read_sources), and the parsers look them up."""
+    return building_with(NamedFiles(contents={path: path.read_bytes() for path in paths}))
+
+
 def test_file_lines_comments_and_blank_lines(tmp_path: Path) -> None:
     listed = write(
         tmp_path / "nets",
         "# partners\n192.0.2.0/24\n\n   198.51.100.0/24   # office\n#203.0.113.0/24\n\t\n",
     )
-    assert expand(["10.0.0.0/8", f"file:{listed}", " 172.16.0.0/12 "]) == [
-        ("10.0.0.0/8", ""),
-        ("192.0.2.0/24", f"{listed}:2"),
-        ("198.51.100.0/24", f"{listed}:4"),
-        ("172.16.0.0/12", ""),
-    ]
-    networks = NetworkSet.parse([f"file:  {listed}  "])  # space around the path is dropped
+    with read_with_policy(listed):
+        assert expand(["10.0.0.0/8", f"file:{listed}", " 172.16.0.0/12 "]) == [
+            ("10.0.0.0/8", ""),
+            ("192.0.2.0/24", f"{listed}:2"),
+            ("198.51.100.0/24", f"{listed}:4"),
+            ("172.16.0.0/12", ""),
+        ]
+        networks = NetworkSet.parse([f"file:  {listed}  "])  # space around the path is dropped
     assert [str(n) for n in networks.networks] == ["192.0.2.0/24", "198.51.100.0/24"]
 
 
 def test_empty_file_gives_no_entries(tmp_path: Path) -> None:
     listed = write(tmp_path / "empty", "# nothing yet\n")
-    assert not NamePatterns.parse([f"file:{listed}"])
+    with read_with_policy(listed):
+        assert not NamePatterns.parse([f"file:{listed}"])
 
 
 def test_file_of_address_patterns(tmp_path: Path) -> None:
     listed = write(tmp_path / "senders", "@friend.example\nboss@\r\n<>\n")
-    patterns = AddressPatterns.parse([f"file:{listed}"])
+    with read_with_policy(listed):
+        patterns = AddressPatterns.parse([f"file:{listed}"])
     assert patterns.match("a@friend.example") == "@friend.example"
     assert patterns.match("boss@x.example") == "boss@"
     assert patterns.match("") == "<>"
@@ -293,44 +305,59 @@ def test_bad_line_in_file_names_file_and_line(
     tmp_path: Path, parse: Callable[[list[str]], object], text: str, line: int, message: str
 ) -> None:
     listed = write(tmp_path / "list", text)
-    with pytest.raises(EntryError) as caught:
+    with read_with_policy(listed), pytest.raises(EntryError) as caught:
         parse([f"file:{listed}"])
     assert caught.value.where == f"{listed}:{line}"
     assert str(caught.value) == f"{listed}:{line}: {message}"
 
 
+def test_a_file_not_read_with_the_policy_is_an_error_never_a_read(tmp_path: Path) -> None:
+    listed = write(tmp_path / "nets", "192.0.2.0/24\n")  # there, but not read before
+    with pytest.raises(EntryError) as caught:
+        NetworkSet.parse([f"file:{listed}"])
+    assert caught.value.where == str(listed)
+    assert str(caught.value) == (
+        f"{listed}: not read with the policy (a bug in spamgate, please report it)"
+    )
+
+
 def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(EntryError) as caught:
-        NetworkSet.parse([f"file:{missing}"])
-    assert caught.value.where == str(missing)
-    assert str(caught.value) == f"{missing}: cannot read: No such file or directory"
+    policy = write(tmp_path / "spamgate.yaml", f"allow: {{clients: ['file:{missing}']}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_policy(policy)
+    assert str(caught.value) == (
+        f"{policy}:1:19: allow.clients[0]: {missing}: cannot read: No such file or directory"
+    )
 
 
 def test_directory_is_not_a_list(tmp_path: Path) -> None:
-    with pytest.raises(EntryError) as caught:
-        NetworkSet.parse([f"file:{tmp_path}"])
-    assert str(caught.value) == f"{tmp_path}: cannot read: Is a directory"
+    policy = write(tmp_path / "spamgate.yaml", f"allow: {{clients: ['file:{tmp_path}']}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_policy(policy)
+    assert str(caught.value).endswith(f": {tmp_path}: cannot read: Is a directory")
 
 
 def test_non_utf8_file(tmp_path: Path) -> None:
     listed = tmp_path / "latin1"
     listed.write_bytes(b"# caf\xc3\xa9 is fine\n@caf\xe9.example\n")
-    with pytest.raises(EntryError) as caught:
+    with read_with_policy(listed), pytest.raises(EntryError) as caught:
         AddressPatterns.parse([f"file:{listed}"])
     assert str(caught.value) == f"{listed}: not UTF-8 (byte 20)"
 
 
 def test_oversize_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(matchlists, "MAX_FILE_BYTES", 2**20)
+    monkeypatch.setattr(config, "MAX_FILE_BYTES", 2**20)
     at_limit = tmp_path / "at-limit"
     at_limit.write_bytes(b"#" * (2**20 - 1) + b"\n")
-    assert NetworkSet.parse([f"file:{at_limit}"]) == NetworkSet(())
+    policy = write(tmp_path / "spamgate.yaml", f"allow: {{clients: ['file:{at_limit}']}}\n")
+    assert load_policy(policy).allow.client_set == NetworkSet(())
     over = tmp_path / "over"
     over.write_bytes(b"#" * 2**20 + b"\n")
-    with pytest.raises(EntryError) as caught:
-        NetworkSet.parse([f"file:{over}"])
-    assert str(caught.value) == f"{over}: larger than 1 MiB"
+    policy = write(tmp_path / "spamgate.yaml", f"allow: {{clients: ['file:{over}']}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_policy(policy)
+    assert str(caught.value) == f"{policy}:1:19: allow.clients[0]: {over}: larger than 1 MiB"
 
 
 # -- through the policy file ---------------------------------------------------------------------

@@ -20,9 +20,9 @@ import pytest
 
 from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer, Pending, wait_all
-from spamgate.config import Policy
 from spamgate.daemon import GC_YOUNG_THRESHOLD, settle_memory
 from spamgate.engine import Engine
+from spamgate.policy import Policy
 from spamgate.session import Runtime, Session
 from tests.fakes import FakeClock, ScriptedLookups
 

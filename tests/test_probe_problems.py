@@ -7,9 +7,9 @@ import pytest
 
 from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import Policy
 from spamgate.evidence import Family
 from spamgate.listhealth import ProbeFault, ProbeProblem, ProbeVerdict, judge_probe
+from spamgate.policy import Policy
 
 ZEN = schema.load(
     Policy, "ip_lists: [{name: ZEN, zone: zen.test, score: 10}]\n", "t.yaml"

@@ -13,8 +13,8 @@ import pytest
 
 from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import Policy
 from spamgate.engine import Engine
+from spamgate.policy import Policy
 from spamgate.recentrejects import RecentRejects
 from spamgate.session import Runtime, Session
 from spamgate.state import MemoryStore, StateStore

@@ -24,13 +24,13 @@ import pytest
 
 from spamgate import dnswire
 from spamgate.answers import AnswerKind, DnsAnswer, Promise, wait_all
-from spamgate.config import Nameserver, ResolverSettings
 from spamgate.resolver import (
     AnswerCache,
     Question,
     Resolver,
     system_nameservers,
 )
+from spamgate.settings import Nameserver, ResolverSettings
 from tests.fakes import FakeClock
 
 QNAME = "2.0.0.127.zen.test"

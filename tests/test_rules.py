@@ -13,7 +13,7 @@ import ipaddress
 import pytest
 
 from spamgate import schema
-from spamgate.config import Policy
+from spamgate.policy import Policy
 from spamgate.rdns import RdnsStatus, ReverseDns
 from spamgate.rules import (
     ConnectionFacts,

@@ -13,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.accesskeys import (
-    KeyMaskingFormatter,
-    exposed_secret_files,
-    inline_access_key,
-    mask_access_key,
-)
+from spamgate.accesskeys import inline_access_key, mask_access_key
 from spamgate.config import load_policy
 from spamgate.listhealth import probe_names
+from spamgate.logmasking import KeyMaskingFormatter
+from spamgate.preflight import exposed_secret_files
 from spamgate.schema import ConfigError
 from tests.harness.processes import free_port, stop_milter_process, tcp_accepts, wait_until
 from tests.test_cli import spamgate
@@ -420,7 +417,7 @@ def test_commands_mask_keys_in_what_modules_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """check-config --probe and explain use the resolver, which may log a query name."""
-    from spamgate.accesskeys import mask_keys_in_command_output  # noqa: PLC0415
+    from spamgate.logmasking import mask_keys_in_command_output  # noqa: PLC0415
 
     logger = logging.getLogger("spamgate")
     saved = logger.handlers[:]

@@ -21,8 +21,8 @@ import pytest
 
 from spamgate import headers, schema
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import Policy
 from spamgate.engine import Action, Engine
+from spamgate.policy import Policy
 from spamgate.replies import Reply
 from spamgate.session import (
     MAX_PARSED_PER_HEADER,

@@ -36,11 +36,12 @@ from typing import Any, TypeVar
 import Milter
 import milter as libmilter
 
-from spamgate.config import ListenAddress, OnError, SocketMode
 from spamgate.decisionlog import quote
 from spamgate.dnslists import IPAddress
+from spamgate.policy import OnError
 from spamgate.replies import Reply, internal_error
 from spamgate.session import Runtime, Session
+from spamgate.settings import ListenAddress, SocketMode
 
 log = logging.getLogger("spamgate")
 decisions = logging.getLogger("spamgate.decision")

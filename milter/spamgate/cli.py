@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from spamgate import __version__, explain, listcmd
-from spamgate.accesskeys import exposed_secret_files, mask_keys_in_command_output
-from spamgate.config import load_policy
+from spamgate.logmasking import mask_keys_in_command_output
+from spamgate.preflight import load_checked_policy
+from spamgate.resolver import system_nameservers
 from spamgate.schema import ConfigError
 
 DEFAULT_CONFIG = "/etc/spamgate/spamgate.yaml"
-
-# Exit codes from sysexits(3): the policy file is bad, the command line is.
-EX_CONFIG = 78
-EX_USAGE = 64
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse would exit 2, which `explain` uses for "quarantine".
         self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,25 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Every command reads, builds and checks the policy the same way: `run` logs the
+    # pre-flight warnings, check-config prints them, and an error is exit 78 for all.
     try:
-        policy = load_policy(args.config)
+        checked = load_checked_policy(args.config, system_nameservers)
     except ConfigError as error:
         print(f"spamgate: {error}", file=sys.stderr)
-        return EX_CONFIG
+        return os.EX_CONFIG
     except Exception as error:
-        # load_policy raises ConfigError only; anything else is a bug in spamgate. It is still
-        # about this policy, and restarting will not help: one line, and 78, which systemd's
-        # RestartPreventExitStatus= keeps from a restart loop.
+        # Loading raises ConfigError only; anything else is a bug in spamgate. It is still
+        # about this policy, and restarting will not help: one line, and 78 (EX_CONFIG),
+        # which systemd's RestartPreventExitStatus= keeps from a restart loop.
         print(
             f"spamgate: {args.config}: cannot load the policy ({type(error).__name__}: "
             f"{' '.join(str(error).splitlines())}); this is a bug in spamgate, please report it",
             file=sys.stderr,
         )
-        return EX_CONFIG
+        return os.EX_CONFIG
+    policy = checked.policy
     if args.command != "run":
         mask_keys_in_command_output(policy)
     if args.command == "check-config":
-        for warning in exposed_secret_files(policy, args.config):
+        for warning in checked.warnings:
             print(f"spamgate: WARNING: {warning}", file=sys.stderr)
         print(
             f"{args.config}: OK ({len(policy.ip_lists)} IP lists, "
@@ -93,4 +94,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so check-config and explain work without loading libmilter.
     from spamgate.daemon import run  # noqa: PLC0415
 
-    return run(policy, args.config)
+    return run(policy, args.config, checked.warnings)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-import ipaddress
 import json
 import logging
 import logging.handlers
@@ -22,30 +21,25 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 from spamgate import __version__, domains, sdnotify
-from spamgate.accesskeys import KeyMaskingFormatter, exposed_secret_files
 from spamgate.adapter import ListenError, milter_answers, poke, serve, stop_milter
-from spamgate.config import (
-    DnsList,
-    ListenAddress,
-    LogSettings,
-    Nameserver,
-    Policy,
-    load_policy,
-)
 from spamgate.engine import Engine
 from spamgate.greylist import Greylister, GreylistTiming
 from spamgate.listhealth import ListMonitor, probe_lists
+from spamgate.logmasking import KeyMaskingFormatter
 from spamgate.metrics import DaemonState, Metrics
+from spamgate.policy import DnsList, Policy
+from spamgate.preflight import load_checked_policy
 from spamgate.recentrejects import RecentRejects
-from spamgate.resolver import Resolver
+from spamgate.resolver import Resolver, system_nameservers
 from spamgate.schema import ConfigError
 from spamgate.session import Runtime
+from spamgate.settings import ListenAddress, LogSettings
 from spamgate.state import PausingStore, open_store
 
 log = logging.getLogger("spamgate")
@@ -58,36 +52,18 @@ RELOAD_SIGNAL = signal.SIGUSR1
 # with sigtimedwait() by the main thread.
 HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT, RELOAD_SIGNAL}
 STATUS_EVERY = 10.0
-EX_CONFIG = 78
 # A reload runs on a thread of its own (Daemon.request_reload). One that has not ended after
 # RELOAD_TIMEOUT seconds is given up and logged as failed: the limits on what a load reads keep
-# it to seconds (config.MAX_POLICY_BYTES, matchlists.MAX_FILE_BYTES), so a longer one is stuck,
+# it to seconds (config.MAX_POLICY_BYTES, config.MAX_FILE_BYTES), so a longer one is stuck,
 # on a file of a hung network mount, say. SIGTERM waits STOP_WAITS_FOR_RELOAD seconds at most
 # for a reload in progress, so that its outcome is logged before the daemon stops.
 RELOAD_TIMEOUT = 60.0
 STOP_WAITS_FOR_RELOAD = 5.0
 
-# Resolvers that DNS list operators refuse (Spamhaus answers them 127.255.255.254): shared by
-# millions, they exceed any free query quota. A local caching resolver is the fix.
 # The watchdog's test of libmilter: a session within this many seconds proves it hands them
 # out; otherwise an option negotiation with our own socket must be answered within the other.
 WATCHDOG_RECENT_SESSION = 30.0
 WATCHDOG_PROBE_TIMEOUT = 5.0
-
-PUBLIC_RESOLVERS = frozenset(
-    ipaddress.ip_address(a)
-    for a in (
-        "8.8.8.8", "8.8.4.4", "2001:4860:4860::8888", "2001:4860:4860::8844",  # Google
-        "1.1.1.1", "1.0.0.1", "2606:4700:4700::1111", "2606:4700:4700::1001",  # Cloudflare
-        "9.9.9.9", "149.112.112.112", "2620:fe::fe", "2620:fe::9",  # Quad9
-        "208.67.222.222", "208.67.220.220", "2620:119:35::35", "2620:119:53::53",  # OpenDNS
-        "94.140.14.14", "94.140.15.15",  # AdGuard
-        "64.6.64.6", "64.6.65.6",  # Verisign
-        "4.2.2.1", "4.2.2.2", "4.2.2.3", "4.2.2.4", "4.2.2.5", "4.2.2.6",  # Level 3
-        "185.228.168.9", "185.228.169.9",  # CleanBrowsing
-        "76.76.2.0", "76.76.10.0",  # Control D
-    )
-)  # fmt: skip
 
 
 class LogFile(logging.FileHandler):
@@ -152,23 +128,6 @@ def settle_memory() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def public_resolvers(nameservers: tuple[Nameserver, ...]) -> list[str]:
-    return [str(ns) for ns in nameservers if ipaddress.ip_address(ns.host) in PUBLIC_RESOLVERS]
-
-
-def beyond_loopback(policy: Policy) -> list[str]:
-    """The listeners of `policy` that other hosts could reach."""
-    found = []
-    listen = policy.listen
-    if listen.family != "unix" and not ipaddress.ip_address(listen.host).is_loopback:
-        found.append(f"the milter socket {listen}")
-    if policy.metrics.listen:
-        host, _ = policy.metrics.address()
-        if not ipaddress.ip_address(host).is_loopback:
-            found.append(f"the metrics endpoint {policy.metrics.listen}")
-    return found
-
-
 def one_line_traceback(error: BaseException) -> str:
     """`error` and its traceback as one log line (a reload's failure is one ERROR line)."""
     text = "".join(traceback.format_exception(error))
@@ -176,9 +135,10 @@ def one_line_traceback(error: BaseException) -> str:
 
 
 class Daemon:
-    def __init__(self, policy: Policy, config_path: str) -> None:
+    def __init__(self, policy: Policy, config_path: str, warnings: Sequence[str] = ()) -> None:
         self.config_path = config_path
         self.policy = policy
+        self._preflight_warnings = tuple(warnings)  # logged at start (preflight.py)
         self.generation = 1
         self.resolver = Resolver(policy.resolver)
         lists = (*policy.ip_lists, *policy.domain_lists)
@@ -332,27 +292,15 @@ class Daemon:
         if os.geteuid() == 0:
             # A warning, not a refusal: `make run` starts it as root on a fresh machine, and
             # spamgate needs no privilege (its ports are unprivileged, it reads no root-only
-            # file), so root only widens what a flaw in it could reach.
+            # file), so root only widens what a flaw in it could reach. About this process,
+            # so not among the pre-flight checks, which check-config runs as whoever checks.
             log.warning(
                 "running as root: spamgate needs no privileges; run it as its own user "
                 "(systemd/spamgate.service has User=spamgate)"
             )
-        self._warn_exposed_secrets(policy)
+        for warning in self._preflight_warnings:
+            log.warning("%s", warning)
         self._log_state(policy)
-        for listener in beyond_loopback(policy):
-            log.warning(
-                "%s listens beyond loopback: any host that reaches it may use it, and spamgate "
-                "authenticates no one (firewall it, or use a loopback address)",
-                listener,
-            )
-        public = public_resolvers(servers)
-        if public and (policy.ip_lists or policy.domain_lists):
-            log.warning(
-                "DNS lists are asked through %s, a public resolver: most list operators refuse "
-                "those (Spamhaus answers 127.255.255.254) and the lists will be unusable; use a "
-                "local caching resolver (resolver.nameservers)",
-                ", ".join(public),
-            )
 
     def _use_state(self, policy: Policy) -> None:
         self._install_state(self._state_for(policy))
@@ -404,10 +352,6 @@ class Daemon:
             )
             return
         log.info("state %s for %s", settings.store_shown, " and ".join(uses))
-
-    def _warn_exposed_secrets(self, policy: Policy) -> None:
-        for warning in exposed_secret_files(policy, self.config_path):
-            log.warning("%s", warning)
 
     def _drain(self) -> None:
         """New sessions are turned away (see SpamgateMilter.negotiate); let the sessions in
@@ -494,7 +438,7 @@ class Daemon:
         stays. Never raises: whatever goes wrong, the daemon serves on."""
         old = self.policy
         try:
-            new = load_policy(self.config_path)
+            checked = load_checked_policy(self.config_path, system_nameservers)
         except ConfigError as error:
             problem = str(error)
         except Exception as error:  # a bug in loading, not a bad file: say where it happened
@@ -504,7 +448,7 @@ class Daemon:
                 if self._reload_given_up or self.stopping.is_set():
                     return
                 try:
-                    self._apply(new)
+                    self._apply(checked.policy, checked.warnings)
                     return
                 except Exception as error:
                     problem = f"cannot apply {self.config_path}: {one_line_traceback(error)}"
@@ -539,7 +483,7 @@ class Daemon:
         if thread.is_alive():
             log.warning("stopping before the reload in progress has ended")
 
-    def _apply(self, new: Policy) -> None:
+    def _apply(self, new: Policy, warnings: Sequence[str] = ()) -> None:
         """Swap `new` in whole, or raise and change nothing that matters: what can fail (the
         engine, the state store, the resolver, the log) is made before anything is installed."""
         old = self.policy
@@ -559,7 +503,8 @@ class Daemon:
                 log.error("reload failed, still using policy %s: log: %s", old.digest, error)
                 return
             self._keys = keys
-        self._warn_exposed_secrets(new)
+        for warning in warnings:  # the pre-flight checks', as at start
+            log.warning("%s", warning)
         for key in ("listen", "socket_mode", "metrics"):
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; it takes effect at the next restart", key)
@@ -698,5 +643,5 @@ class MilterThread(threading.Thread):
             log.warning("libmilter did not stop within 10 s")
 
 
-def run(policy: Policy, config_path: str) -> int:
-    return Daemon(policy, config_path).run()
+def run(policy: Policy, config_path: str, warnings: Sequence[str] = ()) -> int:
+    return Daemon(policy, config_path, warnings).run()

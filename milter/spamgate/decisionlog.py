@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from spamgate.config import Mode
 from spamgate.dnslists import ListOutcome, ListStatus
 from spamgate.engine import DEFAULT_GROUP, Enforcement, Hit, Verdict
+from spamgate.policy import Mode
 
 # A value is bare only if printable ASCII without space, quote, backslash or "=". Anything
 # else is quoted, and a "=" in it is written \x3d: no text a client sends (a HELO, an

@@ -29,11 +29,11 @@ from spamgate.answers import (
     wait_all,
     when_all_done,
 )
-from spamgate.config import DnsList, IpList
 from spamgate.evidence import Family as Family  # noqa: PLC0414
 from spamgate.evidence import ListOutcome as ListOutcome  # noqa: PLC0414
 from spamgate.evidence import ListStatus as ListStatus  # noqa: PLC0414
 from spamgate.evidence import Stage
+from spamgate.policy import DnsList, IpList
 from spamgate.returncodes import BLOCKED_CODES, LOOPBACK_NET
 
 # The name session.py knows addresses.normalize_address by.

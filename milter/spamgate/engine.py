@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from spamgate import domains, replies
-from spamgate.config import (
+from spamgate.dnslists import ListOutcome, ListStatus
+from spamgate.policy import (
     AddHeaders,
     DnsList,
     IpList,
@@ -31,7 +32,6 @@ from spamgate.config import (
     RuleAction,
     Thresholds,
 )
-from spamgate.dnslists import ListOutcome, ListStatus
 from spamgate.replies import Reply
 from spamgate.rules import RuleBook
 

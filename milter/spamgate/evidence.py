@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from spamgate.config import DnsList, ListHit
+from spamgate.policy import DnsList, ListHit
 
 
 class Stage(enum.IntEnum):

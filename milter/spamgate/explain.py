@@ -11,12 +11,13 @@ import argparse
 import ipaddress
 import sys
 from collections.abc import Sequence
+from os import EX_NOINPUT, EX_USAGE  # sysexits(3)
 from pathlib import Path
 from typing import TextIO
 
 from spamgate.answers import AnswerKind, DnsAnswer, Pending
-from spamgate.config import Policy
 from spamgate.engine import DEFAULT_GROUP, Action, Engine, Verdict
+from spamgate.policy import Policy
 from spamgate.resolver import Resolver
 from spamgate.session import MessageDecision, RcptDecision, RcptResult, Runtime, Session
 
@@ -113,8 +114,6 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
 
 
 DEFAULT_RCPT = "someone@example.com"
-EX_USAGE = 64
-EX_NOINPUT = 66
 
 
 def report(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from spamgate.addresses import IPAddress, normalize_address
-from spamgate.config import GreylistSettings
+from spamgate.policy import GreylistSettings
 from spamgate.state import StateStore
 
 

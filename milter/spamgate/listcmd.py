@@ -6,15 +6,15 @@ import json
 import sys
 import time
 from functools import partial
+from os import EX_UNAVAILABLE  # sysexits(3)
 from pathlib import Path
 from typing import Any, TextIO
 
-from spamgate.config import Policy
 from spamgate.listhealth import probe_lists
+from spamgate.policy import Policy
 from spamgate.resolver import Resolver
 from spamgate.state import RedisStore
 
-EX_UNAVAILABLE = 69
 STALE_AFTER = 60.0  # the daemon writes every 10 s
 
 

@@ -36,16 +36,10 @@ from dataclasses import dataclass, field
 
 from spamgate.addresses import IPAddress, normalize_address
 from spamgate.answers import DnsAnswer, Promise, wait_all
-from spamgate.config import (
-    BREAKER_MAX_CLIENTS,
-    Breaker,
-    DnsList,
-    DomainList,
-    HealthSettings,
-    IpList,
-)
 from spamgate.dnslists import classify, query_name, side_name
 from spamgate.evidence import Family, ListOutcome, ListStatus
+from spamgate.policy import DnsList, DomainList, IpList
+from spamgate.settings import BREAKER_MAX_CLIENTS, Breaker, HealthSettings
 
 log = logging.getLogger("spamgate")
 

@@ -2,7 +2,8 @@
 
 Entries come from the policy file or from plain files it names (`file:/path`, one entry per
 line, `#` starts a comment; a relative path is relative to the policy file), so a long list
-can be kept apart and reloaded with the policy.
+can be kept apart and reloaded with the policy. Such files are read with the policy file
+(config.read_sources) and only looked up here, while the policy is built (sources.py).
 
 Name patterns (client names, HELO names) are case-insensitive globs: `mail.example.com`
 matches that name only, `*.example.com` any name below example.com, `*` any run of
@@ -14,150 +15,16 @@ is written `<>`.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import fnmatch
 import ipaddress
-import os
 import re
-import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from spamgate.addresses import IPAddress, IPNetwork, normalize_address, normalize_network
-
-FILE_PREFIX = "file:"
-# The directory a relative `file:` path is read from: the policy file's, while it is loaded.
-include_base: contextvars.ContextVar[Path] = contextvars.ContextVar("include_base", default=Path())
-# A list file is read whole at load; a bound keeps a mistaken path (a log, a mailbox) from
-# eating the daemon's memory, and a load short: 16 MiB is about a million networks, which take
-# some 5 s to parse. All the list files of one load together may hold four times that, each
-# counted as often as the policy names it.
-MAX_FILE_BYTES = 16 * 1024 * 1024
-MAX_INCLUDED_BYTES = 64 * 1024 * 1024
-
-
-class UnreadableFileError(Exception):
-    """A file spamgate will not read; `reason` says why, as an admin reads it."""
-
-    def __init__(self, reason: str, *, too_large: bool = False) -> None:
-        self.reason = reason
-        self.too_large = too_large
-        super().__init__(reason)
-
-
-_KINDS = (
-    (stat.S_ISDIR, "Is a directory"),  # strerror(EISDIR), as open() and read() would say
-    (stat.S_ISFIFO, "a FIFO, not a regular file"),
-    (stat.S_ISCHR, "a character device, not a regular file"),
-    (stat.S_ISBLK, "a block device, not a regular file"),
-    (stat.S_ISSOCK, "a socket, not a regular file"),
-)
-
-
-def read_regular_file(path: Path, limit: int) -> bytes:
-    """The bytes of `path` if it is a regular file of at most `limit` bytes (symbolic links
-    followed), else UnreadableFileError.
-
-    Anything but a regular file is refused before a byte is read: opening a FIFO waits for a
-    writer (forever, and a reload with it), /dev/zero or /dev/urandom never end. The check is
-    made on the path first, so that no device is opened, and again with fstat() on the open
-    descriptor, so that a file swapped for a FIFO in between is caught too; O_NONBLOCK makes
-    that open return at once even for a FIFO. The read stops one byte past `limit` whatever
-    the size said, in case the file grows while it is read.
-    """
-    if "\0" in str(path):  # a double-quoted "\0" in the policy: no file has such a name
-        raise UnreadableFileError("the path holds a NUL character")
-    try:
-        _check_regular(os.stat(path), limit)
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as error:
-        raise UnreadableFileError(error.strerror or str(error)) from None
-    try:
-        _check_regular(os.fstat(descriptor), limit)
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(descriptor, min(1 << 20, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as error:
-        raise UnreadableFileError(error.strerror or str(error)) from None
-    finally:
-        os.close(descriptor)
-    if size > limit:
-        raise UnreadableFileError(f"larger than {size_text(limit)}", too_large=True)
-    return b"".join(chunks)
-
-
-def _check_regular(status: os.stat_result, limit: int) -> None:
-    for test, kind in _KINDS:
-        if test(status.st_mode):
-            raise UnreadableFileError(kind)
-    if not stat.S_ISREG(status.st_mode):
-        raise UnreadableFileError("not a regular file")
-    if status.st_size > limit:
-        raise UnreadableFileError(f"larger than {size_text(limit)}", too_large=True)
-
-
-def size_text(size: int) -> str:
-    """A byte count as the limits are written: 16 MiB, 4 KiB."""
-    for unit, factor in (("MiB", 2**20), ("KiB", 2**10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} bytes"
-
-
-@dataclass
-class IncludedFiles:
-    """The list files read while one policy is loaded: each is read once, however many
-    entries name it, and the policy's digest is taken over the very bytes that were parsed."""
-
-    contents: dict[Path, bytes] = field(default_factory=dict)
-    total: int = 0  # bytes parsed so far, a file counted as often as it is named
-
-
-_included: contextvars.ContextVar[IncludedFiles | None] = contextvars.ContextVar(
-    "included", default=None
-)
-
-
-@contextlib.contextmanager
-def reading_includes(base: Path) -> Iterator[IncludedFiles]:
-    """While a policy file in directory `base` is loaded: where relative `file:` paths start,
-    and the files read."""
-    included = IncludedFiles()
-    base_token = include_base.set(base)
-    token = _included.set(included)
-    try:
-        yield included
-    finally:
-        _included.reset(token)
-        include_base.reset(base_token)
-
-
-def _read_list_file(path: Path) -> bytes:
-    included = _included.get()
-    content = included.contents.get(path) if included is not None else None
-    if content is None:
-        try:
-            content = read_regular_file(path, MAX_FILE_BYTES)
-        except UnreadableFileError as problem:
-            message = problem.reason if problem.too_large else f"cannot read: {problem.reason}"
-            raise EntryError(message, str(path)) from None
-    if included is not None:
-        included.contents[path] = content
-        included.total += len(content)
-        if included.total > MAX_INCLUDED_BYTES:
-            raise EntryError(
-                f"the list files of the policy hold more than {size_text(MAX_INCLUDED_BYTES)} "
-                "together",
-                str(path),
-            )
-    return content
+from spamgate.sources import FILE_PREFIX, named_files
 
 
 class EntryError(ValueError):
@@ -184,17 +51,19 @@ def _expand(entries: Iterable[str]) -> list[tuple[str, str, int]]:
             expanded.append((entry.strip(), "", index))
             continue
         path = include_path(entry)
+        content = named_files().contents.get(path)
+        if content is None:
+            # config.read_sources reads every file the policy names before the build.
+            message = "not read with the policy (a bug in spamgate, please report it)"
+            raise EntryError(message, str(path), index)
         try:
-            text = _read_list_file(path).decode("utf-8")
-        except EntryError as error:
-            error.entry = index
-            raise
+            text = content.decode("utf-8")
         except UnicodeDecodeError as error:
             raise EntryError(f"not UTF-8 (byte {error.start})", str(path), index) from None
         for number, line in enumerate(text.splitlines(), start=1):
-            content = line.split("#", 1)[0].strip()
-            if content:
-                expanded.append((content, f"{path}:{number}", index))
+            content_text = line.split("#", 1)[0].strip()
+            if content_text:
+                expanded.append((content_text, f"{path}:{number}", index))
     return expanded
 
 
@@ -203,7 +72,7 @@ T = TypeVar("T")
 
 def include_path(entry: str) -> Path:
     """The file a `file:` entry names; a relative path is relative to the policy file."""
-    return include_base.get() / entry[len(FILE_PREFIX) :].strip()
+    return named_files().list_path(entry)
 
 
 def _parse_each(entries: Iterable[str], parse: Callable[[str], T]) -> list[T]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from spamgate.config import Policy
+from spamgate.policy import Policy
 from spamgate.schema import describe
 
 BEGIN = (

@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 from spamgate import dnswire
 from spamgate.answers import AnswerKind, DnsAnswer, Pending
-from spamgate.config import Nameserver, ResolverSettings
+from spamgate.settings import Nameserver, ResolverSettings
 
 log = logging.getLogger("spamgate.resolver")
 

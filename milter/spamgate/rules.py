@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from spamgate import domains, headers
-from spamgate.config import (
+from spamgate.evidence import Stage as Stage  # noqa: PLC0414
+from spamgate.patterns import Pattern, PatternGroup, RawPattern
+from spamgate.policy import (
     Composite,
     DnsList,
     DomainList,
@@ -30,8 +32,6 @@ from spamgate.config import (
     Rule,
     SenderCheck,
 )
-from spamgate.evidence import Stage as Stage  # noqa: PLC0414
-from spamgate.patterns import Pattern, PatternGroup, RawPattern
 from spamgate.rdns import RdnsStatus, ReverseDns
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

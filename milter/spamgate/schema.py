@@ -13,7 +13,6 @@ import datetime
 import difflib
 import enum
 import math
-import re
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -70,10 +69,13 @@ def setting(
     maximum: float | None = None,
     shown_default: str | None = None,
     key: str | None = None,
+    names_files: NamesFiles | None = None,
 ) -> Any:
     """Declare a configuration field: its doc line, default and numeric bounds.
 
     `key` is the YAML key when it cannot be the field's name (a Python keyword such as `not`).
+    `names_files` marks a field whose values name files the policy is built from: they are
+    found (`file_references`) and read before the build, which only looks them up.
     """
     metadata = {
         "doc": doc,
@@ -81,17 +83,41 @@ def setting(
         "maximum": maximum,
         "shown_default": shown_default,
         "key": key,
+        "names_files": names_files,
     }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
-# Value types that are not dataclasses, enums or plain scalars parse themselves from a YAML
-# scalar; `from_config` raises ValueError with a message for the admin.
-class ScalarValue(typing.Protocol):
-    @classmethod
-    def from_config(cls, value: object) -> Any: ...
+class NamesFiles(enum.Enum):
+    """How a setting's values name files."""
+
+    PATH = "path"  # the value is a file's path (a DNS list's key_file)
+    ENTRIES = "entries"  # an entry `file:PATH` stands for the lines of that file (allow, deny)
+
+
+@dataclass(frozen=True)
+class FileReference:
+    """A value that names a file, where the document has it (1-based, as editors show it).
+
+    `text` is the value as written: a path, or for NamesFiles.ENTRIES any entry of the list
+    (the reader keeps those that are `file:` entries)."""
+
+    names: NamesFiles
+    text: str
+    line: int
+    column: int
+    path: str  # the key path, as errors show it: allow.clients[2]
+
+
+@dataclass(frozen=True)
+class UnionParser:
+    """The parser of a union of value types (IPv4Network | IPv6Network), which the type hint
+    alone cannot choose between; `type_name` is what the reference calls it."""
+
+    type_name: str
+    parse: Callable[[object], Any]
 
 
 _PLAIN_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
@@ -259,8 +285,6 @@ class _Builder:
             return self._build_tuple(hint, node, path)
         if origin is dict:
             return self._build_dict(hint, node, path)
-        if origin is re.Pattern:
-            return self._build_pattern(node, path)
         if hasattr(hint, "from_config"):
             value = self._scalar(node, path)
             # Some values must be read from their text (YAML would read 0440 as octal and
@@ -307,15 +331,6 @@ class _Builder:
                     return member
         raise self.fail(node, path, f"expected one of {', '.join(choices)}, got {_describe(value)}")
 
-    def _build_pattern(self, node: yaml.Node, path: str) -> re.Pattern[str]:
-        value = self._scalar(node, path)
-        if not isinstance(value, str):
-            raise self.fail(node, path, f"expected a regular expression, got {_describe(value)}")
-        try:
-            return re.compile(value)
-        except re.error as error:
-            raise self.fail(node, path, f"invalid regular expression: {error}") from None
-
     def _build_union(self, hint: Any, node: yaml.Node, path: str) -> Any:
         members = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         if type(None) in typing.get_args(hint) and _is_null(node):
@@ -329,7 +344,7 @@ class _Builder:
             raise TypeError(f"schema union {hint!r} at {path} has no parser")
         value = self._scalar(node, path)
         try:
-            return parser(value)
+            return parser.parse(value)
         except ValueError as error:
             raise self.fail(node, path, str(error)) from None
 
@@ -390,31 +405,9 @@ class _Builder:
             if check is not None:
                 check()
         except FieldError as problem:
-            located, where = self._locate(node, path, problem.parts)
+            located, where = _locate(node, path, problem.parts)
             raise self.fail(located, where, str(problem)) from None
         return built
-
-    def _locate(
-        self, node: yaml.Node, path: str, parts: tuple[str | int, ...]
-    ) -> tuple[yaml.Node, str]:
-        """Find the node a FieldError names, falling back to the nearest one that exists."""
-        for part in parts:
-            child: yaml.Node | None = None
-            next_path = path
-            if isinstance(part, int) and isinstance(node, yaml.SequenceNode):
-                child = node.value[part] if 0 <= part < len(node.value) else None
-                next_path = f"{path}[{part}]"
-            elif isinstance(part, str) and isinstance(node, yaml.MappingNode):
-                for key_node, value_node in node.value:
-                    if key_node.value == part:
-                        # The key itself is the better anchor for a scalar value's problem.
-                        child = key_node if isinstance(value_node, yaml.ScalarNode) else value_node
-                next_path = _join(path, part)
-            if child is None:
-                # The key is absent: point at the enclosing mapping, but name the key.
-                return node, next_path if isinstance(part, str) else path
-            node, path = child, next_path
-        return node, path
 
     def _check_bounds(
         self, spec: dataclasses.Field[Any], value: Any, node: yaml.Node, path: str
@@ -430,13 +423,28 @@ class _Builder:
             raise self.fail(node, path, f"must be at most {_number(maximum)}, got {shown}")
 
 
-UNION_PARSERS: dict[Any, Callable[[object], Any]] = {}
+UNION_PARSERS: dict[Any, UnionParser] = {}
 
 T = typing.TypeVar("T")
 
 
-def load(cls: type[T], text: str, source: str) -> T:
-    """Parse YAML `text` into an instance of the dataclass `cls`, or raise ConfigError."""
+@dataclass(frozen=True)
+class Document:
+    """A parsed YAML document, not yet built into objects: the nodes keep every value's
+    position, for the errors of the build and of whatever checks the built objects later."""
+
+    source: str
+    root: yaml.Node
+
+    def error_at(self, parts: tuple[str | int, ...], message: str) -> ConfigError:
+        """A ConfigError at the key `parts` names (or the nearest node that exists)."""
+        node, path = _locate(self.root, "", parts)
+        where = _position(node)
+        return ConfigError(self.source, where.line, where.column, path, message)
+
+
+def parse(text: str, source: str) -> Document:
+    """Parse YAML `text` (from the file `source`) into a Document, or raise ConfigError."""
     try:
         # The reader checks every character here: NUL and other control characters fail.
         loader = _PolicyLoader(text)
@@ -463,8 +471,105 @@ def load(cls: type[T], text: str, source: str) -> T:
         loader.dispose()
     if root is None:
         root = yaml.MappingNode("tag:yaml.org,2002:map", [], yaml.Mark(source, 0, 0, 0, "", 0))
-    result: T = _Builder(source, loader).build(cls, root, "")
+    return Document(source, root)
+
+
+def build(cls: type[T], document: Document) -> T:
+    """An instance of the dataclass `cls` from `document`, or raise ConfigError."""
+    # A loader of its own constructs the scalars (its caches are per build); the nodes were
+    # composed by parse().
+    result: T = _Builder(document.source, yaml.SafeLoader("")).build(cls, document.root, "")
     return result
+
+
+def load(cls: type[T], text: str, source: str) -> T:
+    """Parse YAML `text` into an instance of the dataclass `cls`, or raise ConfigError."""
+    return build(cls, parse(text, source))
+
+
+def file_references(cls: type, document: Document) -> tuple[FileReference, ...]:
+    """Every value of `document` in a field of `cls` (at any depth) marked `names_files`, in
+    the order of the document.
+
+    Lenient: a value of the wrong shape, under an unknown key, is passed over; the build
+    reports it. So the files can be read before the build, which then reads nothing."""
+    found: list[FileReference] = []
+    _find_files(cls, document.root, "", found)
+    return tuple(found)
+
+
+def _find_files(cls: type, node: yaml.Node, path: str, found: list[FileReference]) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    hints = typing.get_type_hints(cls)
+    known = {_yaml_key(f): f for f in dataclasses.fields(cls) if f.init}
+    for key_node, value_node in node.value:
+        spec = known.get(key_node.value) if _is_text(key_node) else None
+        if spec is None:
+            continue
+        child = _join(path, key_node.value)
+        names = spec.metadata.get("names_files")
+        if names is not None:
+            found += _named_files(names, key_node, value_node, child)
+            continue
+        hint = hints[spec.name]
+        nested = _nested_dataclass(hint)
+        if nested is None:
+            continue
+        if typing.get_origin(hint) is tuple:
+            for index, item in enumerate(_items(value_node)):
+                _find_files(nested, item, f"{child}[{index}]", found)
+        else:
+            _find_files(nested, value_node, child, found)
+
+
+def _named_files(
+    names: NamesFiles, key_node: yaml.Node, value_node: yaml.Node, path: str
+) -> list[FileReference]:
+    """The files a setting marked `names_files` names, each located where the build would
+    locate an error about it (_locate): a scalar value at its key, a list's entry at itself."""
+    if names is NamesFiles.PATH:
+        if not (_is_text(value_node) and value_node.value):
+            return []
+        where = _position(key_node)
+        return [FileReference(names, value_node.value, where.line, where.column, path)]
+    found = []
+    for index, item in enumerate(_items(value_node)):
+        if _is_text(item):
+            where = _position(item)
+            entry = f"{path}[{index}]"
+            found.append(FileReference(names, item.value, where.line, where.column, entry))
+    return found
+
+
+def _items(node: yaml.Node) -> list[yaml.Node]:
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _is_text(node: yaml.Node) -> bool:
+    """A scalar the builder reads as a string."""
+    return isinstance(node, yaml.ScalarNode) and node.tag == _CORE_TAG + "str"
+
+
+def _locate(node: yaml.Node, path: str, parts: tuple[str | int, ...]) -> tuple[yaml.Node, str]:
+    """Find the node a FieldError names, falling back to the nearest one that exists."""
+    for part in parts:
+        child: yaml.Node | None = None
+        next_path = path
+        if isinstance(part, int) and isinstance(node, yaml.SequenceNode):
+            child = node.value[part] if 0 <= part < len(node.value) else None
+            next_path = f"{path}[{part}]"
+        elif isinstance(part, str) and isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    # The key itself is the better anchor for a scalar value's problem.
+                    child = key_node if isinstance(value_node, yaml.ScalarNode) else value_node
+            next_path = _join(path, part)
+        if child is None:
+            # The key is absent: point at the enclosing mapping, but name the key.
+            return node, next_path if isinstance(part, str) else path
+        node, path = child, next_path
+    return node, path
 
 
 @dataclass(frozen=True)
@@ -533,14 +638,12 @@ def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is tuple:
         return f"list of {_type_name(typing.get_args(hint)[0])}"
-    if origin is re.Pattern:
-        return "regex"
     if origin is dict:
         return f"mapping of name to {_type_name(typing.get_args(hint)[1])}"
     if origin in (types.UnionType, typing.Union):
         args = typing.get_args(hint)
         if hint in UNION_PARSERS:
-            return getattr(UNION_PARSERS[hint], "type_name", "value")
+            return UNION_PARSERS[hint].type_name
         names = [_type_name(a) for a in args if a is not type(None)]
         optional = " or null" if type(None) in args else ""
         return " or ".join(names) + optional

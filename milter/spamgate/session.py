@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 from spamgate import domains, headers
 from spamgate.answers import Lookups
-from spamgate.config import DomainList, DomainQuery, DomainSource, Mode, Policy
 from spamgate.decisionlog import Decision, format_decision
 from spamgate.dnslists import IPAddress, ListLookups, ListOutcome, lookup_address
 from spamgate.engine import OUR_HEADERS, Action, Enforcement, Engine, Evidence, Group, Verdict
@@ -35,6 +34,7 @@ from spamgate.greylist import Greylister, GreylistOutcome, GreylistTiming, Greyl
 from spamgate.listhealth import ListMonitor
 from spamgate.metrics import Metrics
 from spamgate.nameprobes import PendingResolution
+from spamgate.policy import DomainList, DomainQuery, DomainSource, Mode, Policy
 from spamgate.rdns import PendingReverse, RdnsStatus, ReverseDns, from_mta_macros
 from spamgate.recentrejects import RecentRejects
 from spamgate.replies import Reply

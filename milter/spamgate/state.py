@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from spamgate.config import StateSettings
+from spamgate.settings import StateSettings
 
 if TYPE_CHECKING:
     import redis
