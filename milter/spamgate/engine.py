@@ -89,12 +89,24 @@ class Hit:
     observe: bool = False  # logged, but its score does not count
 
 
+class ListsIgnored(enum.Enum):
+    """Why a client's DNS list results do not count (the log's `lists_ignored`)."""
+
+    NO_ADDRESS = "no-address"  # the MTA gave no IP address: nothing to look up
+    TRUSTED = "trusted"  # in trusted_networks
+    ALLOWED = "allowed"  # an allow list accepted it
+    DENIED = "denied"  # a deny list refused it, unscored
+    NO_DNS = "no-dns"  # `spamgate explain --no-dns`
+    REMEMBERED = "remembered"  # refused lately: its hits are replayed, nothing is asked
+    AUTHENTICATED = "authenticated"  # SASL, with skip_authenticated
+
+
 @dataclass(frozen=True)
 class Evidence:
     """What is known at a decision point. `lists_ignored` says why list results do not count."""
 
     lists: tuple[ListOutcome, ...] = ()
-    lists_ignored: str = ""
+    lists_ignored: ListsIgnored | None = None
     rules: tuple[Rule, ...] = ()
     # IP list hits the client was refused for lately (recentrejects), replayed by name.
     remembered: tuple[str, ...] = ()
@@ -226,7 +238,7 @@ class Engine:
 
     def _silent_lists(self, evidence: Evidence) -> list[DnsList]:
         """The lists with `on_unusable: tempfail` that could not be asked, once each."""
-        if not self._tempfails_on_silence or evidence.lists_ignored:
+        if not self._tempfails_on_silence or evidence.lists_ignored is not None:
             return []  # not asked, or not counted: trusted, allowed, authenticated, ...
         silent = {
             o.dns_list.name: o.dns_list
@@ -279,7 +291,7 @@ class Engine:
 
     @staticmethod
     def _list_hits(evidence: Evidence) -> Iterable[Hit]:
-        if evidence.lists_ignored:
+        if evidence.lists_ignored is not None:
             return
         for outcome in evidence.lists:
             if outcome.status is ListStatus.LISTED:
@@ -351,7 +363,11 @@ class Engine:
         """The client's IP list hits, when they alone reach the reject threshold: a refusal
         worth remembering for the client's address (recentrejects); else ()."""
         reject = group.thresholds.reject
-        if reject is None or verdict.action is not Action.REJECT or evidence.lists_ignored:
+        if (
+            reject is None
+            or verdict.action is not Action.REJECT
+            or evidence.lists_ignored is not None
+        ):
             return ()
         names = {
             hit.name

@@ -30,7 +30,16 @@ from spamgate.answers import Lookups
 from spamgate.config import DomainList, DomainQuery, DomainSource, Mode, Policy
 from spamgate.decisionlog import Decision, format_decision
 from spamgate.dnslists import IPAddress, ListLookups, ListOutcome, lookup_address
-from spamgate.engine import OUR_HEADERS, Action, Enforcement, Engine, Evidence, Group, Verdict
+from spamgate.engine import (
+    OUR_HEADERS,
+    Action,
+    Enforcement,
+    Engine,
+    Evidence,
+    Group,
+    ListsIgnored,
+    Verdict,
+)
 from spamgate.greylist import Greylister, GreylistOutcome, GreylistTiming, GreylistVerdict
 from spamgate.listhealth import ListMonitor
 from spamgate.metrics import Metrics
@@ -188,7 +197,7 @@ class Session:
         self.address_text = "unknown"
         self.client_name = ""
         self.helo_name = ""
-        self.lists_ignored = ""
+        self.lists_ignored: ListsIgnored | None = None
         self.allowed_by = ""
         self.denied_by = ""
         self.our_names: frozenset[str] = frozenset()
@@ -230,14 +239,14 @@ class Session:
             "client_name", deny.client_name_set.match(_verified(client_name))
         )
         if address is None:
-            self.lists_ignored = "no-address"
+            self.lists_ignored = ListsIgnored.NO_ADDRESS
         elif any(lookup_address(address) in net for net in policy.trusted_networks):
-            self.lists_ignored = "trusted"
+            self.lists_ignored = ListsIgnored.TRUSTED
         elif self.allowed_by:
-            self.lists_ignored = "allowed"
+            self.lists_ignored = ListsIgnored.ALLOWED
         elif not self.runtime.dns:
-            self.lists_ignored = "no-dns"
-        if self.lists_ignored or address is None or self._recalls_rejection(address):
+            self.lists_ignored = ListsIgnored.NO_DNS
+        if self.lists_ignored is not None or address is None or self._recalls_rejection(address):
             return
         # Start now, so the lookups overlap HELO, MAIL and the rest of the dialogue.
         self.lookups.start_ip_lists(address, policy.ip_lists)
@@ -268,7 +277,7 @@ class Session:
             self._note_state_failure(f"{type(error).__name__}: {error}")
             return False
         if self.remembered:
-            self.lists_ignored = "remembered"
+            self.lists_ignored = ListsIgnored.REMEMBERED
         return bool(self.remembered)
 
     def _remember_rejection(self, judged: Judgement, group: Group) -> None:
@@ -306,7 +315,7 @@ class Session:
         allow, deny = self.policy.allow, self.policy.deny
         self.allowed_by = self.allowed_by or _labelled("helo", allow.helo_name_set.match(name))
         self.denied_by = self.denied_by or _labelled("helo", deny.helo_name_set.match(name))
-        if self.lists_ignored or not domains.is_fqdn(name):
+        if self.lists_ignored is not None or not domains.is_fqdn(name):
             return
         if self.engine.rulebook.needs_helo_resolution:
             self.helo_resolution = PendingResolution(
@@ -374,7 +383,7 @@ class Session:
         transaction.denied_by = _labelled("sender", deny.sender_set.match(bare or "<>"))
         self.transaction = transaction
         domain = domains.domain_of_address(bare) if bare else None
-        if domain is None or self.lists_ignored or self._skips(transaction):
+        if domain is None or self.lists_ignored is not None or self._skips(transaction):
             return
         if self.engine.rulebook.needs_sender_resolution:
             transaction.sender_resolution = PendingResolution(
@@ -403,7 +412,9 @@ class Session:
             transaction.allowed_by = allowed_by
             transaction.accepted.append(bare)
             # Logged when the transaction ends, with every recipient (end_of_message).
-            transaction.last = self._unscored("allowed", Action.ACCEPT, Enforcement(Action.ACCEPT))
+            transaction.last = self._unscored(
+                ListsIgnored.ALLOWED, Action.ACCEPT, Enforcement(Action.ACCEPT)
+            )
             return RcptDecision(RcptResult.ACCEPT_ALL, why=f"allowed_by={allowed_by}")
         allow_rcpt = _labelled("recipient", self.policy.allow.recipient_set.match(bare))
         if allow_rcpt:
@@ -452,19 +463,21 @@ class Session:
         if group.mode is Mode.OBSERVE:
             # Observe mode refuses nothing, deny lists included: log what would have happened.
             enforcement = Enforcement(Action.ACCEPT, waived_by="observe")
-            transaction.last = self._unscored("denied", Action.REJECT, enforcement)
+            transaction.last = self._unscored(ListsIgnored.DENIED, Action.REJECT, enforcement)
             transaction.accepted.append(bare)
             transaction.group = transaction.group or group
             transaction.groups[group.name] = group
             return RcptDecision(RcptResult.CONTINUE, why=f"denied_by={denied_by}, observe")
         enforcement = self.engine.deny(transaction.decision_id, self.address_text)
         transaction.refused.append(bare)
-        transaction.last = self._unscored("denied", Action.REJECT, enforcement)
+        transaction.last = self._unscored(ListsIgnored.DENIED, Action.REJECT, enforcement)
         return RcptDecision(
             RcptResult.REFUSE, enforcement.reply, action=Action.REJECT, why=f"denied_by={denied_by}"
         )
 
-    def _unscored(self, reason: str, action: Action, enforcement: Enforcement) -> Judgement:
+    def _unscored(
+        self, reason: ListsIgnored, action: Action, enforcement: Enforcement
+    ) -> Judgement:
         """For allow and deny list decisions: nothing is scored, nothing waited for."""
         evidence = Evidence((), reason, ())
         verdict = dataclasses.replace(self.engine.evaluate(evidence), action=action)
@@ -541,7 +554,7 @@ class Session:
         if lowered == "from":
             transaction.from_domains += found
         source = {"from": DomainSource.FROM, "reply-to": DomainSource.REPLY_TO}.get(lowered)
-        if source is not None and not self.lists_ignored and not self._skips(transaction):
+        if source is not None and self.lists_ignored is None and not self._skips(transaction):
             for domain in found[:4]:  # a header with a hundred addresses gets no hundred lookups
                 self._start_domain_lists(source, domain)
 
@@ -607,8 +620,9 @@ class Session:
         of ours, or there is no address to remember it by."""
         if transaction.authenticated:
             return "authenticated"
-        if self.lists_ignored in ("trusted", "no-address"):
-            return self.lists_ignored
+        ignored = self.lists_ignored
+        if ignored in (ListsIgnored.TRUSTED, ListsIgnored.NO_ADDRESS):
+            return str(ignored.value)  # the same token as lists_ignored=
         if self.greylister is None or self.address is None:
             return "no-state"
         return ""
@@ -647,20 +661,22 @@ class Session:
         policy = self.policy
         ignored, remembered = self.lists_ignored, self.remembered
         if (
-            ignored in ("", "remembered")
+            ignored in (None, ListsIgnored.REMEMBERED)
             and transaction.authenticated
             and policy.skip_authenticated
         ):
-            ignored, remembered = "authenticated", ()
+            ignored, remembered = ListsIgnored.AUTHENTICATED, ()
         lookups = transaction.lookups or self.lookups
         outcomes = lookups.collect(policy.resolver.deadline, stage)
         list_hits: list[str] = []
         trial_list_hits: list[str] = []
-        for outcome in () if ignored else outcomes:
+        for outcome in outcomes if ignored is None else ():
             on_trial = outcome.dns_list.mode is Mode.OBSERVE
             (trial_list_hits if on_trial else list_hits).extend(h.name for h in outcome.hits)
         # Trusted, allowed and authenticated clients are not judged by HELO or reverse DNS.
-        facts = self._facts(transaction, stage, connection_rules=ignored in ("", "no-dns"))
+        facts = self._facts(
+            transaction, stage, connection_rules=ignored in (None, ListsIgnored.NO_DNS)
+        )
         rules = self.engine.rulebook.fire(stage, facts, list_hits, trial_list_hits)
         evidence = Evidence(outcomes, ignored, rules, remembered)
         verdict = self.engine.evaluate(evidence, group)
