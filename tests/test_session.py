@@ -27,6 +27,7 @@ from spamgate.replies import Reply
 from spamgate.session import (
     MAX_PARSED_PER_HEADER,
     SPLIT_REPLY,
+    Generation,
     MessageDecision,
     RcptDecision,
     RcptResult,
@@ -1050,6 +1051,40 @@ def test_reverse_lookup_still_running_at_the_deadline_is_unknown() -> None:
     assert decision.verdict is not None and decision.verdict.hits == ()
     harness.session.close()
     assert only_line(harness)["rdns"] == "unknown"
+
+
+# --- a reload --------------------------------------------------------------------------------
+
+
+def _with_digest(text: str, digest: str) -> Policy:
+    policy = schema.load(Policy, TEMPFAIL_BAND + text, "test.yaml")
+    object.__setattr__(policy, "digest", digest)  # as load_policy sets it, from the file
+    return policy
+
+
+def test_a_session_keeps_the_generation_it_started_with() -> None:
+    """A reload installs a new generation in one assignment: a session already started keeps
+    the policy, engine and resolver it started with, all of them (issue 15)."""
+    harness = start(BASE, {ZEN_Q: SBL})
+    runtime = harness.session.runtime
+    runtime.current = Generation(Engine(_with_digest(BASE, "01d")), harness.resolver)
+    session = Session(runtime)
+    observing = TableResolver({ZEN_Q: SBL})
+    runtime.current = Generation(
+        Engine(_with_digest(BASE + "mode: observe\n", "0b5")), observing, number=2
+    )
+    session.connect("unknown", ipaddress.ip_address(CLIENT), {})
+    session.mail("<a@example.org>", False)
+    assert session.rcpt("<user@example.com>").result is RcptResult.REFUSE
+    session.close()
+    assert (fields(harness.log[-1])["policy"], observing.asked) == ("01d", [])
+    later = Session(runtime)  # the next connection gets the new generation
+    later.connect("unknown", ipaddress.ip_address(CLIENT), {})
+    later.mail("<a@example.org>", False)
+    decision = later.rcpt("<user@example.com>")
+    assert (decision.result, decision.why) == (RcptResult.CONTINUE, "observe")
+    later.close()
+    assert (fields(harness.log[-1])["policy"], observing.asked) == ("0b5", [ZEN_Q])
 
 
 # --- one log line per transaction --------------------------------------------------------------

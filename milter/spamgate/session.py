@@ -64,31 +64,70 @@ MAX_PARSED_PER_HEADER = 3
 # Decision ids only need to be unique enough to find one log line: a seeded generator (seeded
 # from os.urandom) gives them without a system call per message, as secrets would make.
 _DECISION_IDS = random.Random()
+_DECISION_LOG = logging.getLogger("spamgate.decision")
 
 
-@dataclass
-class Runtime:
-    """What every session shares. `engine` is read once per connection, so a connection keeps
-    the policy it started with even if a newer one is installed meanwhile."""
+@dataclass(frozen=True)
+class Generation:
+    """Everything made from one policy file: the policy and its engine (compiled rules
+    included), the resolver its settings made, and its greylisting and reject memory.
+
+    A reload makes a new one and installs it with one assignment (`Runtime.current`); a
+    session takes one when it starts and uses only that one, so it never sees the engine of
+    one policy with the resolver or greylist settings of another."""
 
     engine: Engine
     resolver: Lookups
-    clock: Callable[[], float] = time.monotonic
-    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
-    new_id: Callable[[], str] = field(default=lambda: f"{_DECISION_IDS.getrandbits(40):010x}")
-    monitor: ListMonitor | None = None  # None: one for the engine's lists is made
-    # None: when the policy greylists, one that keeps its state in memory (explain, tests).
     greylister: Greylister | None = None
-    recent_rejects: RecentRejects | None = None  # None: no memory of refused clients
-    state_failures: FailureReport = field(default_factory=FailureReport)
-    metrics: Metrics | None = None  # None: nothing counted (explain)
-    log: Callable[[str], None] = logging.getLogger("spamgate.decision").info
-    dns: bool = True  # False (explain --no-dns): no lookups; lists logged as ignored
-    generation: int = 1  # of the policy in `engine`, for the log after reloads
-    draining: bool = False  # stopping: new sessions are turned away
-    _active: int = 0
-    _active_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    last_session_at: float = -1e9  # by `clock`: when libmilter last handed us a session
+    recent_rejects: RecentRejects | None = None
+    number: int = 1  # 1 at start, one more at each reload
+
+    @property
+    def policy(self) -> Policy:
+        return self.engine.policy
+
+
+class Runtime:
+    """What every session shares: the current generation, the clocks, the monitor, metrics
+    and log. Only `current` changes with a reload, in one assignment."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        resolver: Lookups,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        new_id: Callable[[], str] = lambda: f"{_DECISION_IDS.getrandbits(40):010x}",
+        monitor: ListMonitor | None = None,  # None: one for the engine's lists is made
+        # None: when the policy greylists, one that keeps its state in memory (explain, tests).
+        greylister: Greylister | None = None,
+        recent_rejects: RecentRejects | None = None,  # None: no memory of refused clients
+        state_failures: FailureReport | None = None,
+        metrics: Metrics | None = None,  # None: nothing counted (explain)
+        log: Callable[[str], None] = _DECISION_LOG.info,
+        dns: bool = True,  # False (explain --no-dns): no lookups; lists logged as ignored
+        generation: int = 1,
+    ) -> None:
+        policy = engine.policy
+        if monitor is None:
+            monitor = ListMonitor((*policy.ip_lists, *policy.domain_lists), policy.health, clock)
+        if greylister is None and policy.uses_greylist:
+            timing = GreylistTiming.from_settings(policy.greylist)
+            greylister = Greylister(MemoryStore(), timing, time.time)
+        self.current = Generation(engine, resolver, greylister, recent_rejects, generation)
+        self.clock = clock
+        self.now = now
+        self.new_id = new_id
+        self.monitor = monitor
+        self.state_failures = FailureReport() if state_failures is None else state_failures
+        self.metrics = metrics
+        self.log = log
+        self.dns = dns
+        self.draining = False  # stopping: new sessions are turned away
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self.last_session_at = -1e9  # by `clock`: when libmilter last handed us a session
 
     def session_started(self) -> None:
         with self._active_lock:
@@ -101,16 +140,6 @@ class Runtime:
 
     def active_sessions(self) -> int:
         return self._active
-
-    def __post_init__(self) -> None:
-        if self.monitor is None:
-            policy = self.engine.policy
-            lists = (*policy.ip_lists, *policy.domain_lists)
-            self.monitor = ListMonitor(lists, policy.health, self.clock)
-        policy = self.engine.policy
-        if self.greylister is None and policy.uses_greylist:
-            timing = GreylistTiming.from_settings(policy.greylist)
-            self.greylister = Greylister(MemoryStore(), timing, time.time)
 
 
 class RcptResult(enum.Enum):
@@ -186,13 +215,17 @@ class Transaction:
 class Session:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.engine = runtime.engine  # read once: the policy this connection keeps
-        self.resolver = runtime.resolver  # likewise, should a reload replace it
-        self.greylister = runtime.greylister
-        self.recent_rejects = runtime.recent_rejects
+        # Read once: the generation (policy, engine, resolver, state) this connection keeps,
+        # whatever a reload installs meanwhile.
+        generation = runtime.current
+        self.generation = generation
+        self.engine = generation.engine
+        self.policy: Policy = generation.policy
+        self.resolver = generation.resolver
+        self.greylister = generation.greylister
+        self.recent_rejects = generation.recent_rejects
         self.remembered: tuple[str, ...] = ()  # hits it was refused for lately, if any
         self._rejection_noted = False
-        self.policy: Policy = runtime.engine.policy
         self.address: IPAddress | None = None
         self.address_text = "unknown"
         self.client_name = ""
@@ -803,7 +836,6 @@ class _Recorders:
     """Where list outcomes go: the health monitor, and the metrics if counted."""
 
     def __init__(self, runtime: Runtime) -> None:
-        assert runtime.monitor is not None
         self._monitor = runtime.monitor
         self._metrics = runtime.metrics
 
