@@ -17,6 +17,7 @@ from spamgate.engine import (
     Group,
     Hit,
     ListsIgnored,
+    Verdict,
     choose_action,
 )
 from spamgate.replies import MAX_TEXT, Reply
@@ -588,7 +589,24 @@ def test_a_percent_sign_in_a_reason_is_doubled_for_libmilter() -> None:
 )
 def test_deny_is_a_550_with_the_deny_reply(extra: str, text: str) -> None:
     eng = engine(extra)
-    assert eng.deny("d-1", "192.0.2.66") == Enforcement(Action.REJECT, Reply(550, "5.7.1", text))
+    denied = Verdict(0.0, (), Action.REJECT)
+    enforced = eng.enforce(denied, "d-1", client="192.0.2.66", denied=True)
+    assert enforced == Enforcement(Action.REJECT, Reply(550, "5.7.1", text))
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "enforced"),
+    [
+        pytest.param("", Action.ACCEPT, id="unscored-below-tag"),
+        pytest.param("thresholds: {tag: 0, greylist: null, reject: 10}\n", Action.TAG, id="tag-0"),
+    ],
+)
+def test_observe_mode_waives_a_deny_like_any_refusal(thresholds: str, enforced: Action) -> None:
+    eng = engine("mode: observe\n" + thresholds)
+    denied = Verdict(0.0, (), Action.REJECT)
+    assert eng.enforce(denied, "d-1", client="192.0.2.66", denied=True) == Enforcement(
+        enforced, waived_by="observe"
+    )
 
 
 # --- a list that cannot be asked: on_unusable ---------------------------------------------------

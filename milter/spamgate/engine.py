@@ -10,6 +10,9 @@ always for one group.
 A list with `on_unusable: tempfail` that could not be asked turns the action into TEMPFAIL
 when its answer could have changed the action (`_defers`); the verdict names it in
 `tempfail_by`, and the reply names the list, never its zone.
+
+`decision.decide` is what asks the engine, once per decision point; what to make of allow and
+deny lists, exempt recipients and recipients of several groups is decided there.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from spamgate import domains, replies
 from spamgate.config import (
     AddHeaders,
     DnsList,
+    DomainSource,
     IpList,
     Mode,
     OnUnusable,
@@ -153,7 +157,23 @@ class Engine:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.rulebook = RuleBook(policy)
+        self.rulebook = rulebook = RuleBook(policy)
+        # What a session must gather for this policy, worked out once (not per connection).
+        checked = {source for d in policy.domain_lists for source in d.check_names}
+        self.needs_rdns = (
+            rulebook.needs_rdns
+            or bool(policy.allow.client_name_set or policy.deny.client_name_set)
+            or DomainSource.PTR in checked
+        )
+        self.needs_helo_resolution = rulebook.needs_helo_resolution
+        self.needs_sender_resolution = rulebook.needs_sender_resolution
+        self.counted_headers = rulebook.counted_headers
+        # Headers worth parsing: those rules judge, and those whose domains lists look up.
+        self.parsed_headers = rulebook.parsed_headers | {
+            name
+            for name, source in (("from", DomainSource.FROM), ("reply-to", DomainSource.REPLY_TO))
+            if source in checked
+        }
         self._exempt_locals = {e.lower() for e in policy.exempt_recipients if "@" not in e}
         self._exempt_addresses = {e.lower() for e in policy.exempt_recipients if "@" in e}
         self.default_group = Group(DEFAULT_GROUP, policy.mode, policy.thresholds, {})
@@ -179,6 +199,10 @@ class Engine:
             )
             for entry in policy.recipient_policies
         ]
+
+    def match_header(self, lowered_name: str, value: str) -> list[str]:
+        """The pattern rules that fire on one header as it arrives (rules.RuleBook)."""
+        return self.rulebook.match_header(lowered_name, value)
 
     def group_named(self, name: str) -> Group:
         return next((g for _, g in self._groups if g.name == name), self.default_group)
@@ -313,8 +337,14 @@ class Engine:
         exempt: bool = False,
         client: str = "",
         group: Group | None = None,
+        denied: bool = False,
     ) -> Enforcement:
-        """Turn a verdict into what the sender sees. `exempt`: a recipient must not be refused."""
+        """Turn a verdict into what the sender sees. `exempt`: a recipient must not be refused.
+        `denied`: a deny list refused it (the verdict says reject, unscored): `deny.reply`.
+
+        Observe mode and exempt recipients waive a refusal the same way whatever made it, a
+        score, a rule's action or a deny list: the mail is accepted, tagged if its score
+        reaches `tag`."""
         group = group or self.default_group
         tag = group.thresholds.tag
         tagged = tag is not None and verdict.score >= tag
@@ -323,8 +353,11 @@ class Engine:
         waived_by = "observe" if group.mode is Mode.OBSERVE else "exempt" if exempt else ""
         if waived_by:
             return Enforcement(Action.TAG if tagged else Action.ACCEPT, waived_by=waived_by)
+        if denied:
+            text = fill(self.policy.deny.reply, {"id": decision_id, "client": client})
+            return Enforcement(Action.REJECT, replies.rejection(text))
         if verdict.action is Action.GREYLIST:
-            # Whether this triplet must retry is for the session to ask the greylist state.
+            # Whether the triplets must retry is for the greylist state to say (decision.py).
             return Enforcement(Action.GREYLIST)
         if verdict.tempfail_by:
             displays = ", ".join(dict.fromkeys(self._displays[n] for n in verdict.tempfail_by))
@@ -379,10 +412,6 @@ class Engine:
         if not listed or sum(h.score for h in listed) < reject:
             return ()
         return tuple(h.name for h in listed)
-
-    def deny(self, decision_id: str, client: str) -> Enforcement:
-        text = fill(self.policy.deny.reply, {"id": decision_id, "client": client})
-        return Enforcement(Action.REJECT, replies.rejection(text))
 
     @staticmethod
     def reasons(verdict: Verdict) -> str:
