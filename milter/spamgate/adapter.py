@@ -43,7 +43,6 @@ from spamgate.replies import Reply, internal_error
 from spamgate.session import Runtime, Session
 
 log = logging.getLogger("spamgate")
-decisions = logging.getLogger("spamgate.decision")
 
 # The only actions spamgate takes (asking for no more lets the MTA skip the rest), and the
 # macros it reads, per stage. libmilter allows five macros per stage.
