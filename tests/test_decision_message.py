@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from spamgate import decision
-from spamgate.decision import Need, Retry, Ruling, decide
+from spamgate.decision import Client, Need, Retry, Ruling, decide
 from spamgate.engine import Action, ListsIgnored
 from spamgate.replies import Reply
-from tests.rulings import ALLOW, CLEAN, GROUPS, PBL, SBL, SPAM, engine, facts
+from tests.rulings import ALLOW, CLEAN, DENY, GATHERED, GROUPS, PBL, SBL, SPAM, engine, facts
 
 # --- end of message --------------------------------------------------------------------------
 
@@ -280,3 +280,17 @@ def test_ignored_at_connect(given: dict[str, Any], expected: ListsIgnored | None
 def test_first_match_wins() -> None:
     first = decision.Listed("client:a", "")
     assert first.then(decision.Listed("helo:b", "helo:c")) == decision.Listed("client:a", "helo:c")
+
+
+def test_a_second_helo_keeps_the_first_match_and_resolves_again() -> None:
+    """Matches stick (a client cannot shed a deny by saying HELO again); whether the new name
+    resolves is a new question."""
+    policy = engine(DENY).policy
+    first = decision.greeted(policy, Client(known=GATHERED, helo_resolves=False), "mx.bad.example")
+    again = decision.greeted(policy, first, "mx.good.example")
+    assert (again.helo, again.listed.denied_by, again.known, again.helo_resolves) == (
+        "mx.good.example",
+        "helo:*.bad.example",
+        Need.CLIENT_NAME,
+        None,
+    )

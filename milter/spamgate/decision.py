@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from spamgate.engine import (
     ListsIgnored,
     Verdict,
 )
+from spamgate.matchlists import AddressPatterns, NamePatterns
 from spamgate.rdns import RdnsStatus, ReverseDns
 from spamgate.replies import Reply
 from spamgate.rules import ConnectionFacts, EnvelopeFacts, MessageFacts, Stage
@@ -58,6 +60,8 @@ SPLIT_REPLY = Reply(
     452, "4.5.3", "Too many recipients: this one has another filter policy, send it separately"
 )
 UNKNOWN_RDNS = ReverseDns(RdnsStatus.UNKNOWN)
+_NO_CONNECTION_FACTS = ConnectionFacts()  # trusted, allowed, authenticated: no rule sees them
+_NO_MESSAGE_FACTS = MessageFacts()  # at RCPT TO
 
 
 class Need(enum.Flag):
@@ -68,6 +72,12 @@ class Need(enum.Flag):
     HELO_NAME = enum.auto()  # whether the HELO name resolves, waited for (Client.helo_resolves)
     EVIDENCE = enum.auto()  # the stage's list outcomes and whether the sender's domain resolves
     GREYLIST = enum.auto()  # the greylist state's answer for the triplets of `Ruling.ask`
+
+
+# The connection's waits. Flag arithmetic costs microseconds in Python, and `decide` runs a
+# few times per recipient: the common cases are compared with these, not computed.
+CLIENT_WAITS = Need.CLIENT_NAME | Need.HELO_NAME
+_EVIDENCE_AND_CLIENT_WAITS = Need.EVIDENCE | CLIENT_WAITS
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,6 @@ class Envelope:
     unrefusable: int = 0  # how many of `accepted` must not be refused
     groups: tuple[Group, ...] = ()  # the accepted recipients' policy groups, the first first
     judged: bool = False  # the transaction has a verdict for its log line already
-    sender_domain_resolves: bool | None = None  # with Need.EVIDENCE; None: no evidence
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,10 @@ class Facts:
     message: MessageFacts | None = None  # at end of message; None at RCPT TO
     # At end of message: the headers named like ours that came with it, and how often.
     our_headers: Mapping[str, int] = field(default_factory=dict)
-    lists: tuple[ListOutcome, ...] | None = None  # the stage's outcomes; None: not gathered
+    # With Need.EVIDENCE: the stage's list outcomes (None: not gathered yet), and whether the
+    # sender's domain resolves (None: no evidence).
+    lists: tuple[ListOutcome, ...] | None = None
+    sender_domain_resolves: bool | None = None
     # By recipient: what the greylist state said of every triplet asked in the transaction.
     greylist: Mapping[str, Retry] = field(default_factory=dict)
 
@@ -204,34 +216,38 @@ def _decide_recipient(engine: Engine, facts: Facts) -> Ruling:
     policy = engine.policy
     client, envelope = facts.client, facts.envelope
     recipient = envelope.recipient
-    if engine.is_exempt(recipient):
+    if engine.is_exempt_address(recipient):
         return _unrefusable(engine, facts, "")
-    if Need.CLIENT_NAME not in client.known:
+    known = client.known
+    if known is not CLIENT_WAITS and Need.CLIENT_NAME not in known:
         # The client's confirmed name may be on the allow or deny list.
-        return Ruling(needs=Need.CLIENT_NAME)
-    confirmed = client.rdns.confirmed_name
-    by_name = Listed()
-    if confirmed:
-        by_name = Listed(
-            _labelled("client_name", policy.allow.client_name_set.match(confirmed)),
-            _labelled("client_name", policy.deny.client_name_set.match(confirmed)),
-        )
-    listed = client.listed.then(by_name).then(envelope.listed)
-    if listed.allowed_by:
+        return _asking(Need.CLIENT_NAME)
+    allow, deny = policy.allow, policy.deny
+    confirmed = client.rdns.confirmed_name if engine.lists_client_names else ""
+    allowed_by = client.listed.allowed_by
+    if not allowed_by and confirmed:
+        allowed_by = _matched("client_name", allow.client_name_set, confirmed)
+    allowed_by = allowed_by or envelope.listed.allowed_by
+    if allowed_by:
         judged = _unscored(ListsIgnored.ALLOWED, Action.ACCEPT, Enforcement(Action.ACCEPT))
         return Ruling(
             judged=judged,
-            why=f"allowed_by={listed.allowed_by}",
+            why=f"allowed_by={allowed_by}",
             disposition=Disposition.ALLOWED,
-            allowed_by=listed.allowed_by,
+            allowed_by=allowed_by,
         )
-    allow_recipient = _labelled("recipient", policy.allow.recipient_set.match(recipient))
-    if allow_recipient:
-        return _unrefusable(engine, facts, allow_recipient)
+    lists_recipients = engine.lists_recipients
+    if lists_recipients:
+        allow_recipient = _matched("recipient", allow.recipient_set, recipient)
+        if allow_recipient:
+            return _unrefusable(engine, facts, allow_recipient)
     group = engine.group_for(recipient)
-    denied_by = listed.denied_by or _labelled(
-        "recipient", policy.deny.recipient_set.match(recipient)
-    )
+    denied_by = client.listed.denied_by
+    if not denied_by and confirmed:
+        denied_by = _matched("client_name", deny.client_name_set, confirmed)
+    denied_by = denied_by or envelope.listed.denied_by
+    if not denied_by and lists_recipients:
+        denied_by = _matched("recipient", deny.recipient_set, recipient)
     if denied_by:
         return _deny(engine, facts, group, denied_by)
     groups = envelope.groups
@@ -354,11 +370,10 @@ def _split(why: str) -> Ruling:
 
 def _decide_message(engine: Engine, facts: Facts) -> Ruling:
     envelope = facts.envelope
-    foreign = _foreign_headers(facts.our_headers)
     if envelope.listed.allowed_by and envelope.judged:
         # Allowlisted at RCPT TO: nothing is scored or added, but a verdict header that came
         # from outside must not reach the recipient either.
-        return Ruling(delete_headers=foreign)
+        return Ruling(delete_headers=_foreign_headers(facts.our_headers))
     groups = envelope.groups or (engine.default_group,)
     # Every accepted recipient must not be refused: delivered, tagged, whatever the headers
     # say; with any other recipient the message is judged.
@@ -385,7 +400,7 @@ def _decide_message(engine: Engine, facts: Facts) -> Ruling:
         judged=judged,
         verdict=verdict,
         action=enforcement.action,
-        delete_headers=foreign,
+        delete_headers=_foreign_headers(facts.our_headers),
         add_headers=engine.spam_headers(verdict, enforcement.action)
         + _greylist_headers(facts.greylist),
         quarantine_reason=enforcement.quarantine_reason,
@@ -411,19 +426,20 @@ def _judge(
     ignored = lists_ignored(engine.policy, client, authenticated=envelope.authenticated)
     # Trusted, allowed and authenticated clients are not judged by HELO or reverse DNS.
     connection_rules = ignored in (None, ListsIgnored.NO_DNS)
-    needs = Need.EVIDENCE if facts.lists is None else Need.NOTHING
-    if connection_rules:
-        needs |= (Need.CLIENT_NAME | Need.HELO_NAME) & ~client.known
-    if needs:
-        return Ruling(needs=needs)
-    assert facts.lists is not None
+    waits = connection_rules and client.known is not CLIENT_WAITS
+    if facts.lists is None:
+        if not waits:
+            return _ASK_EVIDENCE
+        return _asking(_EVIDENCE_AND_CLIENT_WAITS & ~client.known)
+    if waits:
+        return _asking(CLIENT_WAITS & ~client.known)
     stage = facts.stage
     list_hits: list[str] = []
     trial_list_hits: list[str] = []
     for outcome in facts.lists if ignored is None else ():
         on_trial = outcome.dns_list.mode is Mode.OBSERVE
         (trial_list_hits if on_trial else list_hits).extend(h.name for h in outcome.hits)
-    connection = ConnectionFacts()
+    connection = _NO_CONNECTION_FACTS
     if connection_rules:
         connection = ConnectionFacts(
             address=client.address,
@@ -438,8 +454,8 @@ def _judge(
         recipients = (*recipients, envelope.recipient)
     rule_facts = RuleFacts(
         connection,
-        EnvelopeFacts(envelope.sender, envelope.sender_domain_resolves, recipients),
-        facts.message or MessageFacts(),
+        EnvelopeFacts(envelope.sender, facts.sender_domain_resolves, recipients),
+        facts.message or _NO_MESSAGE_FACTS,
     )
     rules = engine.rulebook.fire(stage, rule_facts, list_hits, trial_list_hits)
     remembered = client.remembered if ignored is ListsIgnored.REMEMBERED else ()
@@ -504,6 +520,25 @@ def _greylist_headers(answers: Mapping[str, Retry]) -> tuple[tuple[str, str], ..
 # -- facts found as the dialogue goes -------------------------------------------------------
 
 
+def greeted(policy: Policy, client: Client, helo: str) -> Client:
+    """`client` after HELO (or EHLO) `helo`: its allow and deny matches join those so far,
+    and whether the name resolves is to be found again."""
+    return Client(
+        client.address,
+        client.shown,
+        helo,
+        client.our_names,
+        client.our_addresses,
+        client.listed.then(listed_helo(policy, helo)),
+        client.ignored,
+        client.remembered,
+        client.greylist_state,
+        client.known & ~Need.HELO_NAME,
+        client.rdns,
+        None,
+    )
+
+
 def listed_client(policy: Policy, address: IPAddress | None, name: str) -> Listed:
     """The allow and deny entries the client's address or MTA-verified name matches."""
     verified = _verified(name)
@@ -561,6 +596,20 @@ def lists_ignored(policy: Policy, client: Client, *, authenticated: bool) -> Lis
     if ignored in (None, ListsIgnored.REMEMBERED) and authenticated and policy.skip_authenticated:
         return ListsIgnored.AUTHENTICATED
     return ignored
+
+
+@functools.cache
+def _asking(needs: Need) -> Ruling:
+    """A ruling that only asks for `needs` (one each, made once: they come back all day)."""
+    return Ruling(needs=needs)
+
+
+_ASK_EVIDENCE = _asking(Need.EVIDENCE)  # the one asked most: once per decision
+
+
+def _matched(kind: str, patterns: NamePatterns | AddressPatterns, value: str) -> str:
+    """`kind:entry` for the entry `value` matches; "" if none (an empty list costs nothing)."""
+    return _labelled(kind, patterns.match(value)) if patterns and value else ""
 
 
 def _labelled(kind: str, match: str) -> str:

@@ -174,6 +174,11 @@ class Engine:
             for name, source in (("from", DomainSource.FROM), ("reply-to", DomainSource.REPLY_TO))
             if source in checked
         }
+        allow, deny = policy.allow, policy.deny
+        # Whether any allow or deny list names recipients or client names: most name neither,
+        # and a decision then need not try each recipient against empty lists.
+        self.lists_recipients = bool(allow.recipient_set or deny.recipient_set)
+        self.lists_client_names = bool(allow.client_name_set or deny.client_name_set)
         self._exempt_locals = {e.lower() for e in policy.exempt_recipients if "@" not in e}
         self._exempt_addresses = {e.lower() for e in policy.exempt_recipients if "@" in e}
         self.default_group = Group(DEFAULT_GROUP, policy.mode, policy.thresholds, {})
@@ -424,7 +429,10 @@ class Engine:
 
     def is_exempt(self, recipient: str) -> bool:
         """postmaster@ and abuse@ (by default) must always be reachable (RFC 5321 4.5.1)."""
-        address = domains.bare_address(recipient)
+        return self.is_exempt_address(domains.bare_address(recipient))
+
+    def is_exempt_address(self, address: str) -> bool:
+        """is_exempt for an address already bare (domains.bare_address)."""
         local, at, _ = address.rpartition("@")
         if not at:
             local = address

@@ -57,6 +57,7 @@ from spamgate.state import FailureReport, MemoryStore
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_PARSED_PER_HEADER = 3
+_MOST_ROUNDS = len(Need) + 1  # `decide` asks for each need once at most, then answers
 
 
 # Decision ids only need to be unique enough to find one log line: a seeded generator (seeded
@@ -315,14 +316,7 @@ class Session:
 
     def helo(self, name: str) -> None:
         self.helo_name = name
-        client = self.client
-        self.client = dataclasses.replace(
-            client,
-            helo=name,
-            listed=client.listed.then(decision.listed_helo(self.policy, name)),
-            known=client.known & ~Need.HELO_NAME,  # a new name: its own resolution, if any
-            helo_resolves=None,
-        )
+        client = self.client = decision.greeted(self.policy, self.client, name)
         if client.ignored is not None or not domains.is_fqdn(name):
             return
         if self.engine.needs_helo_resolution:
@@ -511,29 +505,29 @@ class Session:
         `decide`, gather what it needs, and ask again (each need once)."""
         stage = Stage.ENVELOPE if message is None else Stage.MESSAGE
         deadline = self.policy.resolver.deadline
+        envelope = Envelope(
+            decision_id=transaction.decision_id,
+            sender=transaction.bare_sender,
+            authenticated=transaction.authenticated,
+            listed=Listed(transaction.allowed_by, transaction.denied_by),
+            recipient=recipient,
+            recipients=tuple(transaction.recipients),
+            accepted=tuple(transaction.accepted),
+            unrefusable=len(transaction.unrefusable),
+            groups=tuple(transaction.groups.values()),
+            judged=transaction.last is not None,
+        )
         lists: tuple[ListOutcome, ...] | None = None
         sender_resolves: bool | None = None
         started: float | None = None
-        for _ in range(len(Need) + 1):
-            envelope = Envelope(
-                decision_id=transaction.decision_id,
-                sender=transaction.bare_sender,
-                authenticated=transaction.authenticated,
-                listed=Listed(transaction.allowed_by, transaction.denied_by),
-                recipient=recipient,
-                recipients=tuple(transaction.recipients),
-                accepted=tuple(transaction.accepted),
-                unrefusable=len(transaction.unrefusable),
-                groups=tuple(transaction.groups.values()),
-                judged=transaction.last is not None,
-                sender_domain_resolves=sender_resolves,
-            )
+        for _ in range(_MOST_ROUNDS):
             facts = Facts(
                 self.client,
                 envelope,
                 message,
                 transaction.our_headers,
                 lists,
+                sender_resolves,
                 transaction.retries,
             )
             ruling = decide(self.engine, facts)
@@ -548,7 +542,8 @@ class Session:
                 lists = (transaction.lookups or self.lookups).collect(deadline, stage)
                 resolution = transaction.sender_resolution
                 sender_resolves = resolution.collect(deadline) if resolution else None
-            self._gather_client(needs, deadline)
+            if needs is not Need.EVIDENCE:
+                self._gather_client(needs, deadline)
             for asked in ruling.ask:
                 self._check_triplet(transaction, asked)
         raise AssertionError(f"decide still needs {ruling.needs} after it was given all")
@@ -561,7 +556,7 @@ class Session:
             rdns = self.rdns() if self.reverse is not None else decision.UNKNOWN_RDNS
         if Need.HELO_NAME in needs and self.helo_resolution is not None:
             helo_resolves = self.helo_resolution.collect(deadline)
-        known = client.known | (needs & (Need.CLIENT_NAME | Need.HELO_NAME))
+        known = client.known | (needs & decision.CLIENT_WAITS)
         if known != client.known:
             self.client = dataclasses.replace(
                 client, known=known, rdns=rdns, helo_resolves=helo_resolves
