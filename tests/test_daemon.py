@@ -296,7 +296,7 @@ def test_reload_of_a_broken_policy_keeps_the_old_one_with_one_error_line(
     (error,) = _errors(caplog)
     assert error.startswith(f"reload failed, still using policy {old.digest}: {problem}")
     assert "\n" not in error
-    assert (daemon.policy, daemon.generation, daemon.runtime.engine.policy) == (old, 1, old)
+    assert (daemon.policy, daemon.generation, daemon.runtime.current.policy) == (old, 1, old)
     path.write_text(GOOD + "mode: observe\n")  # and a good one is taken afterwards
     assert daemon.reload(timeout=10) is True
     assert (daemon.policy.mode, daemon.generation) == (Mode.OBSERVE, 2)
@@ -338,7 +338,7 @@ def test_reload_survives_a_bug_in_applying(
     (error,) = _errors(caplog)
     assert error.startswith(f"reload failed, still using policy {old.digest}: cannot apply {path}")
     assert error.endswith(" | RuntimeError: no engine")
-    assert (daemon.policy, daemon.runtime.engine.policy, daemon.generation) == (old, old, 1)
+    assert (daemon.policy, daemon.runtime.current.policy, daemon.generation) == (old, old, 1)
 
 
 class _BlockingLoad:

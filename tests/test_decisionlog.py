@@ -13,7 +13,7 @@ from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer
 from spamgate.decisionlog import Decision, format_decision, quote, render_list
 from spamgate.dnslists import ListOutcome, ListStatus
-from spamgate.engine import Action, Enforcement, Engine, Hit, Verdict
+from spamgate.engine import Action, Enforcement, Engine, Hit, ListsIgnored, Verdict
 from spamgate.metrics import Metrics
 from spamgate.policy import IpList, Mode, Policy
 from spamgate.replies import Reply, rejection
@@ -162,7 +162,7 @@ def decision(**changes: object) -> Decision:
         "enforced": Enforcement(Action.REJECT, rejection("Message refused: listed")),
         "mode": Mode.ENFORCE,
         "lists": LISTS,
-        "lists_ignored": "",
+        "lists_ignored": None,
         "policy_digest": "4e1f0c9a7b21",
     }
     values.update(changes)
@@ -189,7 +189,7 @@ def test_waived_and_ignored_keys_in_order() -> None:
         decision(
             enforced=Enforcement(Action.TAG, waived_by="observe"),
             mode=Mode.OBSERVE,
-            lists_ignored="authenticated",
+            lists_ignored=ListsIgnored.AUTHENTICATED,
         )
     )
     _, fields = parse_line(line)

@@ -15,6 +15,8 @@ from spamgate.engine import (
     Evidence,
     Group,
     Hit,
+    ListsIgnored,
+    Verdict,
     choose_action,
 )
 from spamgate.policy import Mode, Policy, Thresholds
@@ -59,7 +61,7 @@ def evidence(eng: Engine, bl: tuple[str, ...] = (), wl: bool = False, rules: str
         ),
     ]
     fired = tuple(r for r in eng.policy.rules if r.name in rules.split(","))
-    return Evidence(tuple(outcomes), "", fired)
+    return Evidence(tuple(outcomes), None, fired)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +109,7 @@ def test_thresholds(thresholds: str, score: float, action: Action) -> None:
 def test_lists_ignored_do_not_score() -> None:
     eng = engine()
     full = evidence(eng, ("127.0.0.2",))
-    verdict = eng.evaluate(Evidence(full.lists, "authenticated", full.rules))
+    verdict = eng.evaluate(Evidence(full.lists, ListsIgnored.AUTHENTICATED, full.rules))
     assert verdict.score == 0.0 and verdict.hits == ()
 
 
@@ -325,7 +327,7 @@ rules:
 def observed_engine() -> tuple[Engine, Evidence]:
     eng = Engine(schema.load(Policy, OBSERVED, "t.yaml"))
     listed = classify(eng.policy.ip_lists[0], DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",)))
-    return eng, Evidence((listed,), "", eng.policy.rules)
+    return eng, Evidence((listed,), None, eng.policy.rules)
 
 
 def test_observed_hits_do_not_count_but_say_what_would_have_happened() -> None:
@@ -347,7 +349,7 @@ def test_observed_hits_do_not_count_but_say_what_would_have_happened() -> None:
 
 def test_observed_hits_are_not_reasons() -> None:
     eng, proof = observed_engine()
-    only_observed = Evidence(proof.lists, "", (eng.policy.rules[1],))
+    only_observed = Evidence(proof.lists, None, (eng.policy.rules[1],))
     verdict = eng.evaluate(only_observed)
     assert (verdict.score, verdict.action, verdict.trial_action) == (
         0,
@@ -359,7 +361,7 @@ def test_observed_hits_are_not_reasons() -> None:
         ("X-Spam-Score", "0.0"),
         ("X-Spam-Status", "No, score=0.0 hits=none"),
     )
-    counted = eng.evaluate(Evidence(proof.lists, "", eng.policy.rules))
+    counted = eng.evaluate(Evidence(proof.lists, None, eng.policy.rules))
     assert eng.reasons(counted) == "a counted rule"
 
 
@@ -468,7 +470,7 @@ def test_a_hit_scores_once_however_many_names_matched() -> None:
 def test_a_rule_and_a_list_hit_each_score_once() -> None:
     eng = engine()
     proof = evidence(eng, ("127.0.0.2", "127.0.0.2"), rules="R1")
-    doubled = Evidence(proof.lists * 2, "", proof.rules * 2)
+    doubled = Evidence(proof.lists * 2, None, proof.rules * 2)
     assert eng.evaluate(doubled) == eng.evaluate(proof)
     assert eng.evaluate(doubled).score == 11.5
 
@@ -534,7 +536,7 @@ def long_reasons_policy(template: str) -> str:
 
 def test_reasons_are_cut_so_the_id_survives() -> None:
     eng = Engine(schema.load(Policy, long_reasons_policy("Refused: {reasons} (id {id})"), "t"))
-    verdict = eng.evaluate(Evidence((), "", eng.policy.rules))
+    verdict = eng.evaluate(Evidence((), None, eng.policy.rules))
     assert verdict.action is Action.REJECT  # 5 + 4 + 3
     reply = eng.enforce(verdict, "abc123").reply
     assert reply is not None
@@ -551,7 +553,7 @@ def test_the_id_survives_a_long_reply_template() -> None:
         "(worst first): {reasons} (id {id})"
     )
     eng = Engine(schema.load(Policy, long_reasons_policy(template), "t"))
-    verdict = eng.evaluate(Evidence((), "", eng.policy.rules))
+    verdict = eng.evaluate(Evidence((), None, eng.policy.rules))
     reply = eng.enforce(verdict, "abc123").reply
     assert reply is not None and reply.text.endswith("(id abc123)")
 
@@ -560,7 +562,7 @@ def test_a_percent_sign_in_a_reason_is_doubled_for_libmilter() -> None:
     eng = engine(
         "  - {name: PCT, score: 10, description: 100% spam, header: {name: X-P, missing: true}}\n"
     )
-    reply = eng.enforce(eng.evaluate(Evidence((), "", (eng.policy.rules[-1],))), "p1").reply
+    reply = eng.enforce(eng.evaluate(Evidence((), None, (eng.policy.rules[-1],))), "p1").reply
     assert reply is not None
     assert reply.text == "Message refused: 100% spam (id p1)"
     assert reply.milter_text == "Message refused: 100%% spam (id p1)"
@@ -587,7 +589,24 @@ def test_a_percent_sign_in_a_reason_is_doubled_for_libmilter() -> None:
 )
 def test_deny_is_a_550_with_the_deny_reply(extra: str, text: str) -> None:
     eng = engine(extra)
-    assert eng.deny("d-1", "192.0.2.66") == Enforcement(Action.REJECT, Reply(550, "5.7.1", text))
+    denied = Verdict(0.0, (), Action.REJECT)
+    enforced = eng.enforce(denied, "d-1", client="192.0.2.66", denied=True)
+    assert enforced == Enforcement(Action.REJECT, Reply(550, "5.7.1", text))
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "enforced"),
+    [
+        pytest.param("", Action.ACCEPT, id="unscored-below-tag"),
+        pytest.param("thresholds: {tag: 0, greylist: null, reject: 10}\n", Action.TAG, id="tag-0"),
+    ],
+)
+def test_observe_mode_waives_a_deny_like_any_refusal(thresholds: str, enforced: Action) -> None:
+    eng = engine("mode: observe\n" + thresholds)
+    denied = Verdict(0.0, (), Action.REJECT)
+    assert eng.enforce(denied, "d-1", client="192.0.2.66", denied=True) == Enforcement(
+        enforced, waived_by="observe"
+    )
 
 
 # --- a list that cannot be asked: on_unusable ---------------------------------------------------
@@ -647,7 +666,7 @@ def outcomes(eng: Engine, spec: str) -> tuple[ListOutcome, ...]:
     return tuple(found)
 
 
-def overload_evidence(lists: str, rules: str = "", ignored: str = "") -> Evidence:
+def overload_evidence(lists: str, rules: str = "", ignored: ListsIgnored | None = None) -> Evidence:
     eng = OVERLOAD_ENGINE
     fired = tuple(r for r in eng.policy.rules if r.name in rules.split(","))
     return Evidence(outcomes(eng, lists), ignored, fired)
@@ -811,13 +830,13 @@ def test_a_hit_that_already_scored_adds_nothing() -> None:
 @pytest.mark.parametrize(
     "ignored",
     [
-        pytest.param("authenticated", id="authenticated"),
-        pytest.param("trusted", id="trusted"),
-        pytest.param("allowed", id="allowlisted"),
-        pytest.param("remembered", id="refused-lately"),
+        pytest.param(ListsIgnored.AUTHENTICATED, id="authenticated"),
+        pytest.param(ListsIgnored.TRUSTED, id="trusted"),
+        pytest.param(ListsIgnored.ALLOWED, id="allowlisted"),
+        pytest.param(ListsIgnored.REMEMBERED, id="refused-lately"),
     ],
 )
-def test_lists_not_asked_or_not_counted_never_defer(ignored: str) -> None:
+def test_lists_not_asked_or_not_counted_never_defer(ignored: ListsIgnored) -> None:
     verdict = OVERLOAD_ENGINE.evaluate(overload_evidence("ZEN=unusable", ignored=ignored))
     assert (verdict.action, verdict.tempfail_by) == (Action.ACCEPT, ())
 

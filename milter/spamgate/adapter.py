@@ -44,7 +44,6 @@ from spamgate.session import Runtime, Session
 from spamgate.settings import ListenAddress, SocketMode
 
 log = logging.getLogger("spamgate")
-decisions = logging.getLogger("spamgate.decision")
 
 # The only actions spamgate takes (asking for no more lets the MTA skip the rest), and the
 # macros it reads, per stage. libmilter allows five macros per stage.

@@ -38,7 +38,7 @@ from spamgate.preflight import load_checked_policy
 from spamgate.recentrejects import RecentRejects
 from spamgate.resolver import Resolver, system_nameservers
 from spamgate.schema import ConfigError
-from spamgate.session import Runtime
+from spamgate.session import Generation, Runtime
 from spamgate.settings import ListenAddress, LogSettings
 from spamgate.state import PausingStore, open_store
 
@@ -145,15 +145,18 @@ class Daemon:
         self.monitor = ListMonitor(lists, policy.health, time.monotonic)
         self.metrics = Metrics()
         self._state_store: tuple[tuple[str, float], PausingStore] | None = None
+        state = self._state_for(policy)
+        self._state_store = state.store
         self.runtime = Runtime(
             Engine(policy),
             self.resolver,
             monitor=self.monitor,
             metrics=self.metrics,
             log=decisions.info,
+            greylister=state.greylister,
+            recent_rejects=state.recent_rejects,
             generation=self.generation,
         )
-        self._use_state(policy)
         self.metrics.watch(self._state)
         self.stopping = threading.Event()
         # The reload thread and what it is asked: guarded by _reload_state. An apply holds
@@ -302,9 +305,6 @@ class Daemon:
             log.warning("%s", warning)
         self._log_state(policy)
 
-    def _use_state(self, policy: Policy) -> None:
-        self._install_state(self._state_for(policy))
-
     def _state_for(self, policy: Policy) -> StateParts:
         """Greylisting and the reject memory for `policy`, on the store already open if its
         location is unchanged: a reload keeps the connections, and sessions of the old policy
@@ -324,13 +324,6 @@ class Daemon:
             if settings.remember_rejects:
                 recent = RecentRejects(store, settings.remember_rejects)
         return StateParts(entry, greylister, recent)
-
-    def _install_state(self, parts: StateParts) -> None:
-        self._state_store = parts.store
-        # A session reads these when it starts: one that starts between these assignments and
-        # the engine's uses the new state settings under the old policy, which is harmless.
-        self.runtime.greylister = parts.greylister
-        self.runtime.recent_rejects = parts.recent_rejects
 
     def _log_state(self, policy: Policy) -> None:
         """Say where the state is kept and what uses it, and whether it answers now."""
@@ -356,7 +349,7 @@ class Daemon:
     def _drain(self) -> None:
         """New sessions are turned away (see SpamgateMilter.negotiate); let the sessions in
         progress finish, for `shutdown_grace` seconds at most."""
-        grace = self.runtime.engine.policy.shutdown_grace
+        grace = self.runtime.current.policy.shutdown_grace
         active = self.runtime.active_sessions()
         if not active:
             return
@@ -485,7 +478,8 @@ class Daemon:
 
     def _apply(self, new: Policy, warnings: Sequence[str] = ()) -> None:
         """Swap `new` in whole, or raise and change nothing that matters: what can fail (the
-        engine, the state store, the resolver, the log) is made before anything is installed."""
+        engine, the state store, the resolver, the log) is made before anything is installed,
+        and the sessions' view of it, the generation, is installed last, in one assignment."""
         old = self.policy
         engine = Engine(new)
         state = self._state_for(new)
@@ -508,26 +502,31 @@ class Daemon:
         for key in ("listen", "socket_mode", "metrics"):
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; it takes effect at the next restart", key)
+        generation = Generation(
+            engine,
+            fresh or self.resolver,
+            state.greylister,
+            state.recent_rejects,
+            self.generation + 1,
+        )
         if fresh is not None:
-            self._swap_resolver(new, fresh)
+            self._retire_resolver(new, fresh)
         self.monitor.reconfigure((*new.ip_lists, *new.domain_lists), new.health)
         state_changed = (new.uses_greylist, new.state) != (old.uses_greylist, old.state)
-        self.generation += 1
+        self.generation = generation.number
         self.policy = new
-        self._install_state(state)
-        # One assignment: a connection reads `engine` once when it starts and keeps it.
-        self.runtime.engine = engine
-        self.runtime.generation = self.generation
+        self._state_store = state.store
+        # One assignment: a session takes the generation once, when it starts, and keeps it.
+        self.runtime.current = generation
         log.info(
             "reloaded policy %s (%s), generation %d", self.config_path, new.digest, self.generation
         )
         if state_changed:
             self._log_state(new)
 
-    def _swap_resolver(self, new: Policy, fresh: Resolver) -> None:
+    def _retire_resolver(self, new: Policy, fresh: Resolver) -> None:
         old = self.resolver
         self.resolver = fresh
-        self.runtime.resolver = fresh
         # Sessions that started before keep asking the old one until they end.
         grace = max(new.resolver.deadline, old.settings.deadline) * 2 + new.shutdown_grace
         timer = threading.Timer(grace, old.stop)

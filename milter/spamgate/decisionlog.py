@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from spamgate.dnslists import ListOutcome, ListStatus
-from spamgate.engine import DEFAULT_GROUP, Enforcement, Hit, Verdict
+from spamgate.engine import DEFAULT_GROUP, Enforcement, Hit, ListsIgnored, Verdict
 from spamgate.policy import Mode
 
 # A value is bare only if printable ASCII without space, quote, backslash or "=". Anything
@@ -40,7 +40,7 @@ class Decision:
     enforced: Enforcement
     mode: Mode
     lists: tuple[ListOutcome, ...]
-    lists_ignored: str
+    lists_ignored: ListsIgnored | None
     policy_digest: str
     deferred: tuple[str, ...] = ()
     rdns: str = ""
@@ -114,7 +114,7 @@ def format_decision(decision: Decision) -> str:
         ("fails", ",".join(dict.fromkeys(o.fail_marker for o in unusable))),
         ("rdns", decision.rdns),
         ("lists", ",".join(render_list(o) for o in decision.lists)),
-        ("lists_ignored", decision.lists_ignored),
+        ("lists_ignored", "" if decision.lists_ignored is None else decision.lists_ignored.value),
         ("policy", decision.policy_digest),
     ]
     body = " ".join(

@@ -10,6 +10,9 @@ always for one group.
 A list with `on_unusable: tempfail` that could not be asked turns the action into TEMPFAIL
 when its answer could have changed the action (`_defers`); the verdict names it in
 `tempfail_by`, and the reply names the list, never its zone.
+
+`decision.decide` is what asks the engine, once per decision point; what to make of allow and
+deny lists, exempt recipients and recipients of several groups is decided there.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from spamgate.dnslists import ListOutcome, ListStatus
 from spamgate.policy import (
     AddHeaders,
     DnsList,
+    DomainSource,
     IpList,
     Mode,
     OnUnusable,
@@ -89,12 +93,24 @@ class Hit:
     observe: bool = False  # logged, but its score does not count
 
 
+class ListsIgnored(enum.Enum):
+    """Why a client's DNS list results do not count (the log's `lists_ignored`)."""
+
+    NO_ADDRESS = "no-address"  # the MTA gave no IP address: nothing to look up
+    TRUSTED = "trusted"  # in trusted_networks
+    ALLOWED = "allowed"  # an allow list accepted it
+    DENIED = "denied"  # a deny list refused it, unscored
+    NO_DNS = "no-dns"  # `spamgate explain --no-dns`
+    REMEMBERED = "remembered"  # refused lately: its hits are replayed, nothing is asked
+    AUTHENTICATED = "authenticated"  # SASL, with skip_authenticated
+
+
 @dataclass(frozen=True)
 class Evidence:
     """What is known at a decision point. `lists_ignored` says why list results do not count."""
 
     lists: tuple[ListOutcome, ...] = ()
-    lists_ignored: str = ""
+    lists_ignored: ListsIgnored | None = None
     rules: tuple[Rule, ...] = ()
     # IP list hits the client was refused for lately (recentrejects), replayed by name.
     remembered: tuple[str, ...] = ()
@@ -141,7 +157,28 @@ class Engine:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.rulebook = RuleBook(policy)
+        self.rulebook = rulebook = RuleBook(policy)
+        # What a session must gather for this policy, worked out once (not per connection).
+        checked = {source for d in policy.domain_lists for source in d.check_names}
+        self.needs_rdns = (
+            rulebook.needs_rdns
+            or bool(policy.allow.client_name_set or policy.deny.client_name_set)
+            or DomainSource.PTR in checked
+        )
+        self.needs_helo_resolution = rulebook.needs_helo_resolution
+        self.needs_sender_resolution = rulebook.needs_sender_resolution
+        self.counted_headers = rulebook.counted_headers
+        # Headers worth parsing: those rules judge, and those whose domains lists look up.
+        self.parsed_headers = rulebook.parsed_headers | {
+            name
+            for name, source in (("from", DomainSource.FROM), ("reply-to", DomainSource.REPLY_TO))
+            if source in checked
+        }
+        allow, deny = policy.allow, policy.deny
+        # Whether any allow or deny list names recipients or client names: most name neither,
+        # and a decision then need not try each recipient against empty lists.
+        self.lists_recipients = bool(allow.recipient_set or deny.recipient_set)
+        self.lists_client_names = bool(allow.client_name_set or deny.client_name_set)
         self._exempt_locals = {e.lower() for e in policy.exempt_recipients if "@" not in e}
         self._exempt_addresses = {e.lower() for e in policy.exempt_recipients if "@" in e}
         self.default_group = Group(DEFAULT_GROUP, policy.mode, policy.thresholds, {})
@@ -167,6 +204,10 @@ class Engine:
             )
             for entry in policy.recipient_policies
         ]
+
+    def match_header(self, lowered_name: str, value: str) -> list[str]:
+        """The pattern rules that fire on one header as it arrives (rules.RuleBook)."""
+        return self.rulebook.match_header(lowered_name, value)
 
     def group_named(self, name: str) -> Group:
         return next((g for _, g in self._groups if g.name == name), self.default_group)
@@ -226,7 +267,7 @@ class Engine:
 
     def _silent_lists(self, evidence: Evidence) -> list[DnsList]:
         """The lists with `on_unusable: tempfail` that could not be asked, once each."""
-        if not self._tempfails_on_silence or evidence.lists_ignored:
+        if not self._tempfails_on_silence or evidence.lists_ignored is not None:
             return []  # not asked, or not counted: trusted, allowed, authenticated, ...
         silent = {
             o.dns_list.name: o.dns_list
@@ -279,7 +320,7 @@ class Engine:
 
     @staticmethod
     def _list_hits(evidence: Evidence) -> Iterable[Hit]:
-        if evidence.lists_ignored:
+        if evidence.lists_ignored is not None:
             return
         for outcome in evidence.lists:
             if outcome.status is ListStatus.LISTED:
@@ -301,8 +342,14 @@ class Engine:
         exempt: bool = False,
         client: str = "",
         group: Group | None = None,
+        denied: bool = False,
     ) -> Enforcement:
-        """Turn a verdict into what the sender sees. `exempt`: a recipient must not be refused."""
+        """Turn a verdict into what the sender sees. `exempt`: a recipient must not be refused.
+        `denied`: a deny list refused it (the verdict says reject, unscored): `deny.reply`.
+
+        Observe mode and exempt recipients waive a refusal the same way whatever made it, a
+        score, a rule's action or a deny list: the mail is accepted, tagged if its score
+        reaches `tag`."""
         group = group or self.default_group
         tag = group.thresholds.tag
         tagged = tag is not None and verdict.score >= tag
@@ -311,8 +358,11 @@ class Engine:
         waived_by = "observe" if group.mode is Mode.OBSERVE else "exempt" if exempt else ""
         if waived_by:
             return Enforcement(Action.TAG if tagged else Action.ACCEPT, waived_by=waived_by)
+        if denied:
+            text = fill(self.policy.deny.reply, {"id": decision_id, "client": client})
+            return Enforcement(Action.REJECT, replies.rejection(text))
         if verdict.action is Action.GREYLIST:
-            # Whether this triplet must retry is for the session to ask the greylist state.
+            # Whether the triplets must retry is for the greylist state to say (decision.py).
             return Enforcement(Action.GREYLIST)
         if verdict.tempfail_by:
             displays = ", ".join(dict.fromkeys(self._displays[n] for n in verdict.tempfail_by))
@@ -351,7 +401,11 @@ class Engine:
         """The client's IP list hits, when they alone reach the reject threshold: a refusal
         worth remembering for the client's address (recentrejects); else ()."""
         reject = group.thresholds.reject
-        if reject is None or verdict.action is not Action.REJECT or evidence.lists_ignored:
+        if (
+            reject is None
+            or verdict.action is not Action.REJECT
+            or evidence.lists_ignored is not None
+        ):
             return ()
         names = {
             hit.name
@@ -364,10 +418,6 @@ class Engine:
             return ()
         return tuple(h.name for h in listed)
 
-    def deny(self, decision_id: str, client: str) -> Enforcement:
-        text = fill(self.policy.deny.reply, {"id": decision_id, "client": client})
-        return Enforcement(Action.REJECT, replies.rejection(text))
-
     @staticmethod
     def reasons(verdict: Verdict) -> str:
         """The descriptions of what scored, worst first, for the reply text."""
@@ -379,7 +429,10 @@ class Engine:
 
     def is_exempt(self, recipient: str) -> bool:
         """postmaster@ and abuse@ (by default) must always be reachable (RFC 5321 4.5.1)."""
-        address = domains.bare_address(recipient)
+        return self.is_exempt_address(domains.bare_address(recipient))
+
+    def is_exempt_address(self, address: str) -> bool:
+        """is_exempt for an address already bare (domains.bare_address)."""
         local, at, _ = address.rpartition("@")
         if not at:
             local = address
