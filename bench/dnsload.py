@@ -31,9 +31,9 @@ import threading
 import time
 from pathlib import Path
 
-from spamgate.answers import AnswerKind, DnsAnswer, Promise, wait_all
-from spamgate.resolver import Resolver
-from spamgate.settings import Nameserver, ResolverSettings
+from spamgate.core.settings import Nameserver, ResolverSettings
+from spamgate.dns.answers import AnswerKind, DnsAnswer, Promise, wait_all
+from spamgate.dns.resolver import Resolver
 from tests.harness.dns import Rbldnsd, Zone
 
 ZONES = tuple(f"list{n}.dnsload.test" for n in range(8))

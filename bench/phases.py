@@ -38,9 +38,9 @@ from bench.workload import (
     build_zones,
     messages,
 )
-from spamgate.adapter import SpamgateMilter
-from spamgate.config import load_policy
-from spamgate.daemon import Daemon, configure_logging
+from spamgate.config.files import load_policy
+from spamgate.shell.adapter import SpamgateMilter
+from spamgate.shell.daemon import Daemon, configure_logging
 from tests.harness.dns import Rbldnsd
 
 CALLBACKS = ("negotiate", "connect", "helo", "mail", "rcpt", "data", "headers", "eom", "close")

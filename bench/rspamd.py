@@ -358,7 +358,7 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
 # -- the configuration ------------------------------------------------------------------------
 
 # Each name of a domain list becomes its registrable domain under the list's zone, as in
-# spamgate's `query: organizational` (milter/spamgate/domains.py): rspamd_util.get_tld()
+# spamgate's `query: organizational` (milter/spamgate/core/domains.py): rspamd_util.get_tld()
 # gives the registrable domain of a name under a known public suffix, and the name itself
 # otherwise. Asking it about "x.<name>" tells the two apart: an unknown TLD counts as a public
 # suffix (the PSL's "*" rule), so the last two labels remain. IP addresses and literals and

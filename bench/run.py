@@ -692,7 +692,7 @@ _WAITING = (
     "Condition.wait",
     ".select (",
     "_wait_for_signals",
-    "serve (spamgate/adapter.py)",
+    "serve (spamgate/shell/adapter.py)",
     "_wait_for_tstate_lock",
     "Event.wait",
     "sigtimedwait",
@@ -728,7 +728,7 @@ def summarize_profile(raw: str, top: int = 15) -> list[tuple[str, float, float]]
 
 
 def _function(frame: str) -> str:
-    """'envrcpt (spamgate/adapter.py:140)' -> 'envrcpt (spamgate/adapter.py)'."""
+    """'envrcpt (spamgate/shell/adapter.py:140)' -> 'envrcpt (spamgate/shell/adapter.py)'."""
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     parts = Path(path).parts

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import Milter
 
-from spamgate.answers import DnsAnswer, Pending
+from spamgate.dns.answers import DnsAnswer, Pending
 
 Question = tuple[str, str]  # (qname, rdtype)
 

@@ -8,14 +8,14 @@ import ipaddress
 import re
 from typing import Any
 
-from spamgate import decision, schema
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.config import Policy
-from spamgate.decision import Client, Envelope, Facts, Need, Ruling
-from spamgate.dnslists import ListOutcome, classify
-from spamgate.engine import Engine, ListsIgnored
-from spamgate.rdns import RdnsStatus, ReverseDns
-from spamgate.rules import MessageFacts
+from spamgate.core import decision, schema
+from spamgate.core.decision import Client, Envelope, Facts, Need, Ruling
+from spamgate.core.engine import Engine, ListsIgnored
+from spamgate.core.policy import Policy
+from spamgate.core.rules import MessageFacts
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.dnslists import ListOutcome, classify
+from spamgate.dns.rdns import RdnsStatus, ReverseDns
 
 THRESHOLDS = "thresholds: {tag: 3, greylist: null, tempfail: 6, reject: 10}\n"
 POLICY = """

@@ -18,12 +18,12 @@ import Milter
 import pytest
 from Milter import testctx
 
-from spamgate import schema
-from spamgate.adapter import SpamgateMilter, report_uncaught
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.engine import Engine
-from spamgate.policy import Policy
-from spamgate.session import Runtime
+from spamgate.core import schema
+from spamgate.core.engine import Engine
+from spamgate.core.policy import Policy
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.shell.adapter import SpamgateMilter, report_uncaught
+from spamgate.shell.session import Runtime
 from tests.fakes import NO_REPLY_BITS
 
 LISTED = DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=60)
@@ -151,11 +151,11 @@ def decision_log(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
     caplog.set_level(logging.INFO, logger="spamgate")
     lines: list[str] = []
     yield lines
-    lines.extend(r.getMessage() for r in caplog.records if r.name == "spamgate.decision")
+    lines.extend(r.getMessage() for r in caplog.records if r.name == "spamgate.core.decision")
 
 
 def decisions(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "spamgate.decision"]
+    return [r.getMessage() for r in caplog.records if r.name == "spamgate.core.decision"]
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 import spamgate
-from spamgate import dnslists, greylist, recentrejects
-from spamgate.addresses import IPAddress, normalize_address, normalize_network
-from spamgate.state import MemoryStore
+from spamgate.core.addresses import IPAddress, normalize_address, normalize_network
+from spamgate.dns import dnslists
+from spamgate.state import greylist, recentrejects
+from spamgate.state.store import MemoryStore
 
 
 @pytest.mark.parametrize(
@@ -78,7 +79,7 @@ def test_the_pure_core_types_import_no_io() -> None:
     neither may pull in the resolver, the promises, the state backend or a socket."""
     code = (
         "import sys\n"
-        "import spamgate.addresses, spamgate.evidence\n"
+        "import spamgate.core.addresses, spamgate.core.evidence\n"
         "print(' '.join(sorted(sys.modules)))\n"
     )
     # This tree's package, whatever the interpreter has installed.
@@ -92,16 +93,16 @@ def test_the_pure_core_types_import_no_io() -> None:
         env={**os.environ, "PYTHONPATH": source_root},
     )
     loaded = set(result.stdout.split())
-    assert "spamgate.evidence" in loaded
+    assert "spamgate.core.evidence" in loaded
     forbidden = {
-        "spamgate.answers",
-        "spamgate.dnslists",
-        "spamgate.dnswire",
-        "spamgate.rdns",
-        "spamgate.resolver",
-        "spamgate.session",
-        "spamgate.state",
-        "spamgate.adapter",
+        "spamgate.dns.answers",
+        "spamgate.dns.dnslists",
+        "spamgate.dns.dnswire",
+        "spamgate.dns.rdns",
+        "spamgate.dns.resolver",
+        "spamgate.shell.session",
+        "spamgate.state.store",
+        "spamgate.shell.adapter",
         "socket",
         "sqlite3",
         "redis",

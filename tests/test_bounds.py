@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from spamgate import domains, schema
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.dnslists import classify
-from spamgate.listhealth import ListMonitor
-from spamgate.policy import Policy
-from spamgate.resolver import AnswerCache, Question
-from spamgate.rules import RuleBook
-from spamgate.settings import HealthSettings
+from spamgate.core import domains, schema
+from spamgate.core.policy import Policy
+from spamgate.core.rules import RuleBook
+from spamgate.core.settings import HealthSettings
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.dnslists import classify
+from spamgate.dns.listhealth import ListMonitor
+from spamgate.dns.resolver import AnswerCache, Question
 from tests.fakes import FakeClock
 
 FLOOD = 10_000  # more distinct inputs than any bound below

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spamgate import cli
+from spamgate.commands import cli
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config" / "spamgate.yaml"

@@ -12,12 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from spamgate import config, schema
-from spamgate.config import load_policy
-from spamgate.patterns import Pattern
-from spamgate.policy import AddHeaders, IpList, ListHit, Mode, OnError, OnUnusable, Policy, Rule
-from spamgate.schema import ConfigError
-from spamgate.settings import Breaker, ListenAddress, LogLevel, Nameserver, SocketMode
+from spamgate.config import files as config
+from spamgate.config.files import load_policy
+from spamgate.core import schema
+from spamgate.core.patterns import Pattern
+from spamgate.core.policy import (
+    AddHeaders,
+    IpList,
+    ListHit,
+    Mode,
+    OnError,
+    OnUnusable,
+    Policy,
+    Rule,
+)
+from spamgate.core.schema import ConfigError
+from spamgate.core.settings import Breaker, ListenAddress, LogLevel, Nameserver, SocketMode
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config" / "spamgate.yaml"
 

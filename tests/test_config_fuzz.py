@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from spamgate.config import load_policy
-from spamgate.policy import Policy
-from spamgate.schema import ConfigError
+from spamgate.config.files import load_policy
+from spamgate.core.policy import Policy
+from spamgate.core.schema import ConfigError
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 SEEDS = {

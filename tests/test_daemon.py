@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from spamgate import daemon as daemon_module
-from spamgate.adapter import milter_answers
-from spamgate.config import load_policy
-from spamgate.daemon import Daemon
-from spamgate.policy import Mode, Policy
-from spamgate.preflight import CheckedPolicy, load_checked_policy
-from spamgate.settings import ListenAddress, Nameserver
+from spamgate.config.files import load_policy
+from spamgate.config.preflight import CheckedPolicy, load_checked_policy
+from spamgate.core.policy import Mode, Policy
+from spamgate.core.settings import ListenAddress, Nameserver
+from spamgate.shell import daemon as daemon_module
+from spamgate.shell.adapter import milter_answers
+from spamgate.shell.daemon import Daemon
 from tests.harness.processes import (
     free_port,
     stop_milter_process,
@@ -141,8 +141,8 @@ def test_unwritable_log_target_is_an_error_exit(tmp_path: Path) -> None:
 # between that call and spamgate's own chmod, under umask 000 (the worst case).
 _BIRTH_MODE_SCRIPT = """
 import os, stat, sys
-from spamgate import adapter
-from spamgate.settings import ListenAddress, SocketMode
+from spamgate.shell import adapter
+from spamgate.core.settings import ListenAddress, SocketMode
 
 path, mode = sys.argv[1], int(sys.argv[2], 8)
 opensocket = adapter.libmilter.opensocket
@@ -208,9 +208,9 @@ def test_unix_socket_mode_survives_sessions_and_reload(tmp_path: Path) -> None:
 def test_running_as_root_gets_one_warning(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, euid: int, warned: bool
 ) -> None:
-    from spamgate import daemon as daemon_module  # noqa: PLC0415
-    from spamgate import schema  # noqa: PLC0415
-    from spamgate.policy import Policy  # noqa: PLC0415
+    from spamgate.core import schema  # noqa: PLC0415
+    from spamgate.core.policy import Policy  # noqa: PLC0415
+    from spamgate.shell import daemon as daemon_module  # noqa: PLC0415
 
     text = "resolver: {nameservers: ['127.0.0.1:53']}\n" + NO_GREYLISTING
     policy = schema.load(Policy, text, "t.yaml")

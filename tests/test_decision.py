@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from spamgate.decision import SPLIT_REPLY, Disposition, Need, Ruling, decide
-from spamgate.engine import Action, ListsIgnored
-from spamgate.replies import Reply
+from spamgate.core.decision import SPLIT_REPLY, Disposition, Need, Ruling, decide
+from spamgate.core.engine import Action, ListsIgnored
+from spamgate.core.replies import Reply
 from tests.rulings import (
     ALLOW,
     CLEAN,

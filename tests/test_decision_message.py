@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from spamgate import decision
-from spamgate.decision import Client, Need, Retry, Ruling, decide
-from spamgate.engine import Action, ListsIgnored
-from spamgate.replies import Reply
+from spamgate.core import decision
+from spamgate.core.decision import Client, Need, Retry, Ruling, decide
+from spamgate.core.engine import Action, ListsIgnored
+from spamgate.core.replies import Reply
 from tests.rulings import ALLOW, CLEAN, DENY, GATHERED, GROUPS, PBL, SBL, SPAM, engine, facts
 
 # --- end of message --------------------------------------------------------------------------
@@ -294,3 +294,19 @@ def test_a_second_helo_keeps_the_first_match_and_resolves_again() -> None:
         Need.CLIENT_NAME,
         None,
     )
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        pytest.param("203.0.113.9", id="ipv4-client"),
+        pytest.param("::ffff:203.0.113.9", id="mapped-client"),
+    ],
+)
+def test_a_mapped_trusted_network_is_the_ipv4_network_it_maps(client: str) -> None:
+    """Before issue 15 an entry such as ::ffff:203.0.113.0/120 stayed IPv6 while the client was
+    compared as IPv4 (normalize_address), so it trusted no one."""
+    policy = engine("trusted_networks: ['::ffff:203.0.113.0/120']\n").policy
+    assert policy.trusted_networks == (ipaddress.IPv4Network("203.0.113.0/24"),)
+    ip = ipaddress.ip_address(client)
+    assert decision.ignored_at_connect(policy, ip, decision.Listed()) is ListsIgnored.TRUSTED

@@ -9,15 +9,15 @@ import re
 
 import pytest
 
-from spamgate import schema
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.decisionlog import Decision, format_decision, quote, render_list
-from spamgate.dnslists import ListOutcome, ListStatus
-from spamgate.engine import Action, Enforcement, Engine, Hit, ListsIgnored, Verdict
-from spamgate.metrics import Metrics
-from spamgate.policy import IpList, Mode, Policy
-from spamgate.replies import Reply, rejection
-from spamgate.session import RcptResult, Runtime, Session
+from spamgate.core import schema
+from spamgate.core.decisionlog import Decision, format_decision, quote, render_list
+from spamgate.core.engine import Action, Enforcement, Engine, Hit, ListsIgnored, Verdict
+from spamgate.core.policy import IpList, Mode, Policy
+from spamgate.core.replies import Reply, rejection
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.dnslists import ListOutcome, ListStatus
+from spamgate.shell.metrics import Metrics
+from spamgate.shell.session import RcptResult, Runtime, Session
 from tests.fakes import FakeClock, ScriptedLookups
 
 _FIELD = re.compile(r' ([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "]*)')

@@ -10,8 +10,12 @@ from typing import Any
 
 import pytest
 
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.dnslists import (
+from spamgate.core.evidence import Stage
+from spamgate.core.policy import DomainList, IpList, ListHit
+from spamgate.core.returncodes import parse_return_code
+from spamgate.core.settings import HealthSettings
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.dnslists import (
     IPAddress,
     ListLookups,
     ListOutcome,
@@ -21,12 +25,8 @@ from spamgate.dnslists import (
     lookup_address,
     query_name,
 )
-from spamgate.evidence import Stage
-from spamgate.listhealth import ListMonitor
-from spamgate.metrics import Metrics
-from spamgate.policy import DomainList, IpList, ListHit
-from spamgate.returncodes import parse_return_code
-from spamgate.settings import HealthSettings
+from spamgate.dns.listhealth import ListMonitor
+from spamgate.shell.metrics import Metrics
 from tests.fakes import FakeClock
 
 

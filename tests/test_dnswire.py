@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spamgate import dnswire
-from spamgate.answers import AnswerKind, DnsAnswer
+from spamgate.dns import dnswire
+from spamgate.dns.answers import AnswerKind, DnsAnswer
 
 _FAILED = {dns.rcode.SERVFAIL: AnswerKind.SERVFAIL, dns.rcode.REFUSED: AnswerKind.REFUSED}
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from spamgate.domains import (
+from spamgate.core.domains import (
     bare_address,
     domain_of_address,
     domain_query_name,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from spamgate import schema
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.dnslists import ListOutcome, ListStatus, classify
-from spamgate.engine import (
+from spamgate.core import schema
+from spamgate.core.engine import (
     DEFAULT_GROUP,
     Action,
     Enforcement,
@@ -19,8 +17,10 @@ from spamgate.engine import (
     Verdict,
     choose_action,
 )
-from spamgate.policy import Mode, Policy, Thresholds
-from spamgate.replies import MAX_TEXT, Reply
+from spamgate.core.policy import Mode, Policy, Thresholds
+from spamgate.core.replies import MAX_TEXT, Reply
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.dnslists import ListOutcome, ListStatus, classify
 
 POLICY = """
 ip_lists:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spamgate.config import load_policy
-from spamgate.policy import Policy, Rule
+from spamgate.config.files import load_policy
+from spamgate.core.policy import Policy, Rule
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 EVERY_KIND = CONFIG / "examples" / "every-rule-kind.yaml"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.explain import read_headers
+from spamgate.commands.explain import read_headers
 
 # Bands 3 / 8 / 9 / 10, and rules to land in each: BULK 3 (tag), + NO_DATE 5 (quarantine),
 # + HELO_BARE 1 (tempfail); SPAMTRAP or SUBJECT_SPAM 10 (reject).

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.greylist import Greylister, GreylistOutcome, GreylistTiming, client_network
-from spamgate.state import PausingStore, RedisStore, SqliteStore, StateStore
+from spamgate.state.greylist import Greylister, GreylistOutcome, GreylistTiming, client_network
+from spamgate.state.store import PausingStore, RedisStore, SqliteStore, StateStore
 from tests.fakes import FakeClock
 from tests.harness.redis import RedisServer
 

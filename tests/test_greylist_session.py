@@ -11,14 +11,14 @@ import re
 
 import pytest
 
-from spamgate import schema
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.engine import Action, Engine
-from spamgate.greylist import Greylister, GreylistTiming
-from spamgate.metrics import Metrics
-from spamgate.policy import Policy
-from spamgate.session import RcptResult, Runtime, Session
-from spamgate.state import MemoryStore, StateStore
+from spamgate.core import schema
+from spamgate.core.engine import Action, Engine
+from spamgate.core.policy import Policy
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.shell.metrics import Metrics
+from spamgate.shell.session import RcptResult, Runtime, Session
+from spamgate.state.greylist import Greylister, GreylistTiming
+from spamgate.state.store import MemoryStore, StateStore
 from tests.fakes import BrokenStore, FakeClock, ScriptedLookups
 
 CLIENT = "192.0.2.1"

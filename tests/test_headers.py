@@ -12,7 +12,7 @@ from email.policy import default as default_policy
 
 import pytest
 
-from spamgate.headers import (
+from spamgate.core.headers import (
     MAX_ADDRESS_CHARS,
     date_skew,
     decoded_text,

@@ -52,13 +52,13 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 from Milter import testctx
 
-from spamgate import schema
-from spamgate.adapter import SpamgateMilter, client_address
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.engine import Action, Engine
-from spamgate.policy import Policy
-from spamgate.replies import Reply
-from spamgate.session import MessageDecision, RcptDecision, RcptResult, Runtime, Session
+from spamgate.core import schema
+from spamgate.core.engine import Action, Engine
+from spamgate.core.policy import Policy
+from spamgate.core.replies import Reply
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.shell.adapter import SpamgateMilter, client_address
+from spamgate.shell.session import MessageDecision, RcptDecision, RcptResult, Runtime, Session
 from tests.fakes import NO_REPLY_BITS, FakeClock
 from tests.test_decisionlog import parse_line
 

@@ -10,9 +10,12 @@ import tracemalloc
 
 import pytest
 
-from spamgate import schema
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.dnslists import (
+from spamgate.core import schema
+from spamgate.core.evidence import Stage
+from spamgate.core.policy import DnsList, IpList, Policy
+from spamgate.core.settings import BREAKER_MAX_CLIENTS, Breaker, HealthSettings
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.dnslists import (
     Family,
     ListLookups,
     ListOutcome,
@@ -22,8 +25,7 @@ from spamgate.dnslists import (
     network_key,
     query_name,
 )
-from spamgate.evidence import Stage
-from spamgate.listhealth import (
+from spamgate.dns.listhealth import (
     ListMonitor,
     ProbeFault,
     ProbeProblem,
@@ -32,8 +34,6 @@ from spamgate.listhealth import (
     probe_names,
     probe_points,
 )
-from spamgate.policy import DnsList, IpList, Policy
-from spamgate.settings import BREAKER_MAX_CLIENTS, Breaker, HealthSettings
 from tests.fakes import FakeClock, ScriptedLookups
 
 POLICY = """

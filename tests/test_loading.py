@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from spamgate import config, schema
-from spamgate.config import load_policy, read_sources
-from spamgate.policy import Policy, build_policy
-from spamgate.schema import ConfigError, FileReference, NamesFiles
-from spamgate.sources import NamedFiles, Sources
+from spamgate.config import files as config
+from spamgate.config.files import load_policy, read_sources
+from spamgate.core import schema
+from spamgate.core.policy import Policy, build_policy
+from spamgate.core.schema import ConfigError, FileReference, NamesFiles
+from spamgate.core.sources import NamedFiles, Sources
 
 KEY = "abcdefghij0123456789klmnop"
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from spamgate import config
-from spamgate.config import load_policy
-from spamgate.matchlists import AddressPatterns, EntryError, NamePatterns, NetworkSet, expand
-from spamgate.policy import Policy
-from spamgate.schema import ConfigError
-from spamgate.sources import NamedFiles, building_with
+from spamgate.config import files as config
+from spamgate.config.files import load_policy
+from spamgate.core.matchlists import AddressPatterns, EntryError, NamePatterns, NetworkSet, expand
+from spamgate.core.policy import Policy
+from spamgate.core.schema import ConfigError
+from spamgate.core.sources import NamedFiles, building_with
 
 # -- NetworkSet ----------------------------------------------------------------------------------
 

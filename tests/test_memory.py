@@ -18,12 +18,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from spamgate import schema
-from spamgate.answers import AnswerKind, DnsAnswer, Pending, wait_all
-from spamgate.daemon import GC_YOUNG_THRESHOLD, settle_memory
-from spamgate.engine import Engine
-from spamgate.policy import Policy
-from spamgate.session import Runtime, Session
+from spamgate.core import schema
+from spamgate.core.engine import Engine
+from spamgate.core.policy import Policy
+from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending, wait_all
+from spamgate.shell.daemon import GC_YOUNG_THRESHOLD, settle_memory
+from spamgate.shell.session import Runtime, Session
 from tests.fakes import FakeClock, ScriptedLookups
 
 POLICY = """

@@ -9,8 +9,8 @@ from concurrent import futures
 
 import pytest
 
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.nameprobes import PendingResolution
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.nameprobes import PendingResolution
 from tests.fakes import FakeClock
 from tests.fakes import ScriptedLookups as FakeLookups
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spamgate.addresses import IPAddress, IPNetwork, normalize_address
-from spamgate.matchlists import NetworkSet
+from spamgate.core.addresses import IPAddress, IPNetwork, normalize_address
+from spamgate.core.matchlists import NetworkSet
 
 
 def scan(networks: Sequence[IPNetwork], address: IPAddress) -> str:

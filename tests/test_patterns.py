@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spamgate import schema
-from spamgate.patterns import MAX_SUBJECT, Pattern, RawPattern
-from spamgate.schema import ConfigError, setting
+from spamgate.core import schema
+from spamgate.core.patterns import MAX_SUBJECT, Pattern, RawPattern
+from spamgate.core.schema import ConfigError, setting
 
 WHY = "spamgate uses RE2 so that no pattern can stall on hostile input"
 
@@ -347,7 +347,7 @@ def test_one_pattern_is_safe_from_many_threads() -> None:
 def test_patterns_ask_re2_directly_and_fall_back_to_search_if_the_binding_changes() -> None:
     import re2  # noqa: PLC0415  (only this test looks at the binding itself)
 
-    from spamgate.patterns import _matcher  # noqa: PLC0415
+    from spamgate.core.patterns import _matcher  # noqa: PLC0415
 
     compiled = re2.compile(rb"(?i)\bfree\s+pills\b")
     fast = _matcher(compiled)
@@ -377,7 +377,7 @@ GROUP_SOURCES = [
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
 @given(st.text(alphabet="FfReE :0123456789viagrchpé\udcff\n", max_size=30))
 def test_a_pattern_group_names_exactly_the_patterns_that_match(text: str) -> None:
-    from spamgate.patterns import PatternGroup  # noqa: PLC0415
+    from spamgate.core.patterns import PatternGroup  # noqa: PLC0415
 
     patterns = [Pattern(source) for source in GROUP_SOURCES]
     expected = [i for i, pattern in enumerate(patterns) if pattern.search(text)]
@@ -389,7 +389,7 @@ def test_a_pattern_group_names_exactly_the_patterns_that_match(text: str) -> Non
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(st.binary(max_size=20))
 def test_a_bytes_pattern_group_names_exactly_the_patterns_that_match(data: bytes) -> None:
-    from spamgate.patterns import PatternGroup  # noqa: PLC0415
+    from spamgate.core.patterns import PatternGroup  # noqa: PLC0415
 
     patterns = [RawPattern(s) for s in (r"\xff\xfe", r"(?i)^a", r"[\x00-\x08]", r"b$")]
     expected = [i for i, pattern in enumerate(patterns) if pattern.search(data)]
@@ -399,7 +399,7 @@ def test_a_bytes_pattern_group_names_exactly_the_patterns_that_match(data: bytes
 def test_a_pattern_group_too_big_to_combine_searches_one_by_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from spamgate import patterns as module  # noqa: PLC0415
+    from spamgate.core import patterns as module  # noqa: PLC0415
 
     group_sources = [r"(?i)free", r"pills"]
     patterns = [Pattern(s) for s in group_sources]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.config import read_sources
-from spamgate.policy import build_policy
-from spamgate.preflight import load_checked_policy, preflight, public_resolvers
-from spamgate.schema import ConfigError
-from spamgate.settings import Nameserver
+from spamgate.config.files import read_sources
+from spamgate.config.preflight import load_checked_policy, preflight, public_resolvers
+from spamgate.core.policy import build_policy
+from spamgate.core.schema import ConfigError
+from spamgate.core.settings import Nameserver
 from tests.test_cli import spamgate
 
 LOCAL = "resolver: {nameservers: ['127.0.0.1']}\n"

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from spamgate import schema
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.evidence import Family
-from spamgate.listhealth import ProbeFault, ProbeProblem, ProbeVerdict, judge_probe
-from spamgate.policy import Policy
+from spamgate.core import schema
+from spamgate.core.evidence import Family
+from spamgate.core.policy import Policy
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.listhealth import ProbeFault, ProbeProblem, ProbeVerdict, judge_probe
 
 ZEN = schema.load(
     Policy, "ip_lists: [{name: ZEN, zone: zen.test, score: 10}]\n", "t.yaml"

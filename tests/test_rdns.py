@@ -10,8 +10,8 @@ from concurrent import futures
 
 import pytest
 
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.rdns import (
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.rdns import (
     MAX_NAMES,
     PendingReverse,
     RdnsStatus,

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from spamgate import decisionlog, metrics, reference
-from spamgate.config import Policy, load_policy
-from spamgate.decisionlog import format_decision
-from spamgate.schema import describe
+from spamgate.commands import reference
+from spamgate.config.files import Policy, load_policy
+from spamgate.core import decisionlog
+from spamgate.core.decisionlog import format_decision
+from spamgate.core.schema import describe
+from spamgate.shell import metrics
 from tests.test_decisionlog import decision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +133,7 @@ def test_configuration_reference_matches_the_schema() -> None:
     text = CONFIGURATION.read_text()
     assert reference.splice(text) == text, (
         "docs/configuration.md's reference is stale: "
-        "run .venv/bin/python -m spamgate.reference docs/configuration.md"
+        "run .venv/bin/python -m spamgate.commands.reference docs/configuration.md"
     )
 
 

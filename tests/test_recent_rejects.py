@@ -11,13 +11,13 @@ import re
 
 import pytest
 
-from spamgate import schema
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.engine import Engine
-from spamgate.policy import Policy
-from spamgate.recentrejects import RecentRejects
-from spamgate.session import Runtime, Session
-from spamgate.state import MemoryStore, StateStore
+from spamgate.core import schema
+from spamgate.core.engine import Engine
+from spamgate.core.policy import Policy
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.shell.session import Runtime, Session
+from spamgate.state.recentrejects import RecentRejects
+from spamgate.state.store import MemoryStore, StateStore
 from tests.fakes import BrokenStore, FakeClock, ScriptedLookups
 
 LISTED = "192.0.2.2"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from spamgate.replies import (
+from spamgate.core.replies import (
     MAX_TEXT,
     Reply,
     clean_text,

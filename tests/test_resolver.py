@@ -22,15 +22,15 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from spamgate import dnswire
-from spamgate.answers import AnswerKind, DnsAnswer, Promise, wait_all
-from spamgate.resolver import (
+from spamgate.core.settings import Nameserver, ResolverSettings
+from spamgate.dns import dnswire
+from spamgate.dns.answers import AnswerKind, DnsAnswer, Promise, wait_all
+from spamgate.dns.resolver import (
     AnswerCache,
     Question,
     Resolver,
     system_nameservers,
 )
-from spamgate.settings import Nameserver, ResolverSettings
 from tests.fakes import FakeClock
 
 QNAME = "2.0.0.127.zen.test"
@@ -957,7 +957,7 @@ def test_system_nameservers_skips_a_bad_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = resolv_conf(tmp_path, "nameserver dns.example\nnameserver 192.0.2.53\n")
-    with caplog.at_level(logging.WARNING, logger="spamgate.resolver"):
+    with caplog.at_level(logging.WARNING, logger="spamgate.dns.resolver"):
         assert system_nameservers(path) == (Nameserver("192.0.2.53"),)
     assert caplog.messages == [f"ignoring nameserver 'dns.example' in {path}"]
 

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from spamgate.returncodes import BLOCKED_CODES, ReturnCode, parse_return_code
+from spamgate.core.returncodes import BLOCKED_CODES, ReturnCode, parse_return_code
 
 
 def ip(text: str) -> int:

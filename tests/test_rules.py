@@ -12,10 +12,9 @@ import ipaddress
 
 import pytest
 
-from spamgate import schema
-from spamgate.policy import Policy
-from spamgate.rdns import RdnsStatus, ReverseDns
-from spamgate.rules import (
+from spamgate.core import schema
+from spamgate.core.policy import Policy
+from spamgate.core.rules import (
     ConnectionFacts,
     EnvelopeFacts,
     Facts,
@@ -23,6 +22,7 @@ from spamgate.rules import (
     RuleBook,
     Stage,
 )
+from spamgate.dns.rdns import RdnsStatus, ReverseDns
 
 # -- helpers -----------------------------------------------------------------------------------
 

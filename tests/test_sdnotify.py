@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from spamgate import sdnotify
+from spamgate.shell import sdnotify
 
 
 class Manager:

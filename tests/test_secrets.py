@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.accesskeys import inline_access_key, mask_access_key
-from spamgate.config import load_policy
-from spamgate.listhealth import probe_names
-from spamgate.logmasking import KeyMaskingFormatter
-from spamgate.preflight import exposed_secret_files
-from spamgate.schema import ConfigError
+from spamgate.config.files import load_policy
+from spamgate.config.preflight import exposed_secret_files
+from spamgate.core.accesskeys import inline_access_key, mask_access_key
+from spamgate.core.schema import ConfigError
+from spamgate.dns.listhealth import probe_names
+from spamgate.shell.logmasking import KeyMaskingFormatter
 from tests.harness.processes import free_port, stop_milter_process, tcp_accepts, wait_until
 from tests.test_cli import spamgate
 
@@ -336,7 +336,7 @@ def test_log_lines_mask_keys_whatever_logged_them() -> None:
         raise RuntimeError(f"no answer for 2.0.0.127.{KEY.upper()}.zen.dq.spamhaus.net")
     except RuntimeError:
         record = logging.LogRecord(
-            "spamgate.resolver",
+            "spamgate.dns.resolver",
             logging.ERROR,
             __file__,
             1,
@@ -417,13 +417,13 @@ def test_commands_mask_keys_in_what_modules_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """check-config --probe and explain use the resolver, which may log a query name."""
-    from spamgate.logmasking import mask_keys_in_command_output  # noqa: PLC0415
+    from spamgate.shell.logmasking import mask_keys_in_command_output  # noqa: PLC0415
 
     logger = logging.getLogger("spamgate")
     saved = logger.handlers[:]
     try:
         mask_keys_in_command_output(load_policy(write_keyed(tmp_path)))
-        logging.getLogger("spamgate.resolver").warning(
+        logging.getLogger("spamgate.dns.resolver").warning(
             "DNS lookup of %s/A failed unexpectedly", f"2.0.0.127.{KEY}.zen.dq.spamhaus.net"
         )
     finally:

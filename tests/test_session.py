@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from spamgate import headers, schema
-from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.decision import SPLIT_REPLY
-from spamgate.engine import Action, Engine
-from spamgate.policy import Policy
-from spamgate.replies import Reply
-from spamgate.session import (
+from spamgate.core import headers, schema
+from spamgate.core.decision import SPLIT_REPLY
+from spamgate.core.engine import Action, Engine
+from spamgate.core.policy import Policy
+from spamgate.core.replies import Reply
+from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.shell.session import (
     MAX_PARSED_PER_HEADER,
     Generation,
     MessageDecision,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from spamgate.settings import ListenAddress, MetricsSettings, Nameserver, parse_endpoint
+from spamgate.core.settings import ListenAddress, MetricsSettings, Nameserver, parse_endpoint
 
 NAMESERVER = {"notation": "IP, IP:PORT or [IPv6]:PORT", "subject": "nameserver", "default_port": 53}
 METRICS = {"notation": "HOST:PORT", "subject": "metrics host"}

@@ -1,5 +1,5 @@
 """`python -m spamgate`: the same as the `spamgate` command."""
 
-from spamgate.cli import main
+from spamgate.commands.cli import main
 
 raise SystemExit(main())

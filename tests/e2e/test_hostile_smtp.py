@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.decisionlog import quote
+from spamgate.core.decisionlog import quote
 from tests.e2e.spamgate_stack import SpamgateDaemon
 from tests.harness.dns import Rbldnsd, Zone
 from tests.harness.postfix import Listener, PostfixInstance

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.config import load_policy
+from spamgate.config.files import load_policy
 from tests.e2e.spamgate_stack import Samples, SpamgateDaemon, scrape_metrics
 from tests.harness.dns import Rbldnsd, Zone
 from tests.harness.postfix import Listener, PostfixInstance

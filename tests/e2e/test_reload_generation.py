@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.config import load_policy
+from spamgate.config.files import load_policy
 from tests.e2e.spamgate_stack import SpamgateDaemon
 from tests.harness.postfix import Listener, PostfixInstance
 from tests.harness.processes import free_port, wait_until

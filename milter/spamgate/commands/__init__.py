@@ -1,0 +1,1 @@
+"""The command line: run, check-config, explain, lists, the reference generator."""
