@@ -5,16 +5,8 @@ from __future__ import annotations
 
 from spamgate import schema
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.dnslists import (
-    Family,
-    ListOutcome,
-    classify,
-)
-from spamgate.listhealth import (
-    ListMonitor,
-    ProbeFault,
-    ProbeProblem,
-)
+from spamgate.dnslists import Family, ListOutcome, classify
+from spamgate.listhealth import ListMonitor, ProbeFault, ProbeProblem
 from spamgate.policy import DnsList, Policy
 from spamgate.settings import HealthSettings
 from tests.fakes import FakeClock

@@ -10,13 +10,7 @@ import logging
 import pytest
 
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.dnslists import (
-    Family,
-    ListLookups,
-    ListStatus,
-    classify,
-    query_name,
-)
+from spamgate.dnslists import Family, ListLookups, ListStatus, classify, query_name
 from spamgate.listhealth import (
     ProbeFault,
     ProbeProblem,

@@ -11,17 +11,9 @@ import tracemalloc
 import pytest
 
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.dnslists import (
-    ListLookups,
-    ListOutcome,
-    lookup_address,
-    network_key,
-    query_name,
-)
+from spamgate.dnslists import ListLookups, ListOutcome, lookup_address, network_key, query_name
 from spamgate.evidence import Stage
-from spamgate.listhealth import (
-    ListMonitor,
-)
+from spamgate.listhealth import ListMonitor
 from spamgate.policy import IpList
 from spamgate.settings import BREAKER_MAX_CLIENTS, Breaker
 from tests.fakes import FakeClock, ScriptedLookups

@@ -21,10 +21,7 @@ import dns.rrset
 import pytest
 
 from spamgate.answers import AnswerKind, DnsAnswer, Promise, wait_all
-from spamgate.resolver import (
-    Resolver,
-    system_nameservers,
-)
+from spamgate.resolver import Resolver, system_nameservers
 from spamgate.settings import Nameserver, ResolverSettings
 from tests.fake_dns_server import DOMAIN, NXDOMAIN, QNAME, SILENT, Behaviour, FakeDnsServer
 

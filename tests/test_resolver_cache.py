@@ -6,10 +6,7 @@ from __future__ import annotations
 import pytest
 
 from spamgate.answers import AnswerKind, DnsAnswer
-from spamgate.resolver import (
-    AnswerCache,
-    Question,
-)
+from spamgate.resolver import AnswerCache, Question
 from tests.fakes import FakeClock
 
 # --- AnswerCache -------------------------------------------------------------------------------
