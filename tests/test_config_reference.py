@@ -1,184 +1,241 @@
-"""The configuration reference: schema.describe has a row for every key, with its type,
-default and doc."""
+"""The configuration reference, derived from the schema itself: every key the policy types
+declare is reached from Policy, has doc text, a documented type and a default that is a
+valid value, and has a row in docs/configuration.md; and describe's rows show types,
+defaults and bounds as the reference prints them."""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from spamgate import schema
+from spamgate import reference, schema
 from spamgate.policy import Policy
 
-# --- the reference -----------------------------------------------------------------------------
+CONFIGURATION = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
-ALL_KEYS = [
-    "listen",
-    "socket_mode",
-    "mode",
-    "on_error",
-    "shutdown_grace",
-    "log",
-    "log.target",
-    "log.level",
-    "log.stats_interval",
-    "metrics",
-    "metrics.listen",
-    "resolver",
-    "resolver.nameservers",
-    "resolver.query_timeout",
-    "resolver.deadline",
-    "resolver.cache_min_ttl",
-    "resolver.cache_max_ttl",
-    "resolver.cache_entries",
-    "health",
-    "health.probe_interval",
-    "health.retry_min",
-    "health.retry_max",
-    "health.breaker",
-    "health.max_hit_ratio",
-    "health.window",
-    "health.max_failures",
-    "health.min_checks",
-    "health.status_file",
-    "trusted_networks",
-    "skip_authenticated",
-    "our_names",
-    "our_addresses",
-    "thresholds",
-    "thresholds.tag",
-    "thresholds.greylist",
-    "thresholds.quarantine",
-    "thresholds.tempfail",
-    "thresholds.reject",
-    "add_headers",
-    "exempt_recipients",
-    "replies",
-    "replies.reject",
-    "replies.tempfail",
-    "replies.unusable",
-    "greylist",
-    "greylist.min_delay",
-    "greylist.retry_window",
-    "greylist.pass_ttl",
-    "greylist.auto_allow_passes",
-    "greylist.auto_allow_ttl",
-    "greylist.ipv4_prefix",
-    "greylist.ipv6_prefix",
-    "greylist.reply",
-    "state",
-    "state.store",
-    "state.timeout",
-    "state.remember_rejects",
-    "reverse_dns",
-    "reverse_dns.use_mta_macros",
-    "reverse_dns.dynamic_patterns",
-    "ip_lists",
-    "ip_lists[].name",
-    "ip_lists[].zone",
-    "ip_lists[].key_file",
-    "ip_lists[].display",
-    "ip_lists[].score",
-    "ip_lists[].hits",
-    "ip_lists[].hits[].name",
-    "ip_lists[].hits[].score",
-    "ip_lists[].hits[].codes",
-    "ip_lists[].hits[].description",
-    "ip_lists[].error_codes",
-    "ip_lists[].mode",
-    "ip_lists[].on_unusable",
-    "ip_lists[].probe",
-    "ip_lists[].probe.enabled",
-    "ip_lists[].probe.listed",
-    "ip_lists[].probe.unlisted",
-    "ip_lists[].health",
-    "ip_lists[].health.breaker",
-    "ip_lists[].health.max_hit_ratio",
-    "ip_lists[].health.min_checks",
-    "ip_lists[].health.window",
-    "ip_lists[].ipv4",
-    "ip_lists[].ipv6",
-    "domain_lists",
-    "domain_lists[].name",
-    "domain_lists[].zone",
-    "domain_lists[].key_file",
-    "domain_lists[].display",
-    "domain_lists[].score",
-    "domain_lists[].hits",
-    "domain_lists[].hits[].name",
-    "domain_lists[].hits[].score",
-    "domain_lists[].hits[].codes",
-    "domain_lists[].hits[].description",
-    "domain_lists[].error_codes",
-    "domain_lists[].mode",
-    "domain_lists[].on_unusable",
-    "domain_lists[].probe",
-    "domain_lists[].probe.enabled",
-    "domain_lists[].probe.listed",
-    "domain_lists[].probe.unlisted",
-    "domain_lists[].health",
-    "domain_lists[].health.breaker",
-    "domain_lists[].health.max_hit_ratio",
-    "domain_lists[].health.min_checks",
-    "domain_lists[].health.window",
-    "domain_lists[].check_names",
-    "domain_lists[].query",
-    "rules",
-    "rules[].name",
-    "rules[].score",
-    "rules[].description",
-    "rules[].mode",
-    "rules[].action",
-    "rules[].helo",
-    "rules[].helo_matches",
-    "rules[].rdns",
-    "rules[].rdns_matches",
-    "rules[].sender",
-    "rules[].sender_matches",
-    "rules[].recipient_matches",
-    "rules[].recipients_over",
-    "rules[].header",
-    "rules[].header.name",
-    "rules[].header.matches",
-    "rules[].header.matches_raw",
-    "rules[].header.missing",
-    "rules[].header.count_over",
-    "rules[].header.malformed",
-    "rules[].date_ahead_hours",
-    "rules[].date_behind_days",
-    "rules[].from_domain",
-    "rules[].composite",
-    "rules[].composite.all",
-    "rules[].composite.any",
-    "rules[].composite.not",
-    "allow",
-    "allow.clients",
-    "allow.client_names",
-    "allow.helo_names",
-    "allow.senders",
-    "allow.recipients",
-    "deny",
-    "deny.clients",
-    "deny.client_names",
-    "deny.helo_names",
-    "deny.senders",
-    "deny.recipients",
-    "deny.reply",
-    "recipient_policies",
-    "recipient_policies[].name",
-    "recipient_policies[].recipients",
-    "recipient_policies[].mode",
-    "recipient_policies[].thresholds",
-    "recipient_policies[].thresholds.tag",
-    "recipient_policies[].thresholds.greylist",
-    "recipient_policies[].thresholds.quarantine",
-    "recipient_policies[].thresholds.tempfail",
-    "recipient_policies[].thresholds.reject",
-    "recipient_policies[].scores",
-    "split_recipient_policies",
-]
+# --- every key of the schema is reachable, documented and valid by default ---------------------
+#
+# These replace a hand-kept list of every key path: what it guarded (a key added or removed
+# without documentation) is checked here against the dataclasses themselves, so a new key
+# needs its doc text, a type the reference can name and a valid default, not an edit here.
+
+
+def is_section(hint: Any) -> bool:
+    """A dataclass written as a YAML mapping (value types parse themselves from a scalar)."""
+    return (
+        isinstance(hint, type)
+        and dataclasses.is_dataclass(hint)
+        and not hasattr(hint, "from_config")
+    )
+
+
+def sections_in(hint: Any) -> Iterator[type]:
+    """The sections a field's type holds, at any depth of lists, unions and mappings."""
+    if is_section(hint):
+        yield hint
+        return
+    for arg in typing.get_args(hint):
+        yield from sections_in(arg)
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """A key of the policy, found from the dataclass fields and type hints alone."""
+
+    path: str
+    owner: type
+    spec: dataclasses.Field[Any]
+    hint: Any
+
+
+def keys_under(cls: type, prefix: str = "") -> Iterator[Key]:
+    """Every field a YAML document can set under the section `cls`: each field of the
+    dataclass (but those the constructor does not take), then the keys of the sections its
+    type holds; items of a list are `path[]`, as the reference writes them."""
+    hints = typing.get_type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        if not spec.init:
+            continue
+        name = spec.metadata.get("key") or spec.name
+        path = f"{prefix}.{name}" if prefix else name
+        yield Key(path, cls, spec, hints[spec.name])
+        inner = f"{path}[]" if typing.get_origin(hints[spec.name]) is tuple else path
+        for section in sections_in(hints[spec.name]):
+            yield from keys_under(section, inner)
+
+
+KEYS = list(keys_under(Policy))
+ROWS = list(schema.describe(Policy))
+
+
+def mismatch(expected: list[str], found: list[str]) -> str:
+    """How two lists of key paths differ, for an assertion message."""
+    missing = sorted({p for p in expected if expected.count(p) > found.count(p)})
+    extra = sorted({p for p in found if found.count(p) > expected.count(p)})
+    return f"missing {missing}, extra {extra}" if missing or extra else "the order differs"
+
+
+def test_no_two_keys_share_a_path() -> None:
+    paths = [key.path for key in KEYS]
+    assert len(paths) == len(set(paths)), sorted(p for p in paths if paths.count(p) > 1)
 
 
 def test_describe_has_a_row_for_every_key() -> None:
-    assert [row.path for row in schema.describe(Policy)] == ALL_KEYS
+    """Every field of every section reachable from Policy, at any depth and through every
+    member of a union, is a row of the reference, and nothing else is."""
+    keys, rows = [key.path for key in KEYS], [row.path for row in ROWS]
+    assert rows == keys, f"describe's rows: {mismatch(keys, rows)}"
+
+
+def test_every_policy_type_is_reached_from_policy() -> None:
+    """A section declared with setting() in a module of the policy's types (today policy.py
+    and settings.py) but not reachable from Policy would be configuration no document can
+    set and no reference shows."""
+    reached = {key.owner for key in KEYS} | {Policy}
+    modules = {sys.modules[cls.__module__] for cls in reached}
+    declared = {
+        cls
+        for module in modules
+        for cls in vars(module).values()
+        if is_section(cls)
+        and cls.__module__ == module.__name__
+        and any("doc" in spec.metadata for spec in dataclasses.fields(cls))
+    }
+    unreached = {cls.__name__ for cls in declared if not any(issubclass(r, cls) for r in reached)}
+    assert not unreached
+
+
+def test_every_key_has_doc_text() -> None:
+    """Declared with setting() and a sentence that says what it does."""
+    undocumented = [
+        key.path for key in KEYS if not str(key.spec.metadata.get("doc", "")).rstrip().endswith(".")
+    ]
+    assert not undocumented, "declare these with schema.setting and a sentence of doc text"
+
+
+def type_problems(hint: Any) -> Iterator[str]:
+    """Why the reference cannot name `hint`, the way the builder reads it (none: it can)."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        members = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(members) == 1:
+            yield from type_problems(members[0])
+        elif hint not in schema.UNION_PARSERS or not schema.UNION_PARSERS[hint].type_name:
+            yield f"the union {hint} has no UnionParser with a type_name"
+    elif origin is tuple:
+        yield from type_problems(typing.get_args(hint)[0])
+    elif origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if key_type is not str:
+            yield f"mapping keys are names, not {key_type}"
+        yield from type_problems(value_type)
+    elif is_section(hint) or hint in (bool, int, float, str):
+        return
+    elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if not all(isinstance(member.value, str) for member in hint):
+            yield f"{hint.__name__}'s values are not all strings"
+    elif not (hasattr(hint, "from_config") and isinstance(getattr(hint, "type_name", None), str)):
+        yield f"{getattr(hint, '__name__', hint)} has no from_config and type_name"
+
+
+def test_every_key_has_a_documented_type() -> None:
+    problems = {key.path: list(type_problems(key.hint)) for key in KEYS}
+    assert not {path: found for path, found in problems.items() if found}
+
+
+def conforms(value: object, hint: Any) -> bool:
+    """Whether `value` is of the type `hint` (as the builder makes values: an int will do for
+    a number, a bool will not)."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(conforms(value, arg) for arg in typing.get_args(hint))
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(conforms(v, item) for v in value)
+    if origin is dict:
+        key_type, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            conforms(k, key_type) and conforms(v, item) for k, v in value.items()
+        )
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        numbers = int if hint is int else int | float
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def default_problems(key: Key) -> Iterator[str]:
+    """Why the default of `key` is not a value a document could give it (none: it is)."""
+    spec = key.spec
+    if spec.default_factory is not dataclasses.MISSING:
+        value = spec.default_factory()
+    elif spec.default is not dataclasses.MISSING:
+        value = spec.default
+    else:
+        return  # required
+    if not conforms(value, key.hint):
+        yield f"{value!r} is not a {key.hint}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        low, high = spec.metadata.get("minimum"), spec.metadata.get("maximum")
+        if (low is not None and value < low) or (high is not None and value > high):
+            yield f"{value} is outside {low} to {high}"
+    # A section left out is its default, whose own check() no document ever runs.
+    for item in value if isinstance(value, tuple) else (value,):
+        check = getattr(item, "check", None) if is_section(type(item)) else None
+        try:
+            if check is not None:
+                check()
+        except schema.FieldError as error:
+            yield f"{type(item).__name__}.check(): {'.'.join(map(str, error.parts))}: {error}"
+
+
+def test_every_default_is_a_valid_value() -> None:
+    """Of the key's type, within its bounds and, for a section, passing its own checks: the
+    builder checks only what a document sets, never a default it uses."""
+    problems = {key.path: list(default_problems(key)) for key in KEYS}
+    assert not {path: found for path, found in problems.items() if found}
+
+
+def test_a_default_written_out_is_the_default() -> None:
+    """The reference's default, set in a document, gives the policy an empty document gives
+    (keys outside lists: an item of a list has required keys of its own)."""
+    wrong = []
+    for row in ROWS:
+        if not row.default_is_value or "[]" in row.path or row.type_name == "mapping":
+            continue
+        value = json.dumps(row.default) if row.type_name == "string" else row.default
+        *sections, name = row.path.split(".")
+        text = "".join(f"{'  ' * depth}{section}:\n" for depth, section in enumerate(sections))
+        text += f"{'  ' * len(sections)}{name}: {value}\n"
+        try:
+            if schema.load(Policy, text, "defaults.yaml") != Policy():
+                wrong.append(f"{row.path}: {row.default} is not the default")
+        except schema.ConfigError as error:
+            wrong.append(str(error))
+    assert not wrong
+
+
+def test_reference_has_a_row_for_every_key_and_no_other() -> None:
+    """docs/configuration.md, generated from describe: a key added or removed shows there
+    (python -m spamgate.reference docs/configuration.md), or this fails."""
+    table = CONFIGURATION.read_text().partition(reference.BEGIN)[2].partition(reference.END)[0]
+    documented = re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE)
+    keys = [key.path for key in KEYS]
+    assert documented == keys, (
+        f"docs/configuration.md: {mismatch(keys, documented)}: run "
+        ".venv/bin/python -m spamgate.reference docs/configuration.md"
+    )
 
 
 @pytest.mark.parametrize(
