@@ -151,11 +151,11 @@ def decision_log(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
     caplog.set_level(logging.INFO, logger="spamgate")
     lines: list[str] = []
     yield lines
-    lines.extend(r.getMessage() for r in caplog.records if r.name == "spamgate.core.decision")
+    lines.extend(r.getMessage() for r in caplog.records if r.name == "spamgate.decision")
 
 
 def decisions(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "spamgate.core.decision"]
+    return [r.getMessage() for r in caplog.records if r.name == "spamgate.decision"]
 
 
 @pytest.fixture(autouse=True)

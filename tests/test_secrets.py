@@ -336,7 +336,7 @@ def test_log_lines_mask_keys_whatever_logged_them() -> None:
         raise RuntimeError(f"no answer for 2.0.0.127.{KEY.upper()}.zen.dq.spamhaus.net")
     except RuntimeError:
         record = logging.LogRecord(
-            "spamgate.dns.resolver",
+            "spamgate.resolver",
             logging.ERROR,
             __file__,
             1,
@@ -423,7 +423,7 @@ def test_commands_mask_keys_in_what_modules_log(
     saved = logger.handlers[:]
     try:
         mask_keys_in_command_output(load_policy(write_keyed(tmp_path)))
-        logging.getLogger("spamgate.dns.resolver").warning(
+        logging.getLogger("spamgate.resolver").warning(
             "DNS lookup of %s/A failed unexpectedly", f"2.0.0.127.{KEY}.zen.dq.spamhaus.net"
         )
     finally:

@@ -53,7 +53,7 @@ from spamgate.core.settings import Nameserver, ResolverSettings
 from spamgate.dns import dnswire
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending
 
-log = logging.getLogger("spamgate.dns.resolver")
+log = logging.getLogger("spamgate.resolver")
 
 # Rounds over the server list when every attempt times out; the deadline usually ends it first.
 _MAX_ROUNDS = 4

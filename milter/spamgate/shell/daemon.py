@@ -45,7 +45,7 @@ from spamgate.state.recentrejects import RecentRejects
 from spamgate.state.store import PausingStore, open_store
 
 log = logging.getLogger("spamgate")
-decisions = logging.getLogger("spamgate.core.decision")
+decisions = logging.getLogger("spamgate.decision")
 
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 RELOAD_SIGNAL = signal.SIGUSR1

@@ -64,7 +64,7 @@ _MOST_ROUNDS = len(Need) + 1  # `decide` asks for each need once at most, then a
 # Decision ids only need to be unique enough to find one log line: a seeded generator (seeded
 # from os.urandom) gives them without a system call per message, as secrets would make.
 _DECISION_IDS = random.Random()
-_DECISION_LOG = logging.getLogger("spamgate.core.decision")
+_DECISION_LOG = logging.getLogger("spamgate.decision")
 
 
 @dataclass(frozen=True)
