@@ -1,5 +1,6 @@
 """What a hostile SMTP client (or a confused MTA) sends, as hypothesis strategies: strings,
-addresses, headers, macros, client addresses, whole dialogues (tests/test_hostile_input.py)."""
+addresses, headers, macros, client addresses, whole dialogues
+(tests/adapter/test_hostile_input.py)."""
 
 from __future__ import annotations
 

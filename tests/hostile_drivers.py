@@ -1,5 +1,5 @@
 """Playing a dialogue into the Session (ring 1) and into the adapter through pymilter's
-TestCtx (ring 2), checking every answer on the way (tests/test_hostile_input.py)."""
+TestCtx (ring 2), checking every answer on the way (tests/adapter/test_hostile_input.py)."""
 
 from __future__ import annotations
 

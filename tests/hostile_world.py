@@ -1,4 +1,4 @@
-"""The world hostile dialogues are played in (tests/test_hostile_input.py): a policy with a
+"""The world hostile dialogues are played in (tests/adapter/test_hostile_input.py): a policy with a
 rule of every kind, a resolver that answers at once from a hostile set, and what every
 answer must look like."""
 
@@ -21,7 +21,7 @@ from spamgate.core.replies import Reply
 from spamgate.dns.answers import AnswerKind, DnsAnswer
 from spamgate.shell.session import MessageDecision, RcptDecision, RcptResult, Runtime
 from tests.fakes import FakeClock
-from tests.test_decisionlog import parse_line
+from tests.pure.test_decisionlog import parse_line
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.adapter.test_cli import spamgate
 from tests.e2e.spamgate_stack import (
     ZEN_LIST,
     ZEN_ZONE,
@@ -34,7 +35,6 @@ from tests.harness.processes import LOOPBACK, wait_until
 from tests.harness.redis import RedisServer
 from tests.harness.sink import SmtpSink
 from tests.harness.smtp import SendResult, build_message, send
-from tests.test_cli import spamgate
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,6 @@
 """Hostile input through the real Postfix: every session ends in a reply, never a timeout.
 
-What tests/test_hostile_input.py proves of the adapter and the session with generated input,
+What tests/adapter/test_hostile_input.py proves of the adapter and the session with generated input,
 these tests prove of the whole path, with the bytes a client can really put on the wire
 (tests/harness/rawsmtp.py sends them unchanged): odd and non-UTF-8 HELOs, 8-bit, NUL, CR and
 LF in headers, a 1 MB header, 10,000 headers, encoded-words that do not decode, odd senders,

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.adapter.test_cli import spamgate
 from tests.e2e.spamgate_stack import SpamgateDaemon
 from tests.harness.dns import Rbldnsd, Zone
 from tests.harness.postfix import Listener, PostfixInstance
 from tests.harness.processes import LOOPBACK, wait_until
 from tests.harness.sink import SmtpSink
 from tests.harness.smtp import SendResult, build_message, send
-from tests.test_cli import spamgate
 
 pytestmark = pytest.mark.e2e
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from spamgate.config.files import load_policy
+from tests.adapter.test_cli import spamgate
 from tests.e2e.spamgate_stack import Samples, SpamgateDaemon, scrape_metrics
 from tests.harness.dns import Rbldnsd, Zone
 from tests.harness.postfix import Listener, PostfixInstance
 from tests.harness.processes import free_port, wait_until
 from tests.harness.sink import SmtpSink
 from tests.harness.smtp import SendResult, build_message, send
-from tests.test_cli import spamgate
 
 pytestmark = pytest.mark.e2e
 

@@ -182,7 +182,7 @@ def decoded_text(value: str) -> str:
 
 # Longer address headers are not parsed (header_addresses returns None). A To: with 1,000
 # recipients is about 35 KB and parses in about 4 ms; 64 KiB of the worst input we found
-# takes about 25 ms (tests/test_headers.py bounds it).
+# takes about 25 ms (tests/pure/test_headers.py bounds it).
 MAX_ADDRESS_CHARS = 64 * 1024
 
 # atext (RFC 5322 3.2.3) and, per RFC 6532, any non-ASCII character.

@@ -64,7 +64,7 @@ NO_DATE = """
 """
 
 # The tests here score into a tempfail band (off by default: greylisting is on), except where
-# a test sets thresholds of its own; tests/test_greylist_session.py covers greylisting.
+# a test sets thresholds of its own; tests/adapter/test_greylist_session.py covers greylisting.
 TEMPFAIL_BAND = "thresholds: {tag: 3, greylist: null, tempfail: 6, reject: 10}\n"
 BASE = "resolver: {deadline: 0.5}\n" + ZEN + "rules:\n" + PHARMA
 

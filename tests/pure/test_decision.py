@@ -3,7 +3,7 @@
 Which of exempt recipients, allow and deny lists, recipient policies, observe mode, the
 split with 452 4.5.3 and the score decides a recipient, what the sender is told, and which
 facts `decide` asks for before it answers. No resolver, no clock, no session: every fact is
-a plain value (tests/rulings.py); tests/test_decision_message.py has the end of message.
+a plain value (tests/rulings.py); tests/pure/test_decision_message.py has the end of message.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "milter" / "spamgate"
+PACKAGE = Path(__file__).resolve().parents[2] / "milter" / "spamgate"
 
 # Each layer and the layers it may import besides itself.
 ALLOWED: dict[str, frozenset[str]] = {

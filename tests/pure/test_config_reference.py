@@ -22,7 +22,7 @@ from spamgate.commands import reference
 from spamgate.core import schema
 from spamgate.core.policy import Policy
 
-CONFIGURATION = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 # --- every key of the schema is reachable, documented and valid by default ---------------------
 #

@@ -1,5 +1,5 @@
 """The decision at end of message as a pure function (decision.decide), greylisting, and
-whose lists count: facts in, a ruling out, as in tests/test_decision.py."""
+whose lists count: facts in, a ruling out, as in tests/pure/test_decision.py."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import pytest
 
 from tests.harness.processes import free_port, stop_milter_process, tcp_accepts, wait_until
 
-SHIPPED = Path(__file__).resolve().parent.parent / "config" / "spamgate.yaml"
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "spamgate.yaml"
 
 TCP_LISTEN = "0A"
 UDP_UNCONNECTED = "07"  # TCP_CLOSE: bound, no peer; receives from anyone

@@ -15,7 +15,7 @@ from spamgate.config.preflight import load_checked_policy, preflight, public_res
 from spamgate.core.policy import build_policy
 from spamgate.core.schema import ConfigError
 from spamgate.core.settings import Nameserver
-from tests.test_cli import spamgate
+from tests.adapter.test_cli import spamgate
 
 LOCAL = "resolver: {nameservers: ['127.0.0.1']}\n"
 QUIET = "thresholds: {greylist: null}\nhealth: {status_file: ''}\n"  # no state, no status file

@@ -17,9 +17,9 @@ from spamgate.core import decisionlog
 from spamgate.core.decisionlog import format_decision
 from spamgate.core.schema import describe
 from spamgate.shell import metrics
-from tests.test_decisionlog import decision
+from tests.pure.test_decisionlog import decision
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))

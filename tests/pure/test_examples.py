@@ -10,7 +10,7 @@ import yaml
 from spamgate.config.files import load_policy
 from spamgate.core.policy import Policy, Rule
 
-CONFIG = Path(__file__).resolve().parent.parent / "config"
+CONFIG = Path(__file__).resolve().parents[2] / "config"
 EVERY_KIND = CONFIG / "examples" / "every-rule-kind.yaml"
 
 

@@ -1,9 +1,10 @@
 """State that lives longer than a session stays bounded, however many clients come.
 
 A busy MX sees millions of distinct addresses, names and header values. Everything spamgate
-remembers across sessions must stop growing at a bound: the DNS cache (tests/test_resolver.py
-checks its eviction order), the memos of pure name functions, the rule book's header verdicts
-and dynamic-name verdicts, and the circuit breaker's window. `make soak`'s long run watches
+remembers across sessions must stop growing at a bound: the DNS cache
+(tests/adapter/test_resolver_cache.py checks its eviction order), the memos of pure name
+functions, the rule book's header verdicts and dynamic-name verdicts, and the circuit
+breaker's window. `make soak`'s long run watches
 the same thing from outside (RSS, and the cache size on /metrics).
 """
 

@@ -11,7 +11,7 @@ import pytest
 
 import spamgate
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["milter", "Milter", "mime"])

@@ -28,7 +28,7 @@ from spamgate.config.files import load_policy
 from spamgate.core.policy import Policy
 from spamgate.core.schema import ConfigError
 
-CONFIG = Path(__file__).resolve().parent.parent / "config"
+CONFIG = Path(__file__).resolve().parents[2] / "config"
 SEEDS = {
     path.name: path.read_bytes()
     for path in [CONFIG / "spamgate.yaml", *sorted(CONFIG.glob("examples/*.yaml"))]

@@ -19,8 +19,8 @@ from spamgate.core.accesskeys import inline_access_key, mask_access_key
 from spamgate.core.schema import ConfigError
 from spamgate.dns.listhealth import probe_names
 from spamgate.shell.logmasking import KeyMaskingFormatter
+from tests.adapter.test_cli import spamgate
 from tests.harness.processes import free_port, stop_milter_process, tcp_accepts, wait_until
-from tests.test_cli import spamgate
 
 # Shaped like a Spamhaus DQS key: 26 lower-case letters and digits.
 KEY = "abcdefghij0123456789klmnop"

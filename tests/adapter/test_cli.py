@@ -11,7 +11,7 @@ import pytest
 
 from spamgate.commands import cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "spamgate.yaml"
 
 

@@ -1,4 +1,4 @@
-"""Regressions: bugs the hostile-input properties (tests/test_hostile_input.py) found."""
+"""Regressions: bugs the hostile-input properties (tests/adapter/test_hostile_input.py) found."""
 
 from __future__ import annotations
 

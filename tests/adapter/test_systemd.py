@@ -22,7 +22,7 @@ import pytest
 import spamgate
 from tests.harness.processes import stop_milter_process, unix_accepts, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "spamgate.service"
 SYSUSERS = REPO / "systemd" / "spamgate.sysusers"
 TMPFILES = REPO / "systemd" / "spamgate.tmpfiles"
