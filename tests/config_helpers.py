@@ -35,6 +35,18 @@ def load_error(tmp_path: Path, text: str) -> ConfigError:
     return raised.value
 
 
+def assert_located(tmp_path: Path, text: str, where: tuple[int, int, str, str]) -> None:
+    """Loading `text` fails with one ConfigError at `where`: (line, column, key path, message),
+    and its text is FILE:LINE:COL: KEY: MESSAGE. The tables of located errors use it."""
+    line, column, key_path, message = where
+    error = load_error(tmp_path, text)
+    file = str(tmp_path / "spamgate.yaml")
+    assert (error.source, error.line, error.column, error.path) == (file, line, column, key_path)
+    assert error.message == message
+    prefix = f"{file}:{line}:{column}: "
+    assert str(error) == prefix + (f"{key_path}: {message}" if key_path else message)
+
+
 # A DNS list and a rule, as lines of a policy file: the tables of errors build on them.
 LIST_A = "  - {name: A, zone: a.test, score: 1}"
 RULE_DATE = "  - {name: R, score: 1, description: d, header: {name: Date, missing: true}}"

@@ -14,7 +14,7 @@ from spamgate.config.files import load_policy
 from spamgate.core.policy import Policy
 from spamgate.core.schema import ConfigError
 from spamgate.core.settings import ListenAddress, SocketMode
-from tests.config_helpers import lines, load, load_error
+from tests.config_helpers import assert_located, lines, load, load_error
 
 # --- errors located as FILE:LINE:COL: key.path: message ----------------------------------------
 
@@ -144,13 +144,7 @@ BAD_DOCUMENTS = [
 
 @pytest.mark.parametrize(("text", "where"), BAD_DOCUMENTS)
 def test_error_is_located(tmp_path: Path, text: str, where: tuple[int, int, str, str]) -> None:
-    line, column, key_path, message = where
-    error = load_error(tmp_path, text)
-    file = str(tmp_path / "spamgate.yaml")
-    assert (error.source, error.line, error.column, error.path) == (file, line, column, key_path)
-    assert error.message == message
-    prefix = f"{file}:{line}:{column}: "
-    assert str(error) == prefix + (f"{key_path}: {message}" if key_path else message)
+    assert_located(tmp_path, text, where)
 
 
 def test_missing_file_is_a_file_error(tmp_path: Path) -> None:

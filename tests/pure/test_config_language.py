@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spamgate.core.policy import Rule
-from tests.config_helpers import LIST_A, RULE_DATE, lines, load, load_error
+from tests.config_helpers import LIST_A, RULE_DATE, assert_located, lines, load, load_error
 
 # --- errors in rules, located ------------------------------------------------------------------
 
@@ -95,13 +95,7 @@ BAD_DOCUMENTS = [
 
 @pytest.mark.parametrize(("text", "where"), BAD_DOCUMENTS)
 def test_error_is_located(tmp_path: Path, text: str, where: tuple[int, int, str, str]) -> None:
-    line, column, key_path, message = where
-    error = load_error(tmp_path, text)
-    file = str(tmp_path / "spamgate.yaml")
-    assert (error.source, error.line, error.column, error.path) == (file, line, column, key_path)
-    assert error.message == message
-    prefix = f"{file}:{line}:{column}: "
-    assert str(error) == prefix + (f"{key_path}: {message}" if key_path else message)
+    assert_located(tmp_path, text, where)
 
 
 # --- errors in the policy language, located ----------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from spamgate.config.files import load_policy
 from spamgate.core.settings import Breaker
-from tests.config_helpers import LIST_A, lines, load_error, write
+from tests.config_helpers import LIST_A, assert_located, lines, load_error, write
 
 # --- errors in DNS lists, located --------------------------------------------------------------
 
@@ -123,13 +123,7 @@ BAD_DOCUMENTS = [
 
 @pytest.mark.parametrize(("text", "where"), BAD_DOCUMENTS)
 def test_error_is_located(tmp_path: Path, text: str, where: tuple[int, int, str, str]) -> None:
-    line, column, key_path, message = where
-    error = load_error(tmp_path, text)
-    file = str(tmp_path / "spamgate.yaml")
-    assert (error.source, error.line, error.column, error.path) == (file, line, column, key_path)
-    assert error.message == message
-    prefix = f"{file}:{line}:{column}: "
-    assert str(error) == prefix + (f"{key_path}: {message}" if key_path else message)
+    assert_located(tmp_path, text, where)
 
 
 # --- a list's own circuit breaker settings (issue 14, item 2) ----------------------------------
