@@ -10,7 +10,7 @@ recorded instead of applied. The no-reply path itself is proven end to end throu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent import futures
 from typing import Any
 
@@ -21,10 +21,10 @@ from Milter import testctx
 from spamgate.core import schema
 from spamgate.core.engine import Engine
 from spamgate.core.policy import Policy
-from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending
 from spamgate.shell.adapter import SpamgateMilter, report_uncaught
 from spamgate.shell.session import Runtime
-from tests.fakes import NO_REPLY_BITS
+from tests.fakes import NO_REPLY_BITS, ScriptedLookups
 
 LISTED = DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=60)
 CLEAN = DnsAnswer(AnswerKind.NXDOMAIN, ttl=60)
@@ -59,20 +59,11 @@ def make_policy(extra: str = "") -> Policy:
     return schema.load(Policy, BASE_POLICY + extra, "test.yaml")
 
 
-class FakeLookups:
-    """Answers from a table; a name mapped to None is never answered."""
-
-    def __init__(self, answers: dict[str, DnsAnswer | None]) -> None:
-        self.answers = answers
-        self.asked: list[str] = []
-
-    def lookup(self, qname: str) -> futures.Future[DnsAnswer]:
-        self.asked.append(qname)
-        future: futures.Future[DnsAnswer] = futures.Future()
-        answer = self.answers.get(qname, CLEAN)
-        if answer is not None:
-            future.set_result(answer)
-        return future
+def answering(answers: Mapping[str, DnsAnswer | None]) -> ScriptedLookups:
+    """A resolver that answers these A questions at once (None: never) and any other clean."""
+    return ScriptedLookups(
+        {(qname, "A"): answer for qname, answer in answers.items()}, default=CLEAN
+    )
 
 
 class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
@@ -104,7 +95,7 @@ def fresh_options() -> None:
 
 
 class Session:
-    def __init__(self, policy: Policy, lookups: FakeLookups) -> None:
+    def __init__(self, policy: Policy, lookups: ScriptedLookups) -> None:
         fresh_options()
         self.runtime = Runtime(Engine(policy), lookups)
         Milter.factory = lambda: SpamgateMilter(self.runtime)
@@ -166,7 +157,7 @@ def _capture(caplog: pytest.LogCaptureFixture) -> None:
 def test_listed_client_is_refused_at_rcpt_with_list_name_and_id(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    lookups = FakeLookups({"1.2.0.192.s3cr3tkey.zen.test": LISTED})
+    lookups = answering({"1.2.0.192.s3cr3tkey.zen.test": LISTED})
     session = Session(make_policy(), lookups)
     session.connect("192.0.2.1")
     session.mail()
@@ -188,7 +179,7 @@ def test_listed_client_is_refused_at_rcpt_with_list_name_and_id(
 def test_clean_client_gets_headers_and_foreign_spam_headers_removed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    session = Session(make_policy(), FakeLookups({}))
+    session = Session(make_policy(), answering({}))
     session.connect("192.0.2.7")
     session.mail()
     assert session.rcpt("<user@example.com>") == Milter.CONTINUE
@@ -209,7 +200,7 @@ def test_clean_client_gets_headers_and_foreign_spam_headers_removed(
 
 
 def test_repeated_foreign_header_deleted_from_the_last_index_down() -> None:
-    session = Session(make_policy(), FakeLookups({}))
+    session = Session(make_policy(), answering({}))
     session.connect()
     session.mail()
     session.rcpt("<user@example.com>")
@@ -218,7 +209,7 @@ def test_repeated_foreign_header_deleted_from_the_last_index_down() -> None:
 
 
 def test_mid_score_client_is_tempfailed() -> None:
-    lookups = FakeLookups(
+    lookups = answering(
         {"1.2.0.192.s3cr3tkey.zen.test": DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10",), ttl=60)}
     )
     policy = make_policy("thresholds: {tag: 3, greylist: null, tempfail: 6, reject: 10}\n")
@@ -232,7 +223,7 @@ def test_mid_score_client_is_tempfailed() -> None:
 
 
 def test_mid_score_client_is_greylisted_by_default() -> None:
-    lookups = FakeLookups(
+    lookups = answering(
         {"1.2.0.192.s3cr3tkey.zen.test": DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10",), ttl=60)}
     )
     session = Session(make_policy(), lookups)
@@ -247,7 +238,7 @@ def test_mid_score_client_is_greylisted_by_default() -> None:
 def test_postmaster_reachable_from_listed_client_and_tagged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    lookups = FakeLookups({"1.2.0.192.s3cr3tkey.zen.test": LISTED})
+    lookups = answering({"1.2.0.192.s3cr3tkey.zen.test": LISTED})
     session = Session(make_policy(), lookups)
     session.connect("192.0.2.1")
     session.mail()
@@ -263,7 +254,7 @@ def test_postmaster_reachable_from_listed_client_and_tagged(
 
 def test_blocked_answer_is_never_a_listing(caplog: pytest.LogCaptureFixture) -> None:
     blocked = DnsAnswer(AnswerKind.RECORDS, ("127.255.255.254",), ttl=60)
-    session = Session(make_policy(), FakeLookups({"1.2.0.192.s3cr3tkey.zen.test": blocked}))
+    session = Session(make_policy(), answering({"1.2.0.192.s3cr3tkey.zen.test": blocked}))
     session.connect("192.0.2.1")
     session.mail()
     assert session.rcpt("<user@example.com>") == Milter.CONTINUE
@@ -277,7 +268,7 @@ def test_blocked_answer_is_never_a_listing(caplog: pytest.LogCaptureFixture) -> 
 def test_unanswered_list_counts_as_unusable_after_the_deadline(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    session = Session(make_policy(), FakeLookups({"1.2.0.192.s3cr3tkey.zen.test": None}))
+    session = Session(make_policy(), answering({"1.2.0.192.s3cr3tkey.zen.test": None}))
     session.connect("192.0.2.1")
     session.mail()
     assert session.rcpt("<user@example.com>") == Milter.CONTINUE
@@ -289,7 +280,7 @@ def test_unanswered_list_counts_as_unusable_after_the_deadline(
 def test_observe_mode_accepts_and_logs_the_would_be_action(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    lookups = FakeLookups({"1.2.0.192.s3cr3tkey.zen.test": LISTED})
+    lookups = answering({"1.2.0.192.s3cr3tkey.zen.test": LISTED})
     session = Session(make_policy("mode: observe\n"), lookups)
     session.connect("192.0.2.1")
     session.mail()
@@ -320,14 +311,14 @@ def test_observe_mode_accepts_and_logs_the_would_be_action(
     ],
 )
 def test_which_clients_are_looked_up(ip: str, expected_queries: list[str]) -> None:
-    lookups = FakeLookups({})
+    lookups = answering({})
     session = Session(make_policy(), lookups)
     session.connect(ip)
-    assert lookups.asked == expected_queries
+    assert lookups.calls == [(qname, "A") for qname in expected_queries]
 
 
 def test_trusted_client_is_logged_as_such(caplog: pytest.LogCaptureFixture) -> None:
-    session = Session(make_policy(), FakeLookups({}))
+    session = Session(make_policy(), answering({}))
     session.connect("127.0.0.1")
     session.mail()
     session.rcpt("<user@example.com>")
@@ -337,7 +328,7 @@ def test_trusted_client_is_logged_as_such(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_authenticated_client_lists_do_not_count(caplog: pytest.LogCaptureFixture) -> None:
-    lookups = FakeLookups({"1.2.0.192.s3cr3tkey.zen.test": LISTED})
+    lookups = answering({"1.2.0.192.s3cr3tkey.zen.test": LISTED})
     session = Session(make_policy(), lookups)
     session.connect("192.0.2.1")
     session.mail(auth="alice")
@@ -348,7 +339,7 @@ def test_authenticated_client_lists_do_not_count(caplog: pytest.LogCaptureFixtur
 
 
 def test_allowlist_offsets_a_listing() -> None:
-    lookups = FakeLookups(
+    lookups = answering(
         {
             "1.2.0.192.s3cr3tkey.zen.test": LISTED,
             "1.2.0.192.wl.test": DnsAnswer(AnswerKind.RECORDS, ("127.0.15.3",), ttl=60),
@@ -365,7 +356,7 @@ def test_allowlist_offsets_a_listing() -> None:
 def test_header_rules_add_to_list_score_and_reject_at_end_of_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    lookups = FakeLookups(
+    lookups = answering(
         {"1.2.0.192.s3cr3tkey.zen.test": DnsAnswer(AnswerKind.RECORDS, ("127.0.0.10",), 60)}
     )
     thresholds = "thresholds: {tag: 3, greylist: null, reject: 10}\n"
@@ -386,7 +377,7 @@ def test_header_rules_add_to_list_score_and_reject_at_end_of_message(
 
 
 def test_folded_header_value_is_unfolded_before_matching() -> None:
-    session = Session(make_policy(), FakeLookups({}))
+    session = Session(make_policy(), answering({}))
     session.connect()
     session.mail()
     session.rcpt("<user@example.com>")
@@ -395,7 +386,7 @@ def test_folded_header_value_is_unfolded_before_matching() -> None:
 
 
 def test_each_transaction_logs_once_with_its_own_id(caplog: pytest.LogCaptureFixture) -> None:
-    lookups = FakeLookups({"1.2.0.192.s3cr3tkey.zen.test": LISTED})
+    lookups = answering({"1.2.0.192.s3cr3tkey.zen.test": LISTED})
     session = Session(make_policy(), lookups)
     session.connect("192.0.2.1")
     session.mail("<one@example.org>")
@@ -408,13 +399,13 @@ def test_each_transaction_logs_once_with_its_own_id(caplog: pytest.LogCaptureFix
     assert "from=<one@example.org>" in first and "refused=<a@example.com>,<b@example.com>" in first
     assert "from=<two@example.org>" in second
     assert first.split(" id=")[1].split()[0] != second.split(" id=")[1].split()[0]
-    assert lookups.asked.count("1.2.0.192.s3cr3tkey.zen.test") == 1
+    assert lookups.calls.count(("1.2.0.192.s3cr3tkey.zen.test", "A")) == 1
 
 
 def test_transaction_with_no_recipient_decision_is_not_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    session = Session(make_policy(), FakeLookups({}))
+    session = Session(make_policy(), answering({}))
     session.connect()
     session.mail()
     session.close()
@@ -422,7 +413,7 @@ def test_transaction_with_no_recipient_decision_is_not_logged(
 
 
 def test_negotiation_asks_only_for_header_actions() -> None:
-    session = Session(make_policy(), FakeLookups({}))
+    session = Session(make_policy(), answering({}))
     session.connect()
     assert session.ctx._opts[0] == (
         Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.SETSYMLIST
@@ -435,7 +426,7 @@ def test_negotiation_asks_only_for_header_actions() -> None:
 
 
 def test_negotiation_skips_replies_postfix_can_buffer_and_answers_data() -> None:
-    milter = SpamgateMilter(Runtime(Engine(make_policy()), FakeLookups({})))
+    milter = SpamgateMilter(Runtime(Engine(make_policy()), answering({})))
     ctx = RecordingCtx()
     ctx._stage = -1  # negotiation time: TestCtx allows setsymlist only then
     milter._setctx(ctx)
@@ -461,8 +452,8 @@ def test_negotiation_skips_replies_postfix_can_buffer_and_answers_data() -> None
     assert ctx._symlist[Milter.M_EOM] == {b"i"}
 
 
-class ExplodingLookups(FakeLookups):
-    def lookup(self, qname: str) -> futures.Future[DnsAnswer]:
+class ExplodingLookups(ScriptedLookups):
+    def lookup(self, qname: str, rdtype: str = "A") -> Pending[DnsAnswer]:
         raise RuntimeError("resolver exploded")
 
 
@@ -493,7 +484,7 @@ def test_error_in_a_noreply_callback_follows_on_error_at_the_next_reply(
 def test_error_in_header_callback_is_answered_with_on_error_at_end_of_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    session = Session(make_policy("on_error: tempfail\n"), FakeLookups({}))
+    session = Session(make_policy("on_error: tempfail\n"), answering({}))
     session.connect()
     session.mail()
     session.rcpt("<user@example.com>")
@@ -520,7 +511,7 @@ def test_error_in_header_callback_is_answered_with_on_error_at_end_of_message(
 def test_connect_without_a_usable_address_is_scored_without_lists(
     caplog: pytest.LogCaptureFixture, family: int, hostaddr: Any
 ) -> None:
-    lookups = FakeLookups({})
+    lookups = answering({})
     session = Session(make_policy(), lookups)
     fresh_options()
     session.ctx._negotiate()
@@ -529,7 +520,7 @@ def test_connect_without_a_usable_address_is_scored_without_lists(
     session.mail()
     assert session.rcpt("<user@example.com>") == Milter.CONTINUE
     session.close()
-    assert lookups.asked == []
+    assert lookups.calls == []
     (line,) = decisions(caplog)
     if family == 10:
         assert "client=fe80::1" in line and "lists_ignored=trusted" in line
@@ -561,7 +552,7 @@ def undecodable(raw: bytes) -> UnicodeDecodeError:
 
 
 def connected(policy: Policy) -> Session:
-    session = Session(policy, FakeLookups({}))
+    session = Session(policy, answering({}))
     fresh_options()
     session.ctx._negotiate()
     assert session.milter.connect("mx.example.org", 2, ("192.0.2.7", 4567)) in (
@@ -647,7 +638,7 @@ def test_a_client_name_pymilter_cannot_decode_fails_the_connection_by_on_error(
 ) -> None:
     # No MTA here passes one (Postfix validates the name or says "unknown"), but if one did,
     # connect() never runs: the connection has no facts, so on_error answers for all of it.
-    session = Session(make_policy("on_error: tempfail\n"), FakeLookups({}))
+    session = Session(make_policy("on_error: tempfail\n"), answering({}))
     fresh_options()
     session.ctx._negotiate()
     pymilter_fails(undecodable(b"host\xff.example"))

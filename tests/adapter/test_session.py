@@ -14,7 +14,6 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Mapping
-from concurrent import futures
 from dataclasses import dataclass, field
 
 import pytest
@@ -34,6 +33,7 @@ from spamgate.shell.session import (
     Runtime,
     Session,
 )
+from tests.fakes import FakeClock, ScriptedLookups
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
 CLIENT = "192.0.2.1"
@@ -77,40 +77,10 @@ SBL = records("127.0.0.2")
 PBL = records("127.0.0.10")
 
 
-class TableResolver:
-    """Answers (qname, rdtype) from a table at once; None in the table never answers; a name
-    not in the table is NXDOMAIN. Every question is recorded in order."""
-
-    def __init__(self, table: Mapping[tuple[str, str], DnsAnswer | None]) -> None:
-        self.table = dict(table)
-        self.asked: list[tuple[str, str]] = []
-        self.pending: list[futures.Future[DnsAnswer]] = []
-
-    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
-        self.asked.append((qname, rdtype))
-        future: futures.Future[DnsAnswer] = futures.Future()
-        answer = self.table.get((qname, rdtype), NXDOMAIN)
-        if answer is None:
-            self.pending.append(future)
-        else:
-            future.set_result(answer)
-        return future
-
-
-@dataclass
-class FakeClock:
-    """A monotonic clock that stands still until a test advances it."""
-
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Harness:
     session: Session
-    resolver: TableResolver
+    resolver: ScriptedLookups
     clock: FakeClock
     log: list[str] = field(default_factory=list)
 
@@ -143,7 +113,7 @@ def start(
     *,
     now: datetime.datetime = NOW,
 ) -> Harness:
-    resolver = TableResolver(table or {})
+    resolver = ScriptedLookups(table or {}, default=NXDOMAIN)
     clock = FakeClock()
     ids = (f"id{n:04d}" for n in itertools.count(1))
     log: list[str] = []
@@ -211,7 +181,7 @@ def test_listed_client_is_refused_at_rcpt_with_the_reply_template(
     harness.envelope()
     decision = harness.session.rcpt("<User@Example.com>")
     assert (decision.result, decision.reply, decision.action) == (RcptResult.REFUSE, reply, action)
-    assert harness.resolver.asked == [ZEN_Q]
+    assert harness.resolver.calls == [ZEN_Q]
     harness.session.close()
     assert harness.log == [
         "NOQUEUE: decision id=id0001 client=192.0.2.1 client_name=unknown helo=mx.example.org"
@@ -270,7 +240,7 @@ def test_allowed_client_network_accepts_everything_without_dns() -> None:
     decision = harness.session.rcpt("<user@example.com>")
     assert decision == RcptDecision(RcptResult.ACCEPT_ALL, why="allowed_by=client:192.0.2.0/24")
     harness.session.close()
-    assert harness.resolver.asked == []
+    assert harness.resolver.calls == []
     assert harness.log == [
         "NOQUEUE: decision id=id0001 client=192.0.2.1 client_name=unknown helo=192.0.2.1"
         " from=<a@example.org> rcpt=<user@example.com> refused= stage=rcpt action=accept"
@@ -297,7 +267,7 @@ def test_allow_by_verified_client_name(client_name: str, allowed_by: str) -> Non
     decision = harness.session.rcpt("<user@example.com>")
     if allowed_by:
         assert decision == RcptDecision(RcptResult.ACCEPT_ALL, why=f"allowed_by={allowed_by}")
-        assert harness.resolver.asked == []
+        assert harness.resolver.calls == []
         # Logged when the message ends, with every recipient (it goes on to the end of
         # message, where forged verdict headers are deleted).
         assert harness.log == []
@@ -306,7 +276,7 @@ def test_allow_by_verified_client_name(client_name: str, allowed_by: str) -> Non
     else:
         # Not a name: scored as usual, and the client's name is looked up (it is not there).
         assert (decision.result, decision.action) == (RcptResult.REFUSE, Action.REJECT)
-        assert harness.resolver.asked == [ZEN_Q, PTR_Q]
+        assert harness.resolver.calls == [ZEN_Q, PTR_Q]
 
 
 def test_allow_by_client_name_confirmed_by_our_own_reverse_lookup() -> None:
@@ -321,7 +291,7 @@ def test_allow_by_client_name_confirmed_by_our_own_reverse_lookup() -> None:
     assert decision == RcptDecision(
         RcptResult.ACCEPT_ALL, why="allowed_by=client_name:*.partner.example"
     )
-    assert harness.resolver.asked == [ZEN_Q, PTR_Q, ("mail.partner.example", "A")]
+    assert harness.resolver.calls == [ZEN_Q, PTR_Q, ("mail.partner.example", "A")]
     harness.session.finish_transaction()  # RSET: logged as it ends
     line = only_line(harness)
     assert (line["allowed_by"], line["rdns"]) == (
@@ -589,7 +559,7 @@ domain_lists:
 def test_domain_lists_start_when_their_name_is_known() -> None:
     table = {("phish.example.dbl.test", "A"): records("127.0.1.2")}
     harness = start(DOMAIN_LISTS, table)
-    session, asked = harness.session, harness.resolver.asked
+    session, asked = harness.session, harness.resolver.calls
     harness.connect()
     assert asked == [PTR_Q]  # `ptr` is checked: the client's name is looked up
     session.helo("mail.example.co.uk")
@@ -647,7 +617,7 @@ def test_names_sharing_a_domain_share_one_lookup_logged_with_every_source() -> N
     session.end_of_message("QID1")
     # PTR, HELO, sender and From all have the organizational domain example.com: one query,
     # counted once, scored once, named with each source (the From joined after RCPT).
-    assert harness.resolver.asked.count(("example.com.dbl.test", "A")) == 1
+    assert harness.resolver.calls.count(("example.com.dbl.test", "A")) == 1
     line = only_line(harness)
     assert line["lists"].startswith("DBL[ptr,helo,sender,from:example.com]:listed:127.0.1.2:")
     assert line["hits"] == "DBL_SPAM:10"
@@ -687,7 +657,7 @@ def test_a_transaction_adds_its_source_to_a_connection_lookup_for_itself_only() 
     first, second = (fields(line)["lists"] for line in harness.log)
     assert "DBL[helo,sender:example.org]" in first
     assert "DBL[helo:example.org]" in second and "DBL[sender:other.example]" in second
-    assert harness.resolver.asked.count(("example.org.dbl.test", "A")) == 1
+    assert harness.resolver.calls.count(("example.org.dbl.test", "A")) == 1
 
 
 def test_many_transactions_on_one_connection_keep_their_lines_short() -> None:
@@ -724,7 +694,7 @@ def test_each_lookup_is_waited_for_until_its_own_start_plus_the_deadline() -> No
 def test_a_client_name_from_mta_macros_is_looked_up_in_domain_lists_at_connect() -> None:
     harness = start(DOMAIN_LISTS)
     harness.connect(client_resolve="OK", client_ptr="mail.client.example.com")
-    assert harness.resolver.asked == [("example.com.dbl.test", "A")]
+    assert harness.resolver.calls == [("example.com.dbl.test", "A")]
 
 
 @pytest.mark.parametrize(
@@ -744,7 +714,7 @@ def test_no_domain_query_for_address_literals_or_single_labels(helo: str) -> Non
     harness.session.mail("<a@[192.0.2.7]>", False)
     harness.session.mail("<a@localhost>", False)
     harness.session.mail("<>", False)
-    assert harness.resolver.asked == [PTR_Q]
+    assert harness.resolver.calls == [PTR_Q]
 
 
 def test_a_header_with_many_addresses_gets_four_lookups_and_a_repeated_domain_none() -> None:
@@ -755,7 +725,7 @@ def test_a_header_with_many_addresses_gets_four_lookups_and_a_repeated_domain_no
     harness.session.header("From", names)
     harness.session.header("Reply-To", "u@d0.example")  # the same query for another source
     harness.session.header("From", "v@d1.example")  # from:d1.example again
-    assert harness.resolver.asked[1:] == [(f"d{n}.example.dbl.test", "A") for n in range(4)]
+    assert harness.resolver.calls[1:] == [(f"d{n}.example.dbl.test", "A") for n in range(4)]
     transaction = harness.session.transaction
     assert transaction is not None and transaction.lookups is not None
     subjects = [o.subject for o in transaction.lookups.collect(1.0) if o.subject]
@@ -785,7 +755,7 @@ def test_trusted_client_gets_no_lists_and_no_connection_rules_but_header_rules()
     assert (decision.result, decision.verdict.hits) == (RcptResult.CONTINUE, ())
     outcome = harness.message([("Subject", "viagra"), ("From", "x@spam.example")])
     assert [hit.name for hit in outcome.verdict.hits] == ["SUBJECT_PHARMA"]
-    assert harness.resolver.asked == []
+    assert harness.resolver.calls == []
     line = only_line(harness)
     assert (line["lists_ignored"], line["hits"], "lists" in line) == (
         "trusted",
@@ -807,7 +777,7 @@ def test_the_same_client_unauthenticated_is_scored_on_lists_and_connection_rules
         "HELO_BARE",
         "RDNS_MISSING",
     ]
-    assert harness.resolver.asked == [ZEN_Q, PTR_Q, ("spam.example.dbl.test", "A")]
+    assert harness.resolver.calls == [ZEN_Q, PTR_Q, ("spam.example.dbl.test", "A")]
 
 
 def test_authenticated_client_gets_no_list_scores_and_no_connection_rules() -> None:
@@ -823,7 +793,7 @@ def test_authenticated_client_gets_no_list_scores_and_no_connection_rules() -> N
         ["SUBJECT_PHARMA"],
     )
     # The address was looked up at connect, before anyone knew; no name is looked up after.
-    assert harness.resolver.asked == [ZEN_Q, PTR_Q]
+    assert harness.resolver.calls == [ZEN_Q, PTR_Q]
     line = only_line(harness)
     assert (line["lists_ignored"], line["hits"], line["lists"]) == (
         "authenticated",
@@ -836,7 +806,7 @@ def test_skip_authenticated_off_scores_authenticated_senders_on_domain_lists() -
     table = {("spam.example.dbl.test", "A"): records("127.0.0.2")}
     harness = start(BASE + DBL + "skip_authenticated: false\n", table)
     harness.envelope("<a@spam.example>", auth=True)
-    assert ("spam.example.dbl.test", "A") in harness.resolver.asked
+    assert ("spam.example.dbl.test", "A") in harness.resolver.calls
     decision = harness.session.rcpt("<user@example.com>")
     assert decision.reply == Reply(550, "5.7.1", "Message refused: listed by DBL (id id0001)")
 
@@ -861,7 +831,7 @@ def test_reverse_dns_from_mta_macros_asks_no_ptr() -> None:
     decision = harness.session.rcpt("<user@example.com>")
     assert decision.verdict is not None
     assert [hit.name for hit in decision.verdict.hits] == ["RDNS_UNCONFIRMED"]
-    assert harness.resolver.asked == [ZEN_Q]
+    assert harness.resolver.calls == [ZEN_Q]
     harness.session.close()
     assert only_line(harness)["rdns"] == "unconfirmed:gw.other.test"
 
@@ -875,7 +845,7 @@ def test_reverse_dns_from_our_own_lookup_when_macros_are_not_used() -> None:
     harness.session.mail("<a@example.org>", False)
     decision = harness.session.rcpt("<user@example.com>")
     assert decision.verdict is not None and decision.verdict.hits == ()
-    assert harness.resolver.asked == [ZEN_Q, PTR_Q, ("mail.client.example", "A")]
+    assert harness.resolver.calls == [ZEN_Q, PTR_Q, ("mail.client.example", "A")]
     harness.session.close()
     assert only_line(harness)["rdns"] == "confirmed:mail.client.example"
 
@@ -906,7 +876,7 @@ def test_a_session_keeps_the_generation_it_started_with() -> None:
     runtime = harness.session.runtime
     runtime.current = Generation(Engine(_with_digest(BASE, "01d")), harness.resolver)
     session = Session(runtime)
-    observing = TableResolver({ZEN_Q: SBL})
+    observing = ScriptedLookups({ZEN_Q: SBL}, default=NXDOMAIN)
     runtime.current = Generation(
         Engine(_with_digest(BASE + "mode: observe\n", "0b5")), observing, number=2
     )
@@ -914,14 +884,14 @@ def test_a_session_keeps_the_generation_it_started_with() -> None:
     session.mail("<a@example.org>", False)
     assert session.rcpt("<user@example.com>").result is RcptResult.REFUSE
     session.close()
-    assert (fields(harness.log[-1])["policy"], observing.asked) == ("01d", [])
+    assert (fields(harness.log[-1])["policy"], observing.calls) == ("01d", [])
     later = Session(runtime)  # the next connection gets the new generation
     later.connect("unknown", ipaddress.ip_address(CLIENT), {})
     later.mail("<a@example.org>", False)
     decision = later.rcpt("<user@example.com>")
     assert (decision.result, decision.why) == (RcptResult.CONTINUE, "observe")
     later.close()
-    assert (fields(harness.log[-1])["policy"], observing.asked) == ("0b5", [ZEN_Q])
+    assert (fields(harness.log[-1])["policy"], observing.calls) == ("0b5", [ZEN_Q])
 
 
 # --- one log line per transaction --------------------------------------------------------------
@@ -950,7 +920,7 @@ def test_a_new_mail_from_logs_the_previous_transaction_once() -> None:
         "<two@example.org>",
         "<c@example.com>",
     )
-    assert harness.resolver.asked == [ZEN_Q]  # the connection's lookups serve both
+    assert harness.resolver.calls == [ZEN_Q]  # the connection's lookups serve both
 
 
 def test_abort_logs_once_and_a_message_is_not_logged_again_at_close() -> None:
