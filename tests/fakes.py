@@ -4,7 +4,7 @@ what an MTA offers in negotiation."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import Milter
 
@@ -38,10 +38,19 @@ class FakeClock:
 
 class ScriptedLookups:
     """Answers scripted questions at once; leaves the others pending for the test to answer.
+    A question scripted as None is never answered; with a `default`, a question not in the
+    script gets it at once (a table resolver: NXDOMAIN, or a clean list answer).
+    Every question is recorded in `calls`, in order.
     A question asked again while pending shares its answer, as the resolver merges them."""
 
-    def __init__(self, script: dict[Question, DnsAnswer] | None = None) -> None:
+    def __init__(
+        self,
+        script: Mapping[Question, DnsAnswer | None] | None = None,
+        *,
+        default: DnsAnswer | None = None,
+    ) -> None:
         self.script = dict(script or {})
+        self.default = default
         self.calls: list[Question] = []
         self.pending: dict[Question, Pending[DnsAnswer]] = {}
         self._lock = threading.Lock()
@@ -50,7 +59,7 @@ class ScriptedLookups:
         future: Pending[DnsAnswer] = Pending()
         with self._lock:
             self.calls.append((qname, rdtype))
-            answer = self.script.get((qname, rdtype))
+            answer = self.script.get((qname, rdtype), self.default)
             if answer is None:
                 future = self.pending.setdefault((qname, rdtype), future)
         if answer is not None:

@@ -14,7 +14,7 @@ from spamgate.core.evidence import Stage
 from spamgate.core.policy import DomainList, IpList, ListHit
 from spamgate.core.returncodes import parse_return_code
 from spamgate.core.settings import HealthSettings
-from spamgate.dns.answers import AnswerKind, DnsAnswer
+from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending
 from spamgate.dns.dnslists import (
     IPAddress,
     ListLookups,
@@ -27,7 +27,7 @@ from spamgate.dns.dnslists import (
 )
 from spamgate.dns.listhealth import ListMonitor
 from spamgate.shell.metrics import Metrics
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, ScriptedLookups
 
 
 def hit(name: str, score: float, *codes: str) -> ListHit:
@@ -243,22 +243,6 @@ def checks_for(
     return lookups
 
 
-class FakeLookups:
-    """A resolver whose answers the test gives, one Future per query name."""
-
-    def __init__(self) -> None:
-        self.futures: dict[str, futures.Future[DnsAnswer]] = {}
-
-    def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
-        assert qname not in self.futures, f"{qname} asked twice"
-        future: futures.Future[DnsAnswer] = futures.Future()
-        self.futures[qname] = future
-        return future
-
-    def answer(self, qname: str, answer: DnsAnswer) -> None:
-        self.futures[qname].set_result(answer)
-
-
 CLIENT = ipaddress.IPv4Address("192.0.2.1")
 ZEN_Q = "1.2.0.192.zen.spamhaus.org"
 DNSWL_Q = "1.2.0.192.list.dnswl.org"
@@ -266,20 +250,20 @@ SPAMCOP_Q = "1.2.0.192.bl.spamcop.net"
 
 
 def test_pending_checks_ask_each_applicable_list_once() -> None:
-    lookups = FakeLookups()
+    lookups = ScriptedLookups()
     checks_for(lookups, ipaddress.ip_address("::ffff:192.0.2.1"), ALL_LISTS, FakeClock())
-    assert list(lookups.futures) == [ZEN_Q, DNSWL_Q, SPAMCOP_Q]
+    assert lookups.calls == [(ZEN_Q, "A"), (DNSWL_Q, "A"), (SPAMCOP_Q, "A")]
 
 
 def test_pending_checks_classify_answers_with_latency() -> None:
-    lookups, clock = FakeLookups(), FakeClock(1000.0)
+    lookups, clock = ScriptedLookups(), FakeClock(1000.0)
     checks = checks_for(lookups, CLIENT, (ZEN, DNSWL, SPAMCOP), clock)
     clock.now = 1000.05
-    lookups.answer(ZEN_Q, addresses("127.0.0.2", "127.0.0.10"))
+    lookups.answer(ZEN_Q, "A", addresses("127.0.0.2", "127.0.0.10"))
     clock.now = 1000.12
-    lookups.answer(DNSWL_Q, DnsAnswer(AnswerKind.NXDOMAIN))
+    lookups.answer(DNSWL_Q, "A", DnsAnswer(AnswerKind.NXDOMAIN))
     clock.now = 1000.3
-    lookups.answer(SPAMCOP_Q, DnsAnswer(AnswerKind.SERVFAIL))
+    lookups.answer(SPAMCOP_Q, "A", DnsAnswer(AnswerKind.SERVFAIL))
     clock.now = 1000.5
 
     zen, dnswl, spamcop = checks.collect(2.0)
@@ -293,8 +277,8 @@ def test_pending_checks_classify_answers_with_latency() -> None:
 
 
 def test_answer_already_there_at_start_has_zero_latency() -> None:
-    class Cached(FakeLookups):
-        def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:
+    class Cached(ScriptedLookups):
+        def lookup(self, qname: str, rdtype: str = "A") -> Pending[DnsAnswer]:
             future = super().lookup(qname)
             future.set_result(DnsAnswer(AnswerKind.NXDOMAIN))
             return future
@@ -321,9 +305,9 @@ def test_cache_hits_stay_out_of_latency_figures() -> None:
 
 
 def test_unanswered_list_is_unusable_at_the_deadline() -> None:
-    lookups = FakeLookups()
+    lookups = ScriptedLookups()
     checks = checks_for(lookups, CLIENT, (ZEN, DNSWL), time.monotonic)
-    lookups.answer(DNSWL_Q, DnsAnswer(AnswerKind.NXDOMAIN))
+    lookups.answer(DNSWL_Q, "A", DnsAnswer(AnswerKind.NXDOMAIN))
 
     started = time.monotonic()
     zen, dnswl = checks.collect(0.2)
@@ -337,7 +321,7 @@ def test_unanswered_list_is_unusable_at_the_deadline() -> None:
 
 
 def test_collect_waits_only_for_what_is_left_of_the_deadline() -> None:
-    lookups, clock = FakeLookups(), FakeClock(1000.0)
+    lookups, clock = ScriptedLookups(), FakeClock(1000.0)
     checks = checks_for(lookups, CLIENT, (ZEN,), clock)
     clock.now = 1000.15  # 0.15 s of the 0.2 s deadline have passed since connect
 
@@ -350,7 +334,7 @@ def test_collect_waits_only_for_what_is_left_of_the_deadline() -> None:
 
 
 def test_collect_after_the_deadline_does_not_wait() -> None:
-    lookups, clock = FakeLookups(), FakeClock(1000.0)
+    lookups, clock = ScriptedLookups(), FakeClock(1000.0)
     checks = checks_for(lookups, CLIENT, (ZEN,), clock)
     clock.now = 1005.0
 
@@ -361,10 +345,10 @@ def test_collect_after_the_deadline_does_not_wait() -> None:
 
 
 def test_collect_twice_gives_the_same_result_without_waiting() -> None:
-    lookups = FakeLookups()
+    lookups = ScriptedLookups()
     checks = checks_for(lookups, CLIENT, (ZEN,), time.monotonic)
     first = checks.collect(0.1)
-    lookups.answer(ZEN_Q, addresses("127.0.0.2"))  # too late: the verdict is already out
+    lookups.answer(ZEN_Q, "A", addresses("127.0.0.2"))  # too late: the verdict is already out
 
     started = time.monotonic()
     second = checks.collect(5.0)
@@ -374,30 +358,37 @@ def test_collect_twice_gives_the_same_result_without_waiting() -> None:
 
 
 def test_future_that_raises_is_a_resolver_error() -> None:
-    lookups = FakeLookups()
-    checks = checks_for(lookups, CLIENT, (ZEN,), FakeClock())
-    lookups.futures[ZEN_Q].set_exception(RuntimeError("boom"))
+    failing: futures.Future[DnsAnswer] = futures.Future()
+
+    class Failing(ScriptedLookups):  # a concurrent Future can fail; a Pending cannot
+        def lookup(self, qname: str, rdtype: str = "A") -> futures.Future[DnsAnswer]:  # type: ignore[override]
+            super().lookup(qname, rdtype)
+            return failing
+
+    checks = checks_for(Failing(), CLIENT, (ZEN,), FakeClock())
+    failing.set_exception(RuntimeError("boom"))
     (zen,) = checks.collect(2.0)
     assert (zen.status, zen.failure, zen.hits) == (ListStatus.UNUSABLE, "resolver-error", ())
 
 
 def test_no_applicable_lists_collects_nothing() -> None:
-    lookups = FakeLookups()
+    lookups = ScriptedLookups()
     checks = checks_for(lookups, CLIENT, (V6_ONLY,), FakeClock())
-    assert lookups.futures == {}
+    assert lookups.calls == []
     assert checks.collect(2.0) == ()
 
 
 def test_domain_lookups_carry_their_subject_and_stage() -> None:
     dbl = DomainList(name="DBL", zone="dbl.test", score=6.0)
-    lookups, clock = FakeLookups(), FakeClock()
+    lookups, clock = ScriptedLookups(), FakeClock()
     checks = ListLookups(lookups, clock)
     checks.start(dbl, "example.org.dbl.test", subject="helo:example.org", stage=Stage.CONNECTION)
     checks.start(dbl, "example.net.dbl.test", subject="from:example.net", stage=Stage.MESSAGE)
     # The same again: merged.
     checks.start(dbl, "example.net.dbl.test", subject="from:example.net", stage=Stage.MESSAGE)
-    lookups.answer("example.org.dbl.test", addresses("127.0.1.2"))
-    lookups.answer("example.net.dbl.test", DnsAnswer(AnswerKind.NXDOMAIN))
+    assert lookups.calls == [("example.org.dbl.test", "A"), ("example.net.dbl.test", "A")]
+    lookups.answer("example.org.dbl.test", "A", addresses("127.0.1.2"))
+    lookups.answer("example.net.dbl.test", "A", DnsAnswer(AnswerKind.NXDOMAIN))
 
     (helo,) = checks.collect(2.0, stage=Stage.ENVELOPE)  # the header domain is not known at RCPT
     assert (helo.subject, helo.status, names(helo)) == (
@@ -441,10 +432,10 @@ class SuspendingRecorder:
 
 
 def test_a_session_stops_waiting_for_a_list_suspended_while_it_waits() -> None:
-    lookups, recorder = FakeLookups(), SuspendingRecorder()
+    lookups, recorder = ScriptedLookups(), SuspendingRecorder()
     checks = ListLookups(lookups, time.monotonic, recorder)
     checks.start_ip_lists(CLIENT, (ZEN, DNSWL))
-    lookups.answer(DNSWL_Q, DnsAnswer(AnswerKind.NXDOMAIN))
+    lookups.answer(DNSWL_Q, "A", DnsAnswer(AnswerKind.NXDOMAIN))
     timer = threading.Timer(0.2, lambda: recorder.suspend(ZEN.name))
     timer.start()
     try:
@@ -458,7 +449,7 @@ def test_a_session_stops_waiting_for_a_list_suspended_while_it_waits() -> None:
     assert dnswl.status is ListStatus.CLEAN
     assert [o.failure for o in recorder.recorded] == ["suspended", ""]
     assert not recorder.waiters  # a waiter leaves when it is done
-    lookups.answer(ZEN_Q, DnsAnswer(AnswerKind.TIMEOUT))  # the resolver gives up later
+    lookups.answer(ZEN_Q, "A", DnsAnswer(AnswerKind.TIMEOUT))  # the resolver gives up later
     assert [(o.dns_list.name, o.failure) for o in recorder.answers] == [
         (DNSWL.name, ""),
         (ZEN.name, "timeout"),
