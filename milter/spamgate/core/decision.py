@@ -378,7 +378,7 @@ def _decide_message(engine: Engine, facts: Facts) -> Ruling:
     if isinstance(judgements, Ruling):
         return judgements
     # Without splitting, recipients of several policies share one answer: the mildest, so
-    # that nobody loses mail their own policy would accept (README: per-recipient).
+    # that nobody loses mail their own policy would accept (docs/decisions.md, per-recipient).
     judged = min(judgements, key=lambda j: j.enforcement.action)
     if judged.enforcement.action is Action.GREYLIST:
         # Header rules raised the score into the band: every recipient's triplet must have
