@@ -38,6 +38,11 @@ _A6 = ipaddress.ip_address("2001:db8::25")
             id="postfix-unknown-rdns",
         ),
         pytest.param(
+            f"from [198.51.100.7] (unknown [198.51.100.7]) by mx.example.com; {_DATE}",
+            Hop("[198.51.100.7]", "[198.51.100.7]", "", _A, "mx.example.com", _TIME),
+            id="postfix-bare-ip-helo",
+        ),
+        pytest.param(
             f"from x (host.example.net [IPv6:2001:db8::25]) by MX.Example.COM; {_DATE}",
             Hop("x", "x", "host.example.net", _A6, "mx.example.com", _TIME),
             id="postfix-ipv6",
@@ -72,7 +77,7 @@ _A6 = ipaddress.ip_address("2001:db8::25")
         ),
         pytest.param(
             f"from [198.51.100.7] (helo=friend) by mx with esmtp (Exim 4.96); {_DATE}",
-            Hop("", "friend", "", _A, "mx", _TIME),
+            Hop("[198.51.100.7]", "friend", "", _A, "mx", _TIME),
             id="exim-no-rdns",
         ),
         pytest.param(

@@ -40,6 +40,7 @@ _BARE_ADDRESS = re.compile(r"\(\s*(?:ipv6:)?([0-9a-f.:]{2,45})\s*\)", re.IGNOREC
 _EXIM_HELO = re.compile(r"helo=([^\s()\[\]]{1,255})", re.IGNORECASE)
 _QMAIL_HELO = re.compile(r"\(\s*helo\s+([^\s()\[\]]{1,255})\s*\)", re.IGNORECASE)
 _WORD = re.compile(r"[^\s()\[\];]{1,255}")
+_LITERAL = re.compile(r"\[[^\s()\[\];]{1,255}\]")
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ def _address(text: str) -> IPAddress | None:
 def _from_parts(clause: str, by: str, when: datetime.datetime | None) -> Hop:
     if not clause:
         return Hop(by=by, time=when)
-    word = _WORD.match(clause)
+    # The first word, or an address literal ("from [192.0.2.1] (...)": a bare-IP HELO).
+    word = _LITERAL.match(clause) or _WORD.match(clause)
     first = word.group(0) if word else ""
     rest = clause[word.end() :] if word else clause
     address = None
@@ -118,9 +120,9 @@ def _from_parts(clause: str, by: str, when: datetime.datetime | None) -> Hop:
             address = _address(bare.group(1))
     exim = _EXIM_HELO.search(rest)
     qmail = _QMAIL_HELO.search(rest)
-    if clause.startswith("["):  # Exim: from [ADDR] (helo=HELO)
-        return Hop("", exim.group(1) if exim else "", "", address, by, when)
-    if exim is not None:  # Exim: from RDNS ([ADDR] helo=HELO)
+    if exim is not None:  # Exim: from RDNS ([ADDR] helo=HELO), from [ADDR] (helo=HELO)
+        if first.startswith("["):
+            return Hop(first, exim.group(1), "", address, by, when)
         return Hop(first, exim.group(1), _known(first), address, by, when)
     if qmail is not None:  # qmail: from RDNS (HELO HELO) (ADDR)
         return Hop(first, qmail.group(1), _known(first), address, by, when)
