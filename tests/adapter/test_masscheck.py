@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,22 @@ def test_hostile_files_are_scored_never_crash(
     assert rules["SUBJECT_CHEAP"] == 2  # the Latin-1 and the huge-header messages
     code, out, _ = run(argv, capsys)  # and the text report
     assert code == 0 and "score of spam:" in out
+
+
+# Python's own odd messages (test_email's data: bad MIME, NULs, folded junk), where installed.
+EMAIL_TEST_DATA = Path(sysconfig.get_path("stdlib")) / "test" / "test_email" / "data"
+
+
+@pytest.mark.skipif(not EMAIL_TEST_DATA.is_dir(), reason="the stdlib's test package is absent")
+def test_pythons_email_test_messages_never_crash_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY, encoding="utf-8")
+    argv = ["mass-check", "-c", str(tmp_path / "policy.yaml"), "--spam", str(EMAIL_TEST_DATA)]
+    code, out, err = run([*argv, "--json"], capsys)
+    assert (code, err) == (0, "")
+    files = [p for p in EMAIL_TEST_DATA.iterdir() if p.is_file() and not p.name.startswith(".")]
+    assert json.loads(out)["messages"]["spam"] == len(files)
 
 
 def test_unreadable_files_are_named_and_counted(
