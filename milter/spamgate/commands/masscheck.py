@@ -162,15 +162,14 @@ class Checker:
         fields = read_headers(message.data)
         received = [value for name, value in fields if name.lower() == "received"]
         hop = client_hop(received, self.names, self.networks)
+        address, name, helo = NEUTRAL_CLIENT, "unknown", ""
         if hop is not None and hop.address is not None:
             tally.from_received[message.label] += 1
-            client = Dialogue(hop.address, name=hop.reverse_name or "unknown", helo=hop.helo)
-        else:
-            client = Dialogue(NEUTRAL_CLIENT)
+            address, name, helo = hop.address, hop.reverse_name or "unknown", hop.helo
         client = Dialogue(
-            client.address,
-            name=client.name,
-            helo=client.helo,
+            address,
+            name=name,
+            helo=helo,
             sender=_first_address(fields, "return-path") or _first_address(fields, "from"),
             recipients=(_first_address(fields, "delivered-to") or DEFAULT_RCPT,),
         )
