@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from spamgate import __version__
-from spamgate.commands import explain, listcmd
+from spamgate.commands import explain, listcmd, masscheck
 from spamgate.config.preflight import load_checked_policy
 from spamgate.core.schema import ConfigError
 from spamgate.dns.resolver import system_nameservers
@@ -36,10 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("check-config", "validate a policy file and exit 0 if it is good"),
         ("explain", "score a client and optionally a message file; exit status is the action"),
         ("lists", "show the running daemon's view of each DNS list (state, hit and error rate)"),
+        ("mass-check", "score sorted ham and spam offline, headers only: hits per rule, outcomes"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         if name == "explain":
             explain.add_arguments(command)
+        if name == "mass-check":
+            masscheck.add_arguments(command)
         if name == "check-config":
             command.add_argument(
                 "--probe",
@@ -90,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return listcmd.probe(policy) if args.probe else 0
     if args.command == "explain":
         return explain.run(policy, args)
+    if args.command == "mass-check":
+        return masscheck.run(policy, args)
     if args.command == "lists":
         return listcmd.show(policy)
     # Imported here so check-config and explain work without loading libmilter.

@@ -11,10 +11,12 @@ import argparse
 import ipaddress
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from os import EX_NOINPUT, EX_USAGE  # sysexits(3)
 from pathlib import Path
 from typing import TextIO
 
+from spamgate.core.addresses import IPAddress
 from spamgate.core.engine import DEFAULT_GROUP, Action, Engine, Verdict
 from spamgate.core.policy import Policy
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending
@@ -89,28 +91,77 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
         runtime = Runtime(
             Engine(policy), resolver or NoDns(), log=log_lines.append, dns=not args.no_dns
         )
-        session = Session(runtime)
-        session.connect(args.name, address, {})
-        if args.helo:
-            session.helo(args.helo)
-        session.mail(args.sender, bool(args.auth))
-        decisions = []
-        for rcpt in args.rcpt or [DEFAULT_RCPT]:
-            decisions.append((rcpt, session.rcpt(rcpt)))
-            if decisions[-1][1].result is RcptResult.ACCEPT_ALL:
-                break  # Postfix stops consulting the milter for this message too
-        # The message is judged only if some recipient got as far as DATA, filtered.
-        filtered = any(d.result is RcptResult.CONTINUE for _, d in decisions)
-        message = None
-        if message_bytes is not None and filtered:
-            for name, value in read_headers(message_bytes):
-                session.header(name, value)
-            message = session.end_of_message("")
-        session.close()
+        client = Dialogue(
+            address,
+            name=args.name,
+            helo=args.helo,
+            sender=args.sender,
+            authenticated=bool(args.auth),
+            recipients=tuple(args.rcpt) or (DEFAULT_RCPT,),
+        )
+        talk = converse(runtime, client, message_bytes)
     finally:
         if resolver is not None:
             resolver.stop()
-    return report(session, decisions, message, log_lines, out)
+    return report(talk.session, talk.decisions, talk.message, log_lines, out)
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    """What a client says before its message: who it is, HELO, MAIL FROM and RCPT TO."""
+
+    address: IPAddress
+    name: str = "unknown"  # as Postfix reports it: the verified reverse name, or "unknown"
+    helo: str = ""  # "": the client said no HELO
+    sender: str = ""
+    authenticated: bool = False
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Conversation:
+    session: Session
+    decisions: tuple[tuple[str, RcptDecision], ...]
+    message: MessageDecision | None  # None: no recipient got as far as DATA, filtered
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """The last verdict given: the message's, or else the last recipient's."""
+        if self.message is not None:
+            return self.message.verdict
+        verdicts = [d.verdict for _, d in self.decisions if d.verdict is not None]
+        return verdicts[-1] if verdicts else None
+
+    @property
+    def action(self) -> Action:
+        """The mail's fate: the message's, or else that of its best-treated recipient."""
+        if self.message is not None:
+            return self.message.action
+        return min(d.action for _, d in self.decisions)
+
+
+def converse(runtime: Runtime, client: Dialogue, message_bytes: bytes | None) -> Conversation:
+    """One connection and transaction through the daemon's own Session, as the adapter would
+    drive it: the message's header fields are passed only if a recipient was accepted."""
+    session = Session(runtime)
+    session.connect(client.name, client.address, {})
+    if client.helo:
+        session.helo(client.helo)
+    session.mail(client.sender, client.authenticated)
+    decisions = []
+    for rcpt in client.recipients or (DEFAULT_RCPT,):
+        decisions.append((rcpt, session.rcpt(rcpt)))
+        if decisions[-1][1].result is RcptResult.ACCEPT_ALL:
+            break  # Postfix stops consulting the milter for this message too
+    # The message is judged only if some recipient got as far as DATA, filtered.
+    filtered = any(d.result is RcptResult.CONTINUE for _, d in decisions)
+    message = None
+    if message_bytes is not None and filtered:
+        for name, value in read_headers(message_bytes):
+            session.header(name, value)
+        message = session.end_of_message("")
+    session.close()
+    return Conversation(session, tuple(decisions), message)
 
 
 DEFAULT_RCPT = "someone@example.com"
