@@ -342,7 +342,7 @@ _FACTS = (
         "subject.punctuation",
         N,
         "How many `!`, `?` and `$` the decoded Subject has. Absent without a Subject.",
-        "{name: SUBJECT_EXCLAIMS, score: 1, description: a Subject full of !?$, "
+        "{name: SUBJECT_EXCLAIMS, score: 1, description: a Subject full of punctuation, "
         "fact: {name: subject.punctuation, over: 3}}",
         _subject_punctuation,
     ),
