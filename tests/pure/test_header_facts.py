@@ -34,6 +34,15 @@ CASES = [
     ),
     pytest.param([("Received", "garbage")], "received.malformed", 1.0, id="rcvd-garbage"),
     pytest.param(
+        [("Received", "garbage; " + DATE_10)], "received.malformed", 1.0, id="rcvd-no-from-no-by"
+    ),
+    pytest.param(
+        [("Received", "(qmail 7 invoked by uid 500); " + DATE_10)],
+        "received.malformed",
+        0.0,
+        id="rcvd-qmail-comment-stamp-is-fine",
+    ),
+    pytest.param(
         [("Received", "from a (b [192.0.2.1]) by mx.example.net")],
         "received.malformed",
         1.0,

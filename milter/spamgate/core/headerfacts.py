@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from spamgate.core import domains, headers
-from spamgate.core.received import Hop, parse_received
+from spamgate.core.received import MAX_RECEIVED_CHARS, Hop, parse_received
 
 # A message has a few dozen header fields; a sender may send thousands. The first hundred,
 # each up to 8 KiB (RFC 5322 lines end at 998 characters, folded fields run to a few lines),
@@ -135,9 +135,27 @@ def _received_hops(view: HeaderView) -> FactValue:
 
 
 def _received_malformed(view: HeaderView) -> FactValue:
-    # A field without a `from` is not counted: Postfix and Sendmail write none for mail
-    # submitted on the host itself ("by host (Postfix, from userid 1000)").
-    return float(sum(1 for hop in view.hops if not hop.by or hop.time is None))
+    return float(
+        sum(
+            1
+            for value, hop in zip(view.values("received"), view.hops, strict=True)
+            if _is_malformed(value, hop)
+        )
+    )
+
+
+def _is_malformed(value: str, hop: Hop) -> bool:
+    """No time after the last ";" (every MTA writes one), or neither a `from` nor a `by`
+    host, unless the stamp is one comment: qmail writes "(qmail 1234 invoked by uid 500);
+    DATE" and other stamps in that shape. A field without a `from` but with a `by` is fine:
+    Postfix and Sendmail write one for mail submitted on the host itself ("by host
+    (Postfix, from userid 1000)")."""
+    if hop.time is None:
+        return True
+    if hop.by or hop.from_name:
+        return False
+    head = headers.unfold(value[:MAX_RECEIVED_CHARS]).rpartition(";")[0].strip()
+    return not (head.startswith("(") and head.endswith(")"))
 
 
 def _date_skew_hours(view: HeaderView) -> FactValue:
@@ -282,7 +300,8 @@ _FACTS = (
     Fact(
         "received.malformed",
         N,
-        "The number of Received fields with no `by` host or no time after the last `;`.",
+        "The number of Received fields with no time after the last `;`, or with neither a "
+        "`from` nor a `by` (a stamp that is one comment, as qmail writes, is fine).",
         "{name: RCVD_MALFORMED, score: 1, description: a Received field that is not one, "
         "fact: {name: received.malformed, over: 0}}",
         _received_malformed,
