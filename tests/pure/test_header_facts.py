@@ -7,7 +7,15 @@ import datetime
 import pytest
 
 from spamgate.core import headers
-from spamgate.core.headerfacts import FACTS, MAX_FIELDS, MAX_VALUE_CHARS, FactType, HeaderView
+from spamgate.core.headerfacts import (
+    _NAMES_A_HOST,
+    FACTS,
+    MAX_FIELDS,
+    MAX_VALUE_CHARS,
+    FactType,
+    HeaderView,
+)
+from spamgate.core.received import parse_received, received_time
 
 END = datetime.datetime(2026, 12, 7, 8, 0, tzinfo=datetime.UTC)
 RCVD = "from mail.example.org (mail.example.org [192.0.2.1]) by mx.example.net; {date}"
@@ -267,3 +275,48 @@ def test_hostile_input_never_raises(fields: Fields) -> None:
 def test_undecodable_word_check_is_total() -> None:
     assert headers.has_undecodable_word("=?base64?b?aGk=?=")  # a binary codec, not a charset
     assert not headers.has_undecodable_word("plain text")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(RCVD_8, id="postfix"),
+        pytest.param("(qmail 7 invoked by uid 500); " + DATE_10, id="qmail-comment"),
+        pytest.param("a; b; " + DATE_10 + " (CET)", id="last-semicolon"),
+        pytest.param("from a by b", id="no-time"),
+        pytest.param("x" * 5000 + "; " + DATE_10, id="time-past-the-cap"),
+        pytest.param(RCVD_8.replace("; ", ";\r\n\t"), id="folded"),
+        pytest.param(NOT_UTF8 + "; " + NOT_UTF8, id="not-utf8"),
+    ],
+)
+def test_received_time_agrees_with_parse_received(value: str) -> None:
+    """date.skew_hours reads only the time (received_time), as parse_received would."""
+    assert received_time(value) == parse_received(value).time
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "from a (b [192.0.2.1]) by mx",
+        "FROM a by mx",
+        "by mx.example.net (Postfix, from userid 1000)",
+        "  from byzantium.example by mx",
+        "from  by mx",
+        "from by mx",
+        "from\tx by mx",
+        "from (comment) by mx",
+        "from [192.0.2.1] by mx",
+        "by  mx",
+        "by (x)",
+        "(qmail 1 invoked by uid 5)",
+        "frOm x",
+        "bye",
+    ],
+)
+def test_the_fast_path_agrees_with_parse_received(value: str) -> None:
+    """received.malformed skips the whole parse when the stamp opens with a host name: it must
+    then be one parse_received also reads a from or by host out of."""
+    fast = _NAMES_A_HOST.match(value)
+    if fast:
+        hop = parse_received(value)
+        assert hop.from_name or hop.by
