@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from spamgate.core import headers, schema
+from spamgate.core import headerfacts, headers, schema
 from spamgate.core.engine import Action, Engine
 from spamgate.core.policy import Policy
 from spamgate.shell.session import MAX_PARSED_PER_HEADER, Generation, RcptResult, Session
@@ -217,3 +217,47 @@ def test_date_skew_is_measured_from_the_injected_now(date: str, hits: list[str])
     harness.session.rcpt("<user@example.com>")
     outcome = harness.message([("Date", date)])
     assert [hit.name for hit in outcome.verdict.hits] == hits
+
+
+FACT_RULES = """
+  - {name: SHOUTS, score: 1, description: shouts, fact: {name: subject.caps_ratio, over: 0.9}}
+  - {name: SKEWED, score: 1, description: skewed, fact: {name: date.skew_hours, over: 1}}
+"""
+
+
+def test_fact_rules_read_the_fields_kept_and_the_injected_now() -> None:
+    """The session keeps the fields only for a policy with fact rules, and the view it builds
+    at end of message measures the Date skew from the runtime's clock (no Received field)."""
+    harness = start(BASE + FACT_RULES)
+    harness.envelope()
+    harness.session.rcpt("<user@example.com>")
+    outcome = harness.message(
+        [("Subject", "CHEAP WATCHES TODAY"), ("Date", "Wed, 01 May 2024 14:00:00 +0000")]
+    )
+    assert [hit.name for hit in outcome.verdict.hits] == ["SHOUTS", "SKEWED"]
+
+
+def test_no_fields_are_kept_without_fact_rules() -> None:
+    harness = start(BASE)
+    harness.envelope()
+    harness.session.rcpt("<user@example.com>")
+    transaction = harness.session.transaction
+    assert transaction is not None
+    harness.session.header("Subject", "CHEAP WATCHES TODAY")
+    assert transaction.header_fields == []
+
+
+def test_the_fields_kept_for_facts_are_bounded() -> None:
+    """A sender may send thousands of fields of any length: the transaction keeps the first
+    MAX_FIELDS, each cut at MAX_VALUE_CHARS, and the fact rules still run."""
+    harness = start(BASE + FACT_RULES)
+    harness.envelope()
+    harness.session.rcpt("<user@example.com>")
+    transaction = harness.session.transaction
+    assert transaction is not None
+    outcome = harness.message(
+        [("Subject", "CHEAP WATCHES TODAY")] + [("X-Junk", "y" * 100_000)] * 500
+    )
+    assert len(transaction.header_fields) == headerfacts.MAX_FIELDS
+    assert max(len(value) for _, value in transaction.header_fields) == headerfacts.MAX_VALUE_CHARS
+    assert [hit.name for hit in outcome.verdict.hits] == ["SHOUTS"]

@@ -178,6 +178,34 @@ def decoded_text(value: str) -> str:
     return "".join(pieces)
 
 
+def has_undecodable_word(value: str) -> bool:
+    """Whether an RFC 2047 encoded-word in the value does not decode: its charset is one
+    Python does not know, its base64 is not base64 (a character outside the alphabet, a
+    length no padding can mend), or its bytes are not text in the charset it names.
+
+    `decoded_text` reads all of these leniently, as mail readers do; this says that it had
+    to. Linear in the value, never raises.
+    """
+    text = unfold(value)
+    if "=?" not in text:
+        return False
+    for word in _ENCODED_WORD.finditer(text):
+        key = encodings.normalize_encoding(word["charset"].lower())
+        name = _codec_name(key) if key in _KNOWN_CODEC_NAMES else None
+        if name is None:
+            return True
+        payload = word["text"]
+        if word["encoding"] in "Bb":
+            data = payload.encode("ascii")
+            if _NOT_BASE64.search(data.rstrip(b"=")) or len(data) % 4 == 1:
+                return True
+        try:
+            _payload(word["encoding"], payload).decode(name)
+        except (LookupError, UnicodeError):
+            return True
+    return False
+
+
 # --- Addresses (RFC 5322 section 3.4, with the obsolete forms of section 4.4) ---------------
 
 # Longer address headers are not parsed (header_addresses returns None). A To: with 1,000

@@ -10,6 +10,7 @@ policy names are looked up in the Sources it is built from. The daemon's own set
 
 from __future__ import annotations
 
+import difflib
 import enum
 import hashlib
 import ipaddress
@@ -30,6 +31,7 @@ from spamgate.core.accesskeys import (
     parse_access_key,
 )
 from spamgate.core.addresses import normalize_network
+from spamgate.core.headerfacts import FACTS, FactType
 from spamgate.core.matchlists import AddressPatterns, EntryError, NamePatterns, NetworkSet
 from spamgate.core.patterns import Pattern, RawPattern
 from spamgate.core.returncodes import ReturnCode
@@ -396,6 +398,55 @@ class HeaderCondition:
             )
 
 
+# Each operator of a `fact:` condition, and the type of fact it tests.
+_FACT_OPERATORS = {
+    "is": FactType.BOOLEAN,
+    "over": FactType.NUMBER,
+    "under": FactType.NUMBER,
+    "matches": FactType.TEXT,
+}
+
+
+@dataclass(frozen=True)
+class FactCondition:
+    name: str = setting(
+        "A header fact (docs/rules.md, Facts), e.g. `subject.caps_ratio`. A rule on a fact "
+        "that is absent for a message (its inputs are missing) does not fire."
+    )
+    is_: bool | None = setting("Fire when a boolean fact has this value.", None, key="is")
+    over: float | None = setting("Fire when a number fact is more than this.", None)
+    under: float | None = setting("Fire when a number fact is less than this.", None)
+    matches: Pattern | None = setting("Fire when a text fact matches this RE2 pattern.", None)
+
+    def check(self) -> None:
+        fact = FACTS.get(self.name)
+        if fact is None:
+            close = difflib.get_close_matches(self.name, list(FACTS), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(FACTS)}"
+            raise FieldError("name", f"unknown fact {self.name!r} ({hint})")
+        given = [key for key in _FACT_OPERATORS if self.operand(key) is not None]
+        wanted = [key for key, kind in _FACT_OPERATORS.items() if kind is fact.type]
+        if len(given) != 1:
+            where = given[1] if len(given) > 1 else "name"
+            raise FieldError(
+                where, f"{self.name} is a {fact.type.value} fact: give one of {', '.join(wanted)}"
+            )
+        if given[0] not in wanted:
+            raise FieldError(
+                given[0],
+                f"{self.name} is a {fact.type.value} fact: test it with {' or '.join(wanted)}",
+            )
+
+    def operand(self, key: str) -> bool | float | Pattern | None:
+        """The value given for the operator `key` (`is`, `over`, `under`, `matches`)."""
+        value: bool | float | Pattern | None = getattr(self, "is_" if key == "is" else key)
+        return value
+
+    @property
+    def operator(self) -> str:
+        return next(key for key in _FACT_OPERATORS if self.operand(key) is not None)
+
+
 class HeloCheck(enum.Enum):
     BARE_IP = "bare_ip"
     NOT_FQDN = "not_fqdn"
@@ -497,6 +548,11 @@ class Rule:
         "The From: header domain is `not_sender_domain`: another organization than MAIL FROM.",
         None,
     )
+    fact: FactCondition | None = setting(
+        "A condition on a header fact: `{name: FACT, is: true}` (boolean), `over: N` or "
+        "`under: N` (number), `matches: RE` (text).",
+        None,
+    )
     composite: Composite | None = setting(
         "Fires on a combination of other hits (rules or list hits defined before it).", None
     )
@@ -514,6 +570,7 @@ class Rule:
         "date_ahead_hours",
         "date_behind_days",
         "from_domain",
+        "fact",
         "composite",
     )
 

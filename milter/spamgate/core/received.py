@@ -66,6 +66,14 @@ def parse_received(value: str) -> Hop:
     return _from_parts(from_clause, by, when)
 
 
+def received_time(value: str) -> datetime.datetime | None:
+    """The time of a Received field, as parse_received reads it, without the rest: the date
+    after the last ";" of its first MAX_RECEIVED_CHARS characters (unfolded)."""
+    text = unfold(value[:MAX_RECEIVED_CHARS]).replace("\n", " ").replace("\r", " ")
+    _, semicolon, tail = text.rpartition(";")
+    return parse_date(tail) if semicolon else None
+
+
 def _clauses(head: str) -> tuple[str, str]:
     """The text of the from clause (up to " by " outside parentheses) and the by host."""
     depth = 0

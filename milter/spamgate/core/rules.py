@@ -20,12 +20,14 @@ from spamgate.core import domains, headers
 from spamgate.core.addresses import IPAddress, IPNetwork, normalize_address
 from spamgate.core.evidence import RdnsStatus, ReverseDns
 from spamgate.core.evidence import Stage as Stage  # noqa: PLC0414
+from spamgate.core.headerfacts import FactValue, HeaderView
 from spamgate.core.patterns import Pattern, PatternGroup, RawPattern
 from spamgate.core.policy import (
     Composite,
     DnsList,
     DomainList,
     DomainSource,
+    FactCondition,
     FromCheck,
     HeloCheck,
     Mode,
@@ -54,6 +56,7 @@ _STAGE_OF_CONDITION = {
     "date_ahead_hours": Stage.MESSAGE,
     "date_behind_days": Stage.MESSAGE,
     "from_domain": Stage.MESSAGE,
+    "fact": Stage.MESSAGE,
 }
 
 _STAGE_OF_SOURCE = {
@@ -96,6 +99,8 @@ class MessageFacts:
     malformed: frozenset[str] = frozenset()
     date_skew: datetime.timedelta | None = None
     from_domains: tuple[str, ...] = ()
+    # The header fields, kept only when a `fact:` rule needs them (RuleBook.needs_header_view).
+    header_view: HeaderView | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,8 @@ class RuleBook:
         )
         self.needs_helo_resolution = ("helo", HeloCheck.UNRESOLVABLE) in conditions
         self.needs_sender_resolution = ("sender", SenderCheck.UNRESOLVABLE) in conditions
+        # Header fields are kept for the end of the message only when a rule reads a fact.
+        self.needs_header_view = any(rule.fact is not None for rule in self.rules)
 
     def _rule_stage(self, rule: Rule) -> Stage:
         if rule.composite is not None:
@@ -366,11 +373,50 @@ def _compile_message(rule: Rule) -> Check:
         return lambda facts: lowered in facts.message.malformed
     if condition in ("date_ahead_hours", "date_behind_days"):
         return lambda facts: _date_check(rule, facts.message.date_skew)
+    if condition == "fact":
+        assert rule.fact is not None
+        return _fact_check(rule.fact)
     if condition == "from_domain":
         if rule.from_domain is not FromCheck.NOT_SENDER_DOMAIN:
             return lambda facts: False
         return lambda facts: _from_not_sender(facts.envelope.sender, facts.message.from_domains)
     raise AssertionError(f"unhandled condition {condition}")
+
+
+def _fact_check(condition: FactCondition) -> Check:
+    """A `fact:` condition's test. An absent fact (None: its inputs are missing) never fires,
+    whatever the operator: `is: false` does not fire on a message without a Reply-To."""
+    name, operator = condition.name, condition.operator
+    test: Callable[[FactValue], bool]
+    if operator == "is":
+        wanted = condition.is_
+
+        def test(value: FactValue) -> bool:
+            return value is wanted
+
+    elif operator in ("over", "under"):
+        limit = condition.over if operator == "over" else condition.under
+        assert limit is not None
+        above = operator == "over"
+
+        def test(value: FactValue) -> bool:
+            return isinstance(value, float) and (value > limit if above else value < limit)
+
+    else:
+        pattern = condition.matches
+        assert pattern is not None
+
+        def test(value: FactValue) -> bool:
+            return isinstance(value, str) and pattern.search(value)
+
+    def check(facts: Facts) -> bool:
+        view = facts.message.header_view
+        if view is None:
+            return False
+        value = view.fact(name)
+        return value is not None and test(value)
+
+    return check
 
 
 def _date_check(rule: Rule, skew: datetime.timedelta | None) -> bool:

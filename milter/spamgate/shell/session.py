@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from spamgate.core import decision, domains, headers
+from spamgate.core import decision, domains, headerfacts, headers
 from spamgate.core.addresses import normalize_network
 from spamgate.core.decision import (
     Client,
@@ -203,6 +203,8 @@ class Transaction:
     from_domains: list[str] = field(default_factory=list)
     our_headers: dict[str, int] = field(default_factory=dict)
     parsed_counts: dict[str, int] = field(default_factory=dict)
+    # Every header field, bounded, when a `fact:` rule reads them (Engine.needs_header_view).
+    header_fields: list[tuple[str, str]] = field(default_factory=list)
     greylist: dict[str, GreylistVerdict] = field(default_factory=dict)  # by recipient
     retries: dict[str, Retry] = field(default_factory=dict)  # the same, as `decide` reads it
     logged: bool = False
@@ -442,6 +444,8 @@ class Session:
         if lowered in engine.counted_headers:
             transaction.header_counts[lowered] = transaction.header_counts.get(lowered, 0) + 1
         transaction.header_hits.update(engine.match_header(lowered, value))
+        if engine.needs_header_view and len(transaction.header_fields) < headerfacts.MAX_FIELDS:
+            transaction.header_fields.append((lowered, value[: headerfacts.MAX_VALUE_CHARS]))
         # Parsing costs CPU per byte and a sender may repeat a header at will: the first few
         # occurrences say all a rule needs (RFC 5322 allows one From, Sender, Reply-To, Date).
         seen = transaction.parsed_counts.get(lowered, 0)
@@ -482,6 +486,11 @@ class Session:
             malformed=frozenset(transaction.malformed),
             date_skew=transaction.date_skew,
             from_domains=tuple(transaction.from_domains),
+            header_view=(
+                headerfacts.HeaderView.of(transaction.header_fields, self.runtime.now())
+                if self.engine.needs_header_view
+                else None
+            ),
         )
         ruling = self._decide(transaction, message=message)
         judged = ruling.judged or transaction.last  # allowlisted: the verdict of RCPT TO
