@@ -103,7 +103,10 @@ def test_the_pure_core_types_import_no_io() -> None:
         "spamgate.shell.session",
         "spamgate.state.store",
         "spamgate.shell.adapter",
-        "socket",
+        # Not "socket": the standard library's email.utils imports it at module level (for
+        # make_msgid), and the core parses headers with email.utils since the policy
+        # validates `fact:` rules against core/headerfacts.py. tests/pure/test_layers.py
+        # checks that no module of the core imports socket itself.
         "sqlite3",
         "redis",
         "dns",
