@@ -12,6 +12,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -283,3 +284,29 @@ def test_as_a_process(mail: Path) -> None:
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert json.loads(done.stdout)["messages"] == {"ham": 3, "spam": 5}
+
+
+def test_a_message_that_makes_spamgate_raise_is_named_counted_and_fails_the_run(
+    mail: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that one message triggers must neither stop a run over a large mailbox nor be
+    hidden: the message is named and counted, the rest is scored, and the exit status is 70."""
+    from spamgate.commands import masscheck  # noqa: PLC0415
+
+    real = masscheck.converse
+
+    def converse(runtime: Any, client: Any, data: bytes | None) -> Any:
+        if data is not None and b"Subject: lunch?" in data:
+            raise KeyError("a bug")
+        return real(runtime, client, data)
+
+    monkeypatch.setattr(masscheck, "converse", converse)
+    code, out, err = run(check(mail, "--json"), capsys)
+    assert code == 70
+    report = json.loads(out)
+    assert report["failed"] == [str(mail / "ham" / "1.eml")]
+    assert report["messages"] == {"ham": 2, "spam": 5}
+    assert err.startswith(f"spamgate: mass-check: cannot score {mail}/ham/1.eml: KeyError: 'a bug'")
+    code, out, _ = run(check(mail), capsys)
+    assert code == 70
+    assert out.startswith("2 ham, 5 spam, 0 unreadable, 1 failed;")

@@ -21,10 +21,11 @@ import json
 import math
 import re
 import sys
+import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from os import EX_NOINPUT, EX_USAGE  # sysexits(3)
+from os import EX_NOINPUT, EX_SOFTWARE, EX_USAGE  # sysexits(3)
 from pathlib import Path
 from typing import TextIO
 
@@ -83,6 +84,7 @@ class Tally:
     outcomes: dict[str, Counter[Action]] = field(default_factory=dict)
     scores: dict[str, list[float]] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # messages whose scoring raised
     from_received: Counter[str] = field(default_factory=Counter)  # label -> client found
 
     def add(self, label: str, action: Action, score: float, hits: dict[str, float]) -> None:
@@ -219,7 +221,10 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO | None = None) -> 
     for label, sources in (("ham", args.ham), ("spam", args.spam)):
         for source in sources:
             for message in messages(label, source, tally):
-                checker.check(message, tally)
+                try:
+                    checker.check(message, tally)
+                except Exception as error:  # a bug, not the mail's fault: see _failed
+                    _failed(tally, message.where, error)
     if not sum(tally.messages.values()):
         print("spamgate: mass-check: no message could be read", file=sys.stderr)
         return EX_NOINPUT
@@ -228,7 +233,19 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO | None = None) -> 
         print(file=out)
     else:
         print_report(tally, out)
-    return 0
+    return EX_SOFTWARE if tally.failed else 0
+
+
+def _failed(tally: Tally, where: str, error: Exception) -> None:
+    """A message that made spamgate raise is a bug in spamgate, and the daemon would have
+    followed `on_error` for it. A run over a large mailbox should not die at one message, nor
+    hide it: the message is named with where it failed, counted, left out of the figures, and
+    the exit status is 70 (EX_SOFTWARE) at the end."""
+    tally.failed.append(where)
+    frames = traceback.extract_tb(error.__traceback__)
+    at = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    text = f"{type(error).__name__}: {error}".replace("\n", " ")[:300]
+    print(f"spamgate: mass-check: cannot score {where}: {text}{at}", file=sys.stderr)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -287,6 +304,7 @@ def summary(tally: Tally) -> dict[str, object]:
         "messages": {label: tally.messages[label] for label in LABELS},
         "client_from_received": {label: tally.from_received[label] for label in LABELS},
         "unreadable": tally.unreadable,
+        "failed": tally.failed,
         "rules": [vars(line) for line in rule_lines(tally)],
         "outcomes": {
             label: {a.label: tally.outcomes.get(label, Counter())[a] for a in Action}
@@ -298,8 +316,9 @@ def summary(tally: Tally) -> dict[str, object]:
 
 def print_report(tally: Tally, out: TextIO) -> None:
     ham, spam = tally.messages["ham"], tally.messages["spam"]
+    failed = f", {len(tally.failed)} failed" if tally.failed else ""
     print(
-        f"{ham} ham, {spam} spam, {len(tally.unreadable)} unreadable; client from our "
+        f"{ham} ham, {spam} spam, {len(tally.unreadable)} unreadable{failed}; client from our "
         f"Received field: {tally.from_received['ham']} ham, {tally.from_received['spam']} spam",
         file=out,
     )
