@@ -92,10 +92,11 @@ def classify(
             key=key,
             family=family,
         )
-    if answer.kind is not AnswerKind.RECORDS:
+
+    def unusable(failure: str) -> ListOutcome:
         return _unusable(
             dns_list,
-            answer.kind.value,
+            failure,
             answer.records,
             latency_ms,
             subject,
@@ -103,46 +104,22 @@ def classify(
             family=family,
             cached=cached,
         )
+
+    if answer.kind is not AnswerKind.RECORDS:
+        return unusable(answer.kind.value)
     codes = []
     for text in answer.records:
         try:
             code = ipaddress.IPv4Address(text)
         except ValueError:
-            return _unusable(
-                dns_list,
-                "malformed",
-                answer.records,
-                latency_ms,
-                subject,
-                key=key,
-                family=family,
-                cached=cached,
-            )
+            return unusable("malformed")
         # Anything outside 127/8 is a wildcarded or hijacked zone (an expired DNSBL domain that
         # now resolves everything), not a listing.
         if code not in LOOPBACK_NET:
-            return _unusable(
-                dns_list,
-                "outside-127/8",
-                answer.records,
-                latency_ms,
-                subject,
-                key=key,
-                family=family,
-                cached=cached,
-            )
+            return unusable("outside-127/8")
         value = int(code)
         if BLOCKED_CODES.matches(value) or any(e.matches(value) for e in dns_list.error_codes):
-            return _unusable(
-                dns_list,
-                "error-code",
-                answer.records,
-                latency_ms,
-                subject,
-                key=key,
-                family=family,
-                cached=cached,
-            )
+            return unusable("error-code")
         codes.append(value)
     hits = tuple(
         hit
