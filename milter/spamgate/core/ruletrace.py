@@ -160,5 +160,7 @@ def _malformed(lowered: str, value: str) -> bool:
 def _date_trace(rule: Rule, skew: datetime.timedelta | None) -> str:
     hours = 0.0 if skew is None else skew.total_seconds() / 3600
     if rule.date_ahead_hours is not None:
-        return f"date skew = {hours:+.1f} hours (ahead over {rule.date_ahead_hours} hours)"
-    return f"date skew = {hours / 24:+.1f} days (behind over {rule.date_behind_days} days)"
+        limit = _number(rule.date_ahead_hours)
+        return f"date skew = {hours:+.1f} hours (ahead over {limit} hours)"
+    limit = _number(rule.date_behind_days or 0)
+    return f"date skew = {hours / 24:+.1f} days (behind over {limit} days)"
