@@ -185,6 +185,11 @@ def hit(score: float, name: str, description: str) -> str:
     return f"    {score:+6.1f}  {name:<28} {description}"
 
 
+def why(detail: str) -> str:
+    """The line under a hit: what its rule tested and the value it fired on."""
+    return f"              {detail}"
+
+
 def has_message(result: Explained) -> bool:
     return any(line.startswith("message:") for line in result.lines)
 
@@ -203,18 +208,26 @@ def test_each_hit_is_printed_per_recipient_and_for_the_message(
         "recipient trap@example.com: reject",
         "  score 14.0 -> reject",
         hit(10, "SPAMTRAP", "mail to a spam trap"),
+        why('recipient = "trap@example.com" (matches "^trap@")'),
         hit(3, "BULK", "a bulk sender"),
+        why('sender = "<bulk-x@example.org>" (matches "^bulk-")'),
         hit(1, "HELO_BARE", "the HELO name is a bare IP address"),
+        why('helo = "192.0.2.9" (bare_ip)'),
         "  -> 550 5.7.1 Message refused: mail to a spam trap; a bulk sender;"
         " the HELO name is a bare IP address (id ID)",
         "recipient postmaster@example.com: accept (exempt)",
         "message: tag",
         "  score 19.0 -> reject",
         hit(10, "SPAMTRAP", "mail to a spam trap"),
+        why('recipient = "trap@example.com" (matches "^trap@")'),
         hit(3, "BULK", "a bulk sender"),
+        why('sender = "<bulk-x@example.org>" (matches "^bulk-")'),
         hit(1, "HELO_BARE", "the HELO name is a bare IP address"),
+        why('helo = "192.0.2.9" (bare_ip)'),
         hit(5, "NO_DATE", "the message has no Date header"),
+        why("header Date: none (missing)"),
         hit(50, "ON_TRIAL", "a rule on trial") + " (observe: not counted)",
+        why('header Subject matches "(?i)trial": "a trial"'),
         "  if the observed hits counted: 69.0 -> reject",
         "  + X-Spam-Score: 19.0",
         "  + X-Spam-Status: Yes, score=19.0 hits=SPAMTRAP,BULK,HELO_BARE,NO_DATE",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from os import EX_NOINPUT, EX_USAGE  # sysexits(3)
 from pathlib import Path
@@ -18,7 +18,10 @@ from typing import TextIO
 
 from spamgate.core.addresses import IPAddress
 from spamgate.core.engine import DEFAULT_GROUP, Action, Engine, Verdict
-from spamgate.core.policy import Policy
+from spamgate.core.policy import Policy, Rule
+from spamgate.core.rules import Facts as RuleFacts
+from spamgate.core.rules import RuleBook, Stage
+from spamgate.core.ruletrace import trace
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending
 from spamgate.dns.resolver import Resolver
 from spamgate.shell.session import MessageDecision, RcptDecision, RcptResult, Runtime, Session
@@ -39,6 +42,33 @@ class NoDns:
 
     def lookup(self, qname: str, rdtype: str = "A") -> Pending[DnsAnswer]:
         return Pending.of(DnsAnswer(AnswerKind.NETWORK, detail="--no-dns"))
+
+
+class TracingRuleBook(RuleBook):
+    """explain's RuleBook: it remembers the facts its rules last fired on, so that explain can
+    show what each fired rule tested (core/ruletrace.py). The daemon's RuleBook keeps nothing:
+    only explain pays for a trace."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__(policy)
+        self.last: RuleFacts | None = None
+
+    def fire(
+        self,
+        stage: Stage,
+        facts: RuleFacts,
+        list_hits: Iterable[str],
+        trial_list_hits: Iterable[str] = (),
+    ) -> tuple[Rule, ...]:
+        self.last = facts
+        return super().fire(stage, facts, list_hits, trial_list_hits)
+
+
+def tracing_engine(policy: Policy) -> Engine:
+    """The daemon's engine, whose rules remember the facts they fired on."""
+    engine = Engine(policy)
+    engine.rulebook = TracingRuleBook(policy)
+    return engine
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +119,7 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
         resolver.start()
     try:
         runtime = Runtime(
-            Engine(policy), resolver or NoDns(), log=log_lines.append, dns=not args.no_dns
+            tracing_engine(policy), resolver or NoDns(), log=log_lines.append, dns=not args.no_dns
         )
         client = Dialogue(
             address,
@@ -103,7 +133,26 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
     finally:
         if resolver is not None:
             resolver.stop()
-    return report(talk.session, talk.decisions, talk.message, log_lines, out)
+    fields = read_headers(message_bytes) if message_bytes is not None else []
+    rules = {rule.name: rule for rule in policy.rules}
+
+    def explainer(facts: RuleFacts | None) -> Callable[[str], str]:
+        """What the hit `name` tested and the value it fired on, given the facts it fired on."""
+        if facts is None:
+            return lambda name: ""
+        return lambda name: trace(rules[name], facts, fields) if name in rules else ""
+
+    return report(
+        talk.session,
+        talk.decisions,
+        talk.message,
+        log_lines,
+        out,
+        traces=(
+            [explainer(facts) for facts in talk.rcpt_facts],
+            explainer(talk.message_facts),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -123,6 +172,10 @@ class Conversation:
     session: Session
     decisions: tuple[tuple[str, RcptDecision], ...]
     message: MessageDecision | None  # None: no recipient got as far as DATA, filtered
+    # With a TracingRuleBook: the facts the rules last fired on at each RCPT TO (in the order
+    # of `decisions`) and at the end of the message; None: no rule was tried.
+    rcpt_facts: tuple[RuleFacts | None, ...] = ()
+    message_facts: RuleFacts | None = None
 
     @property
     def verdict(self) -> Verdict | None:
@@ -144,6 +197,9 @@ def converse(runtime: Runtime, client: Dialogue, message_bytes: bytes | None) ->
     """One connection and transaction through the daemon's own Session, as the adapter would
     drive it: the message's header fields are passed only if a recipient was accepted."""
     session = Session(runtime)
+    book = session.engine.rulebook
+    tracing = book if isinstance(book, TracingRuleBook) else None
+    rcpt_facts: list[RuleFacts | None] = []
     session.connect(client.name, client.address, {})
     if client.helo:
         session.helo(client.helo)
@@ -151,6 +207,7 @@ def converse(runtime: Runtime, client: Dialogue, message_bytes: bytes | None) ->
     decisions = []
     for rcpt in client.recipients or (DEFAULT_RCPT,):
         decisions.append((rcpt, session.rcpt(rcpt)))
+        rcpt_facts.append(tracing.last if tracing is not None else None)
         if decisions[-1][1].result is RcptResult.ACCEPT_ALL:
             break  # Postfix stops consulting the milter for this message too
     # The message is judged only if some recipient got as far as DATA, filtered.
@@ -161,7 +218,8 @@ def converse(runtime: Runtime, client: Dialogue, message_bytes: bytes | None) ->
             session.header(name, value)
         message = session.end_of_message("")
     session.close()
-    return Conversation(session, tuple(decisions), message)
+    message_facts = tracing.last if tracing is not None and message is not None else None
+    return Conversation(session, tuple(decisions), message, tuple(rcpt_facts), message_facts)
 
 
 DEFAULT_RCPT = "someone@example.com"
@@ -173,23 +231,29 @@ def report(
     message: MessageDecision | None,
     log_lines: Sequence[str],
     out: TextIO,
+    *,
+    traces: tuple[Sequence[Traced], Traced] | None = None,
 ) -> int:
-    """Print what was found and decided; return the exit status for the message's fate."""
+    """Print what was found and decided; return the exit status for the message's fate.
+    `traces`: for each recipient and for the message, what a hit's rule tested and the value
+    it fired on, printed under the hit."""
+    rcpt_traces, message_trace = traces if traces is not None else ((), _no_trace)
     print(
         f"client {session.address_text} name={session.client_name} helo={session.helo_name!r}",
         file=out,
     )
-    for rcpt, decision in decisions:
+    for index, (rcpt, decision) in enumerate(decisions):
         label = decision.action.label + (f" ({decision.why})" if decision.why else "")
         print(f"recipient {rcpt}: {label}", file=out)
         if decision.verdict is not None:
-            _print_verdict(decision.verdict, out)
+            explained = rcpt_traces[index] if index < len(rcpt_traces) else _no_trace
+            _print_verdict(decision.verdict, out, explained)
         if decision.reply is not None:
             reply = decision.reply
             print(f"  -> {reply.code} {reply.status} {reply.text}", file=out)
     if message is not None:
         print(f"message: {message.action.label}", file=out)
-        _print_verdict(message.verdict, out)
+        _print_verdict(message.verdict, out, message_trace)
         if message.reply is not None:
             reply = message.reply
             print(f"  -> {reply.code} {reply.status} {reply.text}", file=out)
@@ -205,12 +269,23 @@ def report(
     return EXIT_BY_ACTION[min(d.action for _, d in decisions)]
 
 
-def _print_verdict(verdict: Verdict, out: TextIO) -> None:
+# What a hit's rule tested and the value it fired on, by hit name; "": nothing to show.
+Traced = Callable[[str], str]
+
+
+def _no_trace(name: str) -> str:
+    return ""
+
+
+def _print_verdict(verdict: Verdict, out: TextIO, explained: Traced = _no_trace) -> None:
     group = f", policy {verdict.group}" if verdict.group != DEFAULT_GROUP else ""
     print(f"  score {verdict.score:.1f} -> {verdict.action.label}{group}", file=out)
     for hit in verdict.hits:
         trial = " (observe: not counted)" if hit.observe else ""
         print(f"    {hit.score:+6.1f}  {hit.name:<28} {hit.description}{trial}", file=out)
+        detail = explained(hit.name)
+        if detail:
+            print(f"{'':14}{detail}", file=out)
     # Lists with `on_unusable: tempfail` whose answer could have changed the verdict.
     changed = "the action (on_unusable: tempfail)"
     for name in verdict.tempfail_by:
