@@ -401,10 +401,10 @@ EXTRA_RULES: tuple[dict[str, Any], ...] = tuple(
         ("MSGID_LOCALHOST", 1, {"name": "Message-ID", "matches": "(?i)@localhost"}),
         ("TO_UNDISCLOSED", 1, {"name": "To", "matches": "(?i)undisclosed"}),
         ("MISSING_TO", 1, {"name": "To", "missing": True}),
-        ("HTML_ONLY", 0.5, {"name": "Content-Type", "matches": "(?i)^text/html"}),
+        ("CT_TEXT_HTML", 0.5, {"name": "Content-Type", "matches": "(?i)^text/html"}),
         ("PHP_SCRIPT", 1, {"name": "X-PHP-Originating-Script", "matches": "."}),
         ("RCVD_LOCALHOST", 1, {"name": "Received", "matches": r"(?i)from localhost \("}),
-        ("DATE_NO_ZONE", 1, {"name": "Date", "matches": r"[0-9]:[0-9]{2}\s*$"}),
+        ("DATE_ZONELESS", 1, {"name": "Date", "matches": r"[0-9]:[0-9]{2}\s*$"}),
         ("MANY_TO", 1, {"name": "To", "count_over": 3}),
     )
 )

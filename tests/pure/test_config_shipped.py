@@ -62,14 +62,11 @@ def test_shipped_config_has_an_allowlist_with_negative_scores() -> None:
 # docs/rules.md: config/spamgate.yaml "has a rule of every kind but `helo_matches`,
 # `rdns_matches`, `sender: empty`, `sender_matches`, `recipient_matches` and `matches_raw`,
 # which only make sense with your own patterns".
-# `fact` rules join the shipped policy with the rule set measured on the development corpus
-# (issue 16, item 3); until then the shipped scores stay as they were measured.
 ABSENT_CONDITIONS = {
     "helo_matches",
     "rdns_matches",
     "sender_matches",
     "recipient_matches",
-    "fact",
 }
 ABSENT_VALUES = {("sender", "empty"), ("header", "matches_raw")}
 HEADER_TESTS = ("matches", "matches_raw", "missing", "count_over", "malformed")
