@@ -261,3 +261,17 @@ def test_the_fields_kept_for_facts_are_bounded() -> None:
     assert len(transaction.header_fields) == headerfacts.MAX_FIELDS
     assert max(len(value) for _, value in transaction.header_fields) == headerfacts.MAX_VALUE_CHARS
     assert [hit.name for hit in outcome.verdict.hits] == ["SHOUTS"]
+
+
+def test_the_facts_of_one_message_do_not_reach_the_next_on_the_connection() -> None:
+    """The fields fact rules read live in the transaction: a shouting message, then a quiet
+    one on the same connection, and the second is judged on its own headers alone."""
+    harness = start(BASE + FACT_RULES)
+    harness.envelope()
+    harness.session.rcpt("<user@example.com>")
+    first = harness.message([("Subject", "CHEAP WATCHES TODAY")])
+    assert [hit.name for hit in first.verdict.hits] == ["SHOUTS"]
+    harness.envelope()
+    harness.session.rcpt("<user@example.com>")
+    second = harness.message([("Subject", "minutes of the meeting")])
+    assert [hit.name for hit in second.verdict.hits] == []
