@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,6 +35,18 @@ class Sent:
     outcome: Outcome
     seconds: float
     reply: str  # the deciding reply (or the error)
+    # When each step's reply came, in seconds from the connect: ("connect", 0.01), ("greeting",
+    # ...), ("XCLIENT", ...), ...: where a slow session spent its time.
+    steps: tuple[tuple[str, float], ...] = ()
+
+    def slowest_step(self) -> str:
+        """The step that took longest, and how long: "RCPT 0.81 s"."""
+        previous, longest = 0.0, ("", 0.0)
+        for name, at in self.steps:
+            if at - previous >= longest[1]:
+                longest = (name, at - previous)
+            previous = at
+        return f"{longest[0]} {longest[1]:.2f} s"
 
 
 @dataclass(frozen=True)
@@ -66,11 +79,29 @@ async def _reply(reader: asyncio.StreamReader) -> tuple[int, str]:
     raise ConnectionError("reply longer than 100 lines")
 
 
+class _Steps:
+    """When each step of one session ended, from its start."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.ended: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        self.ended.append((name, time.perf_counter() - self.started))
+
+
 async def _step(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, command: bytes, expect: int
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    command: bytes,
+    expect: int,
+    *,
+    steps: _Steps,
+    name: str,
 ) -> str:
     writer.write(command)
     code, text = await _reply(reader)
+    steps.mark(name)
     if code >= 400:
         raise _RefusedError(text)
     if code != expect:
@@ -102,13 +133,15 @@ def _xtext(value: str) -> str:
 async def _session(
     host: str, port: int, message: Message, pause: Callable[[], Awaitable[None]] | None = None
 ) -> Sent:
-    started = time.perf_counter()
+    steps = _Steps()
+    started = steps.started
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), STEP_TIMEOUT)
     except (OSError, TimeoutError) as error:
         return Sent(message.token, Outcome.FAILED, time.perf_counter() - started, repr(error))
+    steps.mark("connect")
     try:
-        reply = await _transaction(reader, writer, message, pause)
+        reply = await _transaction(reader, writer, message, pause, steps)
         outcome = Outcome.ACCEPTED
     except _RefusedError as refusal:
         outcome, reply = Outcome.REFUSED, str(refusal)
@@ -122,7 +155,7 @@ async def _session(
     writer.close()
     with contextlib.suppress(OSError, TimeoutError):
         await asyncio.wait_for(writer.wait_closed(), STEP_TIMEOUT)
-    return Sent(message.token, outcome, seconds, reply)
+    return Sent(message.token, outcome, seconds, reply, tuple(steps.ended))
 
 
 async def _transaction(
@@ -130,20 +163,25 @@ async def _transaction(
     writer: asyncio.StreamWriter,
     message: Message,
     pause: Callable[[], Awaitable[None]] | None,
+    steps: _Steps,
 ) -> str:
     """Greeting to the reply after the final dot; raises _RefusedError on a 4xx/5xx."""
     code, text = await _reply(reader)
+    steps.mark("greeting")
     if code != 220:
         raise ConnectionError(f"greeting: {text}")
+    step = functools.partial(_step, reader, writer, steps=steps)
     # XCLIENT may come first (Postfix answers it with a new greeting), then EHLO as the client.
-    await _step(reader, writer, xclient_command(message) + b"\r\n", 220)
-    await _step(reader, writer, f"EHLO {message.client.helo}\r\n".encode(), 250)
-    await _step(reader, writer, f"MAIL FROM:<{message.mail_from}>\r\n".encode(), 250)
-    await _step(reader, writer, f"RCPT TO:<{message.rcpt}>\r\n".encode(), 250)
+    await step(xclient_command(message) + b"\r\n", 220, name="XCLIENT")
+    await step(f"EHLO {message.client.helo}\r\n".encode(), 250, name="EHLO")
+    await step(f"MAIL FROM:<{message.mail_from}>\r\n".encode(), 250, name="MAIL")
+    await step(f"RCPT TO:<{message.rcpt}>\r\n".encode(), 250, name="RCPT")
     if pause is not None:
         await pause()
-    await _step(reader, writer, b"DATA\r\n", 354)
-    return await _step(reader, writer, message.data + b".\r\n", 250)
+        steps.mark("pause")
+    await step(b"DATA\r\n", 354, name="DATA")
+    text = await step(message.data + b".\r\n", 250, name="end of data")
+    return text
 
 
 async def _run(

@@ -332,7 +332,9 @@ AWKWARD = [
 def test_every_function_is_total_and_fast(function: Callable[[str], object], text: str) -> None:
     started = time.monotonic()
     function(text)  # must not raise
-    assert time.monotonic() - started < 0.05
+    # Catastrophic backtracking or a quadratic walk over 10,000 characters takes seconds; a
+    # busy CI machine can stall one call for 0.1 s (it did, at 0.087 s), so the bound is wide.
+    assert time.monotonic() - started < 1.0
 
 
 @pytest.mark.parametrize(

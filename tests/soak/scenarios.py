@@ -37,14 +37,21 @@ from tests.soak.stack import (
     restart_rule,
 )
 
-# Sessions under a DNS fault end within the deadline and this much more: SMTP itself, and a
-# loaded 2-core machine shared with other work.
-SESSION_MARGIN = 1.5
-# Why a session could outlast the DNS deadline: libmilter (8.17, built with its worker pool)
-# hands a command that arrives to an idle worker and starts a new worker only when none is
-# idle at that moment, so commands arriving together queue behind a callback that waits for
-# DNS. Measured before spamgate suspended a list after a run of failed answers (and let the
-# waiting sessions go): p99 4.2 s against a 0.8 s deadline. Now an overrun is a problem.
+# How many DNS deadlines a session under a DNS fault may take, and how much more on top (SMTP
+# itself, and a loaded 2-core machine shared with other work).
+#
+# A session waits out at most one deadline of its own at RCPT TO. But libmilter (8.17, built
+# with its worker pool) hands a command that arrives to an idle worker and starts a new worker
+# only when none is idle at that moment, and it keeps about one worker idle: commands arriving
+# together queue behind a callback that waits for DNS, and the connect callback (which starts
+# a session's lookups) is a command too. So a session's connect can wait out another
+# session's deadline before its own lookups start, and its RCPT TO can queue behind a third
+# session's wait. Seen with the slowest session's steps (loadgen records when each reply came):
+# RCPT TO answered 1.6 s after MAIL FROM (two deadlines) in most short runs under 3 CPU
+# burners, and 2.48 s (three) once on the CI machine. Measured before spamgate suspended a
+# list after a run of failed answers (and let the waiting sessions go): p99 4.2 s.
+SESSION_DEADLINES = 3
+SESSION_MARGIN = 1.0
 # What Postfix tells a client when the milter is down or too slow and its
 # milter_default_action is tempfail (the harness's setting).
 DEFAULT_ACTION_REPLY = re.compile(r"^4\d\d 4\.7\.1 Service unavailable", re.MULTILINE)
@@ -218,6 +225,13 @@ def run_traffic(
     fallback = [s.reply for s in result.sent if DEFAULT_ACTION_REPLY.search(s.reply)]
     if fallback:
         outcome.notes.append(f"default action reply: {fallback[0]!r}")
+    if result.sent:
+        slowest = max(result.sent, key=lambda s: s.seconds)
+        steps = ", ".join(f"{name} {at:.2f}" for name, at in slowest.steps)
+        outcome.notes.append(
+            f"slowest session {slowest.seconds:.2f} s (longest step: {slowest.slowest_step()};"
+            f" each step's reply at, in s from connect: {steps})"
+        )
     _check_unusable_lists(outcome, parse_decisions(log_text), dns_healthy)
     outcome.expect(ledger.sent == len(batch), f"{ledger.sent} of {len(batch)} sessions recorded")
     outcome.expect(ledger.lost == 0, f"{ledger.lost} message(s) accepted and never delivered")
@@ -376,11 +390,11 @@ def dns_fault(stack: SoakStack, scale: Scale, case: DnsFault) -> ScenarioResult:
         stack.proxy.set_fault(Fault())
         stack.write_policy()
     ledger = result.ledger
-    limit = DEADLINE + SESSION_MARGIN
+    limit = SESSION_DEADLINES * DEADLINE + SESSION_MARGIN
     result.expect(
         ledger.p99_seconds <= limit,
-        f"p99 session time {ledger.p99_seconds:.2f} s, over the DNS deadline"
-        f" {DEADLINE} s + {SESSION_MARGIN} s",
+        f"p99 session time {ledger.p99_seconds:.2f} s, over {SESSION_DEADLINES} DNS deadlines"
+        f" of {DEADLINE} s + {SESSION_MARGIN} s",
     )
     result.expect(ledger.default_action == 0, "Postfix fell back to its default action")
     decisions = parse_decisions(result.log_text)
