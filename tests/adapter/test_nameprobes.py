@@ -191,10 +191,10 @@ def test_never_answered_is_none_at_the_deadline() -> None:
 def test_deadline_counts_from_the_start_not_from_collect() -> None:
     clock = FakeClock()
     pending = probe(FakeLookups(), mail_domain=False, clock=clock)
-    clock.now += 0.4  # the lookup started 0.4 s ago: 0.2 s of the 0.6 s deadline are left
-    result, elapsed = timed_collect(pending, 0.6)
+    clock.now += 1.6  # the lookup started 1.6 s ago: 0.4 s of the 2 s deadline are left
+    result, elapsed = timed_collect(pending, 2.0)
     assert result is None
-    assert 0.15 <= elapsed < 0.5
+    assert 0.35 <= elapsed < 1.5
 
 
 def test_deadline_already_past_returns_at_once() -> None:
@@ -238,9 +238,9 @@ def test_cancelled_lookup_settles_at_once() -> None:
             return future
 
     pending = PendingResolution(Cancelling(), NAME, mail_domain=False, clock=time.monotonic)
-    result, elapsed = timed_collect(pending, 0.5)
+    result, elapsed = timed_collect(pending, 5.0)
     assert result is None
-    assert elapsed < 0.25
+    assert elapsed < 2.5  # at once, not at the 5 s deadline
 
 
 def test_lookup_that_raises_is_no_evidence() -> None:
