@@ -204,7 +204,7 @@ def test_each_hit_is_printed_per_recipient_and_for_the_message(
     assert result.stderr == ""
     assert result.lines == [
         NO_DNS,
-        "client 192.0.2.1 name=unknown helo='192.0.2.9'",
+        "client 192.0.2.1 name=unknown helo=192.0.2.9",
         "recipient trap@example.com: reject",
         "  score 14.0 -> reject",
         hit(10, "SPAMTRAP", "mail to a spam trap"),

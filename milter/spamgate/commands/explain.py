@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import TextIO
 
 from spamgate.core.addresses import IPAddress
-from spamgate.core.engine import DEFAULT_GROUP, Action, Engine, Verdict
+from spamgate.core.engine import DEFAULT_GROUP, Action, Engine, Evidence, Group, Verdict
 from spamgate.core.policy import Policy, Rule
+from spamgate.core.replies import Reply
 from spamgate.core.rules import Facts as RuleFacts
 from spamgate.core.rules import RuleBook, Stage
-from spamgate.core.ruletrace import trace
+from spamgate.core.ruletrace import Seen, Step, as_json, explain, lines, plain, seen_at
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending
 from spamgate.dns.resolver import Resolver
 from spamgate.shell.session import MessageDecision, RcptDecision, RcptResult, Runtime, Session
@@ -64,11 +66,28 @@ class TracingRuleBook(RuleBook):
         return super().fire(stage, facts, list_hits, trial_list_hits)
 
 
-def tracing_engine(policy: Policy) -> Engine:
-    """The daemon's engine, whose rules remember the facts they fired on."""
-    engine = Engine(policy)
-    engine.rulebook = TracingRuleBook(policy)
-    return engine
+class TracingEngine(Engine):
+    """explain's Engine: it remembers the evidence it last scored (which rules fired, the DNS
+    list answers), so that a trace can show what a list answered without asking again."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__(policy)
+        self.rulebook = self.tracing = TracingRuleBook(policy)
+        self.last_evidence: Evidence | None = None
+
+    def evaluate(self, evidence: Evidence, group: Group | None = None) -> Verdict:
+        self.last_evidence = evidence
+        return super().evaluate(evidence, group)
+
+    def seen(self, fields: Sequence[tuple[str, str]]) -> Seen | None:
+        """What the last decision's rules and lists saw; None: no rule was tried."""
+        facts, evidence = self.tracing.last, self.last_evidence
+        return None if facts is None or evidence is None else seen_at(facts, evidence, fields)
+
+
+def tracing_engine(policy: Policy) -> TracingEngine:
+    """The daemon's engine, which remembers the facts and evidence it decided on."""
+    return TracingEngine(policy)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rcpt", action="append", default=[], help="RCPT TO (repeatable)")
     parser.add_argument("--auth", default="", help="SASL user name: the client authenticated")
     parser.add_argument("--no-dns", action="store_true", help="make no DNS lookups")
+    parser.add_argument(
+        "--json", action="store_true", help="print the decisions and traces as one JSON object"
+    )
     parser.add_argument("message", nargs="?", type=Path, help="message file (RFC 5322) to score")
 
 
@@ -112,7 +134,7 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
             print(f"spamgate: cannot read {args.message}: {error.strerror}", file=sys.stderr)
             return EX_NOINPUT
     log_lines: list[str] = []
-    if args.no_dns:
+    if args.no_dns and not args.json:
         print("--no-dns: DNS lists, reverse DNS and name lookups are skipped", file=out)
     resolver = None if args.no_dns else Resolver(policy.resolver)
     if resolver is not None:
@@ -133,26 +155,18 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
     finally:
         if resolver is not None:
             resolver.stop()
-    fields = read_headers(message_bytes) if message_bytes is not None else []
     rules = {rule.name: rule for rule in policy.rules}
 
-    def explainer(facts: RuleFacts | None) -> Callable[[str], str]:
-        """What the hit `name` tested and the value it fired on, given the facts it fired on."""
-        if facts is None:
-            return lambda name: ""
-        return lambda name: trace(rules[name], facts, fields) if name in rules else ""
+    def explainer(seen: Seen | None) -> Traced:
+        """Why the hit `name` fired, given what was seen at the decision it fired at."""
+        if seen is None:
+            return _no_trace
+        return lambda name: explain(name, rules, seen)
 
-    return report(
-        talk.session,
-        talk.decisions,
-        talk.message,
-        log_lines,
-        out,
-        traces=(
-            [explainer(facts) for facts in talk.rcpt_facts],
-            explainer(talk.message_facts),
-        ),
-    )
+    traces = ([explainer(seen) for seen in talk.rcpt_seen], explainer(talk.message_seen))
+    if args.json:
+        return report_json(talk, log_lines, out, traces=traces, dns=not args.no_dns)
+    return report(talk.session, talk.decisions, talk.message, log_lines, out, traces=traces)
 
 
 @dataclass(frozen=True)
@@ -172,10 +186,10 @@ class Conversation:
     session: Session
     decisions: tuple[tuple[str, RcptDecision], ...]
     message: MessageDecision | None  # None: no recipient got as far as DATA, filtered
-    # With a TracingRuleBook: the facts the rules last fired on at each RCPT TO (in the order
-    # of `decisions`) and at the end of the message; None: no rule was tried.
-    rcpt_facts: tuple[RuleFacts | None, ...] = ()
-    message_facts: RuleFacts | None = None
+    # With a TracingEngine: what the rules and lists saw at each RCPT TO (in the order of
+    # `decisions`) and at the end of the message; None: no rule was tried.
+    rcpt_seen: tuple[Seen | None, ...] = ()
+    message_seen: Seen | None = None
 
     @property
     def verdict(self) -> Verdict | None:
@@ -197,9 +211,8 @@ def converse(runtime: Runtime, client: Dialogue, message_bytes: bytes | None) ->
     """One connection and transaction through the daemon's own Session, as the adapter would
     drive it: the message's header fields are passed only if a recipient was accepted."""
     session = Session(runtime)
-    book = session.engine.rulebook
-    tracing = book if isinstance(book, TracingRuleBook) else None
-    rcpt_facts: list[RuleFacts | None] = []
+    tracing = session.engine if isinstance(session.engine, TracingEngine) else None
+    rcpt_seen: list[Seen | None] = []
     session.connect(client.name, client.address, {})
     if client.helo:
         session.helo(client.helo)
@@ -207,19 +220,22 @@ def converse(runtime: Runtime, client: Dialogue, message_bytes: bytes | None) ->
     decisions = []
     for rcpt in client.recipients or (DEFAULT_RCPT,):
         decisions.append((rcpt, session.rcpt(rcpt)))
-        rcpt_facts.append(tracing.last if tracing is not None else None)
+        # No header field is known at RCPT TO, and no rule of this stage reads one.
+        rcpt_seen.append(tracing.seen(()) if tracing is not None else None)
         if decisions[-1][1].result is RcptResult.ACCEPT_ALL:
             break  # Postfix stops consulting the milter for this message too
     # The message is judged only if some recipient got as far as DATA, filtered.
     filtered = any(d.result is RcptResult.CONTINUE for _, d in decisions)
     message = None
+    fields: list[tuple[str, str]] = []
     if message_bytes is not None and filtered:
-        for name, value in read_headers(message_bytes):
+        fields = read_headers(message_bytes)
+        for name, value in fields:
             session.header(name, value)
         message = session.end_of_message("")
     session.close()
-    message_facts = tracing.last if tracing is not None and message is not None else None
-    return Conversation(session, tuple(decisions), message, tuple(rcpt_facts), message_facts)
+    message_seen = tracing.seen(fields) if tracing is not None and message is not None else None
+    return Conversation(session, tuple(decisions), message, tuple(rcpt_seen), message_seen)
 
 
 DEFAULT_RCPT = "someone@example.com"
@@ -235,46 +251,52 @@ def report(
     traces: tuple[Sequence[Traced], Traced] | None = None,
 ) -> int:
     """Print what was found and decided; return the exit status for the message's fate.
-    `traces`: for each recipient and for the message, what a hit's rule tested and the value
-    it fired on, printed under the hit."""
+    `traces`: for each recipient and for the message, why a hit fired, printed under it.
+    Names an SMTP client chose (HELO, recipients) are printed bare only if plain."""
     rcpt_traces, message_trace = traces if traces is not None else ((), _no_trace)
-    print(
-        f"client {session.address_text} name={session.client_name} helo={session.helo_name!r}",
-        file=out,
-    )
+    name, helo = plain(session.client_name), plain(session.helo_name)
+    print(f"client {session.address_text} name={name} helo={helo}", file=out)
     for index, (rcpt, decision) in enumerate(decisions):
         label = decision.action.label + (f" ({decision.why})" if decision.why else "")
-        print(f"recipient {rcpt}: {label}", file=out)
+        print(f"recipient {plain(rcpt)}: {label}", file=out)
         if decision.verdict is not None:
             explained = rcpt_traces[index] if index < len(rcpt_traces) else _no_trace
             _print_verdict(decision.verdict, out, explained)
         if decision.reply is not None:
-            reply = decision.reply
-            print(f"  -> {reply.code} {reply.status} {reply.text}", file=out)
+            _print_reply(decision.reply, out)
     if message is not None:
         print(f"message: {message.action.label}", file=out)
         _print_verdict(message.verdict, out, message_trace)
         if message.reply is not None:
-            reply = message.reply
-            print(f"  -> {reply.code} {reply.status} {reply.text}", file=out)
-        for name, value in message.add_headers:
-            print(f"  + {name}: {value}", file=out)
+            _print_reply(message.reply, out)
+        for header, value in message.add_headers:
+            print(f"  + {header}: {value}", file=out)
         if message.quarantine_reason:
             print(f"  quarantined: {message.quarantine_reason}", file=out)
     for line in log_lines:
         print(f"log: {line}", file=out)
+    return _exit_status(decisions, message)
+
+
+def _exit_status(
+    decisions: Sequence[tuple[str, RcptDecision]], message: MessageDecision | None
+) -> int:
     if message is not None:
         return EXIT_BY_ACTION[message.action]
     # No message: the mail's fate is that of its best-treated recipient.
     return EXIT_BY_ACTION[min(d.action for _, d in decisions)]
 
 
-# What a hit's rule tested and the value it fired on, by hit name; "": nothing to show.
-Traced = Callable[[str], str]
+# Why a hit fired, by hit name; None: nothing to show.
+Traced = Callable[[str], Step | None]
 
 
-def _no_trace(name: str) -> str:
-    return ""
+def _no_trace(name: str) -> Step | None:
+    return None
+
+
+def _print_reply(reply: Reply, out: TextIO) -> None:
+    print(f"  -> {reply.code} {reply.status} {reply.text}", file=out)
 
 
 def _print_verdict(verdict: Verdict, out: TextIO, explained: Traced = _no_trace) -> None:
@@ -283,9 +305,9 @@ def _print_verdict(verdict: Verdict, out: TextIO, explained: Traced = _no_trace)
     for hit in verdict.hits:
         trial = " (observe: not counted)" if hit.observe else ""
         print(f"    {hit.score:+6.1f}  {hit.name:<28} {hit.description}{trial}", file=out)
-        detail = explained(hit.name)
-        if detail:
-            print(f"{'':14}{detail}", file=out)
+        step = explained(hit.name)
+        for line in lines(step) if step is not None else ():
+            print(f"{'':14}{line}", file=out)
     # Lists with `on_unusable: tempfail` whose answer could have changed the verdict.
     changed = "the action (on_unusable: tempfail)"
     for name in verdict.tempfail_by:
@@ -295,3 +317,84 @@ def _print_verdict(verdict: Verdict, out: TextIO, explained: Traced = _no_trace)
         print(f"  if the observed hits counted: {trial}", file=out)
     for name in verdict.trial_tempfail_by:
         print(f"  on trial: {name} could not be asked, and could have changed {changed}", file=out)
+
+
+def report_json(
+    talk: Conversation,
+    log_lines: Sequence[str],
+    out: TextIO,
+    *,
+    traces: tuple[Sequence[Traced], Traced],
+    dns: bool = True,
+) -> int:
+    """`--json`: what `report` prints, as one JSON object for scripts; the same exit status.
+    Trace details are the strings `report` prints (escaped and cut); the rest is as given."""
+    rcpt_traces, message_trace = traces
+    session, message = talk.session, talk.message
+    recipients = []
+    for index, (rcpt, decision) in enumerate(talk.decisions):
+        explained = rcpt_traces[index] if index < len(rcpt_traces) else _no_trace
+        recipients.append(
+            {
+                "recipient": rcpt,
+                "action": decision.action.label,
+                "why": decision.why,
+                "verdict": _verdict_json(decision.verdict, explained),
+                "reply": _reply_json(decision.reply),
+            }
+        )
+    document: dict[str, object] = {
+        "client": {
+            "address": session.address_text,
+            "name": session.client_name,
+            "helo": session.helo_name,
+        },
+        "dns": dns,
+        "recipients": recipients,
+        "message": None,
+        "log": list(log_lines),
+        "exit_status": _exit_status(talk.decisions, message),
+    }
+    if message is not None:
+        document["message"] = {
+            "action": message.action.label,
+            "verdict": _verdict_json(message.verdict, message_trace),
+            "reply": _reply_json(message.reply),
+            "add_headers": [[header, value] for header, value in message.add_headers],
+            "quarantined": message.quarantine_reason,
+        }
+    # ensure_ascii: control characters and undecodable bytes leave as \u escapes.
+    print(json.dumps(document, indent=2, ensure_ascii=True), file=out)
+    return _exit_status(talk.decisions, message)
+
+
+def _verdict_json(verdict: Verdict | None, explained: Traced) -> dict[str, object] | None:
+    if verdict is None:
+        return None
+    hits = []
+    for hit in verdict.hits:
+        step = explained(hit.name)
+        hits.append(
+            {
+                "name": hit.name,
+                "score": hit.score,
+                "description": hit.description,
+                "observe": hit.observe,
+                "trace": None if step is None else as_json(step),
+            }
+        )
+    return {
+        "score": verdict.score,
+        "action": verdict.action.label,
+        "group": verdict.group,
+        "hits": hits,
+        "tempfail_by": list(verdict.tempfail_by),
+        "trial_score": verdict.trial_score,
+        "trial_action": None if verdict.trial_action is None else verdict.trial_action.label,
+    }
+
+
+def _reply_json(reply: Reply | None) -> dict[str, object] | None:
+    if reply is None:
+        return None
+    return {"code": reply.code, "status": reply.status, "text": reply.text}
