@@ -282,3 +282,36 @@ def _at(hour: int) -> str:
 )
 def test_time_reversals(values: list[str], expected: int) -> None:
     assert time_reversals(values) == expected
+
+
+_BOT = Hop("bot", "bot", "", ipaddress.ip_address("203.0.113.9"))
+_RELAY = Hop("mx2", "mx2", "mx2.example.com", ipaddress.ip_address("10.0.0.9"))
+
+
+@pytest.mark.parametrize(
+    ("arrival", "values", "expected"),
+    [
+        pytest.param(
+            _BOT, [_EXTERNAL, _INTERNAL], ExternalHop(_BOT, -1, 0), id="direct-client-forged-fields"
+        ),
+        pytest.param(
+            _RELAY,
+            [_AT_BACKUP],
+            ExternalHop(Hop("bot", "bot", "dsl-1.isp.example", _A, "mx2-internal", _TIME), 0, 1),
+            id="from-our-relay-its-field-is-trusted",
+        ),
+        pytest.param(_RELAY, [], None, id="from-our-relay-without-fields"),
+    ],
+)
+def test_external_hop_from_the_arrival(
+    arrival: Hop, values: list[str], expected: ExternalHop | None
+) -> None:
+    # The daemon knows the client; a sender connecting directly writes every field, so a
+    # field claiming `by` one of ours is never searched for.
+    assert external_hop(values, _OURS, arrival) == expected
+
+
+def test_forged_hops_counts_a_direct_client_claiming_our_name() -> None:
+    liar = Hop("mx.example.com", "mx.example.com", "", ipaddress.ip_address("203.0.113.9"))
+    external = external_hop([], _OURS, liar)
+    assert external is not None and forged_hops([], _OURS, external) == 1

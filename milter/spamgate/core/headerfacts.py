@@ -28,6 +28,7 @@ from spamgate.core import domains, headers
 from spamgate.core.received import (
     MAX_RECEIVED_CHARS,
     ExternalHop,
+    Hop,
     OurHosts,
     external_hop,
     forged_hops,
@@ -70,6 +71,8 @@ class HeaderView:
     fields: tuple[tuple[str, str], ...] = ()
     received_at: datetime.datetime | None = None  # aware; the end of the message
     our_hosts: OurHosts = field(default_factory=OurHosts)
+    # The hop the message arrived on (the daemon's client); None when read offline.
+    arrival: Hop | None = None
     _computed: dict[str, FactValue] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -78,10 +81,11 @@ class HeaderView:
         fields: list[tuple[str, str]],
         received_at: datetime.datetime | None = None,
         our_hosts: OurHosts | None = None,
+        arrival: Hop | None = None,
     ) -> HeaderView:
         """A view of `fields` ((name, value) pairs in any case), bounded as the module says."""
         kept = tuple((name.lower(), value[:MAX_VALUE_CHARS]) for name, value in fields[:MAX_FIELDS])
-        return cls(kept, received_at, our_hosts or OurHosts())
+        return cls(kept, received_at, our_hosts or OurHosts(), arrival)
 
     def fact(self, name: str) -> FactValue:
         """The value of the fact `name` (a key of FACTS), computed once."""
@@ -97,7 +101,7 @@ class HeaderView:
 
     @functools.cached_property
     def external_hop(self) -> ExternalHop | None:
-        return external_hop(self.values("received"), self.our_hosts)
+        return external_hop(self.values("received"), self.our_hosts, self.arrival)
 
     def has(self, name: str) -> bool:
         return any(lowered == name for lowered, _ in self.fields)
@@ -383,10 +387,10 @@ _FACTS = (
     Fact(
         "received.external.address",
         T,
-        "The address of the last hop outside our hosts: the client of the topmost Received "
-        "field our hosts wrote (by `relays`, `our_names`, `our_addresses`, Postfix's "
-        "`$myhostname`), once fields our hosts wrote for each other are passed. Absent when "
-        "none of ours wrote a field, or it records no address.",
+        "The address of the last hop outside our hosts: the connecting client, or, when it "
+        "is one of our `relays`, the client of the first field down from it whose client "
+        "is not ours (offline: from the topmost field our hosts wrote). Absent when every "
+        "hop is ours, or it records no address.",
         "{name: EXTERNAL_FROM_TESTNET, score: 1, description: entered from a test network, "
         r"fact: {name: received.external.address, matches: '^203\.0\.113\.'}}",
         _external_address,

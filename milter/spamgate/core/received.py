@@ -243,19 +243,36 @@ class ExternalHop:
     """Where mail entered our hosts from outside, as their Received fields say."""
 
     hop: Hop  # the field one of ours wrote for a client not ours
-    position: int  # of that field among the Received fields, 0 the topmost
+    position: int  # of that field among the Received fields, 0 the topmost; -1: the arrival
     relays_passed: int  # fields above it, from the first one ours wrote, with a client of ours
 
 
-def external_hop(values: Sequence[str], ours: OurHosts) -> ExternalHop | None:
-    """The last hop outside our hosts: below the topmost field one of ours wrote (fields above
-    it, such as a fetchmail's, are passed over), the first whose client is not ours. A field
-    whose client is ours was written by one of ours for one of ours; the field below it was
-    then written by that relay, whatever name it gives after `by`, so it is trusted too. None
-    if none of ours wrote a field, or every client down the fields is ours (mail from inside).
-    A sender's forged fields lie below the real ones and are never reached."""
+def external_hop(
+    values: Sequence[str], ours: OurHosts, arrival: Hop | None = None
+) -> ExternalHop | None:
+    """The last hop outside our hosts.
+
+    `arrival` is the hop the host spamgate serves received the message on (the daemon knows
+    it from the connection; Postfix does not show milters the Received field it writes, as
+    tests/e2e/test_fact_rules.py checks). When its client is not ours, it is the external
+    hop (position -1: no field of the message); when it is one of our relays, that relay
+    wrote the topmost field, and the walk goes on down from there.
+
+    Without `arrival` (a message read offline), the walk starts at the topmost field one of
+    ours wrote (fields above it, such as a fetchmail's, are passed over). A sender connecting
+    directly could write such a field, so only the offline commands search for one.
+
+    Down the walk, a field whose client is ours was written by one of ours for one of ours;
+    the field below it was then written by that relay, whatever name it gives after `by`, so
+    it is trusted too; the first field whose client is not ours is the external hop. None if
+    no field of ours is found, or every client down the fields is ours (mail from inside). A
+    sender's forged fields lie below the real ones and are never reached."""
     relays_passed = 0
-    trusted = False
+    trusted = arrival is not None
+    if arrival is not None:
+        if not ours.handed_over(arrival):
+            return ExternalHop(arrival, -1, 0)
+        relays_passed = 1
     for position, value in enumerate(values[:MAX_HOPS]):
         hop = parse_received(value)
         if not trusted:
@@ -273,8 +290,9 @@ def forged_hops(values: Sequence[str], ours: OurHosts, external: ExternalHop) ->
     did not record as ours (OurHosts.claimed): a spambot greeting a backup MX or an open relay
     with our name. A message that really left one of ours and came back (a mailing list) has
     our address or our verified name recorded and is not counted."""
-    below = values[external.position : MAX_HOPS]
-    return sum(1 for value in below if ours.claimed(parse_received(value)))
+    below = values[max(external.position, 0) : MAX_HOPS]
+    count = sum(1 for value in below if ours.claimed(parse_received(value)))
+    return count + (1 if external.position < 0 and ours.claimed(external.hop) else 0)
 
 
 def time_reversals(values: Sequence[str]) -> int:
