@@ -32,8 +32,8 @@ BAD_DOCUMENTS = [
             "zzz",
             "unknown key (known keys: listen, socket_mode, mode, on_error, shutdown_grace, log, "
             "metrics, resolver, health, trusted_networks, skip_authenticated, our_names, "
-            "our_addresses, thresholds, add_headers, exempt_recipients, replies, greylist, state, "
-            "reverse_dns, ip_lists, domain_lists, rules, allow, deny, recipient_policies, "
+            "our_addresses, relays, thresholds, add_headers, exempt_recipients, replies, greylist, "
+            "state, reverse_dns, ip_lists, domain_lists, rules, allow, deny, recipient_policies, "
             "split_recipient_policies)",
         ),
         id="unknown-key-lists-known",

@@ -15,7 +15,7 @@ from spamgate.core.headerfacts import (
     FactType,
     HeaderView,
 )
-from spamgate.core.received import parse_received, received_time
+from spamgate.core.received import OurHosts, parse_received, received_time
 
 END = datetime.datetime(2026, 12, 7, 8, 0, tzinfo=datetime.UTC)
 RCVD = "from mail.example.org (mail.example.org [192.0.2.1]) by mx.example.net; {date}"
@@ -25,8 +25,21 @@ DATE_10 = "Mon, 7 Dec 2026 10:00:00 +0000"
 Fields = list[tuple[str, str]]
 
 
+# The host spamgate serves and a backup MX in front of it (received.external.*).
+OURS = OurHosts.parse(["mx.example.net", "10.0.0.0/8"])
+AT_10 = "Mon, 7 Dec 2026 10:00:00 +0000"
+# Postfix's own field for mail the backup MX passed on, and the backup MX's for the bot.
+FROM_BACKUP = f"from mx2 (mx2.example.net [10.0.0.9]) by mx.example.net (Postfix); {AT_10}"
+AT_BACKUP = f"from bot (unknown [198.51.100.7]) by mx2; {AT_10}"
+CLAIMS_US = f"from mx.example.net (dsl-7.isp.example [198.51.100.7]) by mx.example.net; {AT_10}"
+NOT_BY_US = "from a (a [192.0.2.1]) by elsewhere.example; " + AT_10
+OE6 = "Microsoft Outlook Express 6.00.2800.1106"
+OL10 = "Microsoft Outlook, Build 10.0.2627"
+MIMEOLE = "Produced By Microsoft MimeOLE V6.00.2800.1106"
+
+
 def view(fields: Fields) -> HeaderView:
-    return HeaderView.of(fields, END)
+    return HeaderView.of(fields, END, OURS)
 
 
 CASES = [
@@ -55,6 +68,69 @@ CASES = [
         "received.malformed",
         1.0,
         id="rcvd-no-time",
+    ),
+    # received.external.* / received.relays_passed / received.forged_hops
+    pytest.param(
+        [("Received", RCVD_8)], "received.external.address", "192.0.2.1", id="ext-address-direct"
+    ),
+    pytest.param(
+        [("Received", FROM_BACKUP), ("Received", AT_BACKUP)],
+        "received.external.address",
+        "198.51.100.7",
+        id="ext-address-behind-backup-mx",
+    ),
+    pytest.param(
+        [("Received", NOT_BY_US)], "received.external.address", None, id="ext-address-not-by-us"
+    ),
+    pytest.param(
+        [("Received", FROM_BACKUP), ("Received", AT_BACKUP)],
+        "received.external.helo",
+        "bot",
+        id="ext-helo",
+    ),
+    pytest.param([], "received.external.helo", None, id="ext-helo-absent"),
+    pytest.param(
+        [("Received", RCVD_8)],
+        "received.external.reverse_name",
+        "mail.example.org",
+        id="ext-rdns",
+    ),
+    pytest.param(
+        [("Received", FROM_BACKUP), ("Received", AT_BACKUP)],
+        "received.external.reverse_name",
+        None,
+        id="ext-rdns-unknown-absent",
+    ),
+    pytest.param([("Received", RCVD_8)], "received.relays_passed", 0.0, id="relays-none"),
+    pytest.param(
+        [("Received", FROM_BACKUP), ("Received", AT_BACKUP)],
+        "received.relays_passed",
+        1.0,
+        id="relays-backup-mx",
+    ),
+    pytest.param(
+        [("Received", FROM_BACKUP)], "received.relays_passed", None, id="relays-all-ours-absent"
+    ),
+    pytest.param([("Received", RCVD_8)], "received.forged_hops", 0.0, id="forged-none"),
+    pytest.param(
+        [("Received", CLAIMS_US), ("Received", RCVD_8)],
+        "received.forged_hops",
+        1.0,
+        id="forged-claims-our-name",
+    ),
+    pytest.param([("Received", NOT_BY_US)], "received.forged_hops", None, id="forged-absent"),
+    # received.time_reversals
+    pytest.param(
+        [("Received", RCVD.format(date=DATE_10)), ("Received", RCVD_8)],
+        "received.time_reversals",
+        0.0,
+        id="times-in-order",
+    ),
+    pytest.param(
+        [("Received", RCVD_8), ("Received", RCVD.format(date=DATE_10))],
+        "received.time_reversals",
+        1.0,
+        id="times-backwards",
     ),
     # date.skew_hours
     pytest.param([("Date", DATE_10)], "date.skew_hours", 2.0, id="skew-against-end-of-message"),
@@ -159,6 +235,41 @@ CASES = [
         id="replyto-foreign",
     ),
     pytest.param([("From", "a@example.com")], "reply_to.from_domain", None, id="replyto-absent"),
+    # mailer.inconsistent
+    pytest.param([("X-Mailer", OE6)], "mailer.inconsistent", True, id="oe-without-mimeole"),
+    pytest.param(
+        [("X-Mailer", OE6), ("X-MimeOLE", MIMEOLE)], "mailer.inconsistent", False, id="oe"
+    ),
+    pytest.param(
+        [("X-Mailer", "Microsoft Outlook Express Macintosh Edition - 5.01 (1630)")],
+        "mailer.inconsistent",
+        None,
+        id="oe-mac-writes-no-mimeole",
+    ),
+    pytest.param([("X-Mailer", OL10)], "mailer.inconsistent", True, id="outlook-bare"),
+    pytest.param(
+        [("X-Mailer", OL10), ("X-MimeOLE", MIMEOLE)], "mailer.inconsistent", False, id="ol-2002"
+    ),
+    pytest.param(
+        [("X-Mailer", "Microsoft Outlook 16.0"), ("Thread-Index", "AdkXyZ")],
+        "mailer.inconsistent",
+        False,
+        id="outlook-2016",
+    ),
+    pytest.param(
+        [("X-Mailer", "Microsoft Office Outlook 12.0")],
+        "mailer.inconsistent",
+        True,
+        id="outlook-2007-bare",
+    ),
+    pytest.param(
+        [("User-Agent", "Microsoft Outlook 16.0")],
+        "mailer.inconsistent",
+        None,
+        id="outlook-never-writes-user-agent-not-judged",
+    ),
+    pytest.param([("X-Mailer", "Mutt/1.5")], "mailer.inconsistent", None, id="other-mailer"),
+    pytest.param([], "mailer.inconsistent", None, id="no-mailer"),
     # mime.* and content_type
     pytest.param(
         [("Content-Type", 'multipart/alternative; boundary="=_x"')],
@@ -262,6 +373,15 @@ HOSTILE = [
         [(n, "") for n in ("Subject", "From", "To", "Cc", "Reply-To", "Date")], id="empty"
     ),
     pytest.param([("Subject", "\x00\r\n\t=?utf-7?b?Kw?=")], id="controls"),
+    pytest.param(
+        [("Received", f"from {NOT_UTF8} ({NOT_UTF8} [{NOT_UTF8}]) by mx.example.net; {AT_10}")] * 3,
+        id="received-not-utf8-by-us",
+    ),
+    pytest.param(
+        [("Received", FROM_BACKUP)] * 99 + [("Received", "from [::ffff:10.0.0.1] by x")],
+        id="received-all-ours",
+    ),
+    pytest.param([("X-Mailer", OE6 + "\x00" * 8000)], id="mailer-huge"),
 ]
 
 

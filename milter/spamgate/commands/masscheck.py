@@ -2,9 +2,10 @@
 
 Each message goes through the daemon's own Session (explain's `converse`), headers only and
 without DNS, as `explain --no-dns` does. The connection's facts come from the message: the
-topmost Received field one of our hosts wrote for a host not ours gives the client address,
-HELO and reverse name, and its time is "now" for the Date rules (a message checked a year
-after it came would otherwise look a year old). No such field: a neutral client (192.0.2.1,
+external hop (core/received.py: the topmost Received field one of our hosts wrote for a host
+not ours, past our relays) gives the client address, HELO and reverse name, and its time is
+"now" for the Date rules (a message checked a year after it came would otherwise look a year
+old). No such field: a neutral client (192.0.2.1,
 RFC 5737, no HELO, no reverse name).
 
 The report follows SpamAssassin's mass-check and hit-frequencies: per rule, its hits in each
@@ -14,6 +15,7 @@ label and S/O, the share of its hits that were spam (1.0: it fired on spam only)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import ipaddress
 import itertools
@@ -31,10 +33,9 @@ from typing import TextIO
 
 from spamgate.commands.explain import DEFAULT_RCPT, Dialogue, NoDns, converse, read_headers
 from spamgate.core import domains, headers
-from spamgate.core.addresses import IPNetwork
 from spamgate.core.engine import Action, Engine
-from spamgate.core.policy import Policy
-from spamgate.core.received import client_hop, parse_received
+from spamgate.core.policy import Policy, Relays
+from spamgate.core.received import OurHosts, external_hop, parse_received
 from spamgate.shell.session import Runtime
 
 LABELS = ("ham", "spam")
@@ -68,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="extend",
         default=[],
         metavar="HOST",
-        help="our receiving hosts, by name or address (network); their Received fields say "
-        "who the client was (the policy's our_names and our_addresses count too)",
+        help="our receiving hosts and relays, by name or address (network); their Received "
+        "fields say who the client was (the policy's relays, our_names and our_addresses "
+        "count too)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON document, for scripts")
 
@@ -146,15 +148,19 @@ class Checker:
     """Scores messages one at a time through one Runtime (headers only, no DNS)."""
 
     def __init__(self, policy: Policy, our_hosts: Sequence[str]) -> None:
-        names: list[str] = list(policy.our_names)
-        networks: list[IPNetwork] = list(policy.our_addresses)
-        for host in our_hosts:
-            try:
-                networks.append(ipaddress.ip_network(host.strip("[]"), strict=False))
-            except ValueError:
-                names.append(host)
-        self.names = tuple(names)
-        self.networks = tuple(networks)
+        given = OurHosts.parse(our_hosts)
+        if given.names or given.networks:
+            # Hosts named on the command line are relays of the policy, so that the
+            # received.external facts its rules test trust their fields as the client does.
+            relays = Relays(
+                (*policy.relays.names, *sorted(given.names)),
+                (*policy.relays.addresses, *given.networks),
+            )
+            policy = dataclasses.replace(policy, relays=relays)
+        self.ours = OurHosts.of(
+            (*policy.our_names, *policy.relays.names),
+            (*policy.our_addresses, *policy.relays.addresses),
+        )
         self._now = datetime.datetime.now(datetime.UTC)
         self.runtime = Runtime(
             Engine(policy), NoDns(), now=lambda: self._now, log=lambda line: None, dns=False
@@ -163,7 +169,8 @@ class Checker:
     def check(self, message: Message, tally: Tally) -> None:
         fields = read_headers(message.data)
         received = [value for name, value in fields if name.lower() == "received"]
-        hop = client_hop(received, self.names, self.networks)
+        external = external_hop(received, self.ours)
+        hop = external.hop if external is not None else None
         address, name, helo = NEUTRAL_CLIENT, "unknown", ""
         if hop is not None and hop.address is not None:
             tally.from_received[message.label] += 1

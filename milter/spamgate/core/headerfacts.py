@@ -25,7 +25,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from spamgate.core import domains, headers
-from spamgate.core.received import MAX_RECEIVED_CHARS, parse_received, received_time
+from spamgate.core.received import (
+    MAX_RECEIVED_CHARS,
+    ExternalHop,
+    Hop,
+    OurHosts,
+    external_hop,
+    forged_hops,
+    parse_received,
+    received_time,
+    time_reversals,
+)
 
 # A message has a few dozen header fields; a sender may send thousands. The first hundred,
 # each up to 8 KiB (RFC 5322 lines end at 998 characters, folded fields run to a few lines),
@@ -54,20 +64,28 @@ class FactType(enum.Enum):
 
 @dataclass(frozen=True)
 class HeaderView:
-    """A message's header fields as received, bounded, and the time its end arrived."""
+    """A message's header fields as received, bounded, the time its end arrived, and our
+    hosts (whose Received fields the received.external facts trust)."""
 
     # (lower-case name, value as received), in order, at most MAX_FIELDS, values cut.
     fields: tuple[tuple[str, str], ...] = ()
     received_at: datetime.datetime | None = None  # aware; the end of the message
+    our_hosts: OurHosts = field(default_factory=OurHosts)
+    # The hop the message arrived on (the daemon's client); None when read offline.
+    arrival: Hop | None = None
     _computed: dict[str, FactValue] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(
-        cls, fields: list[tuple[str, str]], received_at: datetime.datetime | None = None
+        cls,
+        fields: list[tuple[str, str]],
+        received_at: datetime.datetime | None = None,
+        our_hosts: OurHosts | None = None,
+        arrival: Hop | None = None,
     ) -> HeaderView:
         """A view of `fields` ((name, value) pairs in any case), bounded as the module says."""
         kept = tuple((name.lower(), value[:MAX_VALUE_CHARS]) for name, value in fields[:MAX_FIELDS])
-        return cls(kept, received_at)
+        return cls(kept, received_at, our_hosts or OurHosts(), arrival)
 
     def fact(self, name: str) -> FactValue:
         """The value of the fact `name` (a key of FACTS), computed once."""
@@ -80,6 +98,13 @@ class HeaderView:
 
     def first(self, name: str) -> str | None:
         return next((value for lowered, value in self.fields if lowered == name), None)
+
+    @functools.cached_property
+    def external_hop(self) -> ExternalHop | None:
+        return external_hop(self.values("received"), self.our_hosts, self.arrival)
+
+    def has(self, name: str) -> bool:
+        return any(lowered == name for lowered, _ in self.fields)
 
     @functools.cached_property
     def from_addresses(self) -> tuple[str, ...]:
@@ -156,6 +181,37 @@ def _is_malformed(value: str) -> bool:
     return not (head.startswith("(") and head.endswith(")"))
 
 
+def _external_address(view: HeaderView) -> FactValue:
+    external = view.external_hop
+    return None if external is None or external.hop.address is None else str(external.hop.address)
+
+
+def _external_helo(view: HeaderView) -> FactValue:
+    external = view.external_hop
+    return external.hop.helo if external is not None and external.hop.helo else None
+
+
+def _external_reverse_name(view: HeaderView) -> FactValue:
+    external = view.external_hop
+    return external.hop.reverse_name if external is not None and external.hop.reverse_name else None
+
+
+def _relays_passed(view: HeaderView) -> FactValue:
+    external = view.external_hop
+    return None if external is None else float(external.relays_passed)
+
+
+def _forged_hops(view: HeaderView) -> FactValue:
+    external = view.external_hop
+    if external is None:
+        return None
+    return float(forged_hops(view.values("received"), view.our_hosts, external))
+
+
+def _time_reversals(view: HeaderView) -> FactValue:
+    return float(time_reversals(view.values("received")))
+
+
 def _date_skew_hours(view: HeaderView) -> FactValue:
     value = view.first("date")
     date = None if value is None else headers.parse_date(value)
@@ -199,6 +255,28 @@ def _mailer(view: HeaderView) -> FactValue:
     if value is None:
         value = view.first("user-agent")
     return None if value is None else headers.decoded_text(value).strip()
+
+
+# What a mailer always writes, by what it calls itself in X-Mailer. Outlook Express for
+# Windows (4 to 6) writes X-MimeOLE ("Produced By Microsoft MimeOLE"); its Macintosh edition
+# names itself "Outlook Express Macintosh Edition" and does not, so the version must follow.
+# Outlook 98 to 2002 write X-MimeOLE, Outlook 2003 and later Thread-Index; none writes
+# neither. Measured on the development corpus: no legitimate message breaks either, and
+# 95 of the 500 spam do (docs/rules.md).
+_OUTLOOK_EXPRESS = re.compile(r"^Microsoft Outlook Express [0-9]")
+_OUTLOOK = re.compile(r"^Microsoft (?:Office )?Outlook(?: [0-9]|,| IMO|$)")
+
+
+def _mailer_inconsistent(view: HeaderView) -> FactValue:
+    value = view.first("x-mailer")
+    if value is None:
+        return None
+    mailer = headers.decoded_text(value).strip()
+    if _OUTLOOK_EXPRESS.match(mailer):
+        return not view.has("x-mimeole")
+    if _OUTLOOK.match(mailer):
+        return not (view.has("x-mimeole") or view.has("thread-index"))
+    return None
 
 
 def _subject_caps_ratio(view: HeaderView) -> FactValue:
@@ -307,6 +385,66 @@ _FACTS = (
         _received_malformed,
     ),
     Fact(
+        "received.external.address",
+        T,
+        "The address of the last hop outside our hosts: the connecting client, or, when it "
+        "is one of our `relays`, the client of the first field down from it whose client "
+        "is not ours (offline: from the topmost field our hosts wrote). Absent when every "
+        "hop is ours, or it records no address.",
+        "{name: EXTERNAL_FROM_TESTNET, score: 1, description: entered from a test network, "
+        r"fact: {name: received.external.address, matches: '^203\.0\.113\.'}}",
+        _external_address,
+    ),
+    Fact(
+        "received.external.helo",
+        T,
+        "The HELO name the last hop outside our hosts gave, as our host recorded it. Absent "
+        "without an external hop or a HELO.",
+        "{name: EXTERNAL_HELO_BARE_IP, score: 1, description: the external hop greeted with "
+        r"an address, fact: {name: received.external.helo, matches: '^\[?[0-9.]+\]?$'}}",
+        _external_helo,
+    ),
+    Fact(
+        "received.external.reverse_name",
+        T,
+        "The reverse name of the last hop outside our hosts, as our host verified it (lower "
+        "case). Absent without an external hop, or when it recorded `unknown`.",
+        "{name: EXTERNAL_DYNAMIC, score: 1, description: entered from a dynamic address, "
+        "fact: {name: received.external.reverse_name, matches: '(?i)(dsl|dyn|pool)'}}",
+        _external_reverse_name,
+    ),
+    Fact(
+        "received.relays_passed",
+        N,
+        "How many of our relays the message passed before the host spamgate serves: "
+        "Received fields, from the topmost one our hosts wrote, whose client is ours. 0 for "
+        "mail straight from outside; absent when none of ours wrote a field.",
+        "{name: VIA_BACKUP_MX, score: 0.5, description: came in through a backup MX, "
+        "fact: {name: received.relays_passed, over: 0}}",
+        _relays_passed,
+    ),
+    Fact(
+        "received.forged_hops",
+        N,
+        "How many Received fields, from the external hop down, have a client calling itself "
+        "one of our hosts (HELO or `from` name, or an address literal of ours) whose writer "
+        "recorded neither an address nor a verified name of ours. Absent without an external "
+        "hop.",
+        "{name: RCVD_CLAIMS_US, score: 2, description: a hop claims to be one of our hosts, "
+        "fact: {name: received.forged_hops, over: 0}}",
+        _forged_hops,
+    ),
+    Fact(
+        "received.time_reversals",
+        N,
+        "How many Received fields carry a time more than an hour after that of the field "
+        "above them (which the next host wrote later): a clock gone backwards, or a forged "
+        "field.",
+        "{name: RCVD_TIME_REVERSED, score: 0.5, description: hop times run backwards, "
+        "fact: {name: received.time_reversals, over: 0}}",
+        _time_reversals,
+    ),
+    Fact(
         "date.skew_hours",
         N,
         "Hours the Date is ahead of the topmost Received time (or of the end of the message "
@@ -347,6 +485,17 @@ _FACTS = (
         "{name: MAILER_BULK, score: 1, description: a bulk mailer, "
         "fact: {name: mailer, matches: '(?i)mass ?mail'}}",
         _mailer,
+    ),
+    Fact(
+        "mailer.inconsistent",
+        B,
+        "The X-Mailer names a mailer and the header lacks what that mailer always writes: "
+        "Outlook Express for Windows without X-MimeOLE; Outlook without both X-MimeOLE "
+        "(Outlook 98 to 2002) and Thread-Index (2003 and later). false when it names one of "
+        "them and has what it writes; absent for any other mailer, or no X-Mailer.",
+        "{name: MAILER_FORGED, score: 1.5, description: the mailer named is not the one "
+        "that wrote the header, fact: {name: mailer.inconsistent, is: true}}",
+        _mailer_inconsistent,
     ),
     Fact(
         "subject.caps_ratio",

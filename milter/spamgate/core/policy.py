@@ -603,6 +603,14 @@ def _parse_entries(
 
 
 @dataclass(frozen=True)
+class Relays:
+    names: tuple[str, ...] = setting(
+        "Host names of our relays, as they write them after `by` in Received fields.", ()
+    )
+    addresses: tuple[IPNetwork, ...] = setting("Addresses of our relays (CIDR).", ())
+
+
+@dataclass(frozen=True)
 class MatchList:
     clients: tuple[str, ...] = setting(
         "Client networks (CIDR).", (), names_files=NamesFiles.ENTRIES
@@ -852,6 +860,12 @@ class Policy:
     our_addresses: tuple[IPNetwork, ...] = setting(
         "Addresses that are ours (for `helo: ours`), besides the one the client connected to.",
         (),
+    )
+    relays: Relays = setting(
+        "Our own hosts that pass mail to this one (backup MX, gateway, filtering relay): "
+        "their Received fields are trusted, and the `received.external.*` facts describe the "
+        "hop before them. DNS lists still look up the connecting client.",
+        factory=Relays,
     )
     thresholds: Thresholds = setting("Scores that choose the action.", factory=Thresholds)
     add_headers: AddHeaders = setting(

@@ -13,7 +13,8 @@ linear in the value (which is capped). Every MTA writes its own form; the common
                        from RDNS (ADDR) by HOST ...; DATE  (HELO was RDNS)
 
 Only the sending hop of a Received field written by a host one trusts says anything: the
-sender writes every field below it. `client_hop` picks that field, given the receiving hosts.
+sender writes every field below it. `external_hop` picks that field, given our hosts (the
+receiving host and our relays in front of it), and counts the relays passed on the way.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from spamgate.core import domains
 from spamgate.core.addresses import IPAddress, IPNetwork, normalize_address
 from spamgate.core.headers import parse_date, unfold
 
@@ -119,7 +121,10 @@ def _from_parts(clause: str, by: str, when: datetime.datetime | None) -> Hop:
     first = word.group(0) if word else ""
     rest = clause[word.end() :] if word else clause
     address = None
-    bracketed = _BRACKETED.search(clause)
+    # The address the receiver recorded is in the comment after the first word; a first word
+    # that is a literal is the client's HELO (Postfix: "from [192.0.2.1] (host [ADDR])"),
+    # which may name another address. Exim's "from [ADDR] (helo=HELO)" has it only there.
+    bracketed = _BRACKETED.search(rest) or _BRACKETED.search(clause)
     if bracketed is not None:
         address = _address(bracketed.group(1))
     if address is None:
@@ -156,28 +161,159 @@ def _known(name: str) -> str:
     return "" if name.lower() in _UNKNOWN else name.rstrip(".").lower()
 
 
-def client_hop(
-    values: Iterable[str], our_names: Iterable[str], our_networks: Sequence[IPNetwork]
-) -> Hop | None:
-    """The hop where one of our hosts received the message from a host not ours: the topmost
-    Received field (the last written) whose `by` is ours and whose client is not; None if none
-    is. Hops between our own hosts (a relay handing over to the mail store) are passed over."""
-    names = frozenset(n.rstrip(".").lower() for n in our_names)
+# At most this many Received fields are read when walking down from our hosts' (the header
+# view keeps 100 fields; a command reading a whole message may give more).
+MAX_HOPS = 100
 
-    def ours_by_name(name: str) -> bool:
-        return bool(name) and name.rstrip(".").lower() in names
+# A field more than this much later than the field above it (which the next host wrote after
+# it) is a clock gone backwards or a forged field; less is ordinary clock drift.
+BACKWARDS_SLACK = datetime.timedelta(hours=1)
 
-    def ours_by_address(address: IPAddress | None) -> bool:
-        return address is not None and any(address in net for net in our_networks)
 
-    for value in values:
-        hop = parse_received(value)
-        by_address = _address(hop.by.strip("[]").removeprefix("ipv6:"))
-        if not (ours_by_name(hop.by) or ours_by_address(by_address)):
-            continue
-        if ours_by_address(hop.address) or (
-            hop.address is None and (ours_by_name(hop.from_name) or ours_by_name(hop.helo))
+@dataclass(frozen=True)
+class OurHosts:
+    """Our own mail hosts: the host spamgate serves and the relays in front of it (backup MX,
+    gateways). Only the Received fields they write cannot have been written by the sender."""
+
+    names: frozenset[str] = frozenset()  # lower case, without a trailing dot
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def of(cls, names: Iterable[str], networks: Iterable[IPNetwork]) -> OurHosts:
+        kept = frozenset(n.rstrip(".").lower() for n in names if n.rstrip("."))
+        return cls(kept, tuple(networks))
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> OurHosts:
+        """Host names and addresses or networks (`mx2.example.com`, `192.0.2.25`,
+        `[2001:db8::25]`, `192.0.2.0/28`) as an admin writes them on a command line."""
+        names: list[str] = []
+        networks: list[IPNetwork] = []
+        for entry in entries:
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            except ValueError:
+                names.append(entry)
+        return cls.of(names, networks)
+
+    def joined(self, other: OurHosts) -> OurHosts:
+        return OurHosts(self.names | other.names, self.networks + other.networks)
+
+    def has_name(self, name: str) -> bool:
+        return bool(name) and name.rstrip(".").lower() in self.names
+
+    def has_address(self, address: IPAddress | None) -> bool:
+        return address is not None and any(address in net for net in self.networks)
+
+    def wrote(self, hop: Hop) -> bool:
+        """Whether one of our hosts wrote the field (its `by`, by name or address literal)."""
+        return self.has_name(hop.by) or self.has_address(_literal(hop.by))
+
+    def handed_over(self, hop: Hop) -> bool:
+        """Whether the hop's client was one of ours: by the address the receiver recorded,
+        else (no address) by the name it gave. A loopback client is the writing host itself
+        (a content filter or fetchmail handing mail back to its own MTA)."""
+        if hop.address is not None:
+            return hop.address.is_loopback or self.has_address(hop.address)
+        return self.has_name(hop.from_name) or self.has_name(hop.helo)
+
+    def claimed(self, hop: Hop) -> bool:
+        """Whether the hop's client called itself one of ours (HELO or `from` name, or an
+        address literal of ours) while the receiver recorded an address that is neither ours
+        nor loopback (the writer itself), and no verified name of our names' organizations
+        (our relay `webnote.net` may be `mail.webnote.net` in DNS): what a spambot greeting
+        a relay with our name leaves."""
+        address = hop.address
+        if address is None or address.is_loopback or self.has_address(address):
+            return False
+        if not any(
+            self.has_name(name) or self.has_address(_literal(name))
+            for name in (hop.from_name, hop.helo)
         ):
-            continue  # handed over by one of ours
-        return hop
+            return False
+        reverse_name = hop.reverse_name
+        return not (
+            reverse_name
+            and any(domains.same_organization(reverse_name, name) for name in self.names)
+        )
+
+
+@dataclass(frozen=True)
+class ExternalHop:
+    """Where mail entered our hosts from outside, as their Received fields say."""
+
+    hop: Hop  # the field one of ours wrote for a client not ours
+    position: int  # of that field among the Received fields, 0 the topmost; -1: the arrival
+    relays_passed: int  # fields above it, from the first one ours wrote, with a client of ours
+
+
+def external_hop(
+    values: Sequence[str], ours: OurHosts, arrival: Hop | None = None
+) -> ExternalHop | None:
+    """The last hop outside our hosts.
+
+    `arrival` is the hop the host spamgate serves received the message on (the daemon knows
+    it from the connection; Postfix does not show milters the Received field it writes, as
+    tests/e2e/test_fact_rules.py checks). When its client is not ours, it is the external
+    hop (position -1: no field of the message); when it is one of our relays, that relay
+    wrote the topmost field, and the walk goes on down from there.
+
+    Without `arrival` (a message read offline), the walk starts at the topmost field one of
+    ours wrote (fields above it, such as a fetchmail's, are passed over). A sender connecting
+    directly could write such a field, so only the offline commands search for one.
+
+    Down the walk, a field whose client is ours was written by one of ours for one of ours;
+    the field below it was then written by that relay, whatever name it gives after `by`, so
+    it is trusted too; the first field whose client is not ours is the external hop. None if
+    no field of ours is found, or every client down the fields is ours (mail from inside). A
+    sender's forged fields lie below the real ones and are never reached."""
+    relays_passed = 0
+    trusted = arrival is not None
+    if arrival is not None:
+        if not ours.handed_over(arrival):
+            return ExternalHop(arrival, -1, 0)
+        relays_passed = 1
+    for position, value in enumerate(values[:MAX_HOPS]):
+        hop = parse_received(value)
+        if not trusted:
+            if not ours.wrote(hop):
+                continue
+            trusted = True
+        if not ours.handed_over(hop):
+            return ExternalHop(hop, position, relays_passed)
+        relays_passed += 1
     return None
+
+
+def forged_hops(values: Sequence[str], ours: OurHosts, external: ExternalHop) -> int:
+    """How many fields, from the external hop down, claim a client of ours that their writer
+    did not record as ours (OurHosts.claimed): a spambot greeting a backup MX or an open relay
+    with our name. A message that really left one of ours and came back (a mailing list) has
+    our address or our verified name recorded and is not counted."""
+    below = values[max(external.position, 0) : MAX_HOPS]
+    count = sum(1 for value in below if ours.claimed(parse_received(value)))
+    return count + (1 if external.position < 0 and ours.claimed(external.hop) else 0)
+
+
+def time_reversals(values: Sequence[str]) -> int:
+    """How many fields carry a time more than BACKWARDS_SLACK later than the field above them,
+    which the next host wrote after them. Fields without a readable time are skipped over."""
+    count = 0
+    later: datetime.datetime | None = None
+    for value in values[:MAX_HOPS]:
+        when = received_time(value)
+        if when is None:
+            continue
+        if later is not None and when - later > BACKWARDS_SLACK:
+            count += 1
+        later = when
+    return count
+
+
+def _literal(name: str) -> IPAddress | None:
+    """The address of an address literal or bare address (`[192.0.2.1]`, `[IPv6:2001:db8::1]`,
+    `192.0.2.1`); None for a host name."""
+    text = name.strip().strip("[]")
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    return _address(text) if text and len(text) <= 45 else None

@@ -43,6 +43,7 @@ from spamgate.core.decision import (
 from spamgate.core.decisionlog import Decision, format_decision
 from spamgate.core.engine import OUR_HEADERS, Action, Engine, Group, Verdict
 from spamgate.core.policy import DomainList, DomainQuery, DomainSource, Policy
+from spamgate.core.received import Hop, OurHosts
 from spamgate.core.replies import Reply
 from spamgate.core.rules import MessageFacts, Stage
 from spamgate.dns.answers import Lookups
@@ -231,6 +232,9 @@ class Session:
         self.client_name = ""
         self.helo_name = ""
         self.client = Client(greylist_state=self.greylister is not None)
+        # Whose Received fields the received.external facts trust: the names and addresses
+        # that are ours and the policy's relays (set at connect).
+        self.our_hosts = OurHosts()
         self.lookups = ListLookups(self.resolver, runtime.clock, _Recorders(runtime))
         self.closed = False
         runtime.session_started()
@@ -266,6 +270,10 @@ class Session:
             ignored=ignored,
             remembered=remembered,
             greylist_state=self.greylister is not None,
+        )
+        self.our_hosts = OurHosts.of(
+            (*self.client.our_names, *policy.relays.names),
+            (*self.client.our_addresses, *policy.relays.addresses),
         )
         if ignored is not None or address is None:
             return
@@ -478,6 +486,14 @@ class Session:
             for domain in found[:4]:  # a header with a hundred addresses gets no hundred lookups
                 self._start_domain_lists(source, domain)
 
+    def _arrival(self) -> Hop:
+        """The hop Postfix records in the Received field it writes (and milters never see):
+        the client's HELO, its verified name, its address."""
+        name = self.client_name.rstrip(".").lower()
+        # Postfix gives "unknown" for a name that did not verify; Sendmail "[ADDR]".
+        verified = "" if name in ("", "unknown") or name.startswith("[") else name
+        return Hop(self.helo_name, self.helo_name, verified, self.address)
+
     def end_of_message(self, queue_id: str) -> MessageDecision:
         transaction = self._transaction()
         message = MessageFacts(
@@ -487,7 +503,9 @@ class Session:
             date_skew=transaction.date_skew,
             from_domains=tuple(transaction.from_domains),
             header_view=(
-                headerfacts.HeaderView.of(transaction.header_fields, self.runtime.now())
+                headerfacts.HeaderView.of(
+                    transaction.header_fields, self.runtime.now(), self.our_hosts, self._arrival()
+                )
                 if self.engine.needs_header_view
                 else None
             ),
