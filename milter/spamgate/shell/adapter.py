@@ -169,9 +169,8 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
     #   from DATA straight to end of message (NX_DATA in engine.c), so a message without
     #   headers, which Sendmail sends as DATA then end of message, made libmilter call abort,
     #   ignore the end of message and never answer: Sendmail gave 451 4.3.2 after its milter
-    #   read timeout. Postfix sends end of headers even for a message without any (milter8.c
-    #   writes the event unless it was negotiated away), so never hit this. (It does not send
-    #   the Received field it adds itself: tests/e2e/test_fact_rules.py.)
+    #   read timeout. Postfix was never seen to hit this. (It does not show milters the
+    #   Received field it adds itself: tests/e2e/test_fact_rules.py.)
     # - data answers CONTINUE. Postfix still sends the macros of an event a milter negotiated
     #   away; smtpd writes the DATA macros alone, cleanup then writes the headers, and that
     #   second small write waits (Nagle) for an ACK our side delays by ~40 ms. Answering DATA
