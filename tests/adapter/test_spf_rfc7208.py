@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import dns.name
 import pytest
 
 from spamgate.core.settings import ResolverSettings
@@ -106,14 +107,13 @@ def test_rfc7208_suite(scenario: Scenario, case: SuiteCase, stacks: dict[str, _S
 def test_a_silent_server_costs_the_deadline_and_gives_temperror() -> None:
     # The check's deadline, not the resolver's, ends it: nothing answers, and the verdict
     # comes when the check's time is up.
-    zone = Zone()
-    stack = _Stack(zone)
+    zone = Zone(timing_out={dns.name.from_text("example.org")})
+    server = ZoneServer(zone)
+    server.start()
     try:
         slow = Resolver(
-            ResolverSettings(query_timeout=5, deadline=10),
-            nameservers=(stack.server.nameserver,),
+            ResolverSettings(query_timeout=5, deadline=10), nameservers=(server.nameserver,)
         )
-        zone.timing_out.add(spf_suite.dns.name.from_text("example.org"))
         slow.start()
         try:
             started = time.monotonic()
@@ -124,7 +124,7 @@ def test_a_silent_server_costs_the_deadline_and_gives_temperror() -> None:
         finally:
             slow.stop()
     finally:
-        stack.stop()
+        server.stop()
     assert verdict.result is SpfResult.TEMPERROR
     assert verdict.domain == "example.org"
     assert "0.3 s" in verdict.reason

@@ -203,11 +203,12 @@ _MODIFIER = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)=(.*)", re.DOTALL)
 _DIRECTIVE = re.compile(r"([+\-~?]?)([A-Za-z][A-Za-z0-9_.-]*)(.*)", re.DOTALL)
 # A macro-expand (RFC 7208 7.1): %{letter digits [r] delimiters}, %%, %_ or %-.
 _MACRO = re.compile(r"%(?:\{([A-Za-z])([0-9]*)([rR]?)([.\-+,/_=]*)\}|(.))", re.DOTALL)
-_MACRO_LETTERS = frozenset("slodiphv")
-_EXPLANATION_LETTERS = _MACRO_LETTERS | frozenset("crt")
+# The macro letters a domain-spec may use; an explanation may also use c, r, t (RFC 7208 7.1).
+DOMAIN_MACROS = frozenset("slodiphv")
+EXPLANATION_MACROS = DOMAIN_MACROS | frozenset("crt")
 # domain-end's toplabel (RFC 7208 7.1): not all digits, and no "-" at either end.
 _DOMAIN_END = re.compile(
-    r"\.(?:[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9])\.?"
+    r"\.(?:[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9])\.?\Z"
 )
 _CIDR = re.compile(r"(.*?)(?:/([0-9]+))?(?://([0-9]+))?", re.DOTALL)
 _NO_LEADING_ZERO = re.compile(r"0|[1-9][0-9]*")
@@ -250,7 +251,7 @@ def _add_modifier(modifiers: dict[str, str], name: str, value: str) -> None:
         modifiers[name] = value
     else:
         # RFC 7208 6: unknown modifiers are ignored, but must be valid macro strings.
-        check_macro_string(value, _MACRO_LETTERS)
+        check_macro_string(value, DOMAIN_MACROS)
 
 
 def parse_directive(term: str) -> Directive:
@@ -324,14 +325,12 @@ def _network(
 def check_domain_spec(spec: str) -> None:
     """RFC 7208 7.1: domain-spec = macro-string domain-end, where domain-end is a macro or a
     dot and a top label that is not all digits (`a:192.0.2.1` is a syntax error)."""
-    check_macro_string(spec, _MACRO_LETTERS)
+    check_macro_string(spec, DOMAIN_MACROS)
     ends_with_macro = any(m.end() == len(spec) for m in _MACRO.finditer(spec))
     if ends_with_macro:
         return
-    last = None
-    for last in _DOMAIN_END.finditer(spec):  # noqa: B007 -- the last match is wanted
-        pass
-    if last is None or last.end() != len(spec) or "%" in spec[last.start() :]:
+    end = _DOMAIN_END.search(spec)
+    if end is None or "%" in spec[end.start() :]:
         raise SpfPermError(f"bad domain {spec!r}")
 
 
@@ -363,7 +362,7 @@ def _check_literal(text: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Identity:
+class MacroValues:
     """The values of the macros of one check_host() call (RFC 7208 7.2)."""
 
     facts: SmtpFacts
@@ -379,7 +378,7 @@ class _Identity:
         return self.sender.rpartition("@")[2]
 
 
-def _macro_value(letter: str, identity: _Identity, validated: str) -> str:
+def _macro_value(letter: str, identity: MacroValues, validated: str) -> str:
     client = identity.facts.client
     values = {
         "s": identity.sender,
@@ -413,7 +412,7 @@ def _transform(value: str, digits: str, reverse: str, delimiters: str) -> str:
     return ".".join(parts)
 
 
-def expand(text: str, identity: _Identity, letters: frozenset[str]) -> Asking[str]:
+def expand(text: str, identity: MacroValues, letters: frozenset[str]) -> Asking[str]:
     """`text` with its macros expanded; asks DNS only for %{p} (the validated name)."""
     check_macro_string(text, letters)
     validated = ""
@@ -439,9 +438,9 @@ def expand(text: str, identity: _Identity, letters: frozenset[str]) -> Asking[st
     return "".join(pieces)
 
 
-def expand_domain(spec: str, identity: _Identity) -> Asking[str]:
+def expand_domain(spec: str, identity: MacroValues) -> Asking[str]:
     """A domain-spec expanded and cut to 253 characters (RFC 7208 7.3: leftmost labels go)."""
-    name = yield from expand(spec, identity, _MACRO_LETTERS)
+    name = yield from expand(spec, identity, DOMAIN_MACROS)
     name = name.removesuffix(".")
     labels = name.split(".")
     while len(".".join(labels)) > MAX_NAME_LENGTH and len(labels) > 1:
@@ -490,7 +489,7 @@ class _Outcome:
     result: SpfResult
     mechanism: str = ""
     record: SpfRecord | None = None  # whose exp= explains a fail
-    identity: _Identity | None = None
+    identity: MacroValues | None = None
     reason: str = ""
 
 
@@ -512,7 +511,7 @@ def _address_type(client: IPAddress) -> str:
     return "A" if client.version == 4 else "AAAA"
 
 
-def _check_host(identity: _Identity, budget: _Budget) -> Asking[_Outcome]:
+def _check_host(identity: MacroValues, budget: _Budget) -> Asking[_Outcome]:
     """RFC 7208 4: check_host() for `identity.domain`; raises SpfPermError, SpfTempError."""
     if not is_valid_name(identity.domain) or "." not in identity.domain:
         return _Outcome(SpfResult.NONE, reason=f"{identity.domain!r} is not a domain")
@@ -532,14 +531,14 @@ def _check_host(identity: _Identity, budget: _Budget) -> Asking[_Outcome]:
     if record.redirect is not None:
         budget.spend_term()
         target = yield from expand_domain(record.redirect, identity)
-        inner = yield from _check_host(_Identity(identity.facts, identity.sender, target), budget)
+        inner = yield from _check_host(MacroValues(identity.facts, identity.sender, target), budget)
         if inner.result is SpfResult.NONE:
             raise SpfPermError(f"redirect to {target}: {inner.reason}")  # RFC 7208 6.1
         return inner
     return _Outcome(SpfResult.NEUTRAL, record=record, identity=identity)
 
 
-def _matches(directive: Directive, identity: _Identity, budget: _Budget) -> Asking[bool]:
+def _matches(directive: Directive, identity: MacroValues, budget: _Budget) -> Asking[bool]:
     mechanism = directive.mechanism
     client = identity.facts.client
     if mechanism is Mechanism.ALL:
@@ -589,8 +588,8 @@ def _contains(addresses: tuple[str, ...], client: IPAddress, directive: Directiv
     return False
 
 
-def _include(target: str, identity: _Identity, budget: _Budget) -> Asking[bool]:
-    inner = yield from _check_host(_Identity(identity.facts, identity.sender, target), budget)
+def _include(target: str, identity: MacroValues, budget: _Budget) -> Asking[bool]:
+    inner = yield from _check_host(MacroValues(identity.facts, identity.sender, target), budget)
     # RFC 7208 5.2: what an include's result means for the including record.
     if inner.result is SpfResult.PASS:
         return True
@@ -599,7 +598,7 @@ def _include(target: str, identity: _Identity, budget: _Budget) -> Asking[bool]:
     return False  # fail, softfail, neutral (errors were raised, not returned)
 
 
-def _mx(target: str, directive: Directive, identity: _Identity, budget: _Budget) -> Asking[bool]:
+def _mx(target: str, directive: Directive, identity: MacroValues, budget: _Budget) -> Asking[bool]:
     reply = yield from ask(DnsQuestion(target, "MX"))
     exchanges = []
     for text in _records(reply, target, budget):
@@ -622,7 +621,7 @@ def _reverse_name(client: IPAddress) -> str:
     return client.reverse_pointer
 
 
-def _validated_names(identity: _Identity) -> Asking[tuple[str, ...]]:
+def _validated_names(identity: MacroValues) -> Asking[tuple[str, ...]]:
     """RFC 7208 5.5: the client's PTR names (the first 10) that resolve back to it. A
     failed lookup only leaves a name out: ptr then fails to match, it does not err."""
     client = identity.facts.client
@@ -642,7 +641,7 @@ def _validated_names(identity: _Identity) -> Asking[tuple[str, ...]]:
     return tuple(validated)
 
 
-def _validated_name(identity: _Identity) -> Asking[str]:
+def _validated_name(identity: MacroValues) -> Asking[str]:
     """%{p}: a validated name in the current domain if there is one, else any, else
     "unknown" (RFC 7208 7.3)."""
     names = yield from _validated_names(identity)
@@ -687,14 +686,14 @@ def _explain(outcome: _Outcome, default: str) -> Asking[str]:
     return text or fallback
 
 
-def _expand_explanation(text: str, identity: _Identity) -> Asking[str]:
+def _expand_explanation(text: str, identity: MacroValues) -> Asking[str]:
     # explain-string = *( macro-string / SP ): spaces are allowed between macro strings.
     if not text.isascii():
         return ""
     try:
         parts = []
         for piece in text.split(" "):
-            parts.append((yield from expand(piece, identity, _EXPLANATION_LETTERS)))
+            parts.append((yield from expand(piece, identity, EXPLANATION_MACROS)))
     except SpfPermError:
         return ""
     return " ".join(parts)
@@ -750,7 +749,7 @@ def check_host(
     # Kept as written (macros such as %{d} show it), but an internationalized name is asked
     # in its A-labels.
     domain = domain.removesuffix(".") if domain.isascii() else normalized
-    checked = _Identity(facts, identity.sender, domain)
+    checked = MacroValues(facts, identity.sender, domain)
     try:
         outcome = yield from _check_host(checked, _Budget())
     except SpfPermError as error:
