@@ -49,7 +49,7 @@ def reply_of(answer: DnsAnswer) -> DnsReply:
     kind = _REPLY_KINDS.get(answer.kind, ReplyKind.ERROR)
     if kind is ReplyKind.RECORDS and not answer.records:
         kind = ReplyKind.NODATA
-    detail = answer.detail or answer.kind.value if kind is ReplyKind.ERROR else ""
+    detail = (answer.detail or answer.kind.value) if kind is ReplyKind.ERROR else ""
     return DnsReply(kind, answer.records, detail)
 
 
