@@ -58,8 +58,8 @@ BAD_DOCUMENTS = [
             5,
             "rules[0].name",
             "a rule needs exactly one condition (helo, helo_matches, rdns, rdns_matches, sender, "
-            "sender_matches, recipient_matches, recipients_over, header, date_ahead_hours, "
-            "date_behind_days, from_domain, fact, composite)",
+            "sender_matches, spf, helo_spf, recipient_matches, recipients_over, header, "
+            "date_ahead_hours, date_behind_days, from_domain, fact, composite)",
         ),
         id="rule-without-condition",
     ),

@@ -49,6 +49,7 @@ from spamgate.core.policy import Mode, Policy
 from spamgate.core.replies import Reply
 from spamgate.core.rules import ConnectionFacts, EnvelopeFacts, MessageFacts, Stage
 from spamgate.core.rules import Facts as RuleFacts
+from spamgate.core.spf import SpfVerdict
 
 # RFC 5321 4.5.3.1.10: 452 4.5.3 is "too many recipients"; clients send the rest in another
 # transaction, which is exactly what a recipient with a different policy needs.
@@ -65,8 +66,12 @@ class Need(enum.Flag):
 
     NOTHING = 0
     CLIENT_NAME = enum.auto()  # the client's reverse DNS, waited for (Client.rdns)
-    HELO_NAME = enum.auto()  # whether the HELO name resolves, waited for (Client.helo_resolves)
-    EVIDENCE = enum.auto()  # the stage's list outcomes and whether the sender's domain resolves
+    # Whether the HELO name resolves and its SPF result, waited for (Client.helo_resolves,
+    # Client.helo_spf).
+    HELO_NAME = enum.auto()
+    # The stage's list outcomes, whether the sender's domain resolves and MAIL FROM's SPF
+    # result (Facts.lists, .sender_domain_resolves, .spf).
+    EVIDENCE = enum.auto()
     GREYLIST = enum.auto()  # the greylist state's answer for the triplets of `Ruling.ask`
 
 
@@ -104,6 +109,7 @@ class Client:
     known: Need = Need.NOTHING  # which of the waits below are over
     rdns: ReverseDns = UNKNOWN_RDNS  # with Need.CLIENT_NAME
     helo_resolves: bool | None = None  # with Need.HELO_NAME; None: no evidence
+    helo_spf: SpfVerdict | None = None  # with Need.HELO_NAME; None: not checked
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,8 @@ class Facts:
     sender_domain_resolves: bool | None = None
     # By recipient: what the greylist state said of every triplet asked in the transaction.
     greylist: Mapping[str, Retry] = field(default_factory=dict)
+    # With Need.EVIDENCE: MAIL FROM's SPF verdict (None: not checked).
+    spf: SpfVerdict | None = None
 
     @property
     def stage(self) -> Stage:
@@ -442,6 +450,7 @@ def _judge(
             helo=client.helo.strip(),
             rdns=client.rdns,
             helo_resolves=client.helo_resolves,
+            helo_spf=None if client.helo_spf is None else client.helo_spf.result,
             our_names=client.our_names,
             our_addresses=client.our_addresses,
         )
@@ -450,7 +459,12 @@ def _judge(
         recipients = (*recipients, envelope.recipient)
     rule_facts = RuleFacts(
         connection,
-        EnvelopeFacts(envelope.sender, facts.sender_domain_resolves, recipients),
+        EnvelopeFacts(
+            envelope.sender,
+            facts.sender_domain_resolves,
+            recipients,
+            None if facts.spf is None else facts.spf.result,
+        ),
         facts.message or _NO_MESSAGE_FACTS,
     )
     rules = engine.rulebook.fire(stage, rule_facts, list_hits, trial_list_hits)
@@ -531,6 +545,7 @@ def greeted(policy: Policy, client: Client, helo: str) -> Client:
         client.greylist_state,
         client.known & ~Need.HELO_NAME,
         client.rdns,
+        None,
         None,
     )
 

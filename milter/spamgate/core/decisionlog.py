@@ -47,6 +47,8 @@ class Decision:
     allowed_by: str = ""
     denied_by: str = ""
     greylist: str = ""  # the outcome of each triplet asked, once each
+    spf: str = ""  # MAIL FROM's SPF result, if a rule asked for it: "fail", "temperror"
+    helo_spf: str = ""  # the HELO name's, the same way
 
 
 def quote(value: str) -> str:
@@ -113,6 +115,8 @@ def format_decision(decision: Decision) -> str:
         ("trial_action", _trial(verdict)),
         ("fails", ",".join(dict.fromkeys(o.fail_marker for o in unusable))),
         ("rdns", decision.rdns),
+        ("spf", decision.spf),
+        ("helo_spf", decision.helo_spf),
         ("lists", ",".join(render_list(o) for o in decision.lists)),
         ("lists_ignored", "" if decision.lists_ignored is None else decision.lists_ignored.value),
         ("policy", decision.policy_digest),

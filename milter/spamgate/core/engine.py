@@ -167,6 +167,8 @@ class Engine:
         )
         self.needs_helo_resolution = rulebook.needs_helo_resolution
         self.needs_sender_resolution = rulebook.needs_sender_resolution
+        self.needs_spf = rulebook.needs_spf
+        self.needs_helo_spf = rulebook.needs_helo_spf
         self.counted_headers = rulebook.counted_headers
         self.needs_header_view = rulebook.needs_header_view
         # Headers worth parsing: those rules judge, and those whose domains lists look up.

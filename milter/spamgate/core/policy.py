@@ -49,6 +49,7 @@ from spamgate.core.settings import (
     StateSettings,
 )
 from spamgate.core.sources import FILE_PREFIX, Sources, building_with, named_files
+from spamgate.core.spf import SpfResult
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -531,6 +532,17 @@ class Rule:
     sender_matches: Pattern | None = setting(
         "MAIL FROM address (lower case, without <>) matches this pattern.", None
     )
+    spf: SpfResult | None = setting(
+        "The SPF result (RFC 7208) for MAIL FROM, or for the HELO name when the sender is <>, "
+        "is `pass`, `fail`, `softfail`, `neutral`, `none`, `temperror` (DNS did not answer "
+        "within `resolver.deadline`) or `permerror` (a broken record).",
+        None,
+    )
+    helo_spf: SpfResult | None = setting(
+        "The SPF result for the HELO name as an identity of its own (RFC 7208 2.3), same "
+        "values; `none` also for a HELO that is no domain (an address literal).",
+        None,
+    )
     recipient_matches: Pattern | None = setting(
         "Some RCPT TO address of the transaction matches this pattern.", None
     )
@@ -564,6 +576,8 @@ class Rule:
         "rdns_matches",
         "sender",
         "sender_matches",
+        "spf",
+        "helo_spf",
         "recipient_matches",
         "recipients_over",
         "header",

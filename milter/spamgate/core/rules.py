@@ -36,6 +36,7 @@ from spamgate.core.policy import (
     Rule,
     SenderCheck,
 )
+from spamgate.core.spf import SpfResult
 
 # Header values up to this long have their rule verdicts remembered, this many at most
 # (about 3 MB at worst).
@@ -50,6 +51,8 @@ _STAGE_OF_CONDITION = {
     "rdns_matches": Stage.CONNECTION,
     "sender": Stage.ENVELOPE,
     "sender_matches": Stage.ENVELOPE,
+    "spf": Stage.ENVELOPE,
+    "helo_spf": Stage.CONNECTION,
     "recipient_matches": Stage.ENVELOPE,
     "recipients_over": Stage.ENVELOPE,
     "header": Stage.MESSAGE,
@@ -81,6 +84,7 @@ class ConnectionFacts:
     helo: str = ""
     rdns: ReverseDns = field(default_factory=lambda: ReverseDns(RdnsStatus.UNKNOWN))
     helo_resolves: bool | None = None
+    helo_spf: SpfResult | None = None  # None: not checked (no rule asks, or no HELO yet)
     our_names: frozenset[str] = frozenset()
     our_addresses: tuple[IPNetwork, ...] = ()
 
@@ -90,6 +94,7 @@ class EnvelopeFacts:
     sender: str = ""  # lower case, without <>; "" is the null sender
     sender_domain_resolves: bool | None = None
     recipients: tuple[str, ...] = ()  # lower case, without <>; every RCPT TO so far
+    spf: SpfResult | None = None  # MAIL FROM's (the HELO name's for <>); None: not checked
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,9 @@ class RuleBook:
         )
         self.needs_helo_resolution = ("helo", HeloCheck.UNRESOLVABLE) in conditions
         self.needs_sender_resolution = ("sender", SenderCheck.UNRESOLVABLE) in conditions
+        # SPF costs lookups (up to 10 terms' worth per check): only when a rule reads it.
+        self.needs_spf = any(kind == "spf" for kind, _ in conditions)
+        self.needs_helo_spf = any(kind == "helo_spf" for kind, _ in conditions)
         # Header fields are kept for the end of the message only when a rule reads a fact.
         self.needs_header_view = any(rule.fact is not None for rule in self.rules)
 
@@ -278,6 +286,9 @@ class RuleBook:
             return lambda facts: (
                 bool(facts.connection.rdns.name) and _search(pattern, facts.connection.rdns.name)
             )
+        if condition == "helo_spf":
+            result = rule.helo_spf
+            return lambda facts: facts.connection.helo_spf is result
         return _compile_message(rule)
 
     def _rdns_check(self, check: RdnsCheck, rdns: ReverseDns) -> bool:
@@ -347,6 +358,9 @@ def _compile_envelope(rule: Rule) -> Check:
     if condition == "sender_matches":
         pattern = rule.sender_matches
         return lambda facts: bool(facts.envelope.sender) and _search(pattern, facts.envelope.sender)
+    if condition == "spf":
+        result = rule.spf
+        return lambda facts: facts.envelope.spf is result
     if condition == "recipient_matches":
         pattern = rule.recipient_matches
         return lambda facts: any(_search(pattern, r) for r in facts.envelope.recipients)

@@ -40,6 +40,7 @@ from spamgate.core.policy import (
     SenderCheck,
 )
 from spamgate.core.rules import ConnectionFacts, Facts
+from spamgate.core.spf import SpfResult
 
 MAX_SHOWN = 80
 # A composite's parts can be composites, and two composites can share parts: without bounds a
@@ -250,6 +251,8 @@ def trace(rule: Rule, facts: Facts, fields: Sequence[tuple[str, str]] = ()) -> s
         if rule.sender is SenderCheck.UNRESOLVABLE:
             seen += ", its domain " + _resolution(envelope.sender_domain_resolves)
         return f"{seen} ({how})"
+    if condition in ("spf", "helo_spf"):
+        return _spf_trace(rule, facts)
     if condition == "recipient_matches" and rule.recipient_matches is not None:
         return _recipient_trace(rule.recipient_matches, envelope.recipients)
     if condition == "recipients_over":
@@ -289,6 +292,20 @@ def _recipient_trace(pattern: Pattern, recipients: Sequence[str]) -> str:
     first = shown(recipients[0]) if recipients else "none"
     others = f" and {len(recipients) - 1} more" if len(recipients) > 1 else ""
     return f"recipient = {first}{others} (matches {shown(pattern.source)})"
+
+
+def _spf_trace(rule: Rule, facts: Facts) -> str:
+    if rule.spf is not None:
+        sender = shown("<" + facts.envelope.sender + ">")
+        return f"spf = {_spf(facts.envelope.spf)} for {sender} ({rule.spf.value})"
+    assert rule.helo_spf is not None
+    helo = shown(facts.connection.helo)
+    return f"helo_spf = {_spf(facts.connection.helo_spf)} for {helo} ({rule.helo_spf.value})"
+
+
+def _spf(result: SpfResult | None) -> str:
+    # None: not checked (DNS off, a trusted or authenticated client, no client address).
+    return "not checked" if result is None else result.value
 
 
 def _resolution(resolves: bool | None) -> str:

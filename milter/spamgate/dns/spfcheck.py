@@ -136,6 +136,12 @@ class PendingSpf:
             self._verdict = verdict
         self._finished.set()
 
+    @property
+    def verdict(self) -> SpfVerdict | None:
+        """The verdict if there is one yet (finished, or collected at the deadline); None
+        otherwise. Never waits, and never ends the check."""
+        return self._verdict
+
     def collect(self, deadline: float) -> SpfVerdict:
         """The verdict, waiting until `deadline` seconds after the start at most; temperror
         if the check is not done by then. The same verdict every time."""

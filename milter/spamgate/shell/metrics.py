@@ -82,6 +82,13 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.spf = Counter(
+            "spamgate_spf",
+            "SPF checks by identity (mail_from, helo) and result (pass, fail, softfail, neutral, "
+            "none, temperror, permerror), counted once per check when its result is logged.",
+            ["identity", "result"],
+            registry=registry,
+        )
         self.errors = Counter(
             "spamgate_errors",
             "Internal errors, by callback (each followed on_error).",
@@ -118,6 +125,9 @@ class Metrics:
             self._labelled(self.hits, name).inc()
         for name in tempfail_by:
             self._labelled(self.unusable_tempfails, name, enforced).inc()
+
+    def record_spf(self, identity: str, result: str) -> None:
+        self._labelled(self.spf, identity, result).inc()
 
     def record_greylist(self, outcome: str) -> None:
         self._labelled(self.greylist, outcome).inc()

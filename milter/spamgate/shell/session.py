@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from spamgate.core import decision, domains, headerfacts, headers
+from spamgate.core import decision, domains, headerfacts, headers, spf
 from spamgate.core.addresses import normalize_network
 from spamgate.core.decision import (
     Client,
@@ -51,6 +51,7 @@ from spamgate.dns.dnslists import IPAddress, ListLookups, ListOutcome
 from spamgate.dns.listhealth import ListMonitor
 from spamgate.dns.nameprobes import PendingResolution
 from spamgate.dns.rdns import PendingReverse, ReverseDns, from_mta_macros
+from spamgate.dns.spfcheck import PendingSpf
 from spamgate.shell.metrics import Metrics
 from spamgate.state.greylist import Greylister, GreylistOutcome, GreylistTiming, GreylistVerdict
 from spamgate.state.recentrejects import RecentRejects
@@ -188,6 +189,7 @@ class Transaction:
     recipients_allowed_by: list[str] = field(default_factory=list)
     recipients_denied_by: list[str] = field(default_factory=list)
     sender_resolution: PendingResolution | None = None
+    spf: PendingSpf | None = None  # MAIL FROM's SPF check (the HELO name's for <>)
     recipients: list[str] = field(default_factory=list)  # bare, every RCPT TO not split off
     accepted: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -240,6 +242,9 @@ class Session:
         runtime.session_started()
         self.reverse: PendingReverse | ReverseDns | None = None
         self.helo_resolution: PendingResolution | None = None
+        self.helo_spf: PendingSpf | None = None
+        self._helo_spf_counted = False
+        self.receiver = "unknown"  # this MTA's name ({j}), SPF's %{r}
         self.transaction: Transaction | None = None
         self._rdns: ReverseDns | None = None
         self.connected_at = runtime.clock()
@@ -254,6 +259,7 @@ class Session:
         self.address = address
         self.address_text = str(address) if address else "unknown"
         self.client_name = client_name
+        self.receiver = macros.get("j") or "unknown"
         names = (macros.get("j") or "", *policy.our_names)
         listed = decision.listed_client(policy, address, client_name)
         ignored = decision.ignored_at_connect(policy, address, listed, dns=self.runtime.dns)
@@ -328,7 +334,14 @@ class Session:
     def helo(self, name: str) -> None:
         self.helo_name = name
         client = self.client = decision.greeted(self.policy, self.client, name)
-        if client.ignored is not None or not domains.is_fqdn(name):
+        self.helo_spf = None
+        self._helo_spf_counted = False
+        if client.ignored is not None:
+            return
+        if self.engine.needs_helo_spf and self.address is not None:
+            # An address literal or a bare word gets `none` from the check, without a lookup.
+            self.helo_spf = self._start_spf(spf.helo_identity(name.strip()), name)
+        if not domains.is_fqdn(name):
             return
         if self.engine.needs_helo_resolution:
             self.helo_resolution = PendingResolution(
@@ -388,8 +401,13 @@ class Session:
         listed = decision.listed_sender(self.policy, bare)
         transaction.allowed_by, transaction.denied_by = listed.allowed_by, listed.denied_by
         self.transaction = transaction
+        if self._lists_ignored(transaction):
+            return
+        if self.engine.needs_spf and self.address is not None:
+            helo = self.helo_name.strip()
+            transaction.spf = self._start_spf(spf.mail_from_identity(sender, helo), helo)
         domain = domains.domain_of_address(bare) if bare else None
-        if domain is None or self._lists_ignored(transaction):
+        if domain is None:
             return
         if self.engine.needs_sender_resolution:
             transaction.sender_resolution = PendingResolution(
@@ -399,6 +417,15 @@ class Session:
                 clock=self.runtime.clock,
             )
         self._start_domain_lists(DomainSource.SENDER, domain)
+
+    def _start_spf(self, identity: spf.SpfIdentity, helo: str) -> PendingSpf:
+        """An SPF check of `identity` for this client, started now; collected (within the
+        deadline from now) when a verdict needs it."""
+        assert self.address is not None
+        facts = spf.smtp_facts(
+            self.address, helo, receiver=self.receiver, timestamp=int(time.time())
+        )
+        return PendingSpf(self.resolver, facts, identity, clock=self.runtime.clock)
 
     def _lists_ignored(self, transaction: Transaction) -> bool:
         """Whether this transaction's lists do not count: then none is asked."""
@@ -547,6 +574,7 @@ class Session:
         )
         lists: tuple[ListOutcome, ...] | None = None
         sender_resolves: bool | None = None
+        spf_verdict: spf.SpfVerdict | None = None
         started: float | None = None
         for _ in range(_MOST_ROUNDS):
             facts = Facts(
@@ -557,6 +585,7 @@ class Session:
                 lists,
                 sender_resolves,
                 transaction.retries,
+                spf_verdict,
             )
             ruling = decide(self.engine, facts)
             needs = ruling.needs
@@ -570,6 +599,8 @@ class Session:
                 lists = (transaction.lookups or self.lookups).collect(deadline, stage)
                 resolution = transaction.sender_resolution
                 sender_resolves = resolution.collect(deadline) if resolution else None
+                spf_check = transaction.spf
+                spf_verdict = spf_check.collect(deadline) if spf_check else None
             if needs is not Need.EVIDENCE:
                 self._gather_client(needs, deadline)
             for asked in ruling.ask:
@@ -579,15 +610,18 @@ class Session:
     def _gather_client(self, needs: Need, deadline: float) -> None:
         """The connection's waits `needs` names, once per connection."""
         client = self.client
-        rdns, helo_resolves = client.rdns, client.helo_resolves
+        rdns, helo_resolves, helo_spf = client.rdns, client.helo_resolves, client.helo_spf
         if Need.CLIENT_NAME in needs:
             rdns = self.rdns() if self.reverse is not None else decision.UNKNOWN_RDNS
-        if Need.HELO_NAME in needs and self.helo_resolution is not None:
-            helo_resolves = self.helo_resolution.collect(deadline)
+        if Need.HELO_NAME in needs:
+            if self.helo_resolution is not None:
+                helo_resolves = self.helo_resolution.collect(deadline)
+            if self.helo_spf is not None:
+                helo_spf = self.helo_spf.collect(deadline)
         known = client.known | (needs & decision.CLIENT_WAITS)
         if known != client.known:
             self.client = dataclasses.replace(
-                client, known=known, rdns=rdns, helo_resolves=helo_resolves
+                client, known=known, rdns=rdns, helo_resolves=helo_resolves, helo_spf=helo_spf
             )
 
     def _record_latency(self, stage: Stage, started: float) -> None:
@@ -659,10 +693,17 @@ class Session:
             greylist=",".join(
                 dict.fromkeys(v.outcome.value for v in transaction.greylist.values())
             ),
+            spf=_spf_shown(transaction.spf),
+            helo_spf=_spf_shown(self.helo_spf),
         )
         self.runtime.log(format_decision(line))
         metrics = self.runtime.metrics
         if metrics is not None:
+            if line.spf:
+                metrics.record_spf("mail_from", line.spf)
+            if line.helo_spf and not self._helo_spf_counted:
+                self._helo_spf_counted = True  # one check per HELO, however many messages
+                metrics.record_spf("helo", line.helo_spf)
             counted = [hit.name for hit in verdict.hits if not hit.observe]
             metrics.record_decision(
                 stage,
@@ -725,3 +766,10 @@ def _networks(text: str | None) -> tuple[IPNetwork, ...]:
         return (normalize_network(ipaddress.ip_network(text.strip("[]"))),) if text else ()
     except ValueError:
         return ()
+
+
+def _spf_shown(check: PendingSpf | None) -> str:
+    """An SPF check's result for the decision line; "" when none was made or none is known
+    yet (a verdict decided without it)."""
+    verdict = check.verdict if check is not None else None
+    return "" if verdict is None else verdict.result.value
