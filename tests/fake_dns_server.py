@@ -70,8 +70,12 @@ def _port_pair() -> tuple[socket.socket, socket.socket]:
 class FakeDnsServer:
     """A UDP DNS server on 127.0.0.1 that answers by script and counts what it receives."""
 
-    def __init__(self, default: Behaviour = NXDOMAIN) -> None:
+    def __init__(
+        self, default: Behaviour = NXDOMAIN, *, lifetime: float = _SERVER_LIFETIME
+    ) -> None:
         self.default = default
+        # How long it serves at most: a module of end-to-end tests shares one for longer.
+        self.lifetime = lifetime
         self.script: dict[tuple[str, str], Behaviour] = {}
         self.received: collections.Counter[tuple[str, str]] = collections.Counter()
         self.source_ports: set[int] = set()
@@ -106,7 +110,7 @@ class FakeDnsServer:
         self._tcp.close()
 
     def _serve(self) -> None:
-        give_up_at = time.monotonic() + _SERVER_LIFETIME
+        give_up_at = time.monotonic() + self.lifetime
         while not self._stop.is_set() and time.monotonic() < give_up_at:
             self._send_due()
             try:
