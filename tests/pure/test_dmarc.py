@@ -24,6 +24,7 @@ from spamgate.core.dmarc import (
     discover_policy,
     evaluate,
     is_aligned,
+    needs_fallback,
     parse_record,
     policy_names,
 )
@@ -365,3 +366,20 @@ def test_an_author_problem_is_named() -> None:
         AuthorProblem.NO_FROM,
     )
     assert result.outcome.status == "permerror"
+
+
+@pytest.mark.parametrize(
+    ("at_author", "fallback"),
+    [
+        pytest.param(NOTHING, True, id="no-record"),
+        pytest.param(TxtLookup(TxtState.FOUND, ("v=spf1 -all",)), True, id="only-other-txt"),
+        pytest.param(REJECT, False, id="a-record"),
+        pytest.param(TxtLookup(TxtState.FOUND, ("v=DMARC1; p=x",)), False, id="unusable-record"),
+        pytest.param(TIMEOUT, False, id="temporary-error"),
+        pytest.param(TxtLookup(TxtState.PERMANENT), False, id="permanent-error"),
+    ],
+)
+def test_the_organizational_domain_is_asked_only_without_a_record(
+    at_author: TxtLookup, fallback: bool
+) -> None:
+    assert needs_fallback(at_author) is fallback

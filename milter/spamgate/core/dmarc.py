@@ -265,6 +265,15 @@ def policy_names(domain: str) -> tuple[str, str | None]:
     return f"_dmarc.{domain}", fallback
 
 
+def needs_fallback(at_author: TxtLookup) -> bool:
+    """True when the author domain's lookup found no DMARC record, so the organizational
+    domain's is asked (RFC 7489 6.6.3 step 4); False on an error or a record, even an
+    unusable one."""
+    if at_author.state is TxtState.NO_RECORD:
+        return True
+    return at_author.state is TxtState.FOUND and _records_at(at_author) is None
+
+
 def discover_policy(
     domain: str, at_author: TxtLookup, at_organization: TxtLookup | None
 ) -> PolicyDiscovery:
