@@ -36,6 +36,7 @@ RECORDS = {
     "soft.example": '"v=spf1 ~all"',
     "broken.example": '"v=spf1 ip4:192.0.2.300 -all"',
     "helo-fail.example": '"v=spf1 -all"',
+    "partner.example": f'"v=spf1 ip4:{CLIENT} -all"',
 }
 
 POLICY = """\
@@ -44,7 +45,10 @@ resolver: {{nameservers: ["127.0.0.1:{dns_port}"], query_timeout: 0.3, deadline:
 trusted_networks: [127.0.0.0/8]
 health: {{status_file: "{status_dir}/status-{port}.json"}}
 thresholds: {{tag: 3, greylist: null, tempfail: null, reject: 10}}
-allow: {{clients: [{allowed}/32]}}
+allow:
+  clients: [{allowed}/32]
+  verified_senders: ["@partner.example"]
+  senders: ["@plain-partner.example"]
 rules:
   - {{name: SPF_FAIL, score: 10, description: the sender domain forbids this client, spf: fail}}
   - {{name: SPF_SOFTFAIL, score: 3, description: a doubtful client, spf: softfail}}
@@ -196,3 +200,25 @@ def test_an_allowlisted_client_is_not_checked(stack: Stack) -> None:
     line = stack.spamgate.wait_for_decision(**{"from": "<heidi@allowed-only.example>"})
     assert "spf" not in line, line
     assert stack.dns.packets("allowed-only.example", "TXT") == 0
+
+
+def test_a_verified_sender_is_allowed_only_from_a_client_its_spf_allows(stack: Stack) -> None:
+    """allow.verified_senders: the partner's own server is let in unscored; a forger who
+    writes the partner's address from elsewhere fails SPF and is judged (here: refused)."""
+    real = _send(stack, "ivan@partner.example", "from the partner")
+    assert real.end_of_data is not None and real.end_of_data.code == 250, real
+    line = stack.spamgate.wait_for_decision(**{"from": "<ivan@partner.example>"})
+    assert line["allowed_by"] == "verified_sender:@partner.example(spf)", line
+    forged = _send(stack, "judy@partner.example", "forged partner", client="192.0.2.77")
+    [(_, reply)] = forged.rcpts
+    assert reply.code == 550, forged
+    line = stack.spamgate.wait_for_decision(**{"from": "<judy@partner.example>"})
+    assert (line["spf"], line.get("allowed_by", "")) == ("fail", ""), line
+
+
+def test_a_plain_sender_entry_lets_in_whoever_writes_the_address(stack: Stack) -> None:
+    """Why the plain form is forgeable: nothing checks that MAIL FROM is true."""
+    result = _send(stack, "anyone@plain-partner.example", "plain allow", client="192.0.2.78")
+    assert result.end_of_data is not None and result.end_of_data.code == 250, result
+    line = stack.spamgate.wait_for_decision(**{"from": "<anyone@plain-partner.example>"})
+    assert line["allowed_by"] == "sender:@plain-partner.example", line

@@ -8,6 +8,7 @@ a plain value (tests/rulings.py); tests/pure/test_decision_message.py has the en
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from spamgate.core.decision import SPLIT_REPLY, Disposition, Need, Ruling, decide
 from spamgate.core.engine import Action, ListsIgnored
 from spamgate.core.replies import Reply
+from spamgate.core.spf import SpfResult, SpfVerdict
 from tests.rulings import (
     ALLOW,
     CLEAN,
@@ -358,3 +360,34 @@ def test_what_decide_asks_for(extra: str, given: dict[str, Any], needs: Need) ->
     assert ruling.needs == needs
     if needs:
         assert ruling == Ruling(needs=needs)
+
+
+VERIFIED = 'allow: {verified_senders: ["@partner.example"]}\n'
+
+
+@pytest.mark.parametrize(
+    ("spf_result", "expected"),
+    [
+        pytest.param(
+            SpfResult.PASS,
+            "allowed accept allowed_by=verified_sender:@partner.example(spf)",
+            id="pass",
+        ),
+        pytest.param(SpfResult.FAIL, "refused reject 550", id="fail-is-judged"),
+        pytest.param(SpfResult.TEMPERROR, "refused reject 550", id="temperror-is-judged"),
+        pytest.param(None, "refused reject 550", id="not-checked-is-judged"),
+    ],
+)
+def test_a_verified_sender_is_allowed_only_when_spf_passes(
+    spf_result: SpfResult | None, expected: str
+) -> None:
+    eng = engine(VERIFIED)
+    given = facts(eng, sender="x@partner.example", zen_code=SBL)
+    verdict = None if spf_result is None else SpfVerdict(spf_result, "partner.example")
+    assert said(decide(eng, dataclasses.replace(given, spf=verdict))) == expected
+
+
+def test_a_verified_sender_waits_for_the_evidence_that_brings_spf() -> None:
+    eng = engine(VERIFIED)
+    ruling = decide(eng, facts(eng, sender="x@partner.example", gathered=False))
+    assert ruling.needs == Need.EVIDENCE

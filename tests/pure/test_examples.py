@@ -68,5 +68,9 @@ def test_tour_sets_every_top_level_key() -> None:
 
 def test_tour_reads_its_sender_list_relative_to_itself() -> None:
     policy = load_policy(EVERY_KIND)
-    assert policy.allow.sender_set.match("<anyone@partner.example>") == "@partner.example"
-    assert policy.allow.sender_set.match("billing@supplier.example") == "billing@supplier.example"
+    verified = policy.allow.verified_sender_set
+    assert verified.match("<anyone@partner.example>") == "@partner.example"
+    assert verified.match("billing@supplier.example") == "billing@supplier.example"
+    # The plain, forgeable form holds only what it names inline.
+    assert policy.allow.sender_set.match("anyone@partner.example") == ""
+    assert policy.allow.sender_set.match("newsletter@vendor.example") != ""

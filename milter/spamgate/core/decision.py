@@ -49,7 +49,7 @@ from spamgate.core.policy import Mode, Policy
 from spamgate.core.replies import Reply
 from spamgate.core.rules import ConnectionFacts, EnvelopeFacts, MessageFacts, Stage
 from spamgate.core.rules import Facts as RuleFacts
-from spamgate.core.spf import SpfVerdict
+from spamgate.core.spf import SpfResult, SpfVerdict
 
 # RFC 5321 4.5.3.1.10: 452 4.5.3 is "too many recipients"; clients send the rest in another
 # transaction, which is exactly what a recipient with a different policy needs.
@@ -87,10 +87,17 @@ class Listed:
 
     allowed_by: str = ""
     denied_by: str = ""
+    # An allow.verified_senders entry the sender matched, as `verified_sender:entry`: it
+    # allows only once SPF passes for MAIL FROM (Facts.spf).
+    allowed_if_verified: str = ""
 
     def then(self, later: Listed) -> Listed:
         """These matches, with `later`'s where there was none: the first match wins."""
-        return Listed(self.allowed_by or later.allowed_by, self.denied_by or later.denied_by)
+        return Listed(
+            self.allowed_by or later.allowed_by,
+            self.denied_by or later.denied_by,
+            self.allowed_if_verified or later.allowed_if_verified,
+        )
 
 
 @dataclass(frozen=True)
@@ -231,7 +238,11 @@ def _decide_recipient(engine: Engine, facts: Facts) -> Ruling:
     allowed_by = client.listed.allowed_by
     if not allowed_by and confirmed:
         allowed_by = _matched("client_name", allow.client_name_set, confirmed)
-    allowed_by = allowed_by or envelope.listed.allowed_by
+    if not allowed_by:
+        by_sender = _allowed_sender(facts)
+        if isinstance(by_sender, Ruling):
+            return by_sender
+        allowed_by = by_sender
     if allowed_by:
         judged = _unscored(ListsIgnored.ALLOWED, Action.ACCEPT, Enforcement(Action.ACCEPT))
         return Ruling(
@@ -258,6 +269,21 @@ def _decide_recipient(engine: Engine, facts: Facts) -> Ruling:
     if policy.split_recipient_policies and groups and group.name != groups[0].name:
         return _split(f"split: policy {group.name}, transaction {groups[0].name}")
     return _score_recipient(engine, facts, group)
+
+
+def _allowed_sender(facts: Facts) -> str | Ruling:
+    """What allows the sender, if anything: an `allow.senders` entry, or an
+    `allow.verified_senders` one once SPF passes for MAIL FROM (asking for the evidence,
+    which brings the SPF verdict, if it has not come yet)."""
+    listed = facts.envelope.listed
+    if listed.allowed_by or not listed.allowed_if_verified:
+        return listed.allowed_by
+    if facts.lists is None:
+        return _ASK_EVIDENCE
+    verdict = facts.spf
+    if verdict is not None and verdict.result is SpfResult.PASS:
+        return f"{listed.allowed_if_verified}(spf)"
+    return ""
 
 
 def _score_recipient(engine: Engine, facts: Facts, group: Group) -> Ruling:
@@ -571,9 +597,11 @@ def listed_helo(policy: Policy, name: str) -> Listed:
 
 def listed_sender(policy: Policy, sender: str) -> Listed:
     """`sender` lower case without <>; "" is the null sender, listed as `<>`."""
+    shown = sender or "<>"
     return Listed(
-        _labelled("sender", policy.allow.sender_set.match(sender or "<>")),
-        _labelled("sender", policy.deny.sender_set.match(sender or "<>")),
+        _labelled("sender", policy.allow.sender_set.match(shown)),
+        _labelled("sender", policy.deny.sender_set.match(shown)),
+        _labelled("verified_sender", policy.allow.verified_sender_set.match(shown)),
     )
 
 

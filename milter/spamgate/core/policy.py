@@ -671,6 +671,27 @@ class MatchList:
 
 
 @dataclass(frozen=True)
+class AllowList(MatchList):
+    verified_senders: tuple[str, ...] = setting(
+        "Envelope senders, same patterns as `senders`, allowed only once verified: when SPF "
+        "passes for MAIL FROM's domain. Anyone can write any MAIL FROM, so a plain `senders` "
+        "entry lets in whoever forges it; this one does not.",
+        (),
+        names_files=NamesFiles.ENTRIES,
+    )
+    verified_sender_set: AddressPatterns = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        verified = _parse_entries(self.verified_senders, AddressPatterns.parse, "verified_senders")
+        object.__setattr__(self, "verified_sender_set", verified)
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        return (*super().entries, *self.verified_senders)
+
+
+@dataclass(frozen=True)
 class DenyList(MatchList):
     reply: str = setting(
         "Reply text (after `550 5.7.1`); `{id}` is the decision id.",
@@ -909,9 +930,9 @@ class Policy:
         "DNS lists keyed by domain (RHSBL, e.g. Spamhaus DBL).", ()
     )
     rules: tuple[Rule, ...] = setting("Rules on HELO, reverse DNS, envelope and headers.", ())
-    allow: MatchList = setting(
+    allow: AllowList = setting(
         "Clients, names and addresses whose mail is accepted without scoring (still logged).",
-        factory=MatchList,
+        factory=AllowList,
     )
     deny: DenyList = setting(
         "Clients, names and addresses whose mail is refused with `deny.reply`.",

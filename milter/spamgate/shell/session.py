@@ -186,6 +186,7 @@ class Transaction:
     authenticated: bool
     allowed_by: str = ""  # by sender at MAIL FROM; what allowed the transaction at RCPT TO
     denied_by: str = ""  # by sender
+    allowed_if_verified: str = ""  # an allow.verified_senders entry, if SPF passes
     recipients_allowed_by: list[str] = field(default_factory=list)
     recipients_denied_by: list[str] = field(default_factory=list)
     sender_resolution: PendingResolution | None = None
@@ -400,10 +401,12 @@ class Session:
         )
         listed = decision.listed_sender(self.policy, bare)
         transaction.allowed_by, transaction.denied_by = listed.allowed_by, listed.denied_by
+        transaction.allowed_if_verified = listed.allowed_if_verified
         self.transaction = transaction
         if self._lists_ignored(transaction):
             return
-        if self.engine.needs_spf and self.address is not None:
+        wants_spf = self.engine.needs_spf or transaction.allowed_if_verified
+        if wants_spf and self.address is not None:
             helo = self.helo_name.strip()
             transaction.spf = self._start_spf(spf.mail_from_identity(sender, helo), helo)
         domain = domains.domain_of_address(bare) if bare else None
@@ -564,7 +567,9 @@ class Session:
             decision_id=transaction.decision_id,
             sender=transaction.bare_sender,
             authenticated=transaction.authenticated,
-            listed=Listed(transaction.allowed_by, transaction.denied_by),
+            listed=Listed(
+                transaction.allowed_by, transaction.denied_by, transaction.allowed_if_verified
+            ),
             recipient=recipient,
             recipients=tuple(transaction.recipients),
             accepted=tuple(transaction.accepted),
