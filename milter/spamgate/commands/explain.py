@@ -26,6 +26,7 @@ from spamgate.core.rules import RuleBook, Stage
 from spamgate.core.ruletrace import Seen, Step, as_json, explain, lines, plain, seen_at
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending
 from spamgate.dns.resolver import Resolver
+from spamgate.dns.spfcheck import PendingSpf
 from spamgate.shell.session import MessageDecision, RcptDecision, RcptResult, Runtime, Session
 
 # Exit status: the action, so scripts can branch on it.
@@ -166,7 +167,15 @@ def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> i
     traces = ([explainer(seen) for seen in talk.rcpt_seen], explainer(talk.message_seen))
     if args.json:
         return report_json(talk, log_lines, out, traces=traces, dns=not args.no_dns)
-    return report(talk.session, talk.decisions, talk.message, log_lines, out, traces=traces)
+    return report(
+        talk.session,
+        talk.decisions,
+        talk.message,
+        log_lines,
+        out,
+        traces=traces,
+        checks=talk.checks,
+    )
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,9 @@ class Conversation:
     # `decisions`) and at the end of the message; None: no rule was tried.
     rcpt_seen: tuple[Seen | None, ...] = ()
     message_seen: Seen | None = None
+    # The sender-authentication checks the session made, as (name, result) lines for the
+    # report: "spf" and "helo_spf" (see checks_made).
+    checks: tuple[tuple[str, str], ...] = ()
 
     @property
     def verdict(self) -> Verdict | None:
@@ -217,6 +229,7 @@ def converse(runtime: Runtime, client: Dialogue, message_bytes: bytes | None) ->
     if client.helo:
         session.helo(client.helo)
     session.mail(client.sender, client.authenticated)
+    transaction = session.transaction
     decisions = []
     for rcpt in client.recipients or (DEFAULT_RCPT,):
         decisions.append((rcpt, session.rcpt(rcpt)))
@@ -235,7 +248,36 @@ def converse(runtime: Runtime, client: Dialogue, message_bytes: bytes | None) ->
         message = session.end_of_message("")
     session.close()
     message_seen = tracing.seen(fields) if tracing is not None and message is not None else None
-    return Conversation(session, tuple(decisions), message, tuple(rcpt_seen), message_seen)
+    checks = checks_made(session, transaction.spf if transaction else None)
+    return Conversation(session, tuple(decisions), message, tuple(rcpt_seen), message_seen, checks)
+
+
+def checks_made(session: Session, mail_spf: PendingSpf | None) -> tuple[tuple[str, str], ...]:
+    """Each SPF check the policy reads (a rule, or a verified-sender entry for MAIL FROM's):
+    its result and what it rests on, or why none was made (DNS off; the client's lists do
+    not count; for MAIL FROM, no verified-sender entry matched)."""
+    engine, policy = session.engine, session.policy
+    why_not = "not checked (--no-dns)" if not session.runtime.dns else "not checked"
+    checks = []
+    if engine.needs_spf or policy.allow.verified_senders or mail_spf is not None:
+        checks.append(("spf", _spf_line(mail_spf, why_not)))
+    if engine.needs_helo_spf:
+        checks.append(("helo_spf", _spf_line(session.helo_spf, why_not)))
+    return tuple(checks)
+
+
+def _spf_line(check: PendingSpf | None, why_not: str) -> str:
+    verdict = check.verdict if check is not None else None
+    if verdict is None:
+        return why_not
+    parts = [f"{verdict.result.value} for {plain(verdict.domain)}"]
+    if verdict.mechanism:
+        parts.append(f"matched {plain(verdict.mechanism)}")
+    if verdict.reason:
+        parts.append(plain(verdict.reason))
+    if verdict.explanation:
+        parts.append(f"explanation {plain(verdict.explanation)}")
+    return "; ".join(parts)
 
 
 DEFAULT_RCPT = "someone@example.com"
@@ -249,6 +291,7 @@ def report(
     out: TextIO,
     *,
     traces: tuple[Sequence[Traced], Traced] | None = None,
+    checks: Sequence[tuple[str, str]] = (),
 ) -> int:
     """Print what was found and decided; return the exit status for the message's fate.
     `traces`: for each recipient and for the message, why a hit fired, printed under it.
@@ -256,6 +299,8 @@ def report(
     rcpt_traces, message_trace = traces if traces is not None else ((), _no_trace)
     name, helo = plain(session.client_name), plain(session.helo_name)
     print(f"client {session.address_text} name={name} helo={helo}", file=out)
+    for check, result in checks:
+        print(f"{check}: {result}", file=out)
     for index, (rcpt, decision) in enumerate(decisions):
         label = decision.action.label + (f" ({decision.why})" if decision.why else "")
         print(f"recipient {plain(rcpt)}: {label}", file=out)
@@ -350,6 +395,7 @@ def report_json(
             "helo": session.helo_name,
         },
         "dns": dns,
+        "checks": dict(talk.checks),
         "recipients": recipients,
         "message": None,
         "log": list(log_lines),
