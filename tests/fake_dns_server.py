@@ -4,9 +4,11 @@ does with a question is scripted per name and type (a Behaviour)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import dns.flags
@@ -16,7 +18,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from spamgate.core.settings import Nameserver
+from spamgate.core.settings import Nameserver, ResolverSettings
+from spamgate.dns.resolver import Resolver
 
 # A name in a DNS list's zone and that zone's SOA record ({minimum}: its negative TTL), and a
 # domain to ask other record types of: the names the resolver's tests ask about.
@@ -194,3 +197,32 @@ class FakeDnsServer:
         self._outbox = [item for item in self._outbox if item[0] > now]
         for _, wire, peer in due:
             self._socket.sendto(wire, peer)
+
+
+@contextlib.contextmanager
+def resolver_pool() -> Iterator[Callable[..., Resolver]]:
+    """Real resolvers, started on demand against the nameservers given (short timeouts and
+    no cache floor, for tests), every one stopped at the end."""
+    started: list[Resolver] = []
+
+    def start(
+        *nameservers: Nameserver, query_timeout: float = 0.2, deadline: float = 0.5
+    ) -> Resolver:
+        settings = ResolverSettings(
+            nameservers=nameservers,
+            query_timeout=query_timeout,
+            deadline=deadline,
+            cache_min_ttl=0,
+            cache_max_ttl=3600,
+            cache_entries=1000,
+        )
+        resolver = Resolver(settings)
+        resolver.start()
+        started.append(resolver)
+        return resolver
+
+    try:
+        yield start
+    finally:
+        for resolver in started:
+            resolver.stop()

@@ -21,7 +21,6 @@ import dns.rrset
 import pytest
 
 from spamgate.core import dmarc
-from spamgate.core.settings import ResolverSettings
 from spamgate.dns.dkimcheck import (
     MAX_KEY_RECORD,
     DkimReport,
@@ -30,7 +29,7 @@ from spamgate.dns.dkimcheck import (
     verify_signatures,
 )
 from spamgate.dns.resolver import Resolver
-from tests.fake_dns_server import NXDOMAIN, SILENT, Behaviour, FakeDnsServer
+from tests.fake_dns_server import NXDOMAIN, SILENT, Behaviour, FakeDnsServer, resolver_pool
 
 # --- RSA keys, in pure Python ------------------------------------------------------------------
 
@@ -164,25 +163,12 @@ def server() -> Iterator[FakeDnsServer]:
 
 @pytest.fixture
 def resolvers() -> Iterator[Callable[..., Resolver]]:
-    started: list[Resolver] = []
+    with resolver_pool() as start:
 
-    def start(server: FakeDnsServer, *, deadline: float = 1.0) -> Resolver:
-        settings = ResolverSettings(
-            nameservers=(server.nameserver,),
-            query_timeout=0.2,
-            deadline=deadline,
-            cache_min_ttl=0,
-            cache_max_ttl=3600,
-            cache_entries=1000,
-        )
-        resolver = Resolver(settings)
-        resolver.start()
-        started.append(resolver)
-        return resolver
+        def against(server: FakeDnsServer, *, deadline: float = 1.0) -> Resolver:
+            return start(server.nameserver, deadline=deadline)
 
-    yield start
-    for resolver in started:
-        resolver.stop()
+        yield against
 
 
 @pytest.fixture

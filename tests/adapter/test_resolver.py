@@ -23,7 +23,15 @@ import pytest
 from spamgate.core.settings import Nameserver, ResolverSettings
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Promise, wait_all
 from spamgate.dns.resolver import Resolver, system_nameservers
-from tests.fake_dns_server import DOMAIN, NXDOMAIN, QNAME, SILENT, Behaviour, FakeDnsServer
+from tests.fake_dns_server import (
+    DOMAIN,
+    NXDOMAIN,
+    QNAME,
+    SILENT,
+    Behaviour,
+    FakeDnsServer,
+    resolver_pool,
+)
 
 # --- scripted servers and resolvers, stopped when the test ends --------------------------------
 
@@ -50,27 +58,8 @@ def server(servers: Callable[[Behaviour], FakeDnsServer]) -> FakeDnsServer:
 
 @pytest.fixture
 def resolvers() -> Iterator[Callable[..., Resolver]]:
-    started: list[Resolver] = []
-
-    def start(
-        *nameservers: Nameserver, query_timeout: float = 0.2, deadline: float = 0.5
-    ) -> Resolver:
-        settings = ResolverSettings(
-            nameservers=nameservers,
-            query_timeout=query_timeout,
-            deadline=deadline,
-            cache_min_ttl=0,
-            cache_max_ttl=3600,
-            cache_entries=1000,
-        )
-        resolver = Resolver(settings)
-        resolver.start()
-        started.append(resolver)
-        return resolver
-
-    yield start
-    for resolver in started:
-        resolver.stop()
+    with resolver_pool() as start:
+        yield start
 
 
 def timed(future: Promise[DnsAnswer], limit: float = 3.0) -> tuple[DnsAnswer, float]:
