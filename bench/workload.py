@@ -439,6 +439,7 @@ def bench_policy(
     status_file: Path,
     greylisting: Greylisting = Greylisting.SHIPPED,
     state_store: str | None = None,
+    dkim: bool = True,
 ) -> str:
     """The shipped policy (config/spamgate.yaml) pointed at the benchmark's DNS, plus
     EXTRA_RULES: the same lists, reverse DNS and rules an admin starts from. The state
@@ -448,8 +449,13 @@ def bench_policy(
     Unless `greylisting` is SHIPPED, rejected clients are not remembered, so that only
     greylisting uses the store. With `Greylisting.EVERY_MESSAGE` a retry passes after
     GREYLIST_MIN_DELAY and client networks are never allowlisted by their passes, so that
-    every retry asks the state."""
+    every retry asks the state.
+
+    `dkim=False` drops the shipped dkim: and dmarc: rules: the same policy without DKIM, so
+    that the body is negotiated away (the cost of DKIM is the difference)."""
     policy = yaml.safe_load(SHIPPED_POLICY.read_text())
+    if not dkim:
+        policy["rules"] = [r for r in policy["rules"] if "dkim" not in r and "dmarc" not in r]
     policy["listen"] = listen
     policy["resolver"]["nameservers"] = [f"127.0.0.1:{dns_port}"]
     policy["health"]["status_file"] = str(status_file)

@@ -99,6 +99,7 @@ def start(
     table: Mapping[tuple[str, str], DnsAnswer | None] | None = None,
     *,
     now: datetime.datetime = NOW,
+    dmarc_sample: int = 0,
 ) -> Harness:
     resolver = ScriptedLookups(table or {}, default=NXDOMAIN)
     clock = FakeClock()
@@ -113,6 +114,7 @@ def start(
         now=lambda: now,
         new_id=lambda: next(ids),
         log=log.append,
+        dmarc_sample=lambda: dmarc_sample,
     )
     return Harness(Session(runtime), resolver, clock, log)
 

@@ -59,7 +59,7 @@ BAD_DOCUMENTS = [
             "rules[0].name",
             "a rule needs exactly one condition (helo, helo_matches, rdns, rdns_matches, sender, "
             "sender_matches, spf, helo_spf, recipient_matches, recipients_over, header, "
-            "date_ahead_hours, date_behind_days, from_domain, fact, composite)",
+            "date_ahead_hours, date_behind_days, from_domain, dkim, dmarc, fact, composite)",
         ),
         id="rule-without-condition",
     ),

@@ -107,6 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_headers(data: bytes) -> list[tuple[str, str]]:
     """Header fields as a milter receives them: name, and value with folding kept."""
+    return [(name, value.lstrip(" \t")) for name, value in read_raw_headers(data)]
+
+
+def read_raw_headers(data: bytes) -> list[tuple[str, str]]:
+    """Header fields as Postfix sends them with P_HDR_LEADSPC: the value keeps the white
+    space after the colon (what DKIM's simple canonicalization hashes)."""
     head = data.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
     if head.startswith(b"From "):  # an mbox separator line, not a header
         head = head.partition(b"\n")[2]
@@ -117,8 +123,14 @@ def read_headers(data: bytes) -> list[tuple[str, str]]:
             fields[-1] = (name, f"{value}\n{line}")
         elif ":" in line:
             name, _, value = line.partition(":")
-            fields.append((name.strip(), value.lstrip(" \t")))
+            fields.append((name.strip(), value))
     return fields
+
+
+def read_body(data: bytes) -> bytes:
+    """The body after the blank line, with CRLF line ends as the MTA passes it on."""
+    parts = data.replace(b"\r\n", b"\n").split(b"\n\n", 1)
+    return parts[1].replace(b"\n", b"\r\n") if len(parts) > 1 else b""
 
 
 def run(policy: Policy, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -242,9 +254,13 @@ def converse(runtime: Runtime, client: Dialogue, message_bytes: bytes | None) ->
     message = None
     fields: list[tuple[str, str]] = []
     if message_bytes is not None and filtered:
-        fields = read_headers(message_bytes)
-        for name, value in fields:
-            session.header(name, value)
+        raw_fields = read_raw_headers(message_bytes)
+        fields = [(name, raw.lstrip(" \t")) for name, raw in raw_fields]
+        for name, raw in raw_fields:
+            session.header(name, raw.lstrip(" \t"), raw)
+        session.end_of_headers()
+        if session.wants_body:
+            session.body(read_body(message_bytes))
         message = session.end_of_message("")
     session.close()
     message_seen = tracing.seen(fields) if tracing is not None and message is not None else None
@@ -314,7 +330,7 @@ def report(
         _print_verdict(message.verdict, out, message_trace)
         if message.reply is not None:
             _print_reply(message.reply, out)
-        for header, value in message.add_headers:
+        for header, value in (*message.prepend_headers, *message.add_headers):
             print(f"  + {header}: {value}", file=out)
         if message.quarantine_reason:
             print(f"  quarantined: {message.quarantine_reason}", file=out)
@@ -406,7 +422,10 @@ def report_json(
             "action": message.action.label,
             "verdict": _verdict_json(message.verdict, message_trace),
             "reply": _reply_json(message.reply),
-            "add_headers": [[header, value] for header, value in message.add_headers],
+            "add_headers": [
+                [header, value]
+                for header, value in (*message.prepend_headers, *message.add_headers)
+            ],
             "quarantined": message.quarantine_reason,
         }
     # ensure_ascii: control characters and undecodable bytes leave as \u escapes.

@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from spamgate.core.dkim import DkimReport, DkimStatus
+from spamgate.core.dmarc import DmarcOutcome, DmarcResult
+from spamgate.core.spf import SpfVerdict
+
 HEADER = "Authentication-Results"
 
 # A hostile header can be long and full of comments: reading the authserv-id looks at this
@@ -127,3 +131,55 @@ def claims(value: str, authserv_id: str) -> bool:
     to case, as host names are)."""
     claimed = claimed_authserv_id(value)
     return claimed is not None and claimed == authserv_id.lower()
+
+
+def method_results(
+    *,
+    sender: str,
+    spf: SpfVerdict | None,
+    helo: str,
+    helo_spf: SpfVerdict | None,
+    dkim: DkimReport | None,
+    dmarc: DmarcResult | None,
+) -> tuple[MethodResult, ...]:
+    """The clauses of our header for the checks that were made (None: not made, not shown).
+
+    `sender` is MAIL FROM without <> ("" for the null sender, whose SPF identity is the HELO
+    name: then the clause says smtp.helo, RFC 8601 2.7.2). DKIM gives one clause per
+    signature with its d= and s= (2.7.1), `dkim=none` without any; DMARC names the From:
+    domain (RFC 7489 11.2) and, for a fail, the policy that applied as the reason.
+    """
+    results: list[MethodResult] = []
+    if spf is not None:
+        identity = ("smtp.mailfrom", sender) if sender else ("smtp.helo", helo)
+        results.append(MethodResult("spf", spf.result.value, (identity,)))
+    if helo_spf is not None and (sender or spf is None):
+        results.append(MethodResult("spf", helo_spf.result.value, (("smtp.helo", helo),)))
+    if dkim is not None:
+        results += _dkim_results(dkim)
+    if dmarc is not None:
+        properties = (("header.from", dmarc.author_domain),) if dmarc.author_domain else ()
+        reason = dmarc.reason if dmarc.outcome is not DmarcOutcome.PASS else ""
+        if dmarc.applied is not None:
+            reason = f"p={dmarc.applied.value}" + (
+                " (pct sampled out)" if dmarc.sampled_out else ""
+            )
+        results.append(MethodResult("dmarc", dmarc.outcome.status, properties, reason))
+    return tuple(results)
+
+
+def _dkim_results(report: DkimReport) -> list[MethodResult]:
+    if report.header_problem:
+        return [MethodResult("dkim", "permerror", reason=report.header_problem)]
+    if not report.signatures:
+        return [MethodResult("dkim", "none")]
+    results = []
+    for signature in report.signatures:
+        # body_not_read is ours: for readers of the header it is "could not be checked"
+        # now, which RFC 8601 calls neutral.
+        status = signature.status
+        word = "neutral" if status is DkimStatus.BODY_NOT_READ else status.value
+        properties = (("header.d", signature.domain), ("header.s", signature.selector))
+        reason = "" if status is DkimStatus.PASS else signature.reason
+        results.append(MethodResult("dkim", word, properties, reason))
+    return results

@@ -32,7 +32,10 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from spamgate.core import domains
 from spamgate.core.addresses import IPAddress, IPNetwork, normalize_address
+from spamgate.core.dkim import DkimStatus
+from spamgate.core.dmarc import Alignment, is_aligned
 from spamgate.core.engine import (
     DEFAULT_GROUP,
     Action,
@@ -286,6 +289,22 @@ def _allowed_sender(facts: Facts) -> str | Ruling:
     return ""
 
 
+def _verified_by_dkim(facts: Facts) -> str:
+    """`verified_sender:ENTRY(dkim:DOMAIN)` when the sender matched an allow.verified_senders
+    entry and a DKIM signature of its domain's organization verified; "" otherwise."""
+    listed, message = facts.envelope.listed, facts.message
+    sender_domain = domains.domain_of_address(facts.envelope.sender)
+    if listed.allowed_by or not listed.allowed_if_verified or not sender_domain:
+        return ""
+    report = message.dkim if message is not None else None
+    for signature in report.signatures if report is not None else ():
+        if signature.status is DkimStatus.PASS and is_aligned(
+            signature.domain, sender_domain, Alignment.RELAXED
+        ):
+            return f"{listed.allowed_if_verified}(dkim:{signature.domain})"
+    return ""
+
+
 def _score_recipient(engine: Engine, facts: Facts, group: Group) -> Ruling:
     """A recipient no list decided: by the score, greylisting included."""
     judgements = _judge(engine, facts, (group,))
@@ -404,6 +423,17 @@ def _decide_message(engine: Engine, facts: Facts) -> Ruling:
         # Allowlisted at RCPT TO: nothing is scored or added, but a verdict header that came
         # from outside must not reach the recipient either.
         return Ruling(delete_headers=_foreign_headers(facts.our_headers))
+    verified_by = _verified_by_dkim(facts)
+    if verified_by:
+        # An allow.verified_senders sender SPF did not verify at RCPT TO, whose domain signed
+        # the message: allowed now, as it would have been at RCPT TO.
+        judged = _unscored(ListsIgnored.ALLOWED, Action.ACCEPT, Enforcement(Action.ACCEPT))
+        return Ruling(
+            judged=dataclasses.replace(judged, stage=Stage.MESSAGE),
+            why=f"allowed_by={verified_by}",
+            allowed_by=verified_by,
+            delete_headers=_foreign_headers(facts.our_headers),
+        )
     groups = envelope.groups or (engine.default_group,)
     # Every accepted recipient must not be refused: delivered, tagged, whatever the headers
     # say; with any other recipient the message is judged.

@@ -49,6 +49,8 @@ class Decision:
     greylist: str = ""  # the outcome of each triplet asked, once each
     spf: str = ""  # MAIL FROM's SPF result, if a rule asked for it: "fail", "temperror"
     helo_spf: str = ""  # the HELO name's, the same way
+    dkim: str = ""  # each signature's result and d=, "none", if checked: "pass:example.com"
+    dmarc: str = ""  # the DMARC outcome and From: domain, if checked: "fail_reject:example.com"
 
 
 def quote(value: str) -> str:
@@ -117,6 +119,8 @@ def format_decision(decision: Decision) -> str:
         ("rdns", decision.rdns),
         ("spf", decision.spf),
         ("helo_spf", decision.helo_spf),
+        ("dkim", decision.dkim),
+        ("dmarc", decision.dmarc),
         ("lists", ",".join(render_list(o) for o in decision.lists)),
         ("lists_ignored", "" if decision.lists_ignored is None else decision.lists_ignored.value),
         ("policy", decision.policy_digest),

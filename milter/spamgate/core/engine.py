@@ -167,8 +167,16 @@ class Engine:
         )
         self.needs_helo_resolution = rulebook.needs_helo_resolution
         self.needs_sender_resolution = rulebook.needs_sender_resolution
-        self.needs_spf = rulebook.needs_spf
+        # Authentication-Results reports SPF, DKIM and DMARC: adding it makes all three needed.
+        adds_results = policy.authentication_results.add
+        self.needs_spf = rulebook.needs_spf or adds_results
         self.needs_helo_spf = rulebook.needs_helo_spf
+        # A verified sender SPF did not verify at RCPT TO can still be by a DKIM signature.
+        self.needs_dkim = rulebook.needs_dkim or adds_results or bool(policy.allow.verified_senders)
+        self.needs_dmarc = rulebook.needs_dmarc or adds_results
+        # Postfix sends the body only to a milter that asks for it (adapter.negotiate): only
+        # DKIM reads it, so a policy without DKIM costs no body bytes at all.
+        self.needs_body = self.needs_dkim
         self.counted_headers = rulebook.counted_headers
         self.needs_header_view = rulebook.needs_header_view
         # Headers worth parsing: those rules judge, and those whose domains lists look up.

@@ -31,6 +31,8 @@ from spamgate.core.accesskeys import (
     parse_access_key,
 )
 from spamgate.core.addresses import normalize_network
+from spamgate.core.dkim import DkimResult
+from spamgate.core.dmarc import DmarcOutcome
 from spamgate.core.headerfacts import FACTS, FactType
 from spamgate.core.matchlists import AddressPatterns, EntryError, NamePatterns, NetworkSet
 from spamgate.core.patterns import Pattern, RawPattern
@@ -543,6 +545,22 @@ class Rule:
         "values; `none` also for a HELO that is no domain (an address literal).",
         None,
     )
+    dkim: DkimResult | None = setting(
+        "Some DKIM signature (RFC 6376) of the message has this result: `pass`, `fail` (the "
+        "body or header hash did not match), `neutral` (an unusable signature), `permerror` "
+        "(no key, a broken key, From not signed), `temperror` (no key within "
+        "`resolver.deadline`), `policy` (verified, but rsa-sha1 or a key under 1024 bits), "
+        "`body_not_read` (the body was longer than `dkim.max_body_bytes`); `none`: the message "
+        "has no signature. Checked at end of message.",
+        None,
+    )
+    dmarc: DmarcOutcome | None = setting(
+        "The DMARC result (RFC 7489) for the From: domain: `pass` (SPF or DKIM passed and "
+        "aligned), `fail_reject`, `fail_quarantine` or `fail_none` (no aligned pass, under the "
+        "policy the domain publishes, after `pct=`), `none` (no DMARC record), `temperror` or "
+        "`permerror` (a missing, repeated or unreadable From: field, a broken record).",
+        None,
+    )
     recipient_matches: Pattern | None = setting(
         "Some RCPT TO address of the transaction matches this pattern.", None
     )
@@ -584,6 +602,8 @@ class Rule:
         "date_ahead_hours",
         "date_behind_days",
         "from_domain",
+        "dkim",
+        "dmarc",
         "fact",
         "composite",
     )
@@ -724,6 +744,48 @@ class ReverseDnsSettings:
         factory=lambda: tuple(Pattern.from_config(p) for p in DEFAULT_DYNAMIC_PATTERNS),
         shown_default="dyn, dynamic, pool, dsl, cable, dhcp, ppp, the client's address in the name",
     )
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    # 1 MiB: whole text and HTML mail and small attachments fit, so their signatures can
+    # pass; a body beyond it gives body_not_read (neither pass nor fail), never a wrong fail.
+    # It bounds memory (50 sessions reading at once hold 50 MiB at most) and the hashing
+    # CPU of one message (dkimpy canonicalizes in Python: a few ms per MiB).
+    max_body_bytes: int = setting(
+        "Body bytes read for DKIM at most; a signature over more gives `body_not_read`.",
+        1048576,
+        minimum=1024,
+        maximum=64 * 1048576,
+    )
+    max_header_bytes: int = setting(
+        "Header bytes kept for DKIM at most (Postfix's header_size_limit is 102400); a "
+        "longer header block is not verified (`permerror`).",
+        262144,
+        minimum=4096,
+        maximum=16 * 1048576,
+    )
+
+
+_AUTHSERV_ID_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})\Z")
+
+
+@dataclass(frozen=True)
+class AuthenticationResultsSettings:
+    add: bool = setting(
+        "Add an Authentication-Results header (RFC 8601) with the SPF, DKIM and DMARC results "
+        "to every accepted message (the checks are then made for every message), and delete "
+        "every incoming one that names our authserv-id.",
+        False,
+    )
+    authserv_id: str = setting(
+        "The authserv-id the header names; empty: Postfix's `$myhostname` (the `{j}` macro).",
+        "",
+    )
+
+    def check(self) -> None:
+        if self.authserv_id and not _AUTHSERV_ID_RE.match(self.authserv_id):
+            raise FieldError("authserv_id", "expected a host name such as mx.example.com")
 
 
 @dataclass(frozen=True)
@@ -924,6 +986,14 @@ class Policy:
     )
     reverse_dns: ReverseDnsSettings = setting(
         "Reverse DNS of the client.", factory=ReverseDnsSettings
+    )
+    dkim: DkimSettings = setting(
+        "DKIM verification, made at end of message when a `dkim:` or `dmarc:` rule (or "
+        "`authentication_results.add`) needs it.",
+        factory=DkimSettings,
+    )
+    authentication_results: AuthenticationResultsSettings = setting(
+        "The Authentication-Results header.", factory=AuthenticationResultsSettings
     )
     ip_lists: tuple[IpList, ...] = setting("DNS block and allow lists keyed by client IP.", ())
     domain_lists: tuple[DomainList, ...] = setting(

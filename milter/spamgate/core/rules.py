@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from spamgate.core import domains, headers
 from spamgate.core.addresses import IPAddress, IPNetwork, normalize_address
+from spamgate.core.dkim import DkimReport
+from spamgate.core.dmarc import DmarcResult
 from spamgate.core.evidence import RdnsStatus, ReverseDns
 from spamgate.core.evidence import Stage as Stage  # noqa: PLC0414
 from spamgate.core.headerfacts import FactValue, HeaderView
@@ -59,6 +61,8 @@ _STAGE_OF_CONDITION = {
     "date_ahead_hours": Stage.MESSAGE,
     "date_behind_days": Stage.MESSAGE,
     "from_domain": Stage.MESSAGE,
+    "dkim": Stage.MESSAGE,
+    "dmarc": Stage.MESSAGE,
     "fact": Stage.MESSAGE,
 }
 
@@ -106,6 +110,10 @@ class MessageFacts:
     from_domains: tuple[str, ...] = ()
     # The header fields, kept only when a `fact:` rule needs them (RuleBook.needs_header_view).
     header_view: HeaderView | None = None
+    # DKIM and DMARC, checked at end of message when a rule or Authentication-Results needs
+    # them; None: not checked (no rule asks, lists do not count, no DNS).
+    dkim: DkimReport | None = None
+    dmarc: DmarcResult | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,10 @@ class RuleBook:
         # SPF costs lookups (up to 10 terms' worth per check): only when a rule reads it.
         self.needs_spf = any(kind == "spf" for kind, _ in conditions)
         self.needs_helo_spf = any(kind == "helo_spf" for kind, _ in conditions)
+        # DMARC reads the DKIM passes and the SPF result: a dmarc: rule needs all three.
+        self.needs_dmarc = any(kind == "dmarc" for kind, _ in conditions)
+        self.needs_dkim = self.needs_dmarc or any(kind == "dkim" for kind, _ in conditions)
+        self.needs_spf = self.needs_spf or self.needs_dmarc
         # Header fields are kept for the end of the message only when a rule reads a fact.
         self.needs_header_view = any(rule.fact is not None for rule in self.rules)
 
@@ -387,6 +399,14 @@ def _compile_message(rule: Rule) -> Check:
         return lambda facts: lowered in facts.message.malformed
     if condition in ("date_ahead_hours", "date_behind_days"):
         return lambda facts: _date_check(rule, facts.message.date_skew)
+    if condition == "dkim":
+        wanted = rule.dkim
+        return lambda facts: facts.message.dkim is not None and wanted in facts.message.dkim.results
+    if condition == "dmarc":
+        outcome = rule.dmarc
+        return lambda facts: (
+            facts.message.dmarc is not None and facts.message.dmarc.outcome is outcome
+        )
     if condition == "fact":
         assert rule.fact is not None
         return _fact_check(rule.fact)

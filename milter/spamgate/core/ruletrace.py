@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from spamgate.core import domains, headers
+from spamgate.core.dkim import DkimReport
+from spamgate.core.dmarc import DmarcResult
 from spamgate.core.engine import Evidence
 from spamgate.core.evidence import ListOutcome, ListStatus, RdnsStatus, ReverseDns
 from spamgate.core.headerfacts import FactValue, HeaderView
@@ -251,8 +253,8 @@ def trace(rule: Rule, facts: Facts, fields: Sequence[tuple[str, str]] = ()) -> s
         if rule.sender is SenderCheck.UNRESOLVABLE:
             seen += ", its domain " + _resolution(envelope.sender_domain_resolves)
         return f"{seen} ({how})"
-    if condition in ("spf", "helo_spf"):
-        return _spf_trace(rule, facts)
+    if condition in ("spf", "helo_spf", "dkim", "dmarc"):
+        return _authentication_trace(rule, facts)
     if condition == "recipient_matches" and rule.recipient_matches is not None:
         return _recipient_trace(rule.recipient_matches, envelope.recipients)
     if condition == "recipients_over":
@@ -294,7 +296,11 @@ def _recipient_trace(pattern: Pattern, recipients: Sequence[str]) -> str:
     return f"recipient = {first}{others} (matches {shown(pattern.source)})"
 
 
-def _spf_trace(rule: Rule, facts: Facts) -> str:
+def _authentication_trace(rule: Rule, facts: Facts) -> str:
+    if rule.dkim is not None:
+        return f"dkim = {_dkim(facts.message.dkim)} ({rule.dkim.value})"
+    if rule.dmarc is not None:
+        return f"dmarc = {_dmarc(facts.message.dmarc)} ({rule.dmarc.value})"
     if rule.spf is not None:
         sender = shown("<" + facts.envelope.sender + ">")
         return f"spf = {_spf(facts.envelope.spf)} for {sender} ({rule.spf.value})"
@@ -306,6 +312,42 @@ def _spf_trace(rule: Rule, facts: Facts) -> str:
 def _spf(result: SpfResult | None) -> str:
     # None: not checked (DNS off, a trusted or authenticated client, no client address).
     return "not checked" if result is None else result.value
+
+
+def _dkim(report: DkimReport | None) -> str:
+    """Each signature's result with its d= and s= and why; `not checked` without a check
+    (DNS off, a trusted, allowlisted or authenticated client, no client address)."""
+    if report is None:
+        return "not checked"
+    if report.header_problem:
+        return f"permerror: {plain(report.header_problem)}"
+    if not report.signatures:
+        return "none (no signature)"
+    parts = [
+        f"{r.status.value} d={shown(r.domain)} s={shown(r.selector)}: {plain(r.reason)}"
+        for r in report.signatures
+    ]
+    more = f", {report.skipped} more not verified" if report.skipped else ""
+    return "; ".join(parts) + more
+
+
+def _dmarc(result: DmarcResult | None) -> str:
+    """The outcome for the From: domain, the policy that applied and what aligned."""
+    if result is None:
+        return "not checked"
+    seen = result.outcome.value
+    if result.author_domain:
+        seen += f" for {shown(result.author_domain)}"
+    if result.published is not None:
+        seen += f", p={result.published.value}"
+        if result.sampled_out:
+            seen += f" (pct sampled out: {result.applied.value if result.applied else '-'})"
+    aligned = [f"{c.method.value} {shown(c.domain)}: {c.reason}" for c in result.checks]
+    if aligned:
+        seen += "; " + ", ".join(aligned)
+    elif result.reason:
+        seen += f": {plain(result.reason)}"
+    return seen
 
 
 def _resolution(resolves: bool | None) -> str:

@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import logging
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dkim  # dkimpy, untyped: used only through this module's functions
@@ -52,6 +50,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 from dkim.crypto import HASH_ALGORITHMS
 
 from spamgate.core import dmarc, domains
+from spamgate.core.dkim import DkimReport, DkimStatus, SignatureResult
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Lookups, Promise
 
 # Signatures verified per message, topmost first; the rest are counted, not verified. Each
@@ -77,53 +76,6 @@ _SHOWN_CHARS = 64
 # dkimpy logs what it rejects, with the sender's bytes in the text: to a logger of its own
 # that is not attached to logging's tree and drops everything. Our results carry the reasons.
 _QUIET = logging.Logger("spamgate.dkimcheck.dkimpy", level=logging.CRITICAL + 1)
-
-
-class DkimStatus(enum.Enum):
-    PASS = "pass"
-    FAIL = "fail"
-    NEUTRAL = "neutral"
-    PERMERROR = "permerror"
-    TEMPERROR = "temperror"
-    POLICY = "policy"
-    BODY_NOT_READ = "body_not_read"
-
-
-@dataclass(frozen=True, slots=True)
-class SignatureResult:
-    """One DKIM-Signature's result. `domain` (d=) is in A-labels when it is a valid name,
-    otherwise shown as printable ASCII; `selector` (s=), `identity` (i=) and `algorithm` (a=)
-    likewise shown. `reason` is short and says why, for logs, explain and A-R comments."""
-
-    domain: str
-    selector: str
-    status: DkimStatus
-    reason: str
-    identity: str = ""
-    algorithm: str = ""
-    key_bits: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class DkimReport:
-    """The DKIM results of one message, topmost signature first.
-
-    `skipped` signatures were beyond MAX_SIGNATURES. `header_problem` is set when the header
-    block could not be read at all (then no signature is verified). `body_complete` is what
-    the caller said: False when the body was cut at its byte bound.
-    """
-
-    signatures: tuple[SignatureResult, ...] = ()
-    skipped: int = 0
-    header_problem: str = ""
-    body_complete: bool = True
-
-    def identifiers(self) -> tuple[dmarc.Identifier, ...]:
-        """Each signature's d= as DMARC sees it: passed only on PASS."""
-        return tuple(
-            dmarc.Identifier(dmarc.Method.DKIM, result.domain, result.status is DkimStatus.PASS)
-            for result in self.signatures
-        )
 
 
 def verify_signatures(
@@ -331,6 +283,33 @@ def _key_record(answer: DnsAnswer) -> bytes | SignatureResult:
     if len(text) > MAX_KEY_RECORD:
         return error(DkimStatus.PERMERROR, f"key record over {MAX_KEY_RECORD} characters")
     return text.encode("utf-8", errors="replace")
+
+
+def start_key_lookups(signature_values: Sequence[bytes], lookups: Lookups) -> int:
+    """Start the key lookups of the first `MAX_SIGNATURES` DKIM-Signature values (as
+    received), before the body is read: `verify_signatures` asks the same names later and
+    finds them answered or in flight (the resolver caches and merges them). Values it cannot
+    read a d= and s= from are passed over; how many lookups started is returned."""
+    started = 0
+    for value in signature_values[:MAX_SIGNATURES]:
+        if len(value) > MAX_SIGNATURE_FIELD:
+            continue
+        domain, selector = _domain_name(_tag(value, b"d")), _domain_name(_tag(value, b"s"))
+        if domain is None or selector is None:
+            continue
+        qname = f"{selector}._domainkey.{domain}"
+        if len(qname) <= domains.MAX_NAME_LENGTH:
+            lookups.lookup(qname, "TXT")
+            started += 1
+    return started
+
+
+def start_dmarc_lookups(author_domain: str, lookups: Lookups) -> None:
+    """Start the lookups `lookup_dmarc_policy` will make, as soon as the From: field is known."""
+    first_name, fallback_name = dmarc.policy_names(author_domain)
+    lookups.lookup(first_name, "TXT")
+    if fallback_name is not None:
+        lookups.lookup(fallback_name, "TXT")
 
 
 # --- DMARC policy records ----------------------------------------------------------------------

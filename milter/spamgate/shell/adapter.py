@@ -120,6 +120,10 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
         # The last of our callbacks that ran: what pymilter was about to call when it fails
         # before our code runs follows from it (_DECODED_AFTER).
         self.stage = ""
+        # Whether the MTA sends the body and keeps each header's leading space (negotiate).
+        self.body_asked = False
+        self.leading_space = False
+        self.can_skip = False
         _current.milter = self
 
     def negotiate(self, opts: list[int]) -> int:
@@ -128,7 +132,9 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
             # to it at once, as it would if spamgate were already gone.
             self.session.close()
             return int(Milter.REJECT)
+        offered_steps = opts[1]
         result = int(super().negotiate(opts))
+        self._negotiate_body(opts, offered_steps)
         offered = opts[0]
         opts[0] &= ACTIONS
         self._actions = opts[0]
@@ -143,6 +149,38 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
                 # a failed negotiation would cost the whole session.
                 log.exception("could not ask the MTA for macros")
         return result
+
+    def _negotiate_body(self, opts: list[int], offered: int) -> None:
+        """Ask for the body, and for headers as received, only when this connection's policy
+        checks DKIM (Engine.needs_body); otherwise skip the body as before.
+
+        pymilter's Base.negotiate asks for every callback the class overrides (`body` is
+        overridden, so P_NOBODY is cleared) and turns P_HDR_LEADSPC off; here it is decided
+        per connection, since a reload may change the policy. With the body, the reply to
+        each chunk is awaited (no P_NR_BODY) so that SKIP can end it at the byte bound;
+        P_SKIP is kept when the MTA offers it (Postfix does; Base.negotiate leaves it on).
+        """
+        wanted = self.session.engine.needs_body
+        steps = opts[1]
+        if wanted:
+            steps &= ~(Milter.P_NOBODY | Milter.P_NR_BODY)
+            steps |= offered & Milter.P_HDR_LEADSPC
+        else:
+            steps = (steps | (offered & Milter.P_NOBODY)) & ~Milter.P_HDR_LEADSPC
+        opts[1] = self._protocol = steps
+        self.body_asked = wanted and not steps & Milter.P_NOBODY
+        self.leading_space = bool(steps & Milter.P_HDR_LEADSPC)
+        self.can_skip = bool(steps & Milter.P_SKIP)
+        metrics = self.session.runtime.metrics
+        if metrics is not None:
+            metrics.record_body_negotiated(self.body_asked)
+        log.debug(
+            "negotiated: body=%s leading_space=%s skip=%s steps=%#x",
+            "yes" if self.body_asked else "no",
+            "yes" if self.leading_space else "no",
+            "yes" if self.can_skip else "no",
+            steps,
+        )
 
     def getsymval(self, name: str) -> str | None:
         """A macro's value; None if the MTA sent none, or one pymilter cannot decode.
@@ -164,11 +202,12 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
     #   in its output buffer and writes them with the next event it awaits an answer to
     #   (milter8_event() in src/milter/milter8.c), so all the headers of a message travel in
     #   a few large writes instead of one round trip each.
-    # - the body is negotiated away: nothing here needs it. End of headers is a no-reply
-    #   callback, though nothing here needs it either: libmilter's state table has no step
-    #   from DATA straight to end of message (NX_DATA in engine.c), so a message without
-    #   headers, which Sendmail sends as DATA then end of message, made libmilter call abort,
-    #   ignore the end of message and never answer: Sendmail gave 451 4.3.2 after its milter
+    # - the body is negotiated away unless the policy checks DKIM (_negotiate_body). End of
+    #   headers is a no-reply callback, which starts DKIM's key lookups when there are any;
+    #   it is registered in any case: libmilter's state table has no step from DATA straight
+    #   to end of message (NX_DATA in engine.c), so a message without headers, which
+    #   Sendmail sends as DATA then end of message, made libmilter call abort, ignore the
+    #   end of message and never answer: Sendmail gave 451 4.3.2 after its milter
     #   read timeout. Postfix was never seen to hit this. (It does not show milters the
     #   Received field it adds itself: tests/e2e/test_fact_rules.py.)
     # - data answers CONTINUE. Postfix still sends the macros of an event a milter negotiated
@@ -207,11 +246,27 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
 
     @_noreply_guarded
     def header(self, name: str, value: str) -> None:
-        self.session.header(name, value)
+        if self.leading_space:
+            # As received: what Postfix strips without P_HDR_LEADSPC is stripped for the
+            # rules (milter8.c skips the white space after the colon), kept for DKIM.
+            self.session.header(name, value.lstrip(" \t\r\n"), value)
+        else:
+            self.session.header(name, value)
 
     @_noreply_guarded
     def eoh(self) -> None:
-        pass  # see above: its only use is to keep libmilter's state machine on the rails
+        # Keeps libmilter's state machine on the rails (see above); and DKIM's key lookups
+        # start here, while the body travels.
+        self.session.end_of_headers()
+
+    @_guarded
+    def body(self, chunk: bytes) -> int:
+        # Negotiated only when the policy checks DKIM; SKIP ends the body at the byte bound
+        # (the MTA sends no more of it), CONTINUE where the MTA cannot skip (the rest is
+        # read and dropped).
+        if self.session.body(chunk) or not self.can_skip:
+            return int(Milter.CONTINUE)
+        return int(Milter.SKIP)
 
     @_guarded
     def eom(self) -> int:
@@ -222,6 +277,8 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
             self.chgheader(name, index, "")
         for name, value in decision.add_headers:
             self.addheader(name, value)
+        for name, value in decision.prepend_headers:
+            self.addheader(name, value, 0)  # smfi_insheader at index 0: on top
         if decision.quarantine_reason:
             self.quarantine(decision.quarantine_reason)
         return int(Milter.CONTINUE)
@@ -488,6 +545,7 @@ def _register_callbacks() -> None:
     libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
     libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
     libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
     libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     libmilter.set_close_callback(Milter.close_callback)

@@ -89,6 +89,28 @@ class Metrics:
             ["identity", "result"],
             registry=registry,
         )
+        self.dkim = Counter(
+            "spamgate_dkim",
+            "DKIM results of checked messages (pass, fail, none, neutral, permerror, temperror, "
+            "policy, body_not_read): each result some signature of a message had, once per "
+            "message.",
+            ["result"],
+            registry=registry,
+        )
+        self.dmarc = Counter(
+            "spamgate_dmarc",
+            "DMARC results of checked messages (pass, fail_reject, fail_quarantine, fail_none, "
+            "none, temperror, permerror).",
+            ["result"],
+            registry=registry,
+        )
+        self.body_negotiated = Counter(
+            "spamgate_body_negotiated",
+            "Milter sessions by whether the message body was asked of the MTA (yes: the policy "
+            "checks DKIM; no: the body was negotiated away).",
+            ["asked"],
+            registry=registry,
+        )
         self.errors = Counter(
             "spamgate_errors",
             "Internal errors, by callback (each followed on_error).",
@@ -128,6 +150,16 @@ class Metrics:
 
     def record_spf(self, identity: str, result: str) -> None:
         self._labelled(self.spf, identity, result).inc()
+
+    def record_dkim(self, results: Iterable[str]) -> None:
+        for result in results:
+            self._labelled(self.dkim, result).inc()
+
+    def record_dmarc(self, result: str) -> None:
+        self._labelled(self.dmarc, result).inc()
+
+    def record_body_negotiated(self, asked: bool) -> None:
+        self._labelled(self.body_negotiated, "yes" if asked else "no").inc()
 
     def record_greylist(self, outcome: str) -> None:
         self._labelled(self.greylist, outcome).inc()

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from spamgate.core import decision, domains, headerfacts, headers, spf
+from spamgate.core import authresults, decision, dmarc, domains, headerfacts, headers, spf
 from spamgate.core.addresses import normalize_network
 from spamgate.core.decision import (
     Client,
@@ -41,11 +41,13 @@ from spamgate.core.decision import (
     decide,
 )
 from spamgate.core.decisionlog import Decision, format_decision
+from spamgate.core.dkim import DkimReport
 from spamgate.core.engine import OUR_HEADERS, Action, Engine, Group, Verdict
 from spamgate.core.policy import DomainList, DomainQuery, DomainSource, Policy
 from spamgate.core.received import Hop, OurHosts
 from spamgate.core.replies import Reply
 from spamgate.core.rules import MessageFacts, Stage
+from spamgate.dns import dkimcheck
 from spamgate.dns.answers import Lookups
 from spamgate.dns.dnslists import IPAddress, ListLookups, ListOutcome
 from spamgate.dns.listhealth import ListMonitor
@@ -66,6 +68,10 @@ _MOST_ROUNDS = len(Need) + 1  # `decide` asks for each need once at most, then a
 # Decision ids only need to be unique enough to find one log line: a seeded generator (seeded
 # from os.urandom) gives them without a system call per message, as secrets would make.
 _DECISION_IDS = random.Random()
+# DMARC's pct= sampling (RFC 7489 6.6.4) needs a uniform draw per message, not a secret one.
+_DMARC_SAMPLES = random.Random()
+# From: fields kept for DMARC's author domain: two say "several", which is all it asks.
+_MOST_FROM_VALUES = 2
 _DECISION_LOG = logging.getLogger("spamgate.decision")
 
 
@@ -110,6 +116,8 @@ class Runtime:
         log: Callable[[str], None] = _DECISION_LOG.info,
         dns: bool = True,  # False (explain --no-dns): no lookups; lists logged as ignored
         generation: int = 1,
+        # DMARC's pct= sample point, 0..99 (tests fix it).
+        dmarc_sample: Callable[[], int] = lambda: _DMARC_SAMPLES.randrange(100),
     ) -> None:
         policy = engine.policy
         if monitor is None:
@@ -126,6 +134,7 @@ class Runtime:
         self.metrics = metrics
         self.log = log
         self.dns = dns
+        self.dmarc_sample = dmarc_sample
         self.draining = False  # stopping: new sessions are turned away
         self._active = 0
         self._active_lock = threading.Lock()
@@ -176,6 +185,9 @@ class MessageDecision:
     delete_headers: tuple[tuple[str, int], ...] = ()
     add_headers: tuple[tuple[str, str], ...] = ()
     quarantine_reason: str = ""
+    # Added on top of the header, above every field the message came with: a trace field
+    # such as Authentication-Results (RFC 8601 5: prepended, so readers find ours first).
+    prepend_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -215,6 +227,22 @@ class Transaction:
     # The sender's and the header domains' list lookups, with the connection's: made at MAIL
     # FROM, gone with the transaction (ListLookups).
     lookups: ListLookups | None = None
+    # DKIM and DMARC: checked at end of message when the policy needs them and the client's
+    # lists count (`Session._authentication_checked`); then the header block as received
+    # and the body are kept, each within its bound.
+    checks_authentication: bool = False
+    raw_header: bytearray = field(default_factory=bytearray)
+    raw_header_complete: bool = True
+    body: bytearray = field(default_factory=bytearray)
+    body_complete: bool = True
+    signature_values: list[bytes] = field(default_factory=list)  # DKIM-Signature, bounded
+    from_values: list[str] = field(default_factory=list)  # for DMARC's author domain
+    dkim_report: DkimReport | None = None
+    dmarc_result: dmarc.DmarcResult | None = None
+    # Incoming Authentication-Results fields: how many, and the (1-based) indexes of those
+    # that claim our authserv-id, deleted at end of message.
+    results_headers: int = 0
+    forged_results: list[int] = field(default_factory=list)
 
 
 class Session:
@@ -246,6 +274,9 @@ class Session:
         self.helo_spf: PendingSpf | None = None
         self._helo_spf_counted = False
         self.receiver = "unknown"  # this MTA's name ({j}), SPF's %{r}
+        # The Authentication-Results header's authserv-id (set at connect), "" when none is
+        # added: then incoming ones are left alone too.
+        self.authserv_id = ""
         self.transaction: Transaction | None = None
         self._rdns: ReverseDns | None = None
         self.connected_at = runtime.clock()
@@ -261,6 +292,9 @@ class Session:
         self.address_text = str(address) if address else "unknown"
         self.client_name = client_name
         self.receiver = macros.get("j") or "unknown"
+        settings = policy.authentication_results
+        if settings.add:
+            self.authserv_id = settings.authserv_id or self.receiver
         names = (macros.get("j") or "", *policy.our_names)
         listed = decision.listed_client(policy, address, client_name)
         ignored = decision.ignored_at_connect(policy, address, listed, dns=self.runtime.dns)
@@ -405,6 +439,7 @@ class Session:
         self.transaction = transaction
         if self._lists_ignored(transaction):
             return
+        transaction.checks_authentication = self._authentication_checked(transaction)
         wants_spf = self.engine.needs_spf or transaction.allowed_if_verified
         if wants_spf and self.address is not None:
             helo = self.helo_name.strip()
@@ -429,6 +464,17 @@ class Session:
             self.address, helo, receiver=self.receiver, timestamp=int(time.time())
         )
         return PendingSpf(self.resolver, facts, identity, clock=self.runtime.clock)
+
+    def _authentication_checked(self, transaction: Transaction) -> bool:
+        """Whether DKIM and DMARC are checked at the end of this transaction's message: the
+        policy needs them, and (as for SPF) the client is not trusted, allowlisted or
+        authenticated, nor the sender allowlisted, and DNS is on."""
+        return (
+            self.engine.needs_dkim
+            and self.runtime.dns
+            and self.address is not None
+            and not transaction.allowed_by
+        )
 
     def _lists_ignored(self, transaction: Transaction) -> bool:
         """Whether this transaction's lists do not count: then none is asked."""
@@ -469,7 +515,9 @@ class Session:
             _RESULTS[disposition], ruling.reply, ruling.verdict, ruling.action, ruling.why
         )
 
-    def header(self, name: str, value: str) -> None:
+    def header(self, name: str, value: str, raw: str | None = None) -> None:
+        """One header field: `value` unfolded-as-sent without its leading white space;
+        `raw`, when the MTA was asked for it, as received (leading space, folding) for DKIM."""
         transaction = self.transaction
         if transaction is None:
             return
@@ -477,8 +525,14 @@ class Session:
         engine = self.engine
         if lowered in OUR_HEADERS:
             transaction.our_headers[name] = transaction.our_headers.get(name, 0) + 1
+        if lowered == "authentication-results" and self.authserv_id:
+            transaction.results_headers += 1
+            if authresults.claims(value, self.authserv_id):
+                transaction.forged_results.append(transaction.results_headers)
         if transaction.allowed_by:
             return  # accepted without scoring: only forged verdict headers go
+        if transaction.checks_authentication:
+            self._keep_for_dkim(transaction, name, lowered, value, raw)
         if lowered in engine.counted_headers:
             transaction.header_counts[lowered] = transaction.header_counts.get(lowered, 0) + 1
         transaction.header_hits.update(engine.match_header(lowered, value))
@@ -493,6 +547,96 @@ class Session:
                 self._note_date(transaction, value)
             else:
                 self._note_addresses(transaction, lowered, value)
+
+    def _keep_for_dkim(
+        self, transaction: Transaction, name: str, lowered: str, value: str, raw: str | None
+    ) -> None:
+        """Rebuild the field as it was received, `Name:value` CRLF, into the header block.
+
+        Postfix hands a milter each field without its line ends, folded lines joined by a bare
+        LF (milter8.c); DKIM's simple canonicalization hashes the CRLFs of the message as sent,
+        so each LF becomes CRLF again. Without `raw` (the MTA did not offer to keep the space
+        after the colon) the usual single space is assumed: relaxed signatures pass either way.
+        """
+        text = f"{name}:{raw}" if raw is not None else f"{name}: {value}"
+        line = text.encode("utf-8", "surrogateescape").replace(b"\r\n", b"\n")
+        line = line.replace(b"\n", b"\r\n") + b"\r\n"
+        block = transaction.raw_header
+        if len(block) + len(line) > self.policy.dkim.max_header_bytes:
+            transaction.raw_header_complete = False
+            return
+        block += line
+        if lowered == "dkim-signature" and len(transaction.signature_values) < 16:
+            transaction.signature_values.append(line.split(b":", 1)[1])
+        elif lowered == "from" and len(transaction.from_values) < _MOST_FROM_VALUES:
+            transaction.from_values.append(value)
+
+    def end_of_headers(self) -> None:
+        """Start the DKIM key and DMARC record lookups now, while the body travels."""
+        transaction = self.transaction
+        if transaction is None or not transaction.checks_authentication:
+            return
+        dkimcheck.start_key_lookups(transaction.signature_values, self.resolver)
+        author = dmarc.author_domain(transaction.from_values)
+        if self.engine.needs_dmarc and isinstance(author, dmarc.AuthorDomain):
+            dkimcheck.start_dmarc_lookups(author.domain, self.resolver)
+
+    @property
+    def wants_body(self) -> bool:
+        """Whether this transaction's body is read (for DKIM)."""
+        transaction = self.transaction
+        return transaction is not None and transaction.checks_authentication
+
+    def body(self, chunk: bytes) -> bool:
+        """A piece of the body; False once `dkim.max_body_bytes` is reached (read no more)."""
+        transaction = self.transaction
+        if transaction is None or not transaction.checks_authentication:
+            return False
+        room = self.policy.dkim.max_body_bytes - len(transaction.body)
+        if len(chunk) > room:
+            transaction.body += chunk[: max(0, room)]
+            transaction.body_complete = False
+            return False
+        transaction.body += chunk
+        return True
+
+    def _check_authentication(self, transaction: Transaction) -> None:
+        """DKIM, then DMARC with the SPF result and the DKIM passes, within one deadline
+        counted from now (the lookups started at end of headers are found in the cache)."""
+        clock, deadline = self.runtime.clock, self.policy.resolver.deadline
+        started = clock()
+        if not transaction.raw_header_complete:
+            report = DkimReport(
+                header_problem=f"header over {self.policy.dkim.max_header_bytes} bytes"
+            )
+        else:
+            report = dkimcheck.verify_signatures(
+                bytes(transaction.raw_header),
+                bytes(transaction.body),
+                self.resolver,
+                deadline,
+                body_complete=transaction.body_complete,
+                clock=clock,
+            )
+        transaction.dkim_report = report
+        if not self.engine.needs_dmarc:
+            return
+        author = dmarc.author_domain(transaction.from_values)
+        discovery = None
+        if isinstance(author, dmarc.AuthorDomain):
+            left = max(0.0, started + deadline - clock())
+            discovery = dkimcheck.lookup_dmarc_policy(
+                author.domain, self.resolver, left, clock=clock
+            )
+        identifiers = list(report.identifiers())
+        check = transaction.spf
+        verdict = check.collect(deadline) if check is not None else None
+        if verdict is not None:
+            passed = verdict.result is spf.SpfResult.PASS
+            identifiers.insert(0, dmarc.Identifier(dmarc.Method.SPF, verdict.domain, passed))
+        transaction.dmarc_result = dmarc.evaluate(
+            author, discovery, identifiers, self.runtime.dmarc_sample()
+        )
 
     def _note_date(self, transaction: Transaction, value: str) -> None:
         skew = headers.date_skew(value, self.runtime.now())
@@ -526,6 +670,8 @@ class Session:
 
     def end_of_message(self, queue_id: str) -> MessageDecision:
         transaction = self._transaction()
+        if transaction.checks_authentication and not transaction.allowed_by:
+            self._check_authentication(transaction)
         message = MessageFacts(
             header_hits=frozenset(transaction.header_hits),
             header_counts=dict(transaction.header_counts),
@@ -539,20 +685,46 @@ class Session:
                 if self.engine.needs_header_view
                 else None
             ),
+            dkim=transaction.dkim_report,
+            dmarc=transaction.dmarc_result,
         )
         ruling = self._decide(transaction, message=message)
+        if ruling.allowed_by:  # a verified sender, by its DKIM signature
+            transaction.allowed_by = ruling.allowed_by
         judged = ruling.judged or transaction.last  # allowlisted: the verdict of RCPT TO
         assert judged is not None
         transaction.last = judged
         self._log(transaction, judged, queue_id)
+        delete_headers = ruling.delete_headers
+        prepend_headers: tuple[tuple[str, str], ...] = ()
+        if ruling.reply is None and self.authserv_id:
+            # Highest index first, as for X-Spam-*: the lower indexes stay valid.
+            delete_headers += tuple(
+                (authresults.HEADER, index) for index in reversed(transaction.forged_results)
+            )
+            prepend_headers = ((authresults.HEADER, self._results_header(transaction)),)
         return MessageDecision(
             ruling.action,
             judged.verdict,
             ruling.reply,
-            ruling.delete_headers,
+            delete_headers,
             ruling.add_headers,
             ruling.quarantine_reason,
+            prepend_headers,
         )
+
+    def _results_header(self, transaction: Transaction) -> str:
+        """Our Authentication-Results value: each check made for this message."""
+        check = transaction.spf
+        results = authresults.method_results(
+            sender=transaction.bare_sender,
+            spf=None if check is None else check.collect(self.policy.resolver.deadline),
+            helo=self.helo_name.strip(),
+            helo_spf=None if self.helo_spf is None else self.helo_spf.verdict,
+            dkim=transaction.dkim_report,
+            dmarc=transaction.dmarc_result,
+        )
+        return authresults.header_value(self.authserv_id, results)
 
     # -- gathering what `decide` needs ------------------------------------------------------
 
@@ -700,12 +872,18 @@ class Session:
             ),
             spf=_spf_shown(transaction.spf),
             helo_spf=_spf_shown(self.helo_spf),
+            dkim="" if transaction.dkim_report is None else transaction.dkim_report.shown,
+            dmarc=_dmarc_shown(transaction.dmarc_result),
         )
         self.runtime.log(format_decision(line))
         metrics = self.runtime.metrics
         if metrics is not None:
             if line.spf:
                 metrics.record_spf("mail_from", line.spf)
+            if transaction.dkim_report is not None:
+                metrics.record_dkim(r.value for r in transaction.dkim_report.results)
+            if transaction.dmarc_result is not None:
+                metrics.record_dmarc(transaction.dmarc_result.outcome.value)
             if line.helo_spf and not self._helo_spf_counted:
                 self._helo_spf_counted = True  # one check per HELO, however many messages
                 metrics.record_spf("helo", line.helo_spf)
@@ -778,3 +956,11 @@ def _spf_shown(check: PendingSpf | None) -> str:
     yet (a verdict decided without it)."""
     verdict = check.verdict if check is not None else None
     return "" if verdict is None else verdict.result.value
+
+
+def _dmarc_shown(result: dmarc.DmarcResult | None) -> str:
+    """`fail_reject:example.com`, `none:example.com`, `permerror` (no author domain)."""
+    if result is None:
+        return ""
+    domain = result.author_domain
+    return f"{result.outcome.value}:{domain}" if domain else result.outcome.value
