@@ -693,9 +693,10 @@ class MatchList:
 @dataclass(frozen=True)
 class AllowList(MatchList):
     verified_senders: tuple[str, ...] = setting(
-        "Envelope senders, same patterns as `senders`, allowed only once verified: when SPF "
-        "passes for MAIL FROM's domain. Anyone can write any MAIL FROM, so a plain `senders` "
-        "entry lets in whoever forges it; this one does not.",
+        "Envelope senders, same patterns as `senders`, allowed only once verified: SPF passes "
+        "for MAIL FROM's domain (at RCPT TO), or a DKIM signature of that domain's "
+        "organization verifies (at end of message). Anyone can write any MAIL FROM, so a "
+        "plain `senders` entry lets in whoever forges it; this one does not.",
         (),
         names_files=NamesFiles.ENTRIES,
     )
