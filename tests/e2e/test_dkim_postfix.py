@@ -199,8 +199,13 @@ def test_a_valid_signature_over_folded_headers_passes(
     line = _line(stack.dkim_milter, tag)
     assert (line["dkim"], line["dmarc"]) == ("pass:signer.example", "pass:signer.example"), line
     assert "DKIM_PASS:0" in line["hits"], line
-    [text] = _results(_delivered(stack, subject))
+    delivered = _delivered(stack, subject)
+    [text] = _results(delivered)
     assert text.startswith(AUTHSERV_ID + ";"), text
+    # Asking for headers as received (P_HDR_LEADSPC) makes Postfix write the headers we add
+    # as given: the space after the colon is ours to send (it was missing once).
+    assert f"\nAuthentication-Results: {AUTHSERV_ID};".encode() in b"\n" + delivered.raw
+    assert b"\nX-Spam-Status: No, score=" in delivered.raw, delivered.raw[:600]
     assert "dkim=pass header.d=signer.example header.s=sel" in text, text
     assert "dmarc=pass header.from=signer.example" in text, text
     assert f"spf=fail smtp.mailfrom={tag}@signer.example" in text, text

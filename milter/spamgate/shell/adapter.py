@@ -275,10 +275,13 @@ class SpamgateMilter(Milter.Base):  # type: ignore[misc]  # pymilter is untyped
             return self._refuse(decision.reply)
         for name, index in decision.delete_headers:
             self.chgheader(name, index, "")
+        # With P_HDR_LEADSPC (asked for DKIM) the MTA writes a header we add as given, with
+        # no space after the colon of its own: "X-Spam-Status:Yes" unless we give one.
+        lead = " " if self.leading_space else ""
         for name, value in decision.add_headers:
-            self.addheader(name, value)
+            self.addheader(name, lead + value)
         for name, value in decision.prepend_headers:
-            self.addheader(name, value, 0)  # smfi_insheader at index 0: on top
+            self.addheader(name, lead + value, 0)  # smfi_insheader at index 0: on top
         if decision.quarantine_reason:
             self.quarantine(decision.quarantine_reason)
         return int(Milter.CONTINUE)
