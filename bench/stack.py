@@ -13,6 +13,7 @@ has a listener per configuration under test:
 and three more spamgate daemons for the cost of greylisting, each with one more rule that
 fires on every message (bench/workload.py, GREYLIST_RULE):
 
+    spamgate-nodkim           the shipped policy without its dkim: and dmarc: rules (no body read)
     spamgate-nogreylist       greylisting off; the rule scores 0 and does nothing else
     spamgate-greylist-sqlite  the rule greylists every message; state in an SQLite file
     spamgate-greylist-redis   the same, state in a private redis-server on loopback
@@ -176,6 +177,7 @@ def _spamgate(
     env: Mapping[str, str] | None = None,
     greylisting: Greylisting = Greylisting.SHIPPED,
     state_store: str | None = None,
+    dkim: bool = True,
 ) -> Milter:
     metrics_port = free_port()
     policy = bench_policy(
@@ -185,6 +187,7 @@ def _spamgate(
         status_file=workdir / f"{name}-status.json",
         greylisting=greylisting,
         state_store=state_store,
+        dkim=dkim,
     )
     if socket_spec.startswith("unix:"):
         # smtpd runs as the postfix user, the benchmark's spamgate as root. As in production
@@ -309,6 +312,13 @@ def running_stack(
                 ),
                 "spamgate-cold": _spamgate(
                     workdir, "spamgate-cold", f"inet:{free_port()}@{LOOPBACK}", cold_dns.port
+                ),
+                "spamgate-nodkim": _spamgate(
+                    workdir,
+                    "spamgate-nodkim",
+                    f"inet:{free_port()}@{LOOPBACK}",
+                    dns.port,
+                    dkim=False,
                 ),
                 "spamgate-nogreylist": _spamgate(
                     workdir,

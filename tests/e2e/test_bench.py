@@ -41,6 +41,7 @@ def test_the_quick_benchmark_runs_loses_nothing_and_reports_every_part(tmp_path:
         "c50-greylist-first",
         "c50-real",
         "c200-real",
+        "c50-dkim",
     }
     assert set(tables["c1"]) == {"plain", "noop", "spamgate", "noop-unix", "spamgate-unix"}
     for workload, rows in tables.items():
@@ -52,6 +53,9 @@ def test_the_quick_benchmark_runs_loses_nothing_and_reports_every_part(tmp_path:
         assert tables[workload]["spamgate"]["cache hits"] == "100.0%"
         assert tables[workload]["noop"]["refused"] == "0"
     assert int(tables["c50"]["spamgate"]["refused"]) > 0
+    # Signed mail: only the policy with DKIM rules asks for keys (and reads the bodies).
+    assert list(tables["c50-dkim"]) == ["spamgate-nodkim", "spamgate"]
+    assert float(tables["c50-dkim"]["spamgate"]["DNS queries/msg"]) > 0
     assert tables["c50-clean"]["spamgate"]["refused"] == "0"
     assert float(tables["cold"]["spamgate-cold"]["DNS queries/msg"]) >= 4
     # Greylisting: every message retried a first attempt and passed, through SQLite and
