@@ -28,7 +28,7 @@ def spamgate(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
 def test_check_config_accepts_the_shipped_policy() -> None:
     result = spamgate("check-config", "-c", str(SHIPPED))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{SHIPPED}: OK (4 IP lists, 1 domain lists, 58 rules, policy ")
+    assert result.stdout.startswith(f"{SHIPPED}: OK (4 IP lists, 1 domain lists, 64 rules, policy ")
 
 
 @pytest.mark.parametrize("command", ["check-config", "run"])

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TextIO
 
 from spamgate.core.addresses import IPAddress
+from spamgate.core.dkim import DkimReport
+from spamgate.core.dmarc import DmarcResult
 from spamgate.core.engine import DEFAULT_GROUP, Action, Engine, Evidence, Group, Verdict
 from spamgate.core.policy import Policy, Rule
 from spamgate.core.replies import Reply
@@ -27,7 +29,14 @@ from spamgate.core.ruletrace import Seen, Step, as_json, explain, lines, plain, 
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending
 from spamgate.dns.resolver import Resolver
 from spamgate.dns.spfcheck import PendingSpf
-from spamgate.shell.session import MessageDecision, RcptDecision, RcptResult, Runtime, Session
+from spamgate.shell.session import (
+    MessageDecision,
+    RcptDecision,
+    RcptResult,
+    Runtime,
+    Session,
+    Transaction,
+)
 
 # Exit status: the action, so scripts can branch on it.
 EXIT_BY_ACTION = {
@@ -264,22 +273,66 @@ def converse(runtime: Runtime, client: Dialogue, message_bytes: bytes | None) ->
         message = session.end_of_message("")
     session.close()
     message_seen = tracing.seen(fields) if tracing is not None and message is not None else None
-    checks = checks_made(session, transaction.spf if transaction else None)
+    checks = checks_made(session, transaction)
     return Conversation(session, tuple(decisions), message, tuple(rcpt_seen), message_seen, checks)
 
 
-def checks_made(session: Session, mail_spf: PendingSpf | None) -> tuple[tuple[str, str], ...]:
-    """Each SPF check the policy reads (a rule, or a verified-sender entry for MAIL FROM's):
-    its result and what it rests on, or why none was made (DNS off; the client's lists do
-    not count; for MAIL FROM, no verified-sender entry matched)."""
+def checks_made(session: Session, transaction: Transaction | None) -> tuple[tuple[str, str], ...]:
+    """Each sender-authentication check the policy reads (a rule, Authentication-Results, a
+    verified-sender entry): its result and what it rests on, or why none was made (DNS off;
+    the client's lists do not count; the sender was allowlisted; no message was given)."""
     engine, policy = session.engine, session.policy
     why_not = "not checked (--no-dns)" if not session.runtime.dns else "not checked"
+    mail_spf = transaction.spf if transaction is not None else None
     checks = []
     if engine.needs_spf or policy.allow.verified_senders or mail_spf is not None:
         checks.append(("spf", _spf_line(mail_spf, why_not)))
     if engine.needs_helo_spf:
         checks.append(("helo_spf", _spf_line(session.helo_spf, why_not)))
+    if engine.needs_dkim:
+        report = transaction.dkim_report if transaction is not None else None
+        checks.append(("dkim", _dkim_line(report) if report is not None else why_not))
+    if engine.needs_dmarc:
+        result = transaction.dmarc_result if transaction is not None else None
+        checks.append(("dmarc", _dmarc_line(result) if result is not None else why_not))
     return tuple(checks)
+
+
+def _dkim_line(report: DkimReport) -> str:
+    """Each signature: its result, d= and s=, and why (the key's DNS answer behind it)."""
+    if report.header_problem:
+        return f"permerror; {plain(report.header_problem)}"
+    if not report.signatures:
+        return "none (no signature)"
+    shown = [
+        f"{s.status.value} for d={plain(s.domain)} s={plain(s.selector)}"
+        + (f" ({plain(s.reason)})" if s.reason else "")
+        for s in report.signatures
+    ]
+    if report.skipped:
+        shown.append(f"{report.skipped} more not verified")
+    return "; ".join(shown)
+
+
+def _dmarc_line(result: DmarcResult) -> str:
+    """The outcome for the From: domain, the record it came from, and each identifier's
+    alignment."""
+    parts = [result.outcome.value]
+    if result.author_domain:
+        parts[0] += f" for {plain(result.author_domain)}"
+    if result.record is not None and result.published is not None:
+        where = f" at _dmarc.{plain(result.policy_domain)}" if result.policy_domain else ""
+        parts.append(f"policy p={result.published.value}{where}")
+    if result.sampled_out:
+        parts.append("pct= sampled it out")
+    parts += [
+        f"{check.method.value} {plain(check.domain)} "
+        + ("aligned" if check.aligned else f"not aligned ({plain(check.reason)})")
+        for check in result.checks
+    ]
+    if result.reason:
+        parts.append(plain(result.reason))
+    return "; ".join(parts)
 
 
 def _spf_line(check: PendingSpf | None, why_not: str) -> str:
