@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import datetime
 import enum
-import functools
 import re
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from spamgate.core import domains, headers
 from spamgate.core.received import (
@@ -36,6 +37,8 @@ from spamgate.core.received import (
     received_time,
     time_reversals,
 )
+
+Shared = TypeVar("Shared")
 
 # A message has a few dozen header fields; a sender may send thousands. The first hundred,
 # each up to 8 KiB (RFC 5322 lines end at 998 characters, folded fields run to a few lines),
@@ -74,6 +77,13 @@ class HeaderView:
     # The hop the message arrived on (the daemon's client); None when read offline.
     arrival: Hop | None = None
     _computed: dict[str, FactValue] = field(default_factory=dict, compare=False, repr=False)
+    # What several facts share (the external hop, the From addresses...), computed once. Not
+    # functools.cached_property: before Python 3.12 its __get__ takes one lock per property,
+    # shared by every instance of the class, so fifty sessions computing their messages'
+    # facts at once queued on it behind threads waiting for the GIL (74% of the samples in
+    # the profile of bench/RESULTS.md at 1cabf72). A view belongs to one message and one
+    # thread: it needs no lock.
+    _shared: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(
@@ -93,36 +103,56 @@ class HeaderView:
             self._computed[name] = FACTS[name].compute(self)
         return self._computed[name]
 
+    def _once(self, key: str, compute: Callable[[], Shared]) -> Shared:
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return typing.cast(Shared, self._shared[key])
+
     def values(self, name: str) -> list[str]:
         return [value for lowered, value in self.fields if lowered == name]
 
     def first(self, name: str) -> str | None:
         return next((value for lowered, value in self.fields if lowered == name), None)
 
-    @functools.cached_property
+    @property
     def external_hop(self) -> ExternalHop | None:
+        return self._once("external_hop", self._external_hop)
+
+    def _external_hop(self) -> ExternalHop | None:
         return external_hop(self.values("received"), self.our_hosts, self.arrival)
 
     def has(self, name: str) -> bool:
         return any(lowered == name for lowered, _ in self.fields)
 
-    @functools.cached_property
+    @property
     def from_addresses(self) -> tuple[str, ...]:
+        return self._once("from_addresses", self._from_addresses)
+
+    def _from_addresses(self) -> tuple[str, ...]:
         value = self.first("from")
         found = None if value is None else headers.header_addresses(value, mailbox_required=True)
         return found or ()
 
-    @functools.cached_property
+    @property
     def from_domains(self) -> tuple[str, ...]:
+        return self._once("from_domains", self._from_domains)
+
+    def _from_domains(self) -> tuple[str, ...]:
         return _domains(self.from_addresses)
 
-    @functools.cached_property
+    @property
     def subject(self) -> str | None:
+        return self._once("subject", self._subject)
+
+    def _subject(self) -> str | None:
         value = self.first("subject")
         return None if value is None else headers.decoded_text(value)
 
-    @functools.cached_property
+    @property
     def content_type(self) -> tuple[str, dict[str, str]] | None:
+        return self._once("content_type", self._content_type)
+
+    def _content_type(self) -> tuple[str, dict[str, str]] | None:
         """The type/subtype, lower case, and the parameters (names lower case)."""
         value = self.first("content-type")
         if value is None:
