@@ -140,6 +140,34 @@ def _matcher(regex: _Regex) -> Callable[[bytes], bool]:
     return direct if agrees else by_search
 
 
+def _set_matcher(
+    patterns: Sequence[Pattern | RawPattern], *, latin1: bool
+) -> Callable[[bytes], list[int] | None] | None:
+    """RE2's Set of `patterns` (unanchored, as search): the indexes of all that match some
+    bytes, in one pass; None if the binding has no Set or cannot build this one (then the
+    group searches the patterns one by one). Checked against the patterns themselves once,
+    like _matcher, since a Set's options are set apart from each pattern's."""
+    try:
+        options = re2.Options()
+        options.log_errors = False
+        options.never_capture = True
+        if latin1:
+            options.encoding = re2.Options.Encoding.LATIN1
+        found = re2.Set.SearchSet(options)
+        for index, pattern in enumerate(patterns):
+            if found.Add(pattern.source.encode("utf-8")) != index:
+                return None
+        found.Compile()
+        match: Callable[[bytes], list[int] | None] = found.Match
+        for probe in (b"", b"x", b"spamgate", "Caf\u00e9 \u00c9T\u00c9".encode()):
+            named = sorted(match(probe) or ())
+            if named != [i for i, p in enumerate(patterns) if p._matches(probe)]:
+                return None
+    except Exception:  # no Set in this binding, or one RE2 will not build: search one by one
+        return None
+    return match
+
+
 def _compile(pattern: bytes, source: str, *, latin1: bool) -> _Regex:
     options = re2.Options()
     options.log_errors = False  # errors come back in the exception; never on stderr
@@ -256,6 +284,7 @@ class PatternGroup:
         if self._raw and not all(isinstance(p, RawPattern) for p in self._patterns):
             raise ValueError("a group holds text patterns or bytes patterns, not both")
         self._any: Callable[[bytes], bool] | None = None
+        self._which: Callable[[bytes], list[int] | None] | None = None
         if len(self._patterns) > 1:
             combined = "|".join(f"(?:{p.source})" for p in self._patterns)
             try:
@@ -263,6 +292,7 @@ class PatternGroup:
             except ValueError:  # too big for RE2's budget: search them one by one
                 return
             self._any = _matcher(regex)
+            self._which = _set_matcher(self._patterns, latin1=self._raw)
 
     def __len__(self) -> int:
         return len(self._patterns)
@@ -271,6 +301,10 @@ class PatternGroup:
         """The indexes of the patterns that match `value` (text for text patterns, bytes for
         bytes patterns), searched as Pattern.search and RawPattern.search would."""
         data = value[:MAX_SUBJECT] if isinstance(value, bytes) else _searchable(value)
+        if self._which is not None:
+            # One search names every pattern that matches: a value that matches some rule no
+            # longer costs one more search (and GIL hand-over) per pattern of its header.
+            return sorted(self._which(data) or ())
         if self._any is not None and not self._any(data):
             return []
         return [i for i, pattern in enumerate(self._patterns) if pattern._matches(data)]
