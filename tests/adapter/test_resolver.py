@@ -420,3 +420,39 @@ def test_system_nameservers_skips_a_bad_line(
 
 def test_system_nameservers_without_the_file(tmp_path: Path) -> None:
     assert system_nameservers(str(tmp_path / "absent")) == (Nameserver("127.0.0.1"),)
+
+
+def test_a_spare_socket_opened_twice_while_reading_answers_does_not_hang_the_resolver(
+    server: FakeDnsServer,
+) -> None:
+    """The deadlock `make soak` found (dns-truncated, 8 sessions hung for good): a thread
+    reading answers holds _reading and retries a failed attempt; the retry's _provide_for
+    finds that another thread opened the spare socket meanwhile, and closing its own extra
+    one took _reading again. Now the extra socket is retired, closed later by the receiver."""
+    resolver = Resolver(ResolverSettings(nameservers=(server.nameserver,)))
+    resolver.start()
+    opened = resolver._open
+
+    def another_thread_was_quicker(index: int) -> object:
+        resolver._spares[index] = opened(index)
+        return opened(index)
+
+    resolver._spares[0] = None
+    resolver._open = another_thread_was_quicker  # type: ignore[method-assign]
+    finished = threading.Event()
+
+    def retry_while_reading() -> None:
+        with resolver._reading:
+            resolver._provide_for(0)
+        finished.set()
+
+    threading.Thread(target=retry_while_reading, daemon=True).start()
+    # On failure the resolver is left running: stopping it would wait for _reading forever.
+    assert finished.wait(5), "the resolver deadlocked on its own reading lock"
+    resolver._open = opened  # type: ignore[method-assign]
+    server.script[QNAME, "A"] = Behaviour(records=("127.0.0.2",))
+    try:
+        answer = resolver.lookup(QNAME).result(timeout=5)
+    finally:
+        resolver.stop()
+    assert answer == DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=300)

@@ -481,11 +481,14 @@ class Resolver:
             except OSError:
                 return  # _channel() tries again, and reports the error to the query
             with self._lock:
-                unused = self._spares[server] is not None  # another thread was quicker
-                if not unused:
+                if self._spares[server] is None:
                     self._spares[server] = spare
-            if unused:
-                self._close(spare)
+                else:
+                    # Another thread was quicker. Retired, not closed here: this may be a
+                    # thread reading answers (a failed attempt is retried from _read), which
+                    # holds _reading, and _close takes it. Closing here deadlocked the
+                    # resolver under truncated answers (make soak, dns-truncated).
+                    self._retired.append(spare)
         if len(self._ids) < _IDS_PER_DRAW // 4:
             drawn = struct.unpack(f"!{_IDS_PER_DRAW}H", os.urandom(2 * _IDS_PER_DRAW))
             self._ids.extend(drawn)  # one call: atomic for the interpreter lock
@@ -642,7 +645,8 @@ class Resolver:
             self._close(channel)
 
     def _close(self, channel: _Channel) -> None:
-        """Outside the lock: forget a socket nothing waits on, and close it.
+        """Outside the lock, and on the receiver thread outside _reading (_close_retired):
+        forget a socket nothing waits on, and close it.
 
         Never while another thread reads answers: it may have read the socket's descriptor
         number a moment ago, and once closed the number can be given to a new socket at once
