@@ -231,6 +231,9 @@ class Transaction:
     # lists count (`Session._authentication_checked`); then the header block as received
     # and the body are kept, each within its bound.
     checks_authentication: bool = False
+    # When each domain's DMARC records were asked (at MAIL FROM, at end of headers): their
+    # deadline counts from then, as every lookup's does (docs/decisions.md, Deadline).
+    dmarc_asked_at: dict[str, float] = field(default_factory=dict)
     raw_header: bytearray = field(default_factory=bytearray)
     raw_header_complete: bool = True
     body: bytearray = field(default_factory=bytearray)
@@ -452,6 +455,7 @@ class Session:
             # lists, so that the end of the message finds it cached instead of waiting one
             # more round trip (a cold cache paid two: bench/RESULTS.md, `cold`).
             dkimcheck.start_dmarc_lookups(domain, self.resolver)
+            transaction.dmarc_asked_at.setdefault(domain, self.runtime.clock())
         if self.engine.needs_sender_resolution:
             transaction.sender_resolution = PendingResolution(
                 self.resolver,
@@ -585,6 +589,7 @@ class Session:
         author = dmarc.author_domain(transaction.from_values)
         if self.engine.needs_dmarc and isinstance(author, dmarc.AuthorDomain):
             dkimcheck.start_dmarc_lookups(author.domain, self.resolver)
+            transaction.dmarc_asked_at.setdefault(author.domain, self.runtime.clock())
 
     @property
     def wants_body(self) -> bool:
@@ -629,7 +634,10 @@ class Session:
         author = dmarc.author_domain(transaction.from_values)
         discovery = None
         if isinstance(author, dmarc.AuthorDomain):
-            left = max(0.0, started + deadline - clock())
+            # From when the records were asked (MAIL FROM's domain at MAIL FROM): a DNS
+            # server that did not answer the lists at RCPT TO costs no second deadline here.
+            asked = transaction.dmarc_asked_at.get(author.domain, started)
+            left = max(0.0, min(started, asked) + deadline - clock())
             discovery = dkimcheck.lookup_dmarc_policy(
                 author.domain, self.resolver, left, clock=clock
             )
