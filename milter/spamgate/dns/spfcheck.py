@@ -26,7 +26,6 @@ from spamgate.core.spf import (
     SpfResult,
     SpfVerdict,
     check_host,
-    helo_identity,
     mail_from_identity,
     smtp_facts,
 )
@@ -189,9 +188,15 @@ def check_helo(
     clock: Callable[[], float] = time.monotonic,
     default_explanation: str = DEFAULT_EXPLANATION,
 ) -> SpfVerdict:
-    """The HELO identity's verdict, waiting `deadline` seconds at most."""
-    facts = smtp_facts(client, helo, receiver=receiver, timestamp=int(time.time()))
-    pending = PendingSpf(
-        resolver, facts, helo_identity(helo), clock=clock, default_explanation=default_explanation
+    """The HELO identity's verdict, waiting `deadline` seconds at most: what a null sender's
+    MAIL FROM is checked as (RFC 7208 2.3, 2.4: postmaster@helo either way)."""
+    return check_mail_from(
+        resolver,
+        client,
+        "",
+        helo,
+        deadline=deadline,
+        receiver=receiver,
+        clock=clock,
+        default_explanation=default_explanation,
     )
-    return pending.collect(deadline)
