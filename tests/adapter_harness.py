@@ -23,7 +23,7 @@ from spamgate.core.engine import Engine
 from spamgate.core.policy import Policy
 from spamgate.dns.answers import AnswerKind, DnsAnswer
 from spamgate.shell.adapter import SpamgateMilter
-from spamgate.shell.session import Runtime
+from spamgate.shell.runtime import Runtime
 from tests.fakes import NO_REPLY_BITS, ScriptedLookups
 
 LISTED = DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=60)

@@ -12,7 +12,8 @@ import Milter
 from Milter import testctx
 
 from spamgate.shell.adapter import SpamgateMilter
-from spamgate.shell.session import RcptResult, Runtime, Session
+from spamgate.shell.runtime import Runtime
+from spamgate.shell.session import RcptResult, Session
 from tests.fakes import NO_REPLY_BITS
 from tests.hostile_dialogues import Dialogue, c_string, session_address, text_macro, wire
 from tests.hostile_world import (

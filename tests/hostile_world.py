@@ -19,7 +19,8 @@ from spamgate.core.engine import Action, Engine
 from spamgate.core.policy import Policy
 from spamgate.core.replies import Reply
 from spamgate.dns.answers import AnswerKind, DnsAnswer
-from spamgate.shell.session import MessageDecision, RcptDecision, RcptResult, Runtime
+from spamgate.shell.runtime import Runtime
+from spamgate.shell.session import MessageDecision, RcptDecision, RcptResult
 from tests.fakes import FakeClock
 from tests.pure.test_decisionlog import parse_line
 

@@ -19,7 +19,8 @@ from spamgate.core import schema
 from spamgate.core.engine import Engine
 from spamgate.core.policy import Policy
 from spamgate.dns.answers import AnswerKind, DnsAnswer
-from spamgate.shell.session import MessageDecision, Runtime, Session
+from spamgate.shell.runtime import Runtime
+from spamgate.shell.session import MessageDecision, Session
 from tests.fakes import FakeClock, ScriptedLookups
 
 NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)

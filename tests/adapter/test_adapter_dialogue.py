@@ -10,7 +10,7 @@ import pytest
 from spamgate.core.engine import Engine
 from spamgate.dns.answers import AnswerKind, DnsAnswer
 from spamgate.shell.adapter import SpamgateMilter
-from spamgate.shell.session import Runtime
+from spamgate.shell.runtime import Runtime
 from tests.adapter_harness import (
     GOOD_HEADERS,
     LISTED,

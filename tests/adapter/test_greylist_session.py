@@ -16,7 +16,8 @@ from spamgate.core.engine import Action, Engine
 from spamgate.core.policy import Policy
 from spamgate.dns.answers import AnswerKind, DnsAnswer
 from spamgate.shell.metrics import Metrics
-from spamgate.shell.session import RcptResult, Runtime, Session
+from spamgate.shell.runtime import Runtime
+from spamgate.shell.session import RcptResult, Session
 from spamgate.state.greylist import Greylister, GreylistTiming
 from spamgate.state.store import MemoryStore, StateStore
 from tests.fakes import BrokenStore, FakeClock, ScriptedLookups

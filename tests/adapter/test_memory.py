@@ -23,7 +23,8 @@ from spamgate.core.engine import Engine
 from spamgate.core.policy import Policy
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending, wait_all
 from spamgate.shell.daemon import GC_YOUNG_THRESHOLD, settle_memory
-from spamgate.shell.session import Runtime, Session
+from spamgate.shell.runtime import Runtime
+from spamgate.shell.session import Session
 from tests.fakes import FakeClock, ScriptedLookups
 
 POLICY = """

@@ -15,7 +15,8 @@ from spamgate.core import schema
 from spamgate.core.engine import Engine
 from spamgate.core.policy import Policy
 from spamgate.dns.answers import AnswerKind, DnsAnswer
-from spamgate.shell.session import Runtime, Session
+from spamgate.shell.runtime import Runtime
+from spamgate.shell.session import Session
 from spamgate.state.recentrejects import RecentRejects
 from spamgate.state.store import MemoryStore, StateStore
 from tests.fakes import BrokenStore, FakeClock, ScriptedLookups

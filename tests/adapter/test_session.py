@@ -12,7 +12,9 @@ import pytest
 from spamgate.core import headerfacts, headers, schema
 from spamgate.core.engine import Action, Engine
 from spamgate.core.policy import Policy
-from spamgate.shell.session import MAX_PARSED_PER_HEADER, Generation, RcptResult, Session
+from spamgate.shell.runtime import Generation
+from spamgate.shell.session import RcptResult, Session
+from spamgate.shell.transaction import MAX_PARSED_PER_HEADER
 from tests.fakes import ScriptedLookups
 from tests.session_harness import (
     BASE,

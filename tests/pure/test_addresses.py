@@ -100,7 +100,9 @@ def test_the_pure_core_types_import_no_io() -> None:
         "spamgate.dns.dnswire",
         "spamgate.dns.rdns",
         "spamgate.dns.resolver",
+        "spamgate.shell.runtime",
         "spamgate.shell.session",
+        "spamgate.shell.transaction",
         "spamgate.state.store",
         "spamgate.shell.adapter",
         # Not "socket": the standard library's email.utils imports it at module level (for

@@ -17,7 +17,8 @@ from spamgate.core.replies import Reply, rejection
 from spamgate.dns.answers import AnswerKind, DnsAnswer
 from spamgate.dns.dnslists import ListOutcome, ListStatus
 from spamgate.shell.metrics import Metrics
-from spamgate.shell.session import RcptResult, Runtime, Session
+from spamgate.shell.runtime import Runtime
+from spamgate.shell.session import RcptResult, Session
 from tests.fakes import FakeClock, ScriptedLookups
 
 _FIELD = re.compile(r' ([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "]*)')

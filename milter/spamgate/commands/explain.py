@@ -29,14 +29,9 @@ from spamgate.core.ruletrace import Seen, Step, as_json, explain, lines, plain, 
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending
 from spamgate.dns.resolver import Resolver
 from spamgate.dns.spfcheck import PendingSpf
-from spamgate.shell.session import (
-    MessageDecision,
-    RcptDecision,
-    RcptResult,
-    Runtime,
-    Session,
-    Transaction,
-)
+from spamgate.shell.runtime import Runtime
+from spamgate.shell.session import MessageDecision, RcptDecision, RcptResult, Session
+from spamgate.shell.transaction import Transaction
 
 # Exit status: the action, so scripts can branch on it.
 EXIT_BY_ACTION = {

@@ -36,7 +36,7 @@ from spamgate.core import domains, headers
 from spamgate.core.engine import Action, Engine
 from spamgate.core.policy import Policy, Relays
 from spamgate.core.received import OurHosts, external_hop, parse_received
-from spamgate.shell.session import Runtime
+from spamgate.shell.runtime import Runtime
 
 LABELS = ("ham", "spam")
 NEUTRAL_CLIENT = ipaddress.ip_address("192.0.2.1")  # RFC 5737 documentation address

@@ -41,7 +41,8 @@ from spamgate.core.policy import OnError
 from spamgate.core.replies import Reply, internal_error
 from spamgate.core.settings import ListenAddress, SocketMode
 from spamgate.dns.dnslists import IPAddress
-from spamgate.shell.session import Runtime, Session
+from spamgate.shell.runtime import Runtime
+from spamgate.shell.session import Session
 
 log = logging.getLogger("spamgate")
 

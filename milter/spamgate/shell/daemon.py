@@ -39,7 +39,7 @@ from spamgate.shell import sdnotify
 from spamgate.shell.adapter import ListenError, milter_answers, poke, serve, stop_milter
 from spamgate.shell.logmasking import KeyMaskingFormatter
 from spamgate.shell.metrics import DaemonState, Metrics
-from spamgate.shell.session import Generation, Runtime
+from spamgate.shell.runtime import Generation, Runtime
 from spamgate.state.greylist import Greylister, GreylistTiming
 from spamgate.state.recentrejects import RecentRejects
 from spamgate.state.store import PausingStore, open_store

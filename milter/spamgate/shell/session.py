@@ -8,25 +8,24 @@ transaction, the counters. What the ruling is, it never decides itself. It raise
 the adapter turns that into the `on_error` answer.
 
 Two lifetimes, as in aiosmtpd: connection facts (client, HELO, reverse DNS, list lookups)
-outlive transactions (MAIL FROM .. end of message); a new MAIL FROM or an abort starts over
-with the transaction only.
+are the Session's and outlive transactions (MAIL FROM .. end of message); a transaction's
+facts, and the reading of its message, are its Transaction's (shell/transaction.py). A new
+MAIL FROM or an abort starts over with the transaction only: nothing learned about one
+message may leak into the next. What every session shares is the Runtime
+(shell/runtime.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import enum
 import functools
 import ipaddress
-import logging
-import random
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-from spamgate.core import authresults, decision, dmarc, domains, headerfacts, headers, spf
+from spamgate.core import authresults, decision, dmarc, domains, headerfacts, spf
 from spamgate.core.addresses import normalize_network
 from spamgate.core.decision import (
     Client,
@@ -41,116 +40,23 @@ from spamgate.core.decision import (
     decide,
 )
 from spamgate.core.decisionlog import Decision, format_decision
-from spamgate.core.dkim import DkimReport
-from spamgate.core.engine import OUR_HEADERS, Action, Engine, Group, Verdict
-from spamgate.core.policy import DomainList, DomainQuery, DomainSource, Policy
+from spamgate.core.engine import Action, Verdict
+from spamgate.core.policy import DomainSource, Policy
 from spamgate.core.received import Hop, OurHosts
 from spamgate.core.replies import Reply
 from spamgate.core.rules import MessageFacts, Stage
 from spamgate.dns import dkimcheck
-from spamgate.dns.answers import Lookups
 from spamgate.dns.dnslists import IPAddress, ListLookups, ListOutcome
-from spamgate.dns.listhealth import ListMonitor
 from spamgate.dns.nameprobes import PendingResolution
 from spamgate.dns.rdns import PendingReverse, ReverseDns, from_mta_macros
 from spamgate.dns.spfcheck import PendingSpf
-from spamgate.shell.metrics import Metrics
-from spamgate.state.greylist import Greylister, GreylistOutcome, GreylistTiming, GreylistVerdict
-from spamgate.state.recentrejects import RecentRejects
-from spamgate.state.store import FailureReport, MemoryStore
+from spamgate.shell.runtime import Runtime
+from spamgate.shell.transaction import Transaction, start_domain_lists
+from spamgate.state.greylist import GreylistOutcome
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-MAX_PARSED_PER_HEADER = 3
 _MOST_ROUNDS = len(Need) + 1  # `decide` asks for each need once at most, then answers
-
-
-# Decision ids only need to be unique enough to find one log line: a seeded generator (seeded
-# from os.urandom) gives them without a system call per message, as secrets would make.
-_DECISION_IDS = random.Random()
-# DMARC's pct= sampling (RFC 7489 6.6.4) needs a uniform draw per message, not a secret one.
-_DMARC_SAMPLES = random.Random()
-# From: fields kept for DMARC's author domain: two say "several", which is all it asks.
-_MOST_FROM_VALUES = 2
-_DECISION_LOG = logging.getLogger("spamgate.decision")
-
-
-@dataclass(frozen=True)
-class Generation:
-    """Everything made from one policy file: the policy and its engine (compiled rules
-    included), the resolver its settings made, and its greylisting and reject memory.
-
-    A reload makes a new one and installs it with one assignment (`Runtime.current`); a
-    session takes one when it starts and uses only that one, so it never sees the engine of
-    one policy with the resolver or greylist settings of another."""
-
-    engine: Engine
-    resolver: Lookups
-    greylister: Greylister | None = None
-    recent_rejects: RecentRejects | None = None
-    number: int = 1  # 1 at start, one more at each reload
-
-    @property
-    def policy(self) -> Policy:
-        return self.engine.policy
-
-
-class Runtime:
-    """What every session shares: the current generation, the clocks, the monitor, metrics
-    and log. Only `current` changes with a reload, in one assignment."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        resolver: Lookups,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
-        new_id: Callable[[], str] = lambda: f"{_DECISION_IDS.getrandbits(40):010x}",
-        monitor: ListMonitor | None = None,  # None: one for the engine's lists is made
-        # None: when the policy greylists, one that keeps its state in memory (explain, tests).
-        greylister: Greylister | None = None,
-        recent_rejects: RecentRejects | None = None,  # None: no memory of refused clients
-        state_failures: FailureReport | None = None,
-        metrics: Metrics | None = None,  # None: nothing counted (explain)
-        log: Callable[[str], None] = _DECISION_LOG.info,
-        dns: bool = True,  # False (explain --no-dns): no lookups; lists logged as ignored
-        generation: int = 1,
-        # DMARC's pct= sample point, 0..99 (tests fix it).
-        dmarc_sample: Callable[[], int] = lambda: _DMARC_SAMPLES.randrange(100),
-    ) -> None:
-        policy = engine.policy
-        if monitor is None:
-            monitor = ListMonitor((*policy.ip_lists, *policy.domain_lists), policy.health, clock)
-        if greylister is None and policy.uses_greylist:
-            timing = GreylistTiming.from_settings(policy.greylist)
-            greylister = Greylister(MemoryStore(), timing, time.time)
-        self.current = Generation(engine, resolver, greylister, recent_rejects, generation)
-        self.clock = clock
-        self.now = now
-        self.new_id = new_id
-        self.monitor = monitor
-        self.state_failures = FailureReport() if state_failures is None else state_failures
-        self.metrics = metrics
-        self.log = log
-        self.dns = dns
-        self.dmarc_sample = dmarc_sample
-        self.draining = False  # stopping: new sessions are turned away
-        self._active = 0
-        self._active_lock = threading.Lock()
-        self.last_session_at = -1e9  # by `clock`: when libmilter last handed us a session
-
-    def session_started(self) -> None:
-        with self._active_lock:
-            self._active += 1
-            self.last_session_at = self.clock()
-
-    def session_ended(self) -> None:
-        with self._active_lock:
-            self._active -= 1
-
-    def active_sessions(self) -> int:
-        return self._active
 
 
 class RcptResult(enum.Enum):
@@ -190,64 +96,6 @@ class MessageDecision:
     prepend_headers: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass
-class Transaction:
-    decision_id: str
-    sender: str  # as in MAIL FROM, for the log
-    bare_sender: str  # lower case, no <>; "" for the null sender
-    authenticated: bool
-    allowed_by: str = ""  # by sender at MAIL FROM; what allowed the transaction at RCPT TO
-    denied_by: str = ""  # by sender
-    allowed_if_verified: str = ""  # an allow.verified_senders entry, if SPF passes
-    recipients_allowed_by: list[str] = field(default_factory=list)
-    recipients_denied_by: list[str] = field(default_factory=list)
-    sender_resolution: PendingResolution | None = None
-    spf: PendingSpf | None = None  # MAIL FROM's SPF check (the HELO name's for <>)
-    recipients: list[str] = field(default_factory=list)  # bare, every RCPT TO not split off
-    accepted: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-    deferred: list[str] = field(default_factory=list)
-    # Accepted recipients that must not be refused (postmaster@, abuse@, allow.recipients):
-    # they are in `accepted` too.
-    unrefusable: list[str] = field(default_factory=list)
-    groups: dict[str, Group] = field(default_factory=dict)  # of the accepted, the first first
-    last: Judgement | None = None
-    header_hits: set[str] = field(default_factory=set)
-    header_counts: dict[str, int] = field(default_factory=dict)
-    malformed: set[str] = field(default_factory=set)
-    date_skew: datetime.timedelta | None = None
-    from_domains: list[str] = field(default_factory=list)
-    our_headers: dict[str, int] = field(default_factory=dict)
-    parsed_counts: dict[str, int] = field(default_factory=dict)
-    # Every header field, bounded, when a `fact:` rule reads them (Engine.needs_header_view).
-    header_fields: list[tuple[str, str]] = field(default_factory=list)
-    greylist: dict[str, GreylistVerdict] = field(default_factory=dict)  # by recipient
-    retries: dict[str, Retry] = field(default_factory=dict)  # the same, as `decide` reads it
-    logged: bool = False
-    # The sender's and the header domains' list lookups, with the connection's: made at MAIL
-    # FROM, gone with the transaction (ListLookups).
-    lookups: ListLookups | None = None
-    # DKIM and DMARC: checked at end of message when the policy needs them and the client's
-    # lists count (`Session._authentication_checked`); then the header block as received
-    # and the body are kept, each within its bound.
-    checks_authentication: bool = False
-    # When each domain's DMARC records were asked (at MAIL FROM, at end of headers): their
-    # deadline counts from then, as every lookup's does (docs/decisions.md, Deadline).
-    dmarc_asked_at: dict[str, float] = field(default_factory=dict)
-    raw_header: bytearray = field(default_factory=bytearray)
-    raw_header_complete: bool = True
-    body: bytearray = field(default_factory=bytearray)
-    body_complete: bool = True
-    signature_values: list[bytes] = field(default_factory=list)  # DKIM-Signature, bounded
-    from_values: list[str] = field(default_factory=list)  # for DMARC's author domain
-    dkim_report: DkimReport | None = None
-    dmarc_result: dmarc.DmarcResult | None = None
-    # Incoming Authentication-Results fields: how many, and the (1-based) indexes of those
-    # that claim our authserv-id, deleted at end of message.
-    results_headers: int = 0
-    forged_results: list[int] = field(default_factory=list)
-
-
 class Session:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -269,7 +117,7 @@ class Session:
         # Whose Received fields the received.external facts trust: the names and addresses
         # that are ours and the policy's relays (set at connect).
         self.our_hosts = OurHosts()
-        self.lookups = ListLookups(self.resolver, runtime.clock, _Recorders(runtime))
+        self.lookups = ListLookups(self.resolver, runtime.clock, runtime.list_recorder())
         self.closed = False
         runtime.session_started()
         self.reverse: PendingReverse | ReverseDns | None = None
@@ -367,7 +215,9 @@ class Session:
         """Domain lists for the client's name. Their deadline counts from connect, like the
         reverse lookup they follow, so a verdict never waits for the two one after another."""
         if rdns.name:
-            self._start_domain_lists(DomainSource.PTR, rdns.name, started_at=self.connected_at)
+            start_domain_lists(
+                self.lookups, self.policy, DomainSource.PTR, rdns.name, self.connected_at
+            )
 
     def helo(self, name: str) -> None:
         self.helo_name = name
@@ -388,7 +238,7 @@ class Session:
                 mail_domain=False,
                 clock=self.runtime.clock,
             )
-        self._start_domain_lists(DomainSource.HELO, name)
+        start_domain_lists(self.lookups, self.policy, DomainSource.HELO, name)
 
     def rdns(self) -> ReverseDns:
         """The client's reverse DNS, waiting for it (within the deadline) the first time."""
@@ -398,34 +248,6 @@ class Session:
                 reverse = reverse.collect(self.policy.resolver.deadline)
             self._rdns = reverse or decision.UNKNOWN_RDNS
         return self._rdns
-
-    def _start_domain_lists(
-        self, source: DomainSource, name: str, started_at: float | None = None
-    ) -> None:
-        for dns_list in self.policy.domain_lists:
-            if source in dns_list.check_names:
-                self._start_domain_list(dns_list, source, name, started_at)
-
-    def _start_domain_list(
-        self, dns_list: DomainList, source: DomainSource, name: str, started_at: float | None
-    ) -> None:
-        domain = domains.normalize_domain(name)
-        if domain is None or domains.is_ip_literal(name):
-            return
-        if dns_list.query is DomainQuery.ORGANIZATIONAL:
-            domain = domains.organizational_domain(domain)
-        qname = domains.domain_query_name(domain, dns_list.query_zone)
-        if qname is None:
-            return  # an IP literal, a single label, too long: no valid query exists
-        stage = _SOURCE_STAGE[source]
-        subject = f"{source.value}:{domain}"
-        lookups = self.lookups
-        if stage is not Stage.CONNECTION:
-            # A transaction's name: its lookup goes with the transaction (ListLookups).
-            transaction = self._transaction()
-            assert transaction.lookups is not None  # made with the transaction, at MAIL
-            lookups = transaction.lookups
-        lookups.start(dns_list, qname, subject=subject, stage=stage, started_at=started_at)
 
     # -- transaction ------------------------------------------------------------------------
 
@@ -440,7 +262,7 @@ class Session:
         transaction.allowed_by, transaction.denied_by = listed.allowed_by, listed.denied_by
         transaction.allowed_if_verified = listed.allowed_if_verified
         self.transaction = transaction
-        if self._lists_ignored(transaction):
+        if transaction.lists_ignored(self.policy, self.client):
             return
         transaction.checks_authentication = self._authentication_checked(transaction)
         wants_spf = self.engine.needs_spf or transaction.allowed_if_verified
@@ -463,7 +285,7 @@ class Session:
                 mail_domain=True,
                 clock=self.runtime.clock,
             )
-        self._start_domain_lists(DomainSource.SENDER, domain)
+        transaction.start_domain_lists(self.policy, DomainSource.SENDER, domain)
 
     def _start_spf(self, identity: spf.SpfIdentity, helo: str) -> PendingSpf:
         """An SPF check of `identity` for this client, started now; collected (within the
@@ -484,13 +306,6 @@ class Session:
             and self.address is not None
             and not transaction.allowed_by
         )
-
-    def _lists_ignored(self, transaction: Transaction) -> bool:
-        """Whether this transaction's lists do not count: then none is asked."""
-        ignored = decision.lists_ignored(
-            self.policy, self.client, authenticated=transaction.authenticated
-        )
-        return ignored is not None
 
     def rcpt(self, recipient: str) -> RcptDecision:
         transaction = self._transaction()
@@ -524,72 +339,28 @@ class Session:
             _RESULTS[disposition], ruling.reply, ruling.verdict, ruling.action, ruling.why
         )
 
+    # -- the message: read into the transaction (shell/transaction.py) ----------------------
+
     def header(self, name: str, value: str, raw: str | None = None) -> None:
         """One header field: `value` unfolded-as-sent without its leading white space;
         `raw`, when the MTA was asked for it, as received (leading space, folding) for DKIM."""
         transaction = self.transaction
-        if transaction is None:
-            return
-        lowered = name.lower()
-        engine = self.engine
-        if lowered in OUR_HEADERS:
-            transaction.our_headers[name] = transaction.our_headers.get(name, 0) + 1
-        if lowered == "authentication-results" and self.authserv_id:
-            transaction.results_headers += 1
-            if authresults.claims(value, self.authserv_id):
-                transaction.forged_results.append(transaction.results_headers)
-        if transaction.allowed_by:
-            return  # accepted without scoring: only forged verdict headers go
-        if transaction.checks_authentication:
-            self._keep_for_dkim(transaction, name, lowered, value, raw)
-        if lowered in engine.counted_headers:
-            transaction.header_counts[lowered] = transaction.header_counts.get(lowered, 0) + 1
-        transaction.header_hits.update(engine.match_header(lowered, value))
-        if engine.needs_header_view and len(transaction.header_fields) < headerfacts.MAX_FIELDS:
-            transaction.header_fields.append((lowered, value[: headerfacts.MAX_VALUE_CHARS]))
-        # Parsing costs CPU per byte and a sender may repeat a header at will: the first few
-        # occurrences say all a rule needs (RFC 5322 allows one From, Sender, Reply-To, Date).
-        seen = transaction.parsed_counts.get(lowered, 0)
-        if lowered in engine.parsed_headers and seen < MAX_PARSED_PER_HEADER:
-            transaction.parsed_counts[lowered] = seen + 1
-            if lowered == "date":
-                self._note_date(transaction, value)
-            else:
-                self._note_addresses(transaction, lowered, value)
-
-    def _keep_for_dkim(
-        self, transaction: Transaction, name: str, lowered: str, value: str, raw: str | None
-    ) -> None:
-        """Rebuild the field as it was received, `Name:value` CRLF, into the header block.
-
-        Postfix hands a milter each field without its line ends, folded lines joined by a bare
-        LF (milter8.c); DKIM's simple canonicalization hashes the CRLFs of the message as sent,
-        so each LF becomes CRLF again. Without `raw` (the MTA did not offer to keep the space
-        after the colon) the usual single space is assumed: relaxed signatures pass either way.
-        """
-        text = f"{name}:{raw}" if raw is not None else f"{name}: {value}"
-        line = text.encode("utf-8", "surrogateescape").replace(b"\r\n", b"\n")
-        line = line.replace(b"\n", b"\r\n") + b"\r\n"
-        block = transaction.raw_header
-        if len(block) + len(line) > self.policy.dkim.max_header_bytes:
-            transaction.raw_header_complete = False
-            return
-        block += line
-        if lowered == "dkim-signature" and len(transaction.signature_values) < 16:
-            transaction.signature_values.append(line.split(b":", 1)[1])
-        elif lowered == "from" and len(transaction.from_values) < _MOST_FROM_VALUES:
-            transaction.from_values.append(value)
+        if transaction is not None:
+            transaction.read_header(
+                name,
+                value,
+                raw,
+                engine=self.engine,
+                client=self.client,
+                authserv_id=self.authserv_id,
+                now=self.runtime.now,
+            )
 
     def end_of_headers(self) -> None:
         """Start the DKIM key and DMARC record lookups now, while the body travels."""
         transaction = self.transaction
-        if transaction is None or not transaction.checks_authentication:
-            return
-        dkimcheck.start_key_lookups(transaction.signature_values, self.resolver)
-        author = dmarc.author_domain(transaction.from_values)
-        if self.engine.needs_dmarc and isinstance(author, dmarc.AuthorDomain):
-            dkimcheck.start_dmarc_lookups(author.domain, self.resolver)
-            transaction.dmarc_asked_at.setdefault(author.domain, self.runtime.clock())
+        if transaction is not None:
+            transaction.start_authentication_lookups(self.engine, self.resolver, self.runtime.clock)
 
     @property
     def wants_body(self) -> bool:
@@ -600,78 +371,9 @@ class Session:
     def body(self, chunk: bytes) -> bool:
         """A piece of the body; False once `dkim.max_body_bytes` is reached (read no more)."""
         transaction = self.transaction
-        if transaction is None or not transaction.checks_authentication:
+        if transaction is None:
             return False
-        room = self.policy.dkim.max_body_bytes - len(transaction.body)
-        if len(chunk) > room:
-            transaction.body += chunk[: max(0, room)]
-            transaction.body_complete = False
-            return False
-        transaction.body += chunk
-        return True
-
-    def _check_authentication(self, transaction: Transaction) -> None:
-        """DKIM, then DMARC with the SPF result and the DKIM passes, within one deadline
-        counted from now (the lookups started at end of headers are found in the cache)."""
-        clock, deadline = self.runtime.clock, self.policy.resolver.deadline
-        started = clock()
-        if not transaction.raw_header_complete:
-            report = DkimReport(
-                header_problem=f"header over {self.policy.dkim.max_header_bytes} bytes"
-            )
-        else:
-            report = dkimcheck.verify_signatures(
-                bytes(transaction.raw_header),
-                bytes(transaction.body),
-                self.resolver,
-                deadline,
-                body_complete=transaction.body_complete,
-                clock=clock,
-            )
-        transaction.dkim_report = report
-        if not self.engine.needs_dmarc:
-            return
-        author = dmarc.author_domain(transaction.from_values)
-        discovery = None
-        if isinstance(author, dmarc.AuthorDomain):
-            # From when the records were asked (MAIL FROM's domain at MAIL FROM): a DNS
-            # server that did not answer the lists at RCPT TO costs no second deadline here.
-            asked = transaction.dmarc_asked_at.get(author.domain, started)
-            left = max(0.0, min(started, asked) + deadline - clock())
-            discovery = dkimcheck.lookup_dmarc_policy(
-                author.domain, self.resolver, left, clock=clock
-            )
-        identifiers = list(report.identifiers())
-        check = transaction.spf
-        verdict = check.collect(deadline) if check is not None else None
-        if verdict is not None:
-            passed = verdict.result is spf.SpfResult.PASS
-            identifiers.insert(0, dmarc.Identifier(dmarc.Method.SPF, verdict.domain, passed))
-        transaction.dmarc_result = dmarc.evaluate(
-            author, discovery, identifiers, self.runtime.dmarc_sample()
-        )
-
-    def _note_date(self, transaction: Transaction, value: str) -> None:
-        skew = headers.date_skew(value, self.runtime.now())
-        if skew is None:
-            transaction.malformed.add("date")
-        elif transaction.date_skew is None:
-            transaction.date_skew = skew
-
-    def _note_addresses(self, transaction: Transaction, lowered: str, value: str) -> None:
-        # From and Sender must name a mailbox; "To: undisclosed-recipients:;" is fine.
-        mailbox = lowered in ("from", "sender")
-        addresses = headers.header_addresses(value, mailbox_required=mailbox)
-        if addresses is None:
-            transaction.malformed.add(lowered)
-            return
-        found = [d for d in (domains.domain_of_address(a) for a in addresses) if d]
-        if lowered == "from":
-            transaction.from_domains += found
-        source = {"from": DomainSource.FROM, "reply-to": DomainSource.REPLY_TO}.get(lowered)
-        if source is not None and not self._lists_ignored(transaction):
-            for domain in found[:4]:  # a header with a hundred addresses gets no hundred lookups
-                self._start_domain_lists(source, domain)
+        return transaction.read_body(chunk, self.policy.dkim.max_body_bytes)
 
     def _arrival(self) -> Hop:
         """The hop Postfix records in the Received field it writes (and milters never see):
@@ -683,24 +385,17 @@ class Session:
 
     def end_of_message(self, queue_id: str) -> MessageDecision:
         transaction = self._transaction()
+        runtime = self.runtime
         if transaction.checks_authentication and not transaction.allowed_by:
-            self._check_authentication(transaction)
-        message = MessageFacts(
-            header_hits=frozenset(transaction.header_hits),
-            header_counts=dict(transaction.header_counts),
-            malformed=frozenset(transaction.malformed),
-            date_skew=transaction.date_skew,
-            from_domains=tuple(transaction.from_domains),
-            header_view=(
-                headerfacts.HeaderView.of(
-                    transaction.header_fields, self.runtime.now(), self.our_hosts, self._arrival()
-                )
-                if self.engine.needs_header_view
-                else None
-            ),
-            dkim=transaction.dkim_report,
-            dmarc=transaction.dmarc_result,
-        )
+            transaction.check_authentication(
+                self.engine, self.resolver, runtime.clock, runtime.dmarc_sample
+            )
+        header_view = None
+        if self.engine.needs_header_view:
+            header_view = headerfacts.HeaderView.of(
+                transaction.header_fields, runtime.now(), self.our_hosts, self._arrival()
+            )
+        message = transaction.message_facts(header_view)
         ruling = self._decide(transaction, message=message)
         if ruling.allowed_by:  # a verified sender, by its DKIM signature
             transaction.allowed_by = ruling.allowed_by
@@ -715,7 +410,14 @@ class Session:
             delete_headers += tuple(
                 (authresults.HEADER, index) for index in reversed(transaction.forged_results)
             )
-            prepend_headers = ((authresults.HEADER, self._results_header(transaction)),)
+            helo_spf = None if self.helo_spf is None else self.helo_spf.verdict
+            results = transaction.results_header(
+                self.authserv_id,
+                helo=self.helo_name.strip(),
+                helo_spf=helo_spf,
+                deadline=self.policy.resolver.deadline,
+            )
+            prepend_headers = ((authresults.HEADER, results),)
         return MessageDecision(
             ruling.action,
             judged.verdict,
@@ -725,19 +427,6 @@ class Session:
             ruling.quarantine_reason,
             prepend_headers,
         )
-
-    def _results_header(self, transaction: Transaction) -> str:
-        """Our Authentication-Results value: each check made for this message."""
-        check = transaction.spf
-        results = authresults.method_results(
-            sender=transaction.bare_sender,
-            spf=None if check is None else check.collect(self.policy.resolver.deadline),
-            helo=self.helo_name.strip(),
-            helo_spf=None if self.helo_spf is None else self.helo_spf.verdict,
-            dkim=transaction.dkim_report,
-            dmarc=transaction.dmarc_result,
-        )
-        return authresults.header_value(self.authserv_id, results)
 
     # -- gathering what `decide` needs ------------------------------------------------------
 
@@ -908,41 +597,6 @@ class Session:
                 counted,
                 verdict.tempfail_by,
             )
-
-
-_SOURCE_STAGE = {
-    DomainSource.HELO: Stage.CONNECTION,
-    DomainSource.PTR: Stage.CONNECTION,
-    DomainSource.SENDER: Stage.ENVELOPE,
-    DomainSource.FROM: Stage.MESSAGE,
-    DomainSource.REPLY_TO: Stage.MESSAGE,
-}
-
-
-class _Recorders:
-    """Where list outcomes go: the health monitor, and the metrics if counted."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._monitor = runtime.monitor
-        self._metrics = runtime.metrics
-
-    def record(self, outcomes: Iterable[ListOutcome]) -> None:
-        outcomes = list(outcomes)
-        self._monitor.record(outcomes)
-        if self._metrics is not None:
-            self._metrics.record_lists(outcomes)
-
-    def answered(self, outcome: ListOutcome) -> None:
-        self._monitor.answered(outcome)
-
-    def add_suspension_waiter(self, wake: threading.Event) -> None:
-        self._monitor.add_suspension_waiter(wake)
-
-    def remove_suspension_waiter(self, wake: threading.Event) -> None:
-        self._monitor.remove_suspension_waiter(wake)
-
-    def is_suspended(self, name: str) -> bool:
-        return self._monitor.is_suspended(name)
 
 
 def _joined(first: str, more: Iterable[str]) -> str:
