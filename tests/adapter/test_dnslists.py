@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from spamgate.core.addresses import normalize_address
 from spamgate.core.evidence import Stage
 from spamgate.core.policy import DomainList, IpList, ListHit
 from spamgate.core.returncodes import parse_return_code
@@ -22,7 +23,6 @@ from spamgate.dns.dnslists import (
     ListStatus,
     classify,
     lists_for,
-    lookup_address,
     query_name,
 )
 from spamgate.dns.listhealth import ListMonitor
@@ -89,7 +89,7 @@ V6_NIBBLES = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2"
     ],
 )
 def test_query_name(address: str, zone: str, expected: str) -> None:
-    target = lookup_address(ipaddress.ip_address(address))
+    target = normalize_address(ipaddress.ip_address(address))
     assert query_name(target, zone) == expected
 
 
@@ -108,8 +108,8 @@ def test_ipv6_query_name_has_32_single_nibbles() -> None:
         pytest.param("2001:db8::1", ipaddress.IPv6Address("2001:db8::1"), id="ipv6-unchanged"),
     ],
 )
-def test_lookup_address(address: str, expected: IPAddress) -> None:
-    assert lookup_address(ipaddress.ip_address(address)) == expected
+def test_normalize_address(address: str, expected: IPAddress) -> None:
+    assert normalize_address(ipaddress.ip_address(address)) == expected
 
 
 @pytest.mark.parametrize(

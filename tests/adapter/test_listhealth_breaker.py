@@ -10,11 +10,12 @@ import tracemalloc
 
 import pytest
 
+from spamgate.core.addresses import normalize_address
 from spamgate.core.evidence import Stage
 from spamgate.core.policy import IpList
 from spamgate.core.settings import BREAKER_MAX_CLIENTS, Breaker
 from spamgate.dns.answers import AnswerKind, DnsAnswer
-from spamgate.dns.dnslists import ListLookups, ListOutcome, lookup_address, network_key, query_name
+from spamgate.dns.dnslists import ListLookups, ListOutcome, network_key, query_name
 from spamgate.dns.listhealth import ListMonitor
 from tests.fakes import FakeClock, ScriptedLookups
 from tests.listhealth_helpers import (
@@ -36,7 +37,7 @@ def connect(
 ) -> tuple[ListOutcome, ...]:
     """One session's IP list lookup, as the session makes it: every client is listed (the
     must-not-list test entries are not asked here)."""
-    target = lookup_address(ipaddress.ip_address(address))
+    target = normalize_address(ipaddress.ip_address(address))
     resolver = ScriptedLookups({(query_name(target, dns_list.zone), "A"): LISTED})
     lookups = ListLookups(resolver, clock, watch)
     lookups.start_ip_lists(target, [dns_list])

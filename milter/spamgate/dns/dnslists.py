@@ -17,7 +17,7 @@ from typing import Protocol
 
 # The address and evidence types live apart, so that the pure core can import them without
 # this module's threads; the `X as X` imports re-export them (PEP 484) for the modules that
-# still import them from here (session, engine, decisionlog).
+# still import them from here (the shell: session, runtime, adapter).
 from spamgate.core.addresses import IPAddress as IPAddress  # noqa: PLC0414
 from spamgate.core.addresses import normalize_address
 from spamgate.core.evidence import Family as Family  # noqa: PLC0414
@@ -35,9 +35,6 @@ from spamgate.dns.answers import (
     wait_all,
     when_all_done,
 )
-
-# The name session.py knows addresses.normalize_address by.
-lookup_address = normalize_address
 
 
 def query_name(address: IPAddress, zone: str) -> str:
