@@ -356,6 +356,25 @@ def header_addresses(value: str, *, mailbox_required: bool = False) -> tuple[str
     gives (); with mailbox_required (for From and Sender, which must name a mailbox) it
     gives None.
     """
+    if len(value) <= _REMEMBERED_VALUE_CHARS:
+        return _remembered_addresses(value, mailbox_required)
+    return _header_addresses(value, mailbox_required)
+
+
+# One message's From is read four times (its domain lists, DMARC's author domain at end of
+# headers and of message, the header facts) and To once more: remembering the last values
+# parses each once. It also spares three RE2 calls a message, each of which lets go of the
+# interpreter lock, a hand-off to another session under load (issue 13). Bounded: 1,024
+# values of at most 2 KiB.
+_REMEMBERED_VALUE_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_addresses(value: str, mailbox_required: bool) -> tuple[str, ...] | None:
+    return _header_addresses(value, mailbox_required)
+
+
+def _header_addresses(value: str, mailbox_required: bool) -> tuple[str, ...] | None:
     text = unfold(value)
     if len(text) > MAX_ADDRESS_CHARS or "\x00" in text or "\r" in text or "\n" in text:
         return None

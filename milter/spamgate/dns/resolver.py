@@ -111,14 +111,16 @@ class AnswerCache:
         self._lock = threading.Lock()
 
     def get(self, question: Question) -> DnsAnswer | None:
-        with self._lock:
-            entry = self._entries.get(question)
-            if entry is None:
-                return None
-            if entry[0] <= self._clock():
-                del self._entries[question]
-                return None
-            return entry[1]
+        # Without the lock, which only keeps put's eviction whole: dict.get and pop are each
+        # one step under the interpreter lock. A reader holding the lock when the interpreter
+        # switched threads made every other session's lookup queue on it (issue 13).
+        entry = self._entries.get(question)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            self._entries.pop(question, None)
+            return None
+        return entry[1]
 
     def put(self, question: Question, answer: DnsAnswer) -> None:
         ttl = min(max(answer.ttl, self._min_ttl), self._max_ttl)
@@ -127,8 +129,12 @@ class AnswerCache:
         with self._lock:
             self._entries.pop(question, None)
             # Insertion order makes the first key the oldest entry: evicting it is O(1).
+            # pop, not del: get() may drop an expired entry meanwhile, without the lock.
             while len(self._entries) >= self._max_entries:
-                del self._entries[next(iter(self._entries))]
+                oldest = next(iter(self._entries), None)
+                if oldest is None:
+                    break
+                self._entries.pop(oldest, None)
             self._entries[question] = (self._clock() + ttl, answer)
 
     def __len__(self) -> int:
