@@ -411,3 +411,32 @@ def test_a_pattern_group_too_big_to_combine_searches_one_by_one(
     group = module.PatternGroup(patterns)
     assert group.matching("FREE pills") == [0, 1]
     assert group.matching("nothing") == [] and not group.matches_any("nothing")
+
+
+def test_a_search_remembers_short_values_and_stays_right_when_its_memory_is_full() -> None:
+    import re2  # noqa: PLC0415  (only this test looks at the binding itself)
+
+    from spamgate.core import patterns  # noqa: PLC0415
+
+    asked: list[bytes] = []
+    compiled = re2.compile(rb"^text/html$")
+
+    def counting(data: bytes) -> bool:
+        asked.append(data)
+        return compiled.search(data) is not None
+
+    search = patterns._remembering(counting)
+    assert [search(b"text/html"), search(b"text/html"), search(b"text/plain")] == [
+        True,
+        True,
+        False,
+    ]
+    assert asked == [b"text/html", b"text/plain"]  # the repeat was not searched again
+
+    long_value = b"text/html" + b" " * patterns._REMEMBERED_BYTES
+    assert search(long_value) is False and search(long_value) is False
+    assert asked[-2:] == [long_value, long_value]  # too long to remember: searched each time
+
+    for n in range(3 * patterns._REMEMBERED_VALUES):  # fills the memory and empties it again
+        assert search(b"x-%d" % n) is False
+    assert search(b"text/html") is True and search(b"text/plainer") is False

@@ -45,6 +45,7 @@ overflows RE2's DFA cache and RE2 falls back to its slower NFA, still linear.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -137,7 +138,35 @@ def _matcher(regex: _Regex) -> Callable[[bytes], bool]:
         agrees = all(direct(probe) == by_search(probe) for probe in (b"", b"x", b"spamgate"))
     except Exception:
         return by_search
-    return direct if agrees else by_search
+    return _remembering(direct if agrees else by_search)
+
+
+# A rule on a computed fact (content_type, mailer) or a client name searches values that
+# repeat from message to message: "text/plain" thousands of times a day. Each search lets go
+# of the interpreter lock, which under load is a hand-off to another session (issue 13), so
+# the answers for short values are remembered, per pattern. Bounded: at most
+# _REMEMBERED_VALUES values of at most _REMEMBERED_BYTES bytes, forgotten all at once when
+# full (a flood of distinct values costs one dict store each, nothing more).
+_REMEMBERED_BYTES = 256
+_REMEMBERED_VALUES = 256
+
+
+def _remembering(search: Callable[[bytes], bool]) -> Callable[[bytes], bool]:
+    answers: dict[bytes, bool] = {}
+
+    @functools.wraps(search)  # keeps the name of the search in use (direct or by_search)
+    def remembered(data: bytes) -> bool:
+        if len(data) > _REMEMBERED_BYTES:
+            return search(data)
+        answer = answers.get(data)
+        if answer is None:
+            answer = search(data)
+            if len(answers) >= _REMEMBERED_VALUES:
+                answers.clear()
+            answers[data] = answer
+        return answer
+
+    return remembered
 
 
 def _set_matcher(
