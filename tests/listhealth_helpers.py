@@ -4,7 +4,8 @@ monitor's settings, answers, and one list's outcome as ListLookups makes it."""
 from __future__ import annotations
 
 from spamgate.core import schema
-from spamgate.core.policy import DnsList, Policy
+from spamgate.core.listspecs import DnsList
+from spamgate.core.policy import Policy
 from spamgate.core.settings import HealthSettings
 from spamgate.dns.answers import AnswerKind, DnsAnswer
 from spamgate.dns.dnslists import Family, ListOutcome, classify

@@ -18,7 +18,8 @@ import pytest
 
 from spamgate.config.files import load_policy
 from spamgate.config.preflight import CheckedPolicy, load_checked_policy
-from spamgate.core.policy import Mode, Policy
+from spamgate.core.policy import Policy
+from spamgate.core.scoring import Mode
 from spamgate.core.settings import ListenAddress, Nameserver
 from spamgate.shell import daemon as daemon_module
 from spamgate.shell.adapter import milter_answers

@@ -12,7 +12,7 @@ import pytest
 
 from spamgate.core.addresses import normalize_address
 from spamgate.core.evidence import Stage
-from spamgate.core.policy import DomainList, IpList, ListHit
+from spamgate.core.listspecs import DomainList, IpList, ListHit
 from spamgate.core.returncodes import parse_return_code
 from spamgate.core.settings import HealthSettings
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending

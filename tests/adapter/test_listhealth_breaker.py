@@ -12,7 +12,7 @@ import pytest
 
 from spamgate.core.addresses import normalize_address
 from spamgate.core.evidence import Stage
-from spamgate.core.policy import IpList
+from spamgate.core.listspecs import IpList
 from spamgate.core.settings import BREAKER_MAX_CLIENTS, Breaker
 from spamgate.dns.answers import AnswerKind, DnsAnswer
 from spamgate.dns.dnslists import ListLookups, ListOutcome, network_key, query_name

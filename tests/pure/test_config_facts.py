@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spamgate.core.headerfacts import FACTS
-from spamgate.core.policy import FactCondition
+from spamgate.core.rulespecs import FactCondition
 from tests.config_helpers import assert_located, lines, load
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from spamgate.config import files as config
 from spamgate.config.files import load_policy
-from spamgate.core.policy import Mode, Policy
+from spamgate.core.policy import Policy
 from spamgate.core.schema import ConfigError
+from spamgate.core.scoring import Mode
 from spamgate.core.settings import Nameserver
 from tests.config_helpers import lines, load, load_error, write
 

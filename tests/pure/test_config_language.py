@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spamgate.core.policy import Rule
+from spamgate.core.rulespecs import Rule
 from tests.config_helpers import LIST_A, RULE_DATE, assert_located, lines, load, load_error
 
 # --- errors in rules, located ------------------------------------------------------------------

@@ -7,7 +7,10 @@ import hashlib
 import pytest
 
 from spamgate.config.files import load_policy
-from spamgate.core.policy import IpList, Mode, Policy, Rule
+from spamgate.core.listspecs import IpList
+from spamgate.core.policy import Policy
+from spamgate.core.rulespecs import Rule
+from spamgate.core.scoring import Mode
 from spamgate.core.settings import ListenAddress
 from tests.config_helpers import SHIPPED
 

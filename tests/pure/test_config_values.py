@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from spamgate.core.listspecs import ListHit, OnUnusable
 from spamgate.core.patterns import Pattern
-from spamgate.core.policy import AddHeaders, ListHit, Mode, OnError, OnUnusable, Policy
+from spamgate.core.policy import AddHeaders, OnError, Policy
+from spamgate.core.scoring import Mode
 from spamgate.core.settings import ListenAddress, LogLevel, Nameserver, SocketMode
 from tests.config_helpers import assert_located, lines, load
 

@@ -12,8 +12,10 @@ import pytest
 from spamgate.core import schema
 from spamgate.core.decisionlog import Decision, format_decision, quote, render_list
 from spamgate.core.engine import Action, Enforcement, Engine, Hit, ListsIgnored, Verdict
-from spamgate.core.policy import IpList, Mode, Policy
+from spamgate.core.listspecs import IpList
+from spamgate.core.policy import Policy
 from spamgate.core.replies import Reply, rejection
+from spamgate.core.scoring import Mode
 from spamgate.dns.answers import AnswerKind, DnsAnswer
 from spamgate.dns.dnslists import ListOutcome, ListStatus
 from spamgate.shell.metrics import Metrics

@@ -18,8 +18,9 @@ from spamgate.core.engine import (
     ListsIgnored,
     choose_action,
 )
-from spamgate.core.policy import Mode, Policy, Thresholds
+from spamgate.core.policy import Policy
 from spamgate.core.replies import Reply
+from spamgate.core.scoring import Mode, Thresholds
 from spamgate.dns.answers import AnswerKind, DnsAnswer
 from spamgate.dns.dnslists import classify
 from tests.engine_harness import engine, evidence

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from spamgate.config.files import load_policy
-from spamgate.core.policy import Policy, Rule
+from spamgate.core.policy import Policy
+from spamgate.core.rulespecs import Rule
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 EVERY_KIND = CONFIG / "examples" / "every-rule-kind.yaml"

@@ -16,7 +16,8 @@ from spamgate.commands import masscheck, reference
 from spamgate.config.files import load_policy
 from spamgate.core import schema
 from spamgate.core.engine import Action
-from spamgate.core.policy import Mode, Policy
+from spamgate.core.policy import Policy
+from spamgate.core.scoring import Mode
 from tests.config_helpers import SHIPPED
 
 RULES_DOC = Path(__file__).resolve().parents[2] / "docs" / "rules.md"

@@ -21,10 +21,11 @@ from spamgate.core.addresses import IPAddress
 from spamgate.core.dkim import DkimReport
 from spamgate.core.dmarc import DmarcResult
 from spamgate.core.engine import DEFAULT_GROUP, Action, Engine, Evidence, Group, Verdict
-from spamgate.core.policy import Policy, Rule
+from spamgate.core.policy import Policy
 from spamgate.core.replies import Reply
 from spamgate.core.rules import Facts as RuleFacts
 from spamgate.core.rules import RuleBook, Stage
+from spamgate.core.rulespecs import Rule
 from spamgate.core.ruletrace import Seen, Step, as_json, explain, lines, plain, seen_at
 from spamgate.dns.answers import AnswerKind, DnsAnswer, Pending
 from spamgate.dns.resolver import Resolver

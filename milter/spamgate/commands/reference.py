@@ -24,8 +24,10 @@ from spamgate.commands import masscheck
 from spamgate.config.files import load_policy
 from spamgate.core.engine import Action
 from spamgate.core.headerfacts import FACTS
-from spamgate.core.policy import Mode, Policy, Rule
+from spamgate.core.policy import Policy
+from spamgate.core.rulespecs import Rule
 from spamgate.core.schema import describe
+from spamgate.core.scoring import Mode
 
 COMMAND = "python -m spamgate.commands.reference docs/configuration.md docs/rules.md"
 BEGIN = (

@@ -48,10 +48,11 @@ from spamgate.core.engine import (
 )
 from spamgate.core.evidence import ListOutcome, RdnsStatus, ReverseDns
 from spamgate.core.matchlists import AddressPatterns, NamePatterns
-from spamgate.core.policy import Mode, Policy
+from spamgate.core.policy import Policy
 from spamgate.core.replies import Reply
 from spamgate.core.rules import ConnectionFacts, EnvelopeFacts, MessageFacts, Stage
 from spamgate.core.rules import Facts as RuleFacts
+from spamgate.core.scoring import Mode
 from spamgate.core.spf import SpfResult, SpfVerdict
 
 # RFC 5321 4.5.3.1.10: 452 4.5.3 is "too many recipients"; clients send the rest in another

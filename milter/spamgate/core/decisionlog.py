@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from spamgate.core.engine import DEFAULT_GROUP, Enforcement, Hit, ListsIgnored, Verdict
 from spamgate.core.evidence import ListOutcome, ListStatus
-from spamgate.core.policy import Mode
+from spamgate.core.scoring import Mode
 
 # A value is bare only if printable ASCII without space, quote, backslash or "=". Anything
 # else is quoted, and a "=" in it is written \x3d: no text a client sends (a HELO, an

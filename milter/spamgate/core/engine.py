@@ -24,20 +24,12 @@ from dataclasses import dataclass
 
 from spamgate.core import domains, replies
 from spamgate.core.evidence import ListOutcome, ListStatus
-from spamgate.core.policy import (
-    AddHeaders,
-    DnsList,
-    DomainSource,
-    IpList,
-    Mode,
-    OnUnusable,
-    Policy,
-    Rule,
-    RuleAction,
-    Thresholds,
-)
+from spamgate.core.listspecs import DnsList, DomainSource, IpList, OnUnusable
+from spamgate.core.policy import AddHeaders, Policy
 from spamgate.core.replies import Reply
 from spamgate.core.rules import RuleBook
+from spamgate.core.rulespecs import Rule, RuleAction
+from spamgate.core.scoring import Mode, Thresholds
 
 SCORE_HEADER = "X-Spam-Score"
 STATUS_HEADER = "X-Spam-Status"
@@ -399,7 +391,7 @@ class Engine:
         return replies.temporary_refusal(fill(self.policy.greylist.reply, fields))
 
     def _reply_fields(self, verdict: Verdict, decision_id: str, client: str) -> dict[str, str]:
-        """What reply templates may name (config: `_check_template`)."""
+        """What reply templates may name (replies.check_template checks them)."""
         return {
             "reasons": self.reasons(verdict),
             "id": decision_id,

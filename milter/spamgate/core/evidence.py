@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from spamgate.core.policy import DnsList, ListHit
+from spamgate.core.listspecs import DnsList, ListHit
 
 
 class Stage(enum.IntEnum):

@@ -11,6 +11,9 @@ characters. Address patterns (senders, recipients) are `user@example.com` (that 
 `@example.com` (any address at that domain), `@*.example.com` (any address below it),
 `user@` (that local part at any domain), or a glob such as `*-bounces@*`. The null sender
 is written `<>`.
+
+The policy's `allow` and `deny` sections (AllowList, DenyList) are declared at the end, and
+parse their entries into these sets as they are built.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from spamgate.core.addresses import IPAddress, IPNetwork, normalize_address, normalize_network
+from spamgate.core.replies import check_template
+from spamgate.core.schema import FieldError, NamesFiles, setting
 from spamgate.core.sources import FILE_PREFIX, named_files
 
 
@@ -268,3 +273,92 @@ class AddressPatterns:
 
     def __bool__(self) -> bool:
         return bool(self.exact or self.domains or self.locals or self.globs)
+
+
+def parse_entries(entries: tuple[str, ...], parse: Callable[[Iterable[str]], T], key: str) -> T:
+    """`parse(entries)` for the setting `key` (of `allow`, `deny`, a recipient policy), or a
+    FieldError naming the entry (a `file:` list's, or its line)."""
+    try:
+        return parse(entries)
+    except EntryError as error:
+        where = key if error.entry is None else (key, error.entry)
+        raise FieldError(where, str(error)) from None
+
+
+@dataclass(frozen=True)
+class MatchList:
+    clients: tuple[str, ...] = setting(
+        "Client networks (CIDR).", (), names_files=NamesFiles.ENTRIES
+    )
+    client_names: tuple[str, ...] = setting(
+        "Client host names (Postfix's verified name, or spamgate's confirmed reverse DNS): "
+        "`mail.example.com`, `*.example.com`.",
+        (),
+        names_files=NamesFiles.ENTRIES,
+    )
+    helo_names: tuple[str, ...] = setting(
+        "HELO names, same patterns.", (), names_files=NamesFiles.ENTRIES
+    )
+    senders: tuple[str, ...] = setting(
+        "Envelope senders: `user@example.com`, `@example.com`, `@*.example.com`, `user@`, `<>`.",
+        (),
+        names_files=NamesFiles.ENTRIES,
+    )
+    recipients: tuple[str, ...] = setting(
+        "Envelope recipients, same patterns.", (), names_files=NamesFiles.ENTRIES
+    )
+    # Parsed by __post_init__ (entries may name files): what the session matches against.
+    client_set: NetworkSet = field(init=False, repr=False, compare=False)
+    client_name_set: NamePatterns = field(init=False, repr=False, compare=False)
+    helo_name_set: NamePatterns = field(init=False, repr=False, compare=False)
+    sender_set: AddressPatterns = field(init=False, repr=False, compare=False)
+    recipient_set: AddressPatterns = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parsers = (
+            ("clients", "client_set", NetworkSet.parse),
+            ("client_names", "client_name_set", NamePatterns.parse),
+            ("helo_names", "helo_name_set", NamePatterns.parse),
+            ("senders", "sender_set", AddressPatterns.parse),
+            ("recipients", "recipient_set", AddressPatterns.parse),
+        )
+        for key, target, parse in parsers:
+            object.__setattr__(self, target, parse_entries(getattr(self, key), parse, key))
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        keys = ("clients", "client_names", "helo_names", "senders", "recipients")
+        return tuple(e for key in keys for e in getattr(self, key))
+
+
+@dataclass(frozen=True)
+class AllowList(MatchList):
+    verified_senders: tuple[str, ...] = setting(
+        "Envelope senders, same patterns as `senders`, allowed only once verified: SPF passes "
+        "for MAIL FROM's domain (at RCPT TO), or a DKIM signature of that domain's "
+        "organization verifies (at end of message). Anyone can write any MAIL FROM, so a "
+        "plain `senders` entry lets in whoever forges it; this one does not.",
+        (),
+        names_files=NamesFiles.ENTRIES,
+    )
+    verified_sender_set: AddressPatterns = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        verified = parse_entries(self.verified_senders, AddressPatterns.parse, "verified_senders")
+        object.__setattr__(self, "verified_sender_set", verified)
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        return (*super().entries, *self.verified_senders)
+
+
+@dataclass(frozen=True)
+class DenyList(MatchList):
+    reply: str = setting(
+        "Reply text (after `550 5.7.1`); `{id}` is the decision id.",
+        "Refused by local policy (id {id})",
+    )
+
+    def check(self) -> None:
+        check_template(self.reply, "reply", {"id", "client"})

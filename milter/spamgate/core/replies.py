@@ -1,9 +1,13 @@
-"""SMTP replies spamgate gives, with the protocol rules built into the type."""
+"""SMTP replies spamgate gives, with the protocol rules built into the type, and the checks
+of the reply templates a policy sets."""
 
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
+
+from spamgate.core.schema import FieldError
 
 # libmilter drops a line over 980 characters (smfi_setreply(3)); stay well inside it.
 MAX_TEXT = 400
@@ -61,3 +65,22 @@ def internal_error(decision_id: str) -> Reply:
 def _with_id(text: str, decision_id: str) -> str:
     suffix = f" (id {clean_text(decision_id, 32)})"
     return clean_text(text, MAX_TEXT - len(suffix)) + suffix
+
+
+# A reply line may be 980 characters (smfi_setreply); spamgate keeps replies to 400 and the
+# template's own text to 300, so the reasons always have room.
+MAX_TEMPLATE = 300
+
+
+def check_template(template: str, key: str, known: set[str]) -> None:
+    """Refuse the template of the setting `key` if it is too long or names a field not in
+    `known` (engine.fill fills it in)."""
+    if len(template) > MAX_TEMPLATE:
+        raise FieldError(key, f"longer than {MAX_TEMPLATE} characters")
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise FieldError(key, f"bad template: {error}") from None
+    for name in fields:
+        if name not in known:
+            raise FieldError(key, f"unknown field {{{name}}}: use {', '.join(sorted(known))}")

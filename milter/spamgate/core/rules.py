@@ -23,21 +23,19 @@ from spamgate.core.dmarc import DmarcResult
 from spamgate.core.evidence import RdnsStatus, ReverseDns
 from spamgate.core.evidence import Stage as Stage  # noqa: PLC0414
 from spamgate.core.headerfacts import FactValue, HeaderView
+from spamgate.core.listspecs import DnsList, DomainList, DomainSource
 from spamgate.core.patterns import Pattern, PatternGroup, RawPattern
-from spamgate.core.policy import (
+from spamgate.core.policy import Policy
+from spamgate.core.rulespecs import (
     Composite,
-    DnsList,
-    DomainList,
-    DomainSource,
     FactCondition,
     FromCheck,
     HeloCheck,
-    Mode,
-    Policy,
     RdnsCheck,
     Rule,
     SenderCheck,
 )
+from spamgate.core.scoring import Mode
 from spamgate.core.spf import SpfResult
 
 # Header values up to this long have their rule verdicts remembered, this many at most

@@ -32,16 +32,16 @@ from spamgate.core.engine import Evidence
 from spamgate.core.evidence import ListOutcome, ListStatus, RdnsStatus, ReverseDns
 from spamgate.core.headerfacts import FactValue, HeaderView
 from spamgate.core.patterns import Pattern
-from spamgate.core.policy import (
+from spamgate.core.rules import ConnectionFacts, Facts
+from spamgate.core.rulespecs import (
     FactCondition,
     FromCheck,
     HeaderCondition,
     HeloCheck,
-    Mode,
     Rule,
     SenderCheck,
 )
-from spamgate.core.rules import ConnectionFacts, Facts
+from spamgate.core.scoring import Mode
 from spamgate.core.spf import SpfResult
 
 MAX_SHOWN = 80

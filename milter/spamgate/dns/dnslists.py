@@ -24,7 +24,7 @@ from spamgate.core.evidence import Family as Family  # noqa: PLC0414
 from spamgate.core.evidence import ListOutcome as ListOutcome  # noqa: PLC0414
 from spamgate.core.evidence import ListStatus as ListStatus  # noqa: PLC0414
 from spamgate.core.evidence import Stage
-from spamgate.core.policy import DnsList, IpList
+from spamgate.core.listspecs import DnsList, IpList
 from spamgate.core.returncodes import BLOCKED_CODES, LOOPBACK_NET
 from spamgate.dns.answers import (
     AnswerKind,

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from spamgate.core.addresses import IPAddress, normalize_address
 from spamgate.core.evidence import Family, ListOutcome, ListStatus
-from spamgate.core.policy import DnsList, DomainList, IpList
+from spamgate.core.listspecs import DnsList, DomainList, IpList
 from spamgate.core.settings import BREAKER_MAX_CLIENTS, Breaker, HealthSettings
 from spamgate.dns.answers import DnsAnswer, Promise, wait_all
 from spamgate.dns.dnslists import classify, query_name, side_name

@@ -30,7 +30,8 @@ from spamgate import __version__
 from spamgate.config.preflight import load_checked_policy
 from spamgate.core import domains
 from spamgate.core.engine import Engine
-from spamgate.core.policy import DnsList, Policy
+from spamgate.core.listspecs import DnsList
+from spamgate.core.policy import Policy
 from spamgate.core.schema import ConfigError
 from spamgate.core.settings import ListenAddress, LogSettings
 from spamgate.dns.listhealth import ListMonitor, probe_lists

@@ -41,7 +41,8 @@ from spamgate.core.decision import (
 )
 from spamgate.core.decisionlog import Decision, format_decision
 from spamgate.core.engine import Action, Verdict
-from spamgate.core.policy import DomainSource, Policy
+from spamgate.core.listspecs import DomainSource
+from spamgate.core.policy import Policy
 from spamgate.core.received import Hop, OurHosts
 from spamgate.core.replies import Reply
 from spamgate.core.rules import MessageFacts, Stage

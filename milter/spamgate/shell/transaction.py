@@ -23,7 +23,8 @@ from spamgate.core import authresults, decision, dmarc, domains, headerfacts, he
 from spamgate.core.decision import Client, Judgement, Retry
 from spamgate.core.dkim import DkimReport
 from spamgate.core.engine import OUR_HEADERS, Engine, Group
-from spamgate.core.policy import DomainList, DomainQuery, DomainSource, Policy
+from spamgate.core.listspecs import DomainList, DomainQuery, DomainSource
+from spamgate.core.policy import Policy
 from spamgate.core.rules import MessageFacts, Stage
 from spamgate.core.spf import SpfVerdict
 from spamgate.dns import dkimcheck
