@@ -22,7 +22,7 @@ import enum
 import functools
 import ipaddress
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from spamgate.core import authresults, decision, dmarc, domains, headerfacts, spf
@@ -107,9 +107,6 @@ class Session:
         self.engine = generation.engine
         self.policy: Policy = generation.policy
         self.resolver = generation.resolver
-        # Answers that have arrived for any session, read on this thread (Resolver.
-        # read_arrived; the scripted resolvers of the tests have none): see _read_answers.
-        self._read_arrived: Callable[[], None] | None = getattr(self.resolver, "read_arrived", None)
         self.greylister = generation.greylister
         self.recent_rejects = generation.recent_rejects
         self._rejection_noted = False
@@ -138,22 +135,9 @@ class Session:
 
     # -- connection -------------------------------------------------------------------------
 
-    def _read_answers(self) -> None:
-        """Read the DNS answers that have arrived, for this session or any other.
-
-        Under a flood the resolver's receiver thread is one of hundreds that want the
-        interpreter lock, and each answer waited for its turn (list answers p99 400-600 ms
-        inside spamgate at 200 sessions, issue 13). Every session thread that holds the lock
-        at the start of an SMTP stage reads them instead: a recv that keeps the lock (a few
-        microseconds), so an answer is read by the first thread to run after it arrived."""
-        read = self._read_arrived
-        if read is not None:
-            read()
-
     def connect(
         self, client_name: str, address: IPAddress | None, macros: Mapping[str, str | None]
     ) -> None:
-        self._read_answers()
         policy = self.policy
         self.connected_at = self.runtime.clock()
         self.address = address
@@ -237,7 +221,6 @@ class Session:
             )
 
     def helo(self, name: str) -> None:
-        self._read_answers()
         self.helo_name = name
         client = self.client = decision.greeted(self.policy, self.client, name)
         self.helo_spf = None
@@ -270,7 +253,6 @@ class Session:
     # -- transaction ------------------------------------------------------------------------
 
     def mail(self, sender: str, authenticated: bool) -> None:
-        self._read_answers()
         self.finish_transaction()
         bare = domains.bare_address(sender)
         transaction = Transaction(self.runtime.new_id(), sender, bare, authenticated)
@@ -327,7 +309,6 @@ class Session:
         )
 
     def rcpt(self, recipient: str) -> RcptDecision:
-        self._read_answers()
         transaction = self._transaction()
         bare = domains.bare_address(recipient)
         ruling = self._decide(transaction, recipient=bare)
@@ -378,7 +359,6 @@ class Session:
 
     def end_of_headers(self) -> None:
         """Start the DKIM key and DMARC record lookups now, while the body travels."""
-        self._read_answers()
         transaction = self.transaction
         if transaction is not None:
             transaction.start_authentication_lookups(self.engine, self.resolver, self.runtime.clock)
@@ -405,7 +385,6 @@ class Session:
         return Hop(self.helo_name, self.helo_name, verified, self.address)
 
     def end_of_message(self, queue_id: str) -> MessageDecision:
-        self._read_answers()
         transaction = self._transaction()
         runtime = self.runtime
         if transaction.checks_authentication and not transaction.allowed_by:
