@@ -30,13 +30,19 @@ CLIENT = "192.0.2.70"
 HELO = "mail.client.example"
 AUTHSERV_ID = "mx.spamgate.test"
 
-POLICY = """\
+# What both daemons share: the listener, the resolver and the thresholds.
+COMMON_POLICY = """\
 listen: inet:{port}@127.0.0.1
 log: {{level: debug}}
 resolver: {{nameservers: ["127.0.0.1:{dns_port}"], query_timeout: 0.3, deadline: 1.0}}
 trusted_networks: [127.0.0.0/8]
 health: {{status_file: "{status_dir}/status-{port}.json"}}
 thresholds: {{tag: 3, greylist: null, tempfail: null, reject: 10}}
+"""
+
+POLICY = (
+    COMMON_POLICY
+    + """\
 dkim: {{max_body_bytes: 4096}}
 authentication_results: {{add: true, authserv_id: {authserv_id}}}
 allow: {{verified_senders: ["@partner.example"]}}
@@ -47,17 +53,15 @@ rules:
   - {{name: DMARC_FAIL_REJECT, score: 4, description: From says reject, dmarc: fail_reject}}
   - {{name: DMARC_PASS, score: 0, description: aligned, dmarc: pass}}
 """
+)
 
-PLAIN_POLICY = """\
-listen: inet:{port}@127.0.0.1
-log: {{level: debug}}
-resolver: {{nameservers: ["127.0.0.1:{dns_port}"], query_timeout: 0.3, deadline: 1.0}}
-trusted_networks: [127.0.0.0/8]
-health: {{status_file: "{status_dir}/status-{port}.json"}}
-thresholds: {{tag: 3, greylist: null, tempfail: null, reject: 10}}
+PLAIN_POLICY = (
+    COMMON_POLICY
+    + """\
 rules:
   - {{name: SUBJECT_X, score: 1, description: x, header: {{name: Subject, matches: xyzzy}}}}
 """
+)
 
 
 @dataclass
