@@ -138,35 +138,26 @@ def _matcher(regex: _Regex) -> Callable[[bytes], bool]:
         agrees = all(direct(probe) == by_search(probe) for probe in (b"", b"x", b"spamgate"))
     except Exception:
         return by_search
-    return _remembering(direct if agrees else by_search)
+    return direct if agrees else by_search
 
 
-# A rule on a computed fact (content_type, mailer) or a client name searches values that
-# repeat from message to message: "text/plain" thousands of times a day. Each search lets go
-# of the interpreter lock, which under load is a hand-off to another session (issue 13), so
-# the answers for short values are remembered, per pattern. Bounded: at most
-# _REMEMBERED_VALUES values of at most _REMEMBERED_BYTES bytes, forgotten all at once when
-# full (a flood of distinct values costs one dict store each, nothing more).
+# A rule on a computed fact (content_type, mailer) or on an envelope address searches values
+# that repeat from message to message: "text/plain" thousands of times a day. Each search
+# lets go of the interpreter lock, which under load is a hand-off to another session (issue
+# 13), so a single pattern remembers its answers for short values, as the rule book does for
+# whole headers (rules.RuleBook.match_header). Bounded: _REMEMBERED_VALUES values of at most
+# _REMEMBERED_BYTES bytes per pattern.
 _REMEMBERED_BYTES = 256
 _REMEMBERED_VALUES = 256
 
 
 def _remembering(search: Callable[[bytes], bool]) -> Callable[[bytes], bool]:
-    answers: dict[bytes, bool] = {}
+    remembered = functools.lru_cache(maxsize=_REMEMBERED_VALUES)(search)
 
-    @functools.wraps(search)  # keeps the name of the search in use (direct or by_search)
-    def remembered(data: bytes) -> bool:
-        if len(data) > _REMEMBERED_BYTES:
-            return search(data)
-        answer = answers.get(data)
-        if answer is None:
-            answer = search(data)
-            if len(answers) >= _REMEMBERED_VALUES:
-                answers.clear()
-            answers[data] = answer
-        return answer
+    def searched(data: bytes) -> bool:
+        return remembered(data) if len(data) <= _REMEMBERED_BYTES else search(data)
 
-    return remembered
+    return searched
 
 
 def _set_matcher(
@@ -235,7 +226,7 @@ class Pattern:
         except UnicodeEncodeError:
             raise ValueError("the regex contains a lone surrogate, which is not text") from None
         regex = _compile(encoded, self.source, latin1=False)
-        object.__setattr__(self, "_matches", _matcher(regex))
+        object.__setattr__(self, "_matches", _remembering(_matcher(regex)))
 
     @classmethod
     def from_config(cls, value: object) -> Pattern:
@@ -280,7 +271,7 @@ class RawPattern:
                 f"e.g. {utf8} for its UTF-8 encoding"
             ) from None
         regex = _compile(encoded, self.source, latin1=True)
-        object.__setattr__(self, "_matches", _matcher(regex))
+        object.__setattr__(self, "_matches", _remembering(_matcher(regex)))
 
     @classmethod
     def from_config(cls, value: object) -> RawPattern:
