@@ -6,7 +6,11 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +36,7 @@ from tests.fake_dns_server import (
     FakeDnsServer,
     resolver_pool,
 )
+from tests.harness.processes import wait_until
 
 # --- scripted servers and resolvers, stopped when the test ends --------------------------------
 
@@ -456,3 +461,98 @@ def test_a_spare_socket_opened_twice_while_reading_answers_does_not_hang_the_res
     finally:
         resolver.stop()
     assert answer == DnsAnswer(AnswerKind.RECORDS, ("127.0.0.2",), ttl=300)
+
+
+# --- the receiver thread's priority (resolver.realtime_receiver) --------------------------------
+
+
+def started_receiver(resolver: Resolver) -> int:
+    wait_until(
+        lambda: resolver.receiver_thread_id is not None, timeout=5, what="the receiver thread"
+    )
+    thread_id = resolver.receiver_thread_id
+    assert thread_id is not None
+    return thread_id
+
+
+def test_the_receiver_thread_runs_at_the_lowest_real_time_priority(
+    server: FakeDnsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """make test runs as root, which may: SCHED_RR at priority 1, said in the log, and the
+    answers come as before."""
+    caplog.set_level(logging.INFO, logger="spamgate.resolver")
+    server.script[QNAME, "A"] = Behaviour(records=("127.0.0.2",))
+    resolver = Resolver(ResolverSettings(nameservers=(server.nameserver,)))
+    resolver.start()
+    try:
+        thread_id = started_receiver(resolver)
+        assert os.sched_getscheduler(thread_id) == os.SCHED_RR
+        assert os.sched_getparam(thread_id).sched_priority == 1
+        # Only the receiver: the thread that started it runs as it did.
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+        answer, _ = timed(resolver.lookup(QNAME))
+    finally:
+        resolver.stop()
+    assert answer.records == ("127.0.0.2",)
+    assert "DNS receiver thread at real-time priority (SCHED_RR 1)" in caplog.text
+
+
+def test_realtime_receiver_off_leaves_the_receiver_thread_as_it_was(
+    server: FakeDnsServer,
+) -> None:
+    settings = ResolverSettings(nameservers=(server.nameserver,), realtime_receiver=False)
+    resolver = Resolver(settings)
+    resolver.start()
+    try:
+        assert os.sched_getscheduler(started_receiver(resolver)) == os.SCHED_OTHER
+    finally:
+        resolver.stop()
+
+
+def tool_path(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: it comes with Debian's util-linux")
+    return path
+
+
+REFUSED_REALTIME = """
+import logging, os, sys
+from spamgate.core.settings import Nameserver, ResolverSettings
+from spamgate.dns.resolver import Resolver
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+resolver = Resolver(ResolverSettings(nameservers=(Nameserver("127.0.0.1", int(sys.argv[1])),)))
+resolver.start()
+answer = resolver.lookup(sys.argv[2]).result(timeout=5)
+print("policy", os.sched_getscheduler(resolver.receiver_thread_id), "records", answer.records)
+resolver.stop()
+"""
+
+
+def test_a_receiver_refused_real_time_says_so_and_answers_as_usual(
+    server: FakeDnsServer,
+) -> None:
+    """As an unprivileged daemon without LimitRTPRIO: root without CAP_SYS_NICE (setpriv)
+    and a RLIMIT_RTPRIO of 0 is refused SCHED_RR, as such a daemon is."""
+    server.script[QNAME, "A"] = Behaviour(records=("127.0.0.2",))
+    result = subprocess.run(
+        [
+            tool_path("setpriv"),
+            "--bounding-set=-sys_nice",
+            tool_path("prlimit"),
+            "--rtprio=0:0",
+            sys.executable,
+            "-c",
+            REFUSED_REALTIME,
+            str(server.nameserver.port),
+            QNAME,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "WARNING DNS receiver thread at normal priority: real-time refused" in result.stderr
+    assert "LimitRTPRIO=1" in result.stderr
+    assert f"policy {os.SCHED_OTHER} records ('127.0.0.2',)" in result.stdout

@@ -39,6 +39,10 @@ ACCEPTED_EXPOSURES = {
     "PrivateNetwork",
     "DeviceAllow",
     "IPAddressDeny",  # an allow list of localhost only
+    # The DNS receiver thread's real-time priority (resolver.realtime_receiver): one call of
+    # @resources, sched_setscheduler, and a priority of 1 at most (LimitRTPRIO=1).
+    "RestrictRealtime",
+    "SystemCallFilter_resources",
 }
 MAX_EXPOSURE = 2.0
 
@@ -168,12 +172,14 @@ def test_threshold_rejects_an_unhardened_unit(tmp_path: Path) -> None:
         ("Service", "ProcSubset", "pid"),
         ("Service", "RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"),
         ("Service", "RestrictNamespaces", "yes"),
-        ("Service", "RestrictRealtime", "yes"),
+        ("Service", "RestrictRealtime", "no"),
+        ("Service", "LimitRTPRIO", "1"),
         ("Service", "RestrictSUIDSGID", "yes"),
         ("Service", "LockPersonality", "yes"),
         ("Service", "MemoryDenyWriteExecute", "yes"),
         ("Service", "SystemCallFilter", "@system-service"),
         ("Service", "SystemCallFilter", "~@privileged @resources"),
+        ("Service", "SystemCallFilter", "sched_setscheduler"),
         ("Service", "SystemCallArchitectures", "native"),
         ("Service", "CapabilityBoundingSet", ""),
         ("Service", "AmbientCapabilities", ""),

@@ -246,6 +246,14 @@ class ResolverSettings:
     cache_entries: int = setting(
         "Most answers kept in the cache; the oldest go first.", 100000, minimum=0, maximum=10**7
     )
+    realtime_receiver: bool = setting(
+        "Run the one thread that reads DNS answers at the lowest real-time priority "
+        "(SCHED_RR 1), so that under a flood an answer is read as it arrives instead of "
+        "waiting its turn among the session threads (docs/performance.md). Needs root, "
+        "CAP_SYS_NICE or a RLIMIT_RTPRIO of 1 or more (the shipped systemd unit sets "
+        "LimitRTPRIO=1); without it spamgate logs a warning and runs the thread as usual.",
+        True,
+    )
 
     def check(self) -> None:
         if self.cache_min_ttl > self.cache_max_ttl:

@@ -15,6 +15,9 @@ to need the lock as briefly and as seldom as possible (issue 13; bench/dnsload.p
   (read_arrived): under a flood the receiver may wait long for the interpreter lock, which
   the session already holds.
 - Timeouts and retries (the next server, another round) are timers on the receiver thread.
+- The receiver thread runs at the lowest real-time priority where it may (_become_realtime):
+  under a flood it is then woken as its answers arrive, not after its turn among hundreds
+  of session threads.
 - The resolver's lock is never held across a system call: sockets and query IDs are made
   ahead, outside it (_provide_for).
 
@@ -290,6 +293,8 @@ class Resolver:
         self._lock = threading.Lock()
         self._running = False
         self._thread: threading.Thread | None = None
+        # The receiver thread's id in the kernel, once it runs (for tests and diagnostics).
+        self.receiver_thread_id: int | None = None
         self._epoll: select.epoll | None = None
         self._wake_read = self._wake_write = -1
         self._inflight: dict[Question, _Query] = {}
@@ -579,6 +584,9 @@ class Resolver:
     def _run_receiver(self) -> None:
         epoll = self._epoll
         assert epoll is not None
+        self.receiver_thread_id = threading.get_native_id()
+        if self._settings.realtime_receiver:
+            _become_realtime()
         while True:
             with self._lock:
                 if not self._running:
@@ -714,6 +722,32 @@ class Resolver:
     def _tcp_id(self) -> int:
         with self._lock:
             return self._new_id()
+
+
+def _become_realtime() -> None:
+    """Put the calling thread (the receiver) under SCHED_RR at priority 1, the lowest
+    real-time priority, and say in the log whether that worked.
+
+    Why (issue 13, bench/RESULTS.md): at 200 sessions rbldnsd answered within a millisecond,
+    yet the answers waited in spamgate's sockets p50 70-100 ms and p99 200-800 ms (kernel
+    receive times against the time they were read): the receiver thread, woken by epoll,
+    queued for a CPU and for the interpreter lock behind hundreds of busy session threads,
+    and every session waiting for a list waited for it. A real-time thread is run as soon as
+    it is woken. It spends almost all its time asleep in epoll, and the kernel keeps 5% of
+    every second for normal threads whatever real-time threads do (sched_rt_runtime_us).
+    Only this thread: session threads and libmilter's stay as they are."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    except (OSError, AttributeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        log.warning(
+            "DNS receiver thread at normal priority: real-time refused (%s); under a flood "
+            "list answers may wait for the session threads. Allow it with LimitRTPRIO=1 "
+            "(systemd) or set resolver.realtime_receiver: false",
+            reason,
+        )
+        return
+    log.info("DNS receiver thread at real-time priority (SCHED_RR 1)")
 
 
 def _read_exactly(conn: socket.socket, size: int, ends: float) -> bytes:
