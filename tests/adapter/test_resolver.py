@@ -556,3 +556,34 @@ def test_a_receiver_refused_real_time_says_so_and_answers_as_usual(
     assert "WARNING DNS receiver thread at normal priority: real-time refused" in result.stderr
     assert "LimitRTPRIO=1" in result.stderr
     assert f"policy {os.SCHED_OTHER} records ('127.0.0.2',)" in result.stdout
+
+
+@pytest.mark.parametrize(("realtime", "reads_here"), [(True, False), (False, True)])
+def test_a_session_reads_arrived_answers_itself_only_when_the_receiver_is_not_real_time(
+    server: FakeDnsServer, realtime: bool, reads_here: bool
+) -> None:
+    """A session about to wait reads the sockets itself (read_arrived) only where the
+    receiver may not run first: otherwise the session, holding the sockets while it reads,
+    could only hold the receiver up (bench/RESULTS.md, "Before and after")."""
+    server.script[QNAME, "A"] = Behaviour(records=("127.0.0.2",), delay=0.3)
+    settings = ResolverSettings(nameservers=(server.nameserver,), realtime_receiver=realtime)
+    resolver = Resolver(settings)
+    resolver.start()
+    here = threading.current_thread()
+    reads: list[threading.Thread] = []
+    read = resolver._read
+
+    def counted(channel: object, receive: Callable[[socket.socket], bytes]) -> None:
+        reads.append(threading.current_thread())
+        read(channel, receive)  # type: ignore[arg-type]
+
+    try:
+        started_receiver(resolver)
+        resolver._read = counted  # type: ignore[method-assign]
+        pending = resolver.lookup(QNAME)
+        resolver.read_arrived()
+        answer, _ = timed(pending)
+    finally:
+        resolver.stop()
+    assert answer.records == ("127.0.0.2",)
+    assert (here in reads) is reads_here
