@@ -558,13 +558,14 @@ def test_a_receiver_refused_real_time_says_so_and_answers_as_usual(
     assert f"policy {os.SCHED_OTHER} records ('127.0.0.2',)" in result.stdout
 
 
-@pytest.mark.parametrize(("realtime", "reads_here"), [(True, False), (False, True)])
-def test_a_session_reads_arrived_answers_itself_only_when_the_receiver_is_not_real_time(
-    server: FakeDnsServer, realtime: bool, reads_here: bool
+@pytest.mark.parametrize("realtime", [True, False])
+def test_a_session_about_to_wait_reads_arrived_answers_itself_real_time_receiver_or_not(
+    server: FakeDnsServer, realtime: bool
 ) -> None:
-    """A session about to wait reads the sockets itself (read_arrived) only where the
-    receiver may not run first: otherwise the session, holding the sockets while it reads,
-    could only hold the receiver up (bench/RESULTS.md, "Before and after")."""
+    """A session about to wait reads what has arrived itself (read_arrived), with a real-time
+    receiver too: a libmilter worker that does not wait is free for the next command, and
+    without these reads the soak suite's 200-session burst had RCPT TO waits of 4-5 s in 3 of
+    11 runs (bench/RESULTS.md, "Before and after")."""
     server.script[QNAME, "A"] = Behaviour(records=("127.0.0.2",), delay=0.3)
     settings = ResolverSettings(nameservers=(server.nameserver,), realtime_receiver=realtime)
     resolver = Resolver(settings)
@@ -586,4 +587,4 @@ def test_a_session_reads_arrived_answers_itself_only_when_the_receiver_is_not_re
     finally:
         resolver.stop()
     assert answer.records == ("127.0.0.2",)
-    assert (here in reads) is reads_here
+    assert here in reads

@@ -247,8 +247,8 @@ class ListLookups:
         # and the sources this transaction adds to its subject.
         self._shared: dict[int, tuple[_Lookup, list[str]]] = {}
         # The resolver's answers that have arrived, read on this thread before it waits for
-        # them (Resolver.read_arrived: only where its receiver may not run at real-time
-        # priority); the scripted resolvers of the tests answer by themselves and have none.
+        # them (Resolver.read_arrived); the scripted resolvers of the tests answer by
+        # themselves and have none.
         self._read_arrived: Callable[[], None] | None = getattr(resolver, "read_arrived", None)
         self._clock = clock
         self._recorder = recorder

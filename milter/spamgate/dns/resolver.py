@@ -11,13 +11,13 @@ to need the lock as briefly and as seldom as possible (issue 13; bench/dnsload.p
 - One receiver thread sleeps in epoll until answers or a timeout are due, then reads every
   answer that is waiting, matches each to its question by socket and query ID, caches it and
   completes the callers' promises. A caller waiting for several answers is woken once.
-- Where the receiver thread may not run at real-time priority (below), a session about to
-  wait for its answers first reads what has arrived itself (read_arrived): under a flood the
-  receiver may wait long for the interpreter lock, which the session already holds.
+- A session about to wait for its answers first reads what has arrived itself
+  (read_arrived): under a flood the receiver may wait long for the interpreter lock, which
+  the session already holds.
 - Timeouts and retries (the next server, another round) are timers on the receiver thread.
 - The receiver thread runs at the lowest real-time priority where it may (_become_realtime):
   under a flood it is then woken as its answers arrive, not after its turn among hundreds
-  of session threads, and it is the only reader of the sockets.
+  of session threads.
 - The resolver's lock is never held across a system call: sockets and query IDs are made
   ahead, outside it (_provide_for).
 
@@ -295,7 +295,6 @@ class Resolver:
         self._thread: threading.Thread | None = None
         # The receiver thread's id in the kernel, once it runs (for tests and diagnostics).
         self.receiver_thread_id: int | None = None
-        self._realtime = False  # the receiver runs at real-time priority: only it reads
         self._epoll: select.epoll | None = None
         self._wake_read = self._wake_write = -1
         self._inflight: dict[Question, _Query] = {}
@@ -572,15 +571,8 @@ class Resolver:
         and it may get it tens of milliseconds after its answers arrived (p90 250 ms at 200
         sessions, bench/RESULTS.md). A session that holds the lock already, and is about to
         wait, reads them itself: what has arrived is then answered at once, without a
-        wake-up of the receiver or of the session.
-
-        Nothing when the receiver runs at real-time priority: it reads each answer as it
-        arrives, and a session reading the sockets could only hold it up. The session holds
-        the sockets' lock while it reads; if it loses the interpreter lock meanwhile, the
-        receiver waits for it, behind every other session thread (A/B at 200 sessions, the
-        real-time receiver with and without sessions reading: list answers p99 334 against
-        179 ms, 198.9 against 220.8 messages a second; bench/RESULTS.md)."""
-        if self._realtime or not self._running or not self._reading.acquire(blocking=False):
+        wake-up of the receiver or of the session."""
+        if not self._running or not self._reading.acquire(blocking=False):
             return
         try:
             for channel in list(self._channels.values()):
@@ -594,7 +586,7 @@ class Resolver:
         assert epoll is not None
         self.receiver_thread_id = threading.get_native_id()
         if self._settings.realtime_receiver:
-            self._realtime = _become_realtime()
+            _become_realtime()
         while True:
             with self._lock:
                 if not self._running:
@@ -732,7 +724,7 @@ class Resolver:
             return self._new_id()
 
 
-def _become_realtime() -> bool:
+def _become_realtime() -> None:
     """Put the calling thread (the receiver) under SCHED_RR at priority 1, the lowest
     real-time priority, and say in the log whether that worked.
 
@@ -754,9 +746,8 @@ def _become_realtime() -> bool:
             "(systemd) or set resolver.realtime_receiver: false",
             reason,
         )
-        return False
+        return
     log.info("DNS receiver thread at real-time priority (SCHED_RR 1)")
-    return True
 
 
 def _read_exactly(conn: socket.socket, size: int, ends: float) -> bytes:
