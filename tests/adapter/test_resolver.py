@@ -7,7 +7,6 @@ import gc
 import ipaddress
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from tests.fake_dns_server import (
     FakeDnsServer,
     resolver_pool,
 )
-from tests.harness.processes import wait_until
+from tests.harness.processes import find_program, wait_until
 
 # --- scripted servers and resolvers, stopped when the test ends --------------------------------
 
@@ -509,13 +508,6 @@ def test_realtime_receiver_off_leaves_the_receiver_thread_as_it_was(
         resolver.stop()
 
 
-def tool_path(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found: it comes with Debian's util-linux")
-    return path
-
-
 REFUSED_REALTIME = """
 import logging, os, sys
 from spamgate.core.settings import Nameserver, ResolverSettings
@@ -537,9 +529,9 @@ def test_a_receiver_refused_real_time_says_so_and_answers_as_usual(
     server.script[QNAME, "A"] = Behaviour(records=("127.0.0.2",))
     result = subprocess.run(
         [
-            tool_path("setpriv"),
+            find_program("setpriv"),
             "--bounding-set=-sys_nice",
-            tool_path("prlimit"),
+            find_program("prlimit"),
             "--rtprio=0:0",
             sys.executable,
             "-c",
