@@ -206,7 +206,10 @@ def resolver_pool() -> Iterator[Callable[..., Resolver]]:
     started: list[Resolver] = []
 
     def start(
-        *nameservers: Nameserver, query_timeout: float = 0.2, deadline: float = 0.5
+        *nameservers: Nameserver,
+        query_timeout: float = 0.2,
+        deadline: float = 0.5,
+        realtime_receiver: bool = True,
     ) -> Resolver:
         settings = ResolverSettings(
             nameservers=nameservers,
@@ -215,6 +218,7 @@ def resolver_pool() -> Iterator[Callable[..., Resolver]]:
             cache_min_ttl=0,
             cache_max_ttl=3600,
             cache_entries=1000,
+            realtime_receiver=realtime_receiver,
         )
         resolver = Resolver(settings)
         resolver.start()

@@ -475,37 +475,30 @@ def started_receiver(resolver: Resolver) -> int:
 
 
 def test_the_receiver_thread_runs_at_the_lowest_real_time_priority(
-    server: FakeDnsServer, caplog: pytest.LogCaptureFixture
+    server: FakeDnsServer,
+    resolvers: Callable[..., Resolver],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """make test runs as root, which may: SCHED_RR at priority 1, said in the log, and the
     answers come as before."""
     caplog.set_level(logging.INFO, logger="spamgate.resolver")
     server.script[QNAME, "A"] = Behaviour(records=("127.0.0.2",))
-    resolver = Resolver(ResolverSettings(nameservers=(server.nameserver,)))
-    resolver.start()
-    try:
-        thread_id = started_receiver(resolver)
-        assert os.sched_getscheduler(thread_id) == os.SCHED_RR
-        assert os.sched_getparam(thread_id).sched_priority == 1
-        # Only the receiver: the thread that started it runs as it did.
-        assert os.sched_getscheduler(0) == os.SCHED_OTHER
-        answer, _ = timed(resolver.lookup(QNAME))
-    finally:
-        resolver.stop()
+    resolver = resolvers(server.nameserver)
+    thread_id = started_receiver(resolver)
+    assert os.sched_getscheduler(thread_id) == os.SCHED_RR
+    assert os.sched_getparam(thread_id).sched_priority == 1
+    # Only the receiver: the thread that started it runs as it did.
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    answer, _ = timed(resolver.lookup(QNAME))
     assert answer.records == ("127.0.0.2",)
     assert "DNS receiver thread at real-time priority (SCHED_RR 1)" in caplog.text
 
 
 def test_realtime_receiver_off_leaves_the_receiver_thread_as_it_was(
-    server: FakeDnsServer,
+    server: FakeDnsServer, resolvers: Callable[..., Resolver]
 ) -> None:
-    settings = ResolverSettings(nameservers=(server.nameserver,), realtime_receiver=False)
-    resolver = Resolver(settings)
-    resolver.start()
-    try:
-        assert os.sched_getscheduler(started_receiver(resolver)) == os.SCHED_OTHER
-    finally:
-        resolver.stop()
+    resolver = resolvers(server.nameserver, realtime_receiver=False)
+    assert os.sched_getscheduler(started_receiver(resolver)) == os.SCHED_OTHER
 
 
 REFUSED_REALTIME = """
