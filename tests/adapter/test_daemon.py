@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ from spamgate.shell import daemon as daemon_module
 from spamgate.shell.adapter import milter_answers
 from spamgate.shell.daemon import Daemon
 from tests.harness.processes import (
+    find_program,
     free_port,
     stop_milter_process,
     tcp_accepts,
@@ -534,3 +537,111 @@ def test_watchdog_health_asks_libmilter_when_no_session_came_lately(
             assert daemon._healthy()
     finally:
         daemon.resolver.stop()
+
+
+# -- how the kernel schedules the daemon's threads (issue 13) ---------------------------------
+
+
+# SMFIC_OPTNEG: milter protocol version 6, every action and protocol step offered.
+NEGOTIATION = struct.pack(">IcIII", 13, b"O", 6, 0x1FF, 0x1FFFFF)
+
+
+def thread_scheduling(pid: int) -> list[tuple[int, int]]:
+    """(nice value, scheduling policy) of every thread of `pid`, from /proc (proc(5): fields
+    19 and 41 of stat, counted after the command name, which may hold spaces)."""
+    threads = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            threads.append((int(fields[16]), int(fields[38])))
+    return threads
+
+
+def run_and_watch_threads(
+    tmp_path: Path, policy_text: str, prefix: Sequence[str] = ()
+) -> tuple[list[tuple[int, int]], str]:
+    """Start a daemon (under `prefix`, a command that changes its privileges), hold one
+    milter connection open once libmilter has answered it, and return every thread's
+    scheduling and the daemon's log."""
+    port = free_port()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"listen: inet:{port}@127.0.0.1\n" + local_state(tmp_path) + policy_text)
+    process = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
+        # A milter connection that a worker has answered (libmilter keeps a pool of them).
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(NEGOTIATION)
+            assert connection.recv(5)[4:] == b"O"
+            threads = thread_scheduling(process.pid)
+    finally:
+        code, output = stop_milter_process(
+            process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1)
+        )
+    assert code == 0, output
+    return threads, output
+
+
+def test_every_thread_runs_batch_at_nice_minus_10_and_the_dns_receiver_real_time(
+    tmp_path: Path,
+) -> None:
+    """The shipped defaults, as root: set by the main thread before any other starts, so
+    libmilter's threads (the one serving the held connection too) inherit them."""
+    threads, output = run_and_watch_threads(tmp_path, "")
+    assert len(threads) >= 5
+    assert {nice for nice, _ in threads} == {-10}
+    policies = [policy for _, policy in threads]
+    assert policies.count(os.SCHED_RR) == 1  # the DNS receiver
+    assert policies.count(os.SCHED_BATCH) == len(threads) - 1
+    assert "INFO threads run at SCHED_BATCH, nice -10" in output
+    assert "scheduling:" not in output  # no warning
+
+
+def test_scheduling_off_leaves_every_thread_as_started(tmp_path: Path) -> None:
+    threads, output = run_and_watch_threads(tmp_path, "scheduling: {nice: 0, batch: false}\n")
+    assert {nice for nice, _ in threads} == {0}
+    policies = [policy for _, policy in threads]
+    assert policies.count(os.SCHED_OTHER) == len(threads) - 1
+    assert "threads run at" not in output
+
+
+def test_nice_refused_is_said_once_and_the_daemon_serves_as_started(tmp_path: Path) -> None:
+    """As an unprivileged daemon without the unit's LimitNICE=-10: root without CAP_SYS_NICE
+    (setpriv) and a RLIMIT_NICE of 0. SCHED_BATCH needs neither, and stays. (That a
+    RLIMIT_NICE of 30, LimitNICE=-10, allows nice -10 without the capability is the kernel's
+    rule, setpriority(2); it is not tried here: raising a limit needs CAP_SYS_RESOURCE, which
+    the machines that run these tests may not grant even to root.)"""
+    prefix = [
+        find_program("setpriv"),
+        "--bounding-set=-sys_nice",
+        find_program("prlimit"),
+        "--nice=0:0",
+        "--rtprio=0:0",  # the DNS receiver stays under SCHED_BATCH too
+    ]
+    threads, output = run_and_watch_threads(tmp_path, "", prefix)
+    assert {nice for nice, _ in threads} == {0}
+    assert [policy for _, policy in threads].count(os.SCHED_BATCH) == len(threads)
+    warning = (
+        "WARNING scheduling: nice -10 refused (Permission denied); threads run at nice 0. "
+        "Allow it with LimitNICE=-10 (systemd) or set scheduling.nice: 0\n"
+    )
+    assert output.count(warning) == 1
+    assert "INFO threads run at SCHED_BATCH\n" in output
+
+
+def test_a_reload_that_changes_scheduling_says_it_waits_for_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The threads took their scheduling at start; a reload does not change running threads."""
+    daemon, path = _daemon(tmp_path)
+    path.write_text(GOOD + "scheduling: {nice: 0}\n")
+    caplog.set_level("INFO", logger="spamgate")
+    assert daemon.reload(timeout=10) is True
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "reload: scheduling changed; it takes effect at the next restart" in warnings
+    assert daemon.policy.scheduling.nice == 0

@@ -39,8 +39,10 @@ ACCEPTED_EXPOSURES = {
     "PrivateNetwork",
     "DeviceAllow",
     "IPAddressDeny",  # an allow list of localhost only
-    # The DNS receiver thread's real-time priority (resolver.realtime_receiver): one call of
-    # @resources, sched_setscheduler, and a priority of 1 at most (LimitRTPRIO=1).
+    # The DNS receiver thread's real-time priority (resolver.realtime_receiver) and every
+    # thread's SCHED_BATCH and nice -10 (scheduling:): two calls of @resources,
+    # sched_setscheduler and setpriority, a real-time priority of 1 at most (LimitRTPRIO=1)
+    # and a nice value of -10 at least (LimitNICE=-10).
     "RestrictRealtime",
     "SystemCallFilter_resources",
 }
@@ -174,12 +176,13 @@ def test_threshold_rejects_an_unhardened_unit(tmp_path: Path) -> None:
         ("Service", "RestrictNamespaces", "yes"),
         ("Service", "RestrictRealtime", "no"),
         ("Service", "LimitRTPRIO", "1"),
+        ("Service", "LimitNICE", "-10"),
         ("Service", "RestrictSUIDSGID", "yes"),
         ("Service", "LockPersonality", "yes"),
         ("Service", "MemoryDenyWriteExecute", "yes"),
         ("Service", "SystemCallFilter", "@system-service"),
         ("Service", "SystemCallFilter", "~@privileged @resources"),
-        ("Service", "SystemCallFilter", "sched_setscheduler"),
+        ("Service", "SystemCallFilter", "sched_setscheduler setpriority"),
         ("Service", "SystemCallArchitectures", "native"),
         ("Service", "CapabilityBoundingSet", ""),
         ("Service", "AmbientCapabilities", ""),

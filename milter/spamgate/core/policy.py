@@ -34,6 +34,7 @@ from spamgate.core.settings import (
     LogSettings,
     MetricsSettings,
     ResolverSettings,
+    SchedulingSettings,
     SocketMode,
     StateSettings,
 )
@@ -292,6 +293,10 @@ class Policy:
     log: LogSettings = setting("Logging.", factory=LogSettings)
     metrics: MetricsSettings = setting("The Prometheus endpoint.", factory=MetricsSettings)
     resolver: ResolverSettings = setting("DNS for list lookups.", factory=ResolverSettings)
+    scheduling: SchedulingSettings = setting(
+        "How the kernel schedules spamgate's threads; read at start only.",
+        factory=SchedulingSettings,
+    )
     health: HealthSettings = setting(
         "Probes and circuit breaker that suspend a DNS list gone bad.", factory=HealthSettings
     )

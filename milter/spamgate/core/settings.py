@@ -217,6 +217,28 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class SchedulingSettings:
+    nice: int = setting(
+        "Nice value of every spamgate thread (set once, at start): below Postfix's 0, so "
+        "that under a flood the thread holding Python's interpreter lock is not pushed off "
+        "its CPU by Postfix's processes while the other sessions wait for the lock "
+        "(docs/performance.md). 0 leaves it as started. Lowering it needs root, "
+        "CAP_SYS_NICE or a RLIMIT_NICE that allows it (the shipped systemd unit sets "
+        "LimitNICE=-10); without, spamgate logs a warning and runs as started.",
+        -10,
+        minimum=-20,
+        maximum=19,
+    )
+    batch: bool = setting(
+        "Run spamgate's threads under SCHED_BATCH (set once, at start): a thread woken "
+        "(by an answer, or to take the interpreter lock) waits for the running one's time "
+        "slice instead of preempting it, so fewer are woken only to find the lock taken "
+        "(docs/performance.md). CPU shares are as under the normal policy.",
+        True,
+    )
+
+
+@dataclass(frozen=True)
 class ResolverSettings:
     nameservers: tuple[Nameserver, ...] = setting(
         "DNS servers for list queries, as `IP` or `IP:PORT`; empty uses /etc/resolv.conf. Use a "
