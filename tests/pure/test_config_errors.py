@@ -31,10 +31,10 @@ BAD_DOCUMENTS = [
             1,
             "zzz",
             "unknown key (known keys: listen, socket_mode, mode, on_error, shutdown_grace, log, "
-            "metrics, resolver, health, trusted_networks, skip_authenticated, our_names, "
-            "our_addresses, relays, thresholds, add_headers, exempt_recipients, replies, greylist, "
-            "state, reverse_dns, dkim, authentication_results, ip_lists, domain_lists, rules, "
-            "allow, deny, recipient_policies, split_recipient_policies)",
+            "metrics, resolver, scheduling, health, trusted_networks, skip_authenticated, "
+            "our_names, our_addresses, relays, thresholds, add_headers, exempt_recipients, "
+            "replies, greylist, state, reverse_dns, dkim, authentication_results, ip_lists, "
+            "domain_lists, rules, allow, deny, recipient_policies, split_recipient_policies)",
         ),
         id="unknown-key-lists-known",
     ),

@@ -56,6 +56,7 @@ def test_tour_sets_every_top_level_key() -> None:
         "on_error",
         "log",
         "resolver",
+        "scheduling",
         "trusted_networks",
         "skip_authenticated",
         "add_headers",
