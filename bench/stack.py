@@ -40,7 +40,14 @@ from pathlib import Path
 
 from bench import measure
 from bench.rspamd import Rspamd, policy_from_spamgate
-from bench.workload import REPOSITORY, Greylisting, Population, bench_policy, build_zones
+from bench.workload import (
+    REPOSITORY,
+    SHIPPED_POLICY,
+    Greylisting,
+    Population,
+    bench_policy,
+    build_zones,
+)
 from tests.harness.dns import Rbldnsd
 from tests.harness.dnsproxy import DnsProxy, Fault
 from tests.harness.postfix import Listener, PostfixInstance
@@ -180,6 +187,9 @@ def _spamgate(
     dkim: bool = True,
 ) -> Milter:
     metrics_port = free_port()
+    # A revision's daemon runs that revision's shipped policy: its own defaults, and no key
+    # it does not know (an older daemon refuses a newer policy, exit 78).
+    shipped = SHIPPED_POLICY if source is None else source.parent / "config" / "spamgate.yaml"
     policy = bench_policy(
         listen=socket_spec,
         dns_port=dns_port,
@@ -188,6 +198,7 @@ def _spamgate(
         greylisting=greylisting,
         state_store=state_store,
         dkim=dkim,
+        shipped=shipped,
     )
     if socket_spec.startswith("unix:"):
         # smtpd runs as the postfix user, the benchmark's spamgate as root. As in production
@@ -211,13 +222,14 @@ def _spamgate(
 
 
 def export_source(revision: str, workdir: Path) -> Path:
-    """spamgate's source root (milter/) as of a git revision, unpacked under `workdir`."""
+    """spamgate's source root (milter/) as of a git revision, unpacked under `workdir` with
+    that revision's config/spamgate.yaml beside it."""
     target = workdir / f"source-{revision}"
     target.mkdir()
     archive = workdir / "source.tar"
     with archive.open("wb") as out:
         subprocess.run(
-            ["git", "archive", "--format=tar", revision, "milter"],
+            ["git", "archive", "--format=tar", revision, "milter", "config/spamgate.yaml"],
             cwd=REPOSITORY,
             stdout=out,
             check=True,

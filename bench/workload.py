@@ -501,8 +501,10 @@ def bench_policy(
     greylisting: Greylisting = Greylisting.SHIPPED,
     state_store: str | None = None,
     dkim: bool = True,
+    shipped: Path = SHIPPED_POLICY,
 ) -> str:
-    """The shipped policy (config/spamgate.yaml) pointed at the benchmark's DNS, plus
+    """The shipped policy (`shipped`: config/spamgate.yaml, of this tree or of the revision
+    an A/B measures) pointed at the benchmark's DNS, plus
     EXTRA_RULES: the same lists, reverse DNS and rules an admin starts from. The state
     (greylisting, rejected clients) is kept in `state_store` (a file or a redis:// URL), by
     default in a file next to the status file.
@@ -514,7 +516,7 @@ def bench_policy(
 
     `dkim=False` drops the shipped dkim: and dmarc: rules: the same policy without DKIM, so
     that the body is negotiated away (the cost of DKIM is the difference)."""
-    policy = yaml.safe_load(SHIPPED_POLICY.read_text())
+    policy = yaml.safe_load(shipped.read_text())
     if not dkim:
         policy["rules"] = [r for r in policy["rules"] if "dkim" not in r and "dmarc" not in r]
     policy["listen"] = listen

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.stack import _spamgate, export_source
+from tests.harness.processes import free_port
+
 pytestmark = pytest.mark.e2e
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -113,3 +116,21 @@ def _tables(text: str) -> dict[str, dict[str, dict[str, str]]]:
             continue
         tables.setdefault(workload, {})[cells[0]] = dict(zip(header, cells, strict=True))
     return tables
+
+
+# The last commit whose shipped policy has no `scheduling:` key: its daemon refuses one.
+BEFORE_SCHEDULING = "da4a210"
+
+
+def test_a_revision_measured_by_before_runs_with_its_own_shipped_policy(tmp_path: Path) -> None:
+    """`--before REV` measures REV's daemon on REV's config/spamgate.yaml: on today's, a key
+    added since (scheduling:) made the old daemon exit 78 before the first round."""
+    source = export_source(BEFORE_SCHEDULING, tmp_path)
+    milter = _spamgate(
+        tmp_path, "spamgate-before", f"inet:{free_port()}@127.0.0.1", free_port(), source=source
+    )
+    with milter:  # started and listening, or a HarnessError with its log
+        pass
+    policy = (tmp_path / "spamgate-before.yaml").read_text()
+    assert "scheduling" not in policy
+    assert "realtime_receiver: true" in policy  # da4a210's own shipped resolver settings
