@@ -143,8 +143,9 @@ def set_scheduling(settings: SchedulingSettings) -> None:
     running: a Postfix process or another spamgate thread, just woken, preempted it. Under
     SCHED_BATCH a woken spamgate thread no longer preempts the running one, and at nice -10
     Postfix's processes seldom do. Measured against the same code without them, in the same
-    rounds, three times: 2-15% more messages a second and 1.5-9% less CPU a message, at 50
-    and at 200 sessions, every time; the slowest verdicts moved both ways."""
+    rounds, three times: 11-15% more messages a second and 6-9% less CPU a message at 50
+    sessions, 6-9% and 6-10% at 200, every time; fewer slow verdicts at 50 sessions every
+    time, at 200 in two runs of three."""
     done = []
     if settings.batch:
         try:
