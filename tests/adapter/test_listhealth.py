@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import threading
 
 import pytest
 
@@ -358,3 +359,51 @@ def test_a_silent_list_without_probes_is_resumed_on_trial_not_left_suspended() -
     clock.now += 50
     assert noprobe not in watch.due_for_probe()
     assert not watch.is_suspended("NOPROBE/ipv4")
+
+
+def test_reporting_never_waits_for_the_lock_and_nothing_reported_is_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sessions (record) and the resolver's real-time receiver (answered) report while
+    another thread holds the monitor's lock, as a session that lost its CPU inside it does:
+    neither waits, and what they reported is counted by the next thread to take the lock,
+    here the reader of the reports. (Issue 13: when they waited, the receiver waited too, and
+    every list answer with it.)"""
+    watch = monitor(FakeClock(), dataclasses.replace(SETTINGS, max_failures=3))
+    every = lists()
+    zen, dbl = every["ZEN"], every["DBL"]
+    watch.apply_probe(zen, None)
+    servfail = seen(dbl, DnsAnswer(AnswerKind.SERVFAIL), "spam.example.dbl.test")
+    reported = threading.Event()
+
+    def report() -> None:
+        watch.record([classify(zen, LISTED, 10.0), classify(zen, CLEAN, 30.0)])
+        for _ in range(3):
+            watch.answered(servfail)
+        reported.set()
+
+    holder_lets_go = threading.Event()
+
+    def hold() -> None:
+        with watch._lock:  # white box: the holder that lost its CPU
+            holder_lets_go.wait(timeout=10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        reporter = threading.Thread(target=report)
+        reporter.start()
+        assert reported.wait(timeout=5), "a report waited for the lock"
+        reporter.join(timeout=5)
+        assert not watch.is_suspended("DBL")  # not counted yet: the lock is held
+    finally:
+        holder_lets_go.set()
+        holder.join(timeout=10)
+    with caplog.at_level(logging.WARNING, logger="spamgate"):
+        (report_zen,) = [r for r in watch.reports() if r.name == "ZEN"]
+    assert (report_zen.checks, report_zen.listed, report_zen.clean) == (2, 1, 1)
+    assert watch.is_suspended("DBL")
+    assert [r.getMessage() for r in caplog.records] == [
+        "list DBL suspended: its last 3 answers were unusable (the last: servfail): "
+        "sessions stop waiting for it"
+    ]

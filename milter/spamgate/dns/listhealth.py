@@ -315,6 +315,20 @@ class ListReport:
     last_probe_age: float | None
 
 
+@dataclass(frozen=True)
+class _Queued:
+    """A decision's outcomes (record), or one answer as it came (answered), and when."""
+
+    outcomes: tuple[ListOutcome, ...]
+    answer: ListOutcome | None
+    at: float
+
+
+def _log_notes(notes: Iterable[tuple[int, str]]) -> None:
+    for level, message in notes:
+        log.log(level, "%s", message)
+
+
 class ListMonitor:
     """Per-list counters and health; shared by every session, so all of it is thread-safe."""
 
@@ -327,6 +341,9 @@ class ListMonitor:
         self._settings = settings
         self._clock = clock
         self._lock = threading.Lock()
+        # What sessions and the resolver's thread report, waiting to be counted under the lock
+        # by whichever thread holds it (see _submit).
+        self._queued: collections.deque[_Queued] = collections.deque()
         self._lists: dict[str, DnsList] = {}
         self._records: dict[str, _Record] = {}
         # The names ListRecorder.is_suspended knows: a list suspended whole, and each
@@ -339,6 +356,7 @@ class ListMonitor:
         """Follow a reloaded policy: keep the history of lists that stay, add new ones."""
         now = self._clock()
         with self._lock:
+            notes = self._count_queued()  # under the settings they were reported with
             self._settings = settings
             self._lists = {dns_list.name: dns_list for dns_list in lists}
             old = self._records
@@ -363,6 +381,7 @@ class ListMonitor:
                     record.next_probe_at = now
                 self._records[name] = record
             self._refresh_suspended()
+        _log_notes(notes)
 
     def _refresh_suspended(self) -> None:
         suspended = set()
@@ -397,42 +416,76 @@ class ListMonitor:
         return name in self._suspended
 
     def record(self, outcomes: Iterable[ListOutcome]) -> None:
-        now = self._clock()
+        """A decision's list outcomes: counted, and judged by the circuit breaker."""
+        self._submit(_Queued(tuple(outcomes), None, self._clock()))
+
+    def _submit(self, item: _Queued) -> None:
+        """Queue `item` and count what is queued if the lock is free; never wait for it.
+
+        Every session ends by recording its outcomes, and the resolver's real-time receiver
+        thread reports each answer (answered): when they waited for the lock, a holder that
+        had lost its CPU or the interpreter lock made all of them wait, the receiver too, and
+        with it every list answer (issue 13). Whoever holds the lock counts what others
+        queued meanwhile: after letting go it looks again, since an item queued just as it
+        let go would otherwise wait for the next caller. Two passes at most; what is left
+        then is counted by the next caller, or by the next reader (every method that takes
+        the lock counts the queue first)."""
+        self._queued.append(item)
+        for _ in range(2):
+            if not self._queued or not self._lock.acquire(blocking=False):
+                return
+            try:
+                notes = self._count_queued()
+            finally:
+                self._lock.release()
+            _log_notes(notes)
+
+    def _count_queued(self) -> list[tuple[int, str]]:
+        """Count everything queued (the lock is held); the lines to log once it is let go."""
         notes: list[tuple[int, str]] = []
-        with self._lock:
-            for outcome in outcomes:
-                record = self._records.get(outcome.dns_list.name)
-                if record is None:
-                    continue
-                record.counts["checks"] += 1
-                record.counts[outcome.status.value] += 1
-                if outcome.failure:
-                    record.counts[f"unusable:{outcome.failure}"] += 1
-                if (
-                    outcome.latency_ms is not None
-                    and outcome.failure != "suspended"
-                    and not outcome.cached
-                ):
-                    record.latencies.append(outcome.latency_ms)
-                if outcome.status is ListStatus.UNUSABLE:
-                    continue
-                settings = record.settings
-                if (
-                    settings.breaker is Breaker.OFF
-                    or record.side_of(outcome).state is ListState.SUSPENDED
-                ):
-                    continue
-                clients = record.recent
-                clients.add(outcome.key, outcome.status is ListStatus.LISTED, now)
-                clients.forget_before(now - settings.window)
-                if len(clients) < settings.min_checks or now < record.breaker_quiet_until:
-                    continue
-                if clients.listed / len(clients) > settings.max_hit_ratio:
-                    notes.append(self._trip(outcome.dns_list, record, now))
-            if notes:
-                self._refresh_suspended()
-        for level, message in notes:
-            log.log(level, "%s", message)
+        queued = self._queued
+        while queued:
+            item = queued.popleft()
+            if item.answer is not None:
+                notes.extend(self._count_answer(item.answer, item.at))
+            else:
+                notes.extend(self._count_outcomes(item.outcomes, item.at))
+        return notes
+
+    def _count_outcomes(self, outcomes: Sequence[ListOutcome], now: float) -> list[tuple[int, str]]:
+        notes: list[tuple[int, str]] = []
+        for outcome in outcomes:
+            record = self._records.get(outcome.dns_list.name)
+            if record is None:
+                continue
+            record.counts["checks"] += 1
+            record.counts[outcome.status.value] += 1
+            if outcome.failure:
+                record.counts[f"unusable:{outcome.failure}"] += 1
+            if (
+                outcome.latency_ms is not None
+                and outcome.failure != "suspended"
+                and not outcome.cached
+            ):
+                record.latencies.append(outcome.latency_ms)
+            if outcome.status is ListStatus.UNUSABLE:
+                continue
+            settings = record.settings
+            if (
+                settings.breaker is Breaker.OFF
+                or record.side_of(outcome).state is ListState.SUSPENDED
+            ):
+                continue
+            clients = record.recent
+            clients.add(outcome.key, outcome.status is ListStatus.LISTED, now)
+            clients.forget_before(now - settings.window)
+            if len(clients) < settings.min_checks or now < record.breaker_quiet_until:
+                continue
+            if clients.listed / len(clients) > settings.max_hit_ratio:
+                notes.append(self._trip(outcome.dns_list, record, now))
+        if notes:
+            self._refresh_suspended()
+        return notes
 
     def _trip(self, dns_list: DnsList, record: _Record, now: float) -> tuple[int, str]:
         """The breaker goes off: probe the list now, or suspend it (`health.breaker`)."""
@@ -470,37 +523,38 @@ class ListMonitor:
         timeouts suspends the list the moment the run is complete: libmilter's worker pool
         queues sessions behind the ones waiting for DNS, so a session may collect long after
         its answer (or its silence) came. A run suspends the family it came from."""
-        limit = self._settings.max_failures
-        if not limit or outcome.failure == "suspended":
+        if not self._settings.max_failures or outcome.failure == "suspended":
             return
-        with self._lock:
-            record = self._records.get(outcome.dns_list.name)
-            if record is None:
-                return
-            side = record.side_of(outcome)
-            if side.state is ListState.SUSPENDED:
-                return
-            if outcome.status is not ListStatus.UNUSABLE:
-                side.failures_in_row = 0
-                return
-            side.failures_in_row += 1
-            if side.failures_in_row < limit:
-                return
-            reason = (
-                f"its last {side.failures_in_row} answers were unusable (the last: "
-                f"{outcome.failure}): sessions stop waiting for it"
-            )
-            family = next(f for f, s in record.sides.items() if s is side)
-            now = self._clock()
-            self._suspend(record, [family], reason, now)
-            if record.probed:
-                # Asked again soon: a run of timeouts can also be a burst of load on this host.
-                # (A list without probes is resumed on trial after its back-off instead: each
-                # trial costs a run of sessions the deadline.)
-                record.next_probe_at = now + min(_SILENT_PROBE_RETRY, record.settings.retry_min)
-            self._refresh_suspended()
-            naming = record.naming([family])
-        log.warning("list %s suspended%s: %s", outcome.dns_list.name, naming, reason)
+        self._submit(_Queued((), outcome, self._clock()))
+
+    def _count_answer(self, outcome: ListOutcome, now: float) -> list[tuple[int, str]]:
+        limit = self._settings.max_failures
+        record = self._records.get(outcome.dns_list.name)
+        if not limit or record is None:
+            return []
+        side = record.side_of(outcome)
+        if side.state is ListState.SUSPENDED:
+            return []
+        if outcome.status is not ListStatus.UNUSABLE:
+            side.failures_in_row = 0
+            return []
+        side.failures_in_row += 1
+        if side.failures_in_row < limit:
+            return []
+        reason = (
+            f"its last {side.failures_in_row} answers were unusable (the last: "
+            f"{outcome.failure}): sessions stop waiting for it"
+        )
+        family = next(f for f, s in record.sides.items() if s is side)
+        self._suspend(record, [family], reason, now)
+        if record.probed:
+            # Asked again soon: a run of timeouts can also be a burst of load on this host.
+            # (A list without probes is resumed on trial after its back-off instead: each
+            # trial costs a run of sessions the deadline.)
+            record.next_probe_at = now + min(_SILENT_PROBE_RETRY, record.settings.retry_min)
+        self._refresh_suspended()
+        naming = record.naming([family])
+        return [(logging.WARNING, f"list {outcome.dns_list.name} suspended{naming}: {reason}")]
 
     def _suspend(
         self, record: _Record, sides: Iterable[Family | None], reason: str, now: float
@@ -523,6 +577,7 @@ class ListMonitor:
         now = self._clock()
         resumed = []
         with self._lock:
+            notes = self._count_queued()
             due = []
             for name, record in self._records.items():
                 if record.next_probe_at > now:
@@ -537,6 +592,7 @@ class ListMonitor:
                     resumed.append(name)
             if resumed:
                 self._refresh_suspended()
+        _log_notes(notes)
         for name in resumed:
             log.info("list %s resumed on trial: its probes are off", name)
         return due
@@ -547,24 +603,37 @@ class ListMonitor:
         (nothing wrong)."""
         now = self._clock()
         with self._lock:
+            notes = self._count_queued()
             record = self._records.get(dns_list.name)
             if record is None or not record.probed:
-                return
-            problems: dict[Family | None, ProbeProblem | None]
-            if isinstance(verdict, ProbeVerdict):
-                problems = {f: p for f, p in verdict.problems if f in record.sides}
+                lines = []
             else:
-                problems = dict.fromkeys(record.sides, verdict)
-            change = _judge(record, problems, now)
-            self._refresh_suspended()
-            lines = change.lines(dns_list.name, record)
-        for level, message in lines:
-            log.log(level, "%s", message)
+                lines = self._apply_verdict(dns_list, record, verdict, now)
+        _log_notes(notes + lines)
+
+    def _apply_verdict(
+        self,
+        dns_list: DnsList,
+        record: _Record,
+        verdict: ProbeVerdict | ProbeProblem | None,
+        now: float,
+    ) -> list[tuple[int, str]]:
+        problems: dict[Family | None, ProbeProblem | None]
+        if isinstance(verdict, ProbeVerdict):
+            problems = {f: p for f, p in verdict.problems if f in record.sides}
+        else:
+            problems = dict.fromkeys(record.sides, verdict)
+        change = _judge(record, problems, now)
+        self._refresh_suspended()
+        return change.lines(dns_list.name, record)
 
     def reports(self) -> list[ListReport]:
         now = self._clock()
         with self._lock:
-            return [self._report(name, record, now) for name, record in self._records.items()]
+            notes = self._count_queued()
+            reports = [self._report(name, record, now) for name, record in self._records.items()]
+        _log_notes(notes)
+        return reports
 
     @staticmethod
     def _report(name: str, record: _Record, now: float) -> ListReport:
