@@ -26,12 +26,13 @@ its queries stop being sent, until probes show it is well again:
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import ipaddress
 import logging
 import statistics
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from spamgate.core.addresses import IPAddress, normalize_address
@@ -355,8 +356,7 @@ class ListMonitor:
     def reconfigure(self, lists: Sequence[DnsList], settings: HealthSettings) -> None:
         """Follow a reloaded policy: keep the history of lists that stay, add new ones."""
         now = self._clock()
-        with self._lock:
-            notes = self._count_queued()  # under the settings they were reported with
+        with self._locked():  # what is queued is counted under the settings it came under
             self._settings = settings
             self._lists = {dns_list.name: dns_list for dns_list in lists}
             old = self._records
@@ -381,7 +381,6 @@ class ListMonitor:
                     record.next_probe_at = now
                 self._records[name] = record
             self._refresh_suspended()
-        _log_notes(notes)
 
     def _refresh_suspended(self) -> None:
         suspended = set()
@@ -428,8 +427,7 @@ class ListMonitor:
         with it every list answer (issue 13). Whoever holds the lock counts what others
         queued meanwhile: after letting go it looks again, since an item queued just as it
         let go would otherwise wait for the next caller. Two passes at most; what is left
-        then is counted by the next caller, or by the next reader (every method that takes
-        the lock counts the queue first)."""
+        then is counted by the next caller, or by the next reader (_locked)."""
         self._queued.append(item)
         for _ in range(2):
             if not self._queued or not self._lock.acquire(blocking=False):
@@ -439,6 +437,16 @@ class ListMonitor:
             finally:
                 self._lock.release()
             _log_notes(notes)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[list[tuple[int, str]]]:
+        """The lock, for a method that reads or changes the state: everything queued is
+        counted first, so that nothing reported is read stale. The lines to log (the queue's,
+        and any the caller adds) are logged once the lock is let go."""
+        with self._lock:
+            notes = self._count_queued()
+            yield notes
+        _log_notes(notes)
 
     def _count_queued(self) -> list[tuple[int, str]]:
         """Count everything queued (the lock is held); the lines to log once it is let go."""
@@ -576,8 +584,7 @@ class ListMonitor:
         trial: only its answers can tell whether it is well again."""
         now = self._clock()
         resumed = []
-        with self._lock:
-            notes = self._count_queued()
+        with self._locked():
             due = []
             for name, record in self._records.items():
                 if record.next_probe_at > now:
@@ -592,7 +599,6 @@ class ListMonitor:
                     resumed.append(name)
             if resumed:
                 self._refresh_suspended()
-        _log_notes(notes)
         for name in resumed:
             log.info("list %s resumed on trial: its probes are off", name)
         return due
@@ -602,38 +608,23 @@ class ListMonitor:
         changes. A single problem is the verdict on every side of the list, and so is None
         (nothing wrong)."""
         now = self._clock()
-        with self._lock:
-            notes = self._count_queued()
+        with self._locked() as notes:
             record = self._records.get(dns_list.name)
             if record is None or not record.probed:
-                lines = []
+                return
+            problems: dict[Family | None, ProbeProblem | None]
+            if isinstance(verdict, ProbeVerdict):
+                problems = {f: p for f, p in verdict.problems if f in record.sides}
             else:
-                lines = self._apply_verdict(dns_list, record, verdict, now)
-        _log_notes(notes + lines)
-
-    def _apply_verdict(
-        self,
-        dns_list: DnsList,
-        record: _Record,
-        verdict: ProbeVerdict | ProbeProblem | None,
-        now: float,
-    ) -> list[tuple[int, str]]:
-        problems: dict[Family | None, ProbeProblem | None]
-        if isinstance(verdict, ProbeVerdict):
-            problems = {f: p for f, p in verdict.problems if f in record.sides}
-        else:
-            problems = dict.fromkeys(record.sides, verdict)
-        change = _judge(record, problems, now)
-        self._refresh_suspended()
-        return change.lines(dns_list.name, record)
+                problems = dict.fromkeys(record.sides, verdict)
+            change = _judge(record, problems, now)
+            self._refresh_suspended()
+            notes.extend(change.lines(dns_list.name, record))
 
     def reports(self) -> list[ListReport]:
         now = self._clock()
-        with self._lock:
-            notes = self._count_queued()
-            reports = [self._report(name, record, now) for name, record in self._records.items()]
-        _log_notes(notes)
-        return reports
+        with self._locked():
+            return [self._report(name, record, now) for name, record in self._records.items()]
 
     @staticmethod
     def _report(name: str, record: _Record, now: float) -> ListReport:
