@@ -14,6 +14,9 @@ to need the lock as briefly and as seldom as possible (issue 13; bench/dnsload.p
 - A session about to wait for its answers first reads what has arrived itself
   (read_arrived): under a flood the receiver may wait long for the interpreter lock, which
   the session already holds.
+- The receiver never waits for a lock a session may hold while it queues for the interpreter
+  lock: it reads answers while a session reads too (each datagram goes to one reader), and
+  a socket it would close while a session reads is closed at its next wake-up instead.
 - Timeouts and retries (the next server, another round) are timers on the receiver thread.
 - The receiver thread runs at the lowest real-time priority where it may (_become_realtime):
   under a flood it is then woken as its answers arrive, not after its turn among hundreds
@@ -309,10 +312,16 @@ class Resolver:
         self._timers: list[tuple[float, int, _Query, int]] = []
         self._sequence = itertools.count()
         self._sleep_until = 0.0  # when the receiver wakes by itself at the latest
-        # Held by whichever thread reads answers from the sockets: the receiver thread, or a
-        # session that is about to wait for its own (read_arrived).
+        # Held by a session that reads the answers that have arrived (read_arrived), so that
+        # no socket is closed under it (_close_retired). The receiver reads without it: a
+        # session holding it can lose the interpreter lock and queue for it behind hundreds
+        # of threads, and a receiver waiting for that session's turn held up every answer
+        # (9 waits of 140 ms on average in one round at 200 sessions; issue 13).
         self._reading = threading.Lock()
-        self._receive = _DATAGRAMS.receiver()
+        # A receive buffer each for the sessions (one at a time, under _reading) and for the
+        # receiver, which reads alongside them.
+        self._session_receive = _DATAGRAMS.receiver()
+        self._receiver_receive = _DATAGRAMS.receiver()
         self._ids: list[int] = []
 
     @property
@@ -355,7 +364,7 @@ class Resolver:
             self._active = [None] * len(self._nameservers)
             self._spares = [None] * len(self._nameservers)
             self._retired.clear()
-        with self._reading:  # a session may be reading what had arrived (see _close)
+        with self._reading:  # a session may be reading what had arrived (see _close_retired)
             for channel in channels:
                 channel.sock.close()
         if self._epoll is not None:
@@ -495,10 +504,11 @@ class Resolver:
                 if self._spares[server] is None:
                     self._spares[server] = spare
                 else:
-                    # Another thread was quicker. Retired, not closed here: this may be a
-                    # thread reading answers (a failed attempt is retried from _read), which
-                    # holds _reading, and _close takes it. Closing here deadlocked the
-                    # resolver under truncated answers (make soak, dns-truncated).
+                    # Another thread was quicker. Retired, not closed here: only the receiver
+                    # closes sockets, when no session is reading them (_close_retired). This
+                    # may be a session reading answers (a failed attempt is retried from
+                    # _read), holding _reading: closing here once deadlocked the resolver
+                    # under truncated answers (make soak, dns-truncated).
                     self._retired.append(spare)
         if len(self._ids) < _IDS_PER_DRAW // 4:
             drawn = struct.unpack(f"!{_IDS_PER_DRAW}H", os.urandom(2 * _IDS_PER_DRAW))
@@ -565,7 +575,8 @@ class Resolver:
 
     def read_arrived(self) -> None:
         """Read every answer that has arrived, on the caller's thread; nothing if another
-        thread is reading them just now. Sessions call this before they wait for answers.
+        session is reading them just now (the receiver may be reading too: each datagram
+        goes to one of them). Sessions call this before they wait for answers.
 
         Under a flood the receiver thread is one of hundreds that want the interpreter lock,
         and it may get it tens of milliseconds after its answers arrived (p90 250 ms at 200
@@ -577,7 +588,7 @@ class Resolver:
         try:
             for channel in list(self._channels.values()):
                 if channel.pending:
-                    self._read(channel, self._receive)
+                    self._read(channel, self._session_receive)
         finally:
             self._reading.release()
 
@@ -603,8 +614,7 @@ class Resolver:
                     continue
                 channel = self._channels.get(fd)
                 if channel is not None:
-                    with self._reading:
-                        self._read(channel, self._receive)
+                    self._read(channel, self._receiver_receive)
             self._expire()
             self._close_retired()
 
@@ -650,28 +660,30 @@ class Resolver:
             self._failed(query, attempt, _TIMEOUT)
 
     def _close_retired(self) -> None:
-        with self._lock:
-            idle = [c for c in self._retired if not c.pending]
-            if not idle:
-                return
-            self._retired = [c for c in self._retired if c.pending]
-        for channel in idle:
-            self._close(channel)
+        """On the receiver thread, the only one that closes sockets while the resolver runs:
+        forget and close the retired sockets nothing waits on any more.
 
-    def _close(self, channel: _Channel) -> None:
-        """Outside the lock, and on the receiver thread outside _reading (_close_retired):
-        forget a socket nothing waits on, and close it.
-
-        Never while another thread reads answers: it may have read the socket's descriptor
-        number a moment ago, and once closed the number can be given to a new socket at once
-        (libmilter accepts SMTP sessions without the interpreter lock)."""
-        with self._lock:
-            self._channels.pop(channel.fd, None)
-        with self._reading:
-            if self._epoll is not None:
-                with contextlib.suppress(OSError, ValueError):  # the resolver stopped meanwhile
-                    self._epoll.unregister(channel.fd)
-            channel.sock.close()
+        Never while a session reads answers: it may have read a socket's descriptor number a
+        moment ago, and once closed the number can be given to a new socket at once (libmilter
+        accepts SMTP sessions without the interpreter lock). Then they wait for the next
+        wake-up: the receiver does not wait for the session (see _reading)."""
+        if not self._reading.acquire(blocking=False):
+            return
+        try:
+            with self._lock:
+                idle = [c for c in self._retired if not c.pending]
+                if not idle:
+                    return
+                self._retired = [c for c in self._retired if c.pending]
+                for channel in idle:
+                    self._channels.pop(channel.fd, None)
+            for channel in idle:
+                if self._epoll is not None:
+                    with contextlib.suppress(OSError, ValueError):  # stopped meanwhile
+                        self._epoll.unregister(channel.fd)
+                channel.sock.close()
+        finally:
+            self._reading.release()
 
     # -- TCP, for an answer too large for UDP (TC set) -------------------------------------
 
