@@ -645,3 +645,90 @@ def test_a_reload_that_changes_scheduling_says_it_waits_for_a_restart(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "reload: scheduling changed; it takes effect at the next restart" in warnings
     assert daemon.policy.scheduling.nice == 0
+
+
+# --- a profiler attached to the running daemon (py-spy stops its threads with ptrace) --------
+
+PY_SPY = Path(sys.executable).with_name("py-spy")
+
+WAIT_AND_PRINT = """
+import signal, sys, time
+from spamgate.shell.signals import wait_for_signal
+wanted = {signal.SIGTERM, signal.SIGUSR1}
+signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+print("waiting", flush=True)
+until = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < until:
+    received = wait_for_signal(wanted, 0.05)
+    if received is not None:
+        print("received", int(received), flush=True)
+"""
+
+
+def profiled(pid: int, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` as an admin would (it stops the threads with ptrace each time)."""
+    argv = [str(PY_SPY), "record", "--pid", str(pid), "--rate", "500"]
+    argv += ["--duration", str(seconds), "--format", "raw", "--output", os.devnull]
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_the_wait_for_signals_reads_only_signals_that_came_while_a_profiler_samples() -> None:
+    """Python 3.11's signal.sigtimedwait, interrupted after its deadline (ptrace interrupts it
+    hundreds of times a second), returned signals that never came, from a siginfo nobody
+    wrote (here 0 and 3 among others); the daemon read one as a request to stop. Short waits,
+    so that many of them end while py-spy samples: only the one SIGUSR1 sent comes out."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", WAIT_AND_PRINT, "4"], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == "waiting\n"
+    spy = profiled(child.pid, 3)
+    time.sleep(1.5)
+    child.send_signal(signal.SIGUSR1)
+    spy.wait(timeout=30)
+    output, _ = child.communicate(timeout=30)
+    assert child.returncode == 0
+    assert output.splitlines() == [f"received {int(signal.SIGUSR1)}"]
+
+
+def test_a_profiler_attached_under_load_does_not_stop_the_daemon(tmp_path: Path) -> None:
+    """py-spy on the running daemon (docs/performance.md tells admins to profile it so), with
+    sessions coming: it serves on, logs no error, and stops on SIGTERM as usual. Before, it
+    stopped within seconds with "ValueError: 535302704 is not a valid Signals"."""
+    port = free_port()
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"listen: inet:{port}@127.0.0.1\n" + local_state(tmp_path))
+    process = start(policy)
+    address = ListenAddress.from_config(f"inet:{port}@127.0.0.1")
+    stop = threading.Event()
+    answered: list[bool] = []
+
+    def sessions() -> None:
+        while not stop.is_set():
+            answered.append(milter_answers(address, 2.0))
+
+    try:
+        wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
+        clients = [threading.Thread(target=sessions, daemon=True) for _ in range(4)]
+        for client in clients:
+            client.start()
+        spy = profiled(process.pid, 6)
+        spy.wait(timeout=60)
+        stop.set()
+        for client in clients:
+            client.join(timeout=10)
+        still_running = process.poll() is None
+    finally:
+        stop.set()
+        code, output = stop_milter_process(
+            process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1)
+        )
+    assert still_running, output
+    assert " ERROR " not in output, output
+    assert answered and all(answered[: len(answered) // 2])
+    assert code == 0, output
+    assert "INFO received SIGTERM: stopping" in output

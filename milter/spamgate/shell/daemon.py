@@ -41,6 +41,7 @@ from spamgate.shell.adapter import ListenError, milter_answers, poke, serve, sto
 from spamgate.shell.logmasking import KeyMaskingFormatter
 from spamgate.shell.metrics import DaemonState, Metrics
 from spamgate.shell.runtime import Generation, Runtime
+from spamgate.shell.signals import wait_for_signal
 from spamgate.state.greylist import Greylister, GreylistTiming
 from spamgate.state.recentrejects import RecentRejects
 from spamgate.state.store import PausingStore, open_store
@@ -52,7 +53,7 @@ _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 RELOAD_SIGNAL = signal.SIGUSR1
 # Blocked in every thread (threads inherit the mask, so before any starts: otherwise the kernel
 # may hand SIGTERM to, say, the resolver thread and the process dies on the spot) and taken
-# with sigtimedwait() by the main thread.
+# by the main thread (shell/signals.py).
 HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT, RELOAD_SIGNAL}
 STATUS_EVERY = 10.0
 # A reload runs on a thread of its own (Daemon.request_reload). One that has not ended after
@@ -276,14 +277,14 @@ class Daemon:
         waits, though: so it does nothing slow between waits (a reload runs on its own thread).
         """
         while milter.is_alive():
-            received = signal.sigtimedwait(HANDLED_SIGNALS, 1.0)
+            received = wait_for_signal(HANDLED_SIGNALS, 1.0)
             self._watch_reload()
             if received is None:
                 continue
-            if received.si_signo == RELOAD_SIGNAL:
+            if received == RELOAD_SIGNAL:
                 self.request_reload()
                 continue
-            log.info("received %s: stopping", signal.Signals(received.si_signo).name)
+            log.info("received %s: stopping", received.name)
             self._end_reload_before_stop()
             sdnotify.stopping()
             self.runtime.draining = True
