@@ -44,26 +44,34 @@ def local_state(tmp_path: Path) -> str:
     return f"state: {{store: '{tmp_path}/state.sqlite'}}\n"
 
 
-def start(policy: Path) -> subprocess.Popen[str]:
+def start(policy: Path, command: Sequence[str] = ("-m", "spamgate")) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "spamgate", "run", "-c", str(policy)],
+        [sys.executable, *command, "run", "-c", str(policy)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
 
 
-def test_inet_listener_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+def listen_then_sigterm(
+    tmp_path: Path, command: Sequence[str] = ("-m", "spamgate")
+) -> tuple[int, int, str]:
+    """(port, exit status, output) of a daemon on an inet port, stopped once it listens."""
     port = free_port()
     policy = tmp_path / "p.yaml"
     policy.write_text(f"listen: inet:{port}@127.0.0.1\n" + local_state(tmp_path))
-    process = start(policy)
+    process = start(policy, command)
     try:
         wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
     finally:
         code, output = stop_milter_process(
             process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1)
         )
+    return port, code, output
+
+
+def test_inet_listener_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port, code, output = listen_then_sigterm(tmp_path)
     assert code == 0, output
     assert f"listening on inet:{port}@127.0.0.1" in output
     assert "INFO stats resolver lookups=0 cache_hits=0 merged=0 queries_sent=0" in output
@@ -738,7 +746,7 @@ RUN_WATCHING_FINALIZATION = """
 import atexit, sys
 atexit.register(lambda: print("interpreter finalized", flush=True))
 from spamgate.commands.cli import main
-raise SystemExit(main(["run", "-c", sys.argv[1]]))
+raise SystemExit(main(sys.argv[1:]))
 """
 
 
@@ -749,21 +757,7 @@ def test_after_sigterm_the_daemon_exits_without_finalizing_the_interpreter(
     after the interpreter was finalized crashed the process (SIGSEGV in PyThreadState_New:
     exit -11 after SIGTERM, twice in 47 runs of the soak suite). So `spamgate run` leaves
     without finalizing: no atexit handler runs, the log is complete, and the status is 0."""
-    port = free_port()
-    policy = tmp_path / "p.yaml"
-    policy.write_text(f"listen: inet:{port}@127.0.0.1\n" + local_state(tmp_path))
-    process = subprocess.Popen(
-        [sys.executable, "-c", RUN_WATCHING_FINALIZATION, str(policy)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_until(lambda: tcp_accepts("127.0.0.1", port), timeout=10, what="spamgate to listen")
-    finally:
-        code, output = stop_milter_process(
-            process, lambda: tcp_accepts("127.0.0.1", port, timeout=0.1)
-        )
+    _, code, output = listen_then_sigterm(tmp_path, ("-c", RUN_WATCHING_FINALIZATION))
     assert code == 0, output
     assert output.rstrip().endswith("INFO spamgate stopped"), output
     assert "interpreter finalized" not in output
