@@ -755,7 +755,7 @@ def test_after_sigterm_the_daemon_exits_without_finalizing_the_interpreter(
 ) -> None:
     """libmilter's session threads outlive its main loop, and one that called into pymilter
     after the interpreter was finalized crashed the process (SIGSEGV in PyThreadState_New:
-    exit -11 after SIGTERM, twice in 47 runs of the soak suite). So `spamgate run` leaves
+    exit -11 after SIGTERM, twice in 48 runs of the soak suite). So `spamgate run` leaves
     without finalizing: no atexit handler runs, the log is complete, and the status is 0."""
     _, code, output = listen_then_sigterm(tmp_path, ("-c", RUN_WATCHING_FINALIZATION))
     assert code == 0, output

@@ -697,7 +697,7 @@ def run(policy: Policy, config_path: str, warnings: Sequence[str] = ()) -> NoRet
     libmilter's session threads are detached: its main loop returns while some of them still
     end their sessions, and one that calls into pymilter after the interpreter is finalized
     makes it create a thread state for an interpreter that is gone. The process then died of
-    SIGSEGV (in PyThreadState_New) instead of exiting 0 after SIGTERM: twice in 47 runs of the
+    SIGSEGV (in PyThreadState_New) instead of exiting 0 after SIGTERM: twice in 48 runs of the
     soak suite's short form (`sigterm`). Nothing is left to do in Python by then: what is
     written is flushed, and the process ends at once."""
     status = Daemon(policy, config_path, warnings).run()
