@@ -667,6 +667,8 @@ class Resolver:
         moment ago, and once closed the number can be given to a new socket at once (libmilter
         accepts SMTP sessions without the interpreter lock). Then they wait for the next
         wake-up: the receiver does not wait for the session (see _reading)."""
+        if not self._retired:  # most wake-ups: no lock taken for nothing
+            return
         if not self._reading.acquire(blocking=False):
             return
         try:
